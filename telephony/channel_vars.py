@@ -1,0 +1,21 @@
+"""Every channel variable the backend reads or sets, named once.
+
+The dialplan (``dialplan/extensions.conf``) and the AGI route modules use these
+names; ``jiejing dialplan check`` will compare the two sets. Keep the comment
+next to each name in step with the dialplan.
+"""
+
+# Set by the dialplan before AGI(), read by the intake route.
+ARRIVED = "JIEJING_ARRIVED"  # epoch seconds with milliseconds, when the call entered the dialplan
+
+# Set by the intake route, read by the dialplan.
+TICKET = "JIEJING_TICKET"  # human-readable ticket number, e.g. 110-20261129-000042
+QUEUE = "JIEJING_QUEUE"  # queue the call goes to
+PRIORITY = "JIEJING_PRIORITY"  # app_queue priority (higher is served first)
+RECORDING = "JIEJING_RECORDING"  # file name (no folder, no extension) for MixMonitor
+
+# Set by Asterisk itself, read by the dialplan after AGI().
+AGISTATUS = "AGISTATUS"
+
+READ_BY_BACKEND = frozenset({ARRIVED})
+SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING})
