@@ -1,0 +1,282 @@
+"""`jiejing lab storm`: N calls at R calls/s through the lab, and a report.
+
+SIPp plays the carrier trunk. Every call of a run gets a caller number unique
+to the run, so the report can find exactly this run's tickets in the store.
+Answer time is taken from the ticket trail, i.e. from Asterisk's own AMI
+timestamps: ``received`` (the caller's channel was created when its INVITE
+arrived) to ``answered`` (a seat answered: AgentConnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+
+from core.config import Settings
+from core.store import Recording, Ticket, make_engine
+
+from . import asterisk, lab, sipp
+
+ANSWER_TARGET_MS = 3000
+REPORT_KEYS = ("calls", "answered", "failed", "abandoned", "tickets", "recordings", "within_3s_pct", "answer_ms")
+
+
+@dataclass
+class StormOptions:
+    calls: int
+    rate: float
+    seats: int | None = None
+    talk_s: float = 8.0
+    json_path: str | None = None
+    settings: Settings = field(default_factory=Settings.from_env)
+    paths: asterisk.LabPaths = field(default_factory=asterisk.LabPaths)
+    caller_name: str = "Storm caller"
+    out = sys.stderr
+
+    def validate(self) -> None:
+        if not 1 <= self.calls <= 100_000:
+            raise asterisk.LabError("--calls must be 1..100000")
+        if not 0.01 <= self.rate <= 100:
+            raise asterisk.LabError("--rate must be 0.01..100 calls/s")
+        if not 1 <= self.talk_s <= 3600:
+            raise asterisk.LabError("--talk-s must be 1..3600")
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: every figure is a real call)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def caller_numbers(count: int, run_tag: int) -> list[str]:
+    # 139 + 4-digit run tag + 4-digit index: 11 digits like a mobile number,
+    # unique within the run and unlikely to repeat across runs.
+    return [f"139{run_tag:04d}{i:04d}" for i in range(1, count + 1)]
+
+
+def write_injection(path: Path, numbers: list[str], name: str) -> None:
+    with path.open("w", newline="") as f:
+        f.write("SEQUENTIAL\n")
+        w = csv.writer(f, delimiter=";", lineterminator="\n")
+        for n in numbers:
+            w.writerow([n, f"{name} {n[-4:]}", ""])
+
+
+def read_stats(stat_file: Path) -> dict[str, str]:
+    """The last row of SIPp's -trace_stat file, by column name."""
+    try:
+        lines = [ln for ln in stat_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    header = lines[0].split(";")
+    return dict(zip(header, lines[-1].split(";")))
+
+
+def _int(stats: dict[str, str], key: str) -> int:
+    try:
+        return int(stats.get(key, "0") or 0)
+    except ValueError:
+        return 0
+
+
+async def set_seats(settings: Settings, lab_seats: int, active: int | None) -> None:
+    """Pause the seats beyond ``active`` (or unpause all) through AMI."""
+    from telephony.ami.client import AMIClient
+
+    ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
+    await ami.start()
+    try:
+        for _ in range(50):
+            if ami.connected:
+                break
+            await asyncio.sleep(0.1)
+        for i in range(1, lab_seats + 1):
+            paused = active is not None and i > active
+            await ami.action(
+                "QueuePause",
+                {"Interface": f"PJSIP/{asterisk.seat_name(i)}", "Paused": "true" if paused else "false",
+                 "Reason": "storm: seat not staffed" if paused else ""},
+            )
+    finally:
+        await ami.stop()
+
+
+async def collect(settings: Settings, numbers: list[str]) -> dict:
+    engine = make_engine(settings.db_url)
+    try:
+        async with engine.connect() as conn:
+            from sqlalchemy.ext.asyncio import AsyncSession
+
+            async with AsyncSession(bind=conn) as session:
+                rows = (
+                    await session.scalars(
+                        select(Ticket).where(Ticket.caller_id.in_(numbers)).options(selectinload(Ticket.steps))
+                    )
+                ).all()
+                ids = [t.id for t in rows]
+                recordings = 0
+                if ids:
+                    recordings = await session.scalar(
+                        select(func.count(func.distinct(Recording.ticket_id))).where(Recording.ticket_id.in_(ids))
+                    )
+                answer_ms: list[float] = []
+                answered = abandoned = 0
+                for t in rows:
+                    at = {s.step: s.at_us for s in t.steps}
+                    if "answered" in at and "received" in at:
+                        answered += 1
+                        answer_ms.append((at["answered"] - at["received"]) / 1000)
+                    elif "abandoned" in at:
+                        abandoned += 1
+                return {"tickets": len(rows), "answered": answered, "abandoned": abandoned,
+                        "recordings": int(recordings or 0), "answer_ms": answer_ms,
+                        "ended": sum(1 for t in rows if t.state in ("ended", "abandoned", "closed"))}
+    finally:
+        await engine.dispose()
+
+
+def _progress(out, line: str) -> None:
+    if out.isatty():
+        out.write("\r" + line.ljust(100))
+    else:
+        out.write(line + "\n")
+    out.flush()
+
+
+async def run_async(opts: StormOptions) -> dict:
+    opts.validate()
+    paths = opts.paths
+    if not asterisk.asterisk_pid(paths):
+        raise asterisk.LabError("the lab is not up: run `jiejing lab up` first")
+    current = lab.running_settings(paths)
+    lab_seats = current.seats if current else 100
+    if opts.seats is not None and not 1 <= opts.seats <= lab_seats:
+        raise asterisk.LabError(f"--seats must be 1..{lab_seats} (the lab runs {lab_seats} seats)")
+    if not asterisk.port_open(opts.settings.http_port, opts.settings.http_host):
+        print("storm: warning: the backend (jiejing serve) is not reachable; tickets will be missing",
+              file=opts.out)
+
+    run_tag = random.randrange(10_000)
+    run_dir = paths.run / f"storm-{int(time.time())}-{run_tag:04d}"
+    run_dir.mkdir(parents=True)
+    numbers = caller_numbers(opts.calls, run_tag)
+    write_injection(run_dir / "callers.csv", numbers, opts.caller_name)
+    pcap = sipp.audio_pcap(paths.run, opts.talk_s + 5)
+    scenario = sipp.render("caller.xml", run_dir, TALK_MS=int(opts.talk_s * 1000), AUDIO=pcap)
+    stat_file = run_dir / "stats.csv"
+
+    await set_seats(opts.settings, lab_seats, opts.seats)
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sipp.sipp_binary(), sipp.ASTERISK_SIP, "-sf", str(scenario), "-inf", str(run_dir / "callers.csv"),
+            "-i", "127.0.0.1", "-p", str(sipp.CALLER_SIP_PORT), "-mi", "127.0.0.1", "-mp", str(sipp.CALLER_MEDIA_PORT),
+            "-r", f"{opts.rate:g}", "-rp", "1000", "-m", str(opts.calls), "-l", str(opts.calls),
+            "-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "1",
+            "-trace_err", "-error_file", str(run_dir / "errors.log"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=run_dir,
+        )
+        budget = opts.calls / opts.rate + opts.talk_s + 120
+        while True:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=1.0)
+                break
+            except asyncio.TimeoutError:
+                pass
+            s = read_stats(stat_file)
+            elapsed = time.monotonic() - started
+            _progress(opts.out, f"storm: {elapsed:5.0f}s  started {_int(s, 'TotalCallCreated')}/{opts.calls}  "
+                                f"up {_int(s, 'CurrentCall')}  ok {_int(s, 'SuccessfulCall(C)')}  "
+                                f"failed {_int(s, 'FailedCall(C)')}")
+            if elapsed > budget:
+                proc.terminate()
+                await proc.wait()
+                print(f"\nstorm: SIPp did not finish within {budget:.0f} s; stopped", file=opts.out)
+                break
+    finally:
+        await set_seats(opts.settings, lab_seats, None)
+    if opts.out.isatty():
+        opts.out.write("\n")
+    stats = read_stats(stat_file)
+    sipp_failed = _int(stats, "FailedCall(C)")
+    sipp_ok = _int(stats, "SuccessfulCall(C)")
+
+    # Let the backend finish binding recordings of the last calls.
+    deadline = time.monotonic() + 20
+    while True:
+        found = await collect(opts.settings, numbers)
+        if found["recordings"] >= found["ended"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+
+    answer_ms = found["answer_ms"]
+    answered = found["answered"]
+    abandoned = found["abandoned"]
+    failed = max(sipp_failed, opts.calls - answered - abandoned)
+    within = sum(1 for ms in answer_ms if ms <= ANSWER_TARGET_MS)
+    report = {
+        "calls": opts.calls,
+        "answered": answered,
+        "failed": failed,
+        "abandoned": abandoned,
+        "tickets": found["tickets"],
+        "recordings": found["recordings"],
+        "within_3s_pct": round(100 * within / opts.calls, 2) if opts.calls else 0.0,
+        "answer_ms": {
+            "p50": _round(percentile(answer_ms, 50)),
+            "p95": _round(percentile(answer_ms, 95)),
+            "p99": _round(percentile(answer_ms, 99)),
+            "max": _round(max(answer_ms) if answer_ms else None),
+        },
+    }
+    print_report(report, opts, sipp_ok=sipp_ok, sipp_failed=sipp_failed, elapsed=time.monotonic() - started,
+                 run_dir=run_dir)
+    if opts.json_path:
+        Path(opts.json_path).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed: int, elapsed: float,
+                 run_dir: Path) -> None:
+    a = report["answer_ms"]
+    rows = [
+        ("calls", report["calls"]),
+        ("answered by a seat", report["answered"]),
+        ("failed", report["failed"]),
+        ("abandoned", report["abandoned"]),
+        ("tickets", report["tickets"]),
+        ("recordings", report["recordings"]),
+        ("answered within 3 s", f'{report["within_3s_pct"]} %'),
+        ("answer ms p50 / p95 / p99 / max", f'{a["p50"]} / {a["p95"]} / {a["p99"]} / {a["max"]}'),
+        ("SIPp successful / failed calls", f"{sipp_ok} / {sipp_failed}"),
+        ("rate, seats, talk", f"{opts.rate:g}/s, {opts.seats or 'all'}, {opts.talk_s:g} s"),
+        ("wall time", f"{elapsed:.1f} s"),
+        ("run folder", str(run_dir)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("jiejing lab storm")
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+
+
+def run(opts: StormOptions) -> dict:
+    return asyncio.run(run_async(opts))

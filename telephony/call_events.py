@@ -1,0 +1,259 @@
+"""AMI events in, ticket steps out.
+
+Asterisk tells us, over AMI, what happens to every 110 call: the channel is
+created (received), joins the queue, a seat rings, a seat answers, the caller
+hangs up or gives up. This adapter turns those events into ticket steps in
+``core``. It is also the safety net of the FastAGI path: a call whose AGI
+request never reached us (backend slow or down) still gets its ticket here,
+and after an AMI reconnect ``resync`` reconciles tickets with the channels
+Asterisk really has.
+
+The reader of the AMI connection must never stall (Asterisk drops a manager
+session that does not read within 100 ms), so ``on_event`` only enqueues;
+one owned task applies the events in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from core.lifecycle import IllegalTransition, State, Step
+from core.tickets import TicketService, UnknownCall
+
+log = logging.getLogger("jiejing.call_events")
+
+ANSWERED_STATES = {State.ANSWERED}
+WAITING_STATES = {State.RECEIVED, State.QUEUED, State.RINGING}
+# MixMonitor closes its file right after the caller's channel is gone; give it
+# a moment, then wait until the size stops changing.
+RECORDING_SETTLE_S = 0.3
+RECORDING_WAIT_S = 10.0
+
+
+def _duration_seconds(text: str) -> float:
+    try:
+        h, m, s = (int(x) for x in text.split(":"))
+        return h * 3600 + m * 60 + s
+    except ValueError:
+        return 0.0
+
+
+class CallEvents:
+    def __init__(
+        self,
+        service: TicketService,
+        *,
+        intake_contexts: Iterable[str],
+        emergency_numbers: Iterable[str],
+        recordings_dir: Path | None,
+        clock=time.time,
+    ) -> None:
+        self.service = service
+        self.intake_contexts = frozenset(intake_contexts)
+        self.emergency_numbers = frozenset(emergency_numbers)
+        self.recordings_dir = recordings_dir
+        self.clock = clock
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self._recording_tasks: set[asyncio.Task] = set()
+        # caller channels we hold a ticket for (uniqueid → recording name)
+        self._calls: dict[str, str | None] = {}
+        self.applied = 0
+        self.rejected = 0
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="call-events")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._recording_tasks):
+            task.cancel()
+        await asyncio.gather(*self._recording_tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until every queued event has been applied (tests, shutdown)."""
+        await self._queue.join()
+
+    def on_event(self, event) -> None:
+        """AMI listener: cheap, never blocks the reader."""
+        self._queue.put_nowait(event)
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self.apply(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad event must not stop the ticket trail of every other call.
+                log.exception("event %s could not be applied", getattr(event, "name", "?"))
+            finally:
+                self._queue.task_done()
+
+    # -- events --------------------------------------------------------------
+    def is_intake(self, context: str | None, exten: str | None) -> bool:
+        return context in self.intake_contexts and exten in self.emergency_numbers
+
+    async def apply(self, event) -> None:
+        name = event.name
+        uid = event.get("Uniqueid")
+        if not uid:
+            return
+        at = event.timestamp or self.clock()
+        if name == "Newchannel":
+            if self.is_intake(event.get("Context"), event.get("Exten")):
+                await self._open(event, at, source="ami")
+            return
+        if name == "QueueCallerJoin":
+            if uid not in self._calls:
+                await self._open(event, at, source="ami")
+            await self._step(uid, Step.QUEUED, at, queue=event.get("Queue"), position=event.get("Position"))
+        elif name == "AgentCalled" and uid in self._calls:
+            await self._step(uid, Step.SEAT_RINGING, at, seat=event.get("MemberName"),
+                             interface=event.get("Interface"))
+        elif name == "AgentRingNoAnswer" and uid in self._calls:
+            await self._step(uid, Step.SEAT_NO_ANSWER, at, seat=event.get("MemberName"),
+                             ring_ms=event.get("RingTime"))
+        elif name == "AgentConnect" and uid in self._calls:
+            await self._step(uid, Step.ANSWERED, at, seat=event.get("MemberName"),
+                             interface=event.get("Interface"), hold_s=event.get("HoldTime"))
+        elif name == "QueueCallerAbandon" and uid in self._calls:
+            await self._step(uid, Step.ABANDONED, at, queue=event.get("Queue"), hold_s=event.get("HoldTime"))
+        elif name == "Hangup" and uid in self._calls:
+            await self._hangup(uid, at, source="ami", cause=event.get("Cause"), cause_text=event.get("Cause-txt"))
+
+    async def _open(self, event, at: float, *, source: str) -> None:
+        ticket = await self.service.open_call(
+            uniqueid=event.get("Uniqueid"),
+            caller_id=event.get("CallerIDNum") or "",
+            caller_name=event.get("CallerIDName"),
+            at=at,
+            source=source,
+        )
+        self._calls[ticket.uniqueid] = ticket.number
+
+    async def _step(self, uid: str, step: Step, at: float, *, source: str = "ami", **detail) -> bool:
+        detail = {k: v for k, v in detail.items() if v is not None}
+        try:
+            await self.service.record_step(uid, step, at=at, source=source, **detail)
+        except IllegalTransition as exc:
+            # Duplicates after a resync, or events of a ticket already closed:
+            # the trail keeps what it has; we only note it.
+            self.rejected += 1
+            log.info("%s: %s", uid, exc)
+            return False
+        except UnknownCall:
+            self.rejected += 1
+            log.warning("%s: step %s for a call without ticket", uid, step)
+            return False
+        self.applied += 1
+        return True
+
+    async def _hangup(self, uid: str, at: float, *, source: str, **detail) -> None:
+        ticket = await self.service.find_by_uniqueid(uid)
+        if ticket is None:
+            self._calls.pop(uid, None)
+            return
+        if ticket.state in ANSWERED_STATES:
+            await self._step(uid, Step.HUNG_UP, at, source=source, **detail)
+        elif ticket.state in WAITING_STATES:
+            await self._step(uid, Step.ABANDONED, at, source=source, **detail)
+        self._calls.pop(uid, None)
+        self._bind_recording_later(uid, ticket.number)
+
+    # -- recordings ----------------------------------------------------------
+    def _bind_recording_later(self, uid: str, number: str) -> None:
+        if self.recordings_dir is None:
+            return
+        task = asyncio.create_task(self._bind_recording(uid, number), name=f"recording-{number}")
+        self._recording_tasks.add(task)
+        task.add_done_callback(self._recording_tasks.discard)
+
+    def recording_candidates(self, uid: str, number: str) -> list[Path]:
+        # Named after the ticket when the backend answered the AGI request,
+        # after the channel's uniqueid when the dialplan used its fallback.
+        assert self.recordings_dir is not None
+        return [self.recordings_dir / f"{number}.wav", self.recordings_dir / f"{uid}.wav"]
+
+    async def _bind_recording(self, uid: str, number: str) -> None:
+        await asyncio.sleep(RECORDING_SETTLE_S)
+        deadline = time.monotonic() + RECORDING_WAIT_S
+        last_sizes: dict[Path, int] = {}
+        while time.monotonic() < deadline:
+            for path in self.recording_candidates(uid, number):
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if last_sizes.get(path) == size:
+                    try:
+                        await self.service.bind_recording(number, path)
+                    except Exception:
+                        log.exception("recording %s of %s could not be bound", path, number)
+                    return
+                last_sizes[path] = size
+            await asyncio.sleep(0.2)
+        log.warning("no recording found for ticket %s (%s)", number, uid)
+
+    async def wait_recordings(self) -> None:
+        await asyncio.gather(*list(self._recording_tasks), return_exceptions=True)
+
+    # -- reconciliation after (re)connect --------------------------------------
+    async def resync(self, ami) -> dict:
+        """Bring tickets in line with the channels Asterisk really has."""
+        await self.drain()
+        _, channels = await ami.list_action("CoreShowChannels")
+        now = self.clock()
+        live: set[str] = set()
+        opened = closed = 0
+        by_linked: dict[str, list] = {}
+        for ch in channels:
+            by_linked.setdefault(ch.get("Linkedid") or "", []).append(ch)
+        for ch in channels:
+            uid = ch.get("Uniqueid")
+            if not uid or ch.get("Context") not in self.intake_contexts:
+                continue
+            live.add(uid)
+            if uid not in self._calls:
+                before = await self.service.find_by_uniqueid(uid)
+                at = now - _duration_seconds(ch.get("Duration") or "0:0:0")
+                ticket = await self.service.open_call(
+                    uniqueid=uid, caller_id=ch.get("CallerIDNum") or "", caller_name=ch.get("CallerIDName"),
+                    at=at, source="resync",
+                )
+                self._calls[uid] = ticket.number
+                opened += before is None
+            ticket = await self.service.find_by_uniqueid(uid)
+            if ticket and ch.get("BridgeId") and ticket.state in WAITING_STATES:
+                seat = next(
+                    (o.get("Channel", "").split("/", 1)[-1].rsplit("-", 1)[0]
+                     for o in by_linked.get(uid, []) if o.get("Uniqueid") != uid and o.get("BridgeId") == ch.get("BridgeId")),
+                    None,
+                )
+                if ticket.state == State.RECEIVED:
+                    await self._step(uid, Step.QUEUED, now, source="resync")
+                await self._step(uid, Step.ANSWERED, now, source="resync", seat=seat)
+        _, entries = await ami.list_action("QueueStatus")
+        for entry in entries:
+            uid = entry.get("Uniqueid")
+            if entry.name == "QueueEntry" and uid in self._calls:
+                ticket = await self.service.find_by_uniqueid(uid)
+                if ticket and ticket.state == State.RECEIVED:
+                    await self._step(uid, Step.QUEUED, now, source="resync", queue=entry.get("Queue"))
+        # Tickets whose channel disappeared while we were not listening.
+        for uid in await self.service.open_uniqueids():
+            if uid not in live:
+                self._calls.setdefault(uid, None)
+                await self._hangup(uid, now, source="resync", reconciled=True)
+                closed += 1
+        result = {"channels": len(live), "opened": opened, "ended": closed}
+        log.info("resync: %s", result)
+        return result
