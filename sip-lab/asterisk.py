@@ -10,6 +10,7 @@ mounted.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -211,7 +212,7 @@ def write_config(paths: LabPaths, cfg: LabConfig, *, seat_sip_port: int) -> None
         (etc / name).write_text(text)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -226,12 +227,23 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def spawn_daemon(argv: list[str], log_path: Path, *, cwd: Path | None = None) -> int:
+    """Start a long-running lab process detached from us; its pid.
+
+    A shell starts it in the background and exits at once, so no child of the
+    calling process is left behind (lab processes outlive `jiejing lab up`).
+    """
+    script = f"{shlex.join(argv)} >> {shlex.quote(str(log_path))} 2>&1 < /dev/null & echo $!"
+    res = subprocess.run(["setsid", "sh", "-c", script], capture_output=True, text=True, cwd=cwd, check=True)
+    return int(res.stdout.strip())
+
+
 def asterisk_pid(paths: LabPaths) -> int | None:
     try:
         pid = int(paths.asterisk_pid.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
@@ -273,21 +285,15 @@ def start(paths: LabPaths, cfg: LabConfig, *, seat_sip_port: int, log=print) -> 
     write_config(paths, cfg, seat_sip_port=seat_sip_port)
     if port_open(5038):
         raise LabError("port 5038 (AMI) is already in use by another program: stop it first")
-    out = open(paths.asterisk_log, "ab")
-    # -f: foreground without a console (-c floods the log); we own the process.
-    proc = subprocess.Popen(
-        ["chroot", str(root), "asterisk", "-f", "-C", f"{ETC_IN_CHROOT}/asterisk.conf"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    out.close()
-    paths.asterisk_pid.write_text(str(proc.pid))
+    # -f: foreground without a console (-c floods the log); chroot execs it,
+    # so the pid is Asterisk's own.
+    pid = spawn_daemon(["chroot", str(root), "asterisk", "-f", "-C", f"{ETC_IN_CHROOT}/asterisk.conf"],
+                       paths.asterisk_log)
+    paths.asterisk_pid.write_text(str(pid))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"Asterisk exited at start (code {proc.returncode}); see {paths.asterisk_log}")
+        if not pid_alive(pid):
+            raise LabError(f"Asterisk exited at start; see {paths.asterisk_log}")
         if port_open(5038):
             res = _run(
                 ["chroot", str(root), "asterisk", "-C", f"{ETC_IN_CHROOT}/asterisk.conf", "-rx", "core waitfullybooted"],
@@ -295,8 +301,8 @@ def start(paths: LabPaths, cfg: LabConfig, *, seat_sip_port: int, log=print) -> 
                 timeout=30,
             )
             if res.returncode == 0:
-                log(f"lab: Asterisk running (pid {proc.pid})")
-                return proc.pid
+                log(f"lab: Asterisk running (pid {pid})")
+                return pid
         time.sleep(0.1)
     raise LabError(f"Asterisk did not come up within 30 s; see {paths.asterisk_log}")
 
@@ -306,14 +312,10 @@ def stop(paths: LabPaths, *, log=print) -> None:
     if pid:
         rx(paths, "core stop now", timeout=10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
-        if _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
         log("lab: Asterisk stopped")
     paths.asterisk_pid.unlink(missing_ok=True)
     # An Asterisk started by hand in the chroot would keep proc busy: say so.

@@ -15,10 +15,14 @@ from pathlib import Path
 from . import asterisk, sipp
 
 
+OFFICER_TALK_MS = 24 * 3600 * 1000
+
+
 @dataclass
 class LabSettings:
     seats: int = 100
     seat_ring_ms: int = 1000
+    seat_talk_ms: int = 8000
     officer_ring_ms: int = 3000
 
     def validate(self) -> None:
@@ -26,6 +30,8 @@ class LabSettings:
             raise asterisk.LabError(f"--seats must be 1..999, not {self.seats}")
         if not 0 <= self.seat_ring_ms <= 60_000 or not 0 <= self.officer_ring_ms <= 60_000:
             raise asterisk.LabError("ring delays must be 0..60000 ms")
+        if not 100 <= self.seat_talk_ms <= 3_600_000:
+            raise asterisk.LabError("seat talk time must be 100..3600000 ms")
 
 
 def _state_file(paths: asterisk.LabPaths) -> Path:
@@ -47,21 +53,23 @@ def up(settings: LabSettings, paths: asterisk.LabPaths | None = None, *, log=pri
     settings.validate()
     paths = paths or asterisk.LabPaths()
     current = running_settings(paths)
-    if asterisk.asterisk_pid(paths) and current and current != settings:
-        log(f"lab: running with {asdict(current)}; restarting with {asdict(settings)}")
+    if asterisk.asterisk_pid(paths) and current and current.seats != settings.seats:
+        log(f"lab: running with {current.seats} seats; restarting with {settings.seats}")
         down(paths, log=log)
     paths.run.mkdir(parents=True, exist_ok=True)
     asterisk.start(paths, asterisk.LabConfig(seats=settings.seats), seat_sip_port=sipp.SEAT_SIP_PORT, log=log)
     sipp.start_answering_phones(
         paths.run, name="seats", sip_port=sipp.SEAT_SIP_PORT, media_port=sipp.SEAT_MEDIA_PORT,
-        ring_ms=settings.seat_ring_ms,
+        ring_ms=settings.seat_ring_ms, talk_ms=settings.seat_talk_ms,
     )
     sipp.start_answering_phones(
         paths.run, name="officers", sip_port=sipp.OFFICER_SIP_PORT, media_port=sipp.OFFICER_MEDIA_PORT,
-        ring_ms=settings.officer_ring_ms,
+        # officers stay in the conference until Asterisk ends it
+        ring_ms=settings.officer_ring_ms, talk_ms=OFFICER_TALK_MS,
     )
     _state_file(paths).write_text(json.dumps(asdict(settings)))
-    log(f"lab: up — {settings.seats} seats ringing {settings.seat_ring_ms} ms; "
+    log(f"lab: up — {settings.seats} seats ringing {settings.seat_ring_ms} ms, "
+        f"talking {settings.seat_talk_ms} ms; "
         f"recordings in {paths.recordings}")
     return paths
 

@@ -7,15 +7,16 @@ per-call fields).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import audio
+from .asterisk import pid_alive, spawn_daemon
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 ASTERISK_SIP = "127.0.0.1:5060"
@@ -53,12 +54,11 @@ def render(name: str, dest_dir: Path, **values: object) -> Path:
     return dest
 
 
-def audio_pcap(run_dir: Path, seconds: float) -> Path:
-    """A looped speech pcap at least ``seconds`` long (built once, reused)."""
-    seconds = max(10, int(seconds) + 5)
-    dest = run_dir / f"speech-{seconds}s.pcap"
+def audio_pcap(run_dir: Path) -> Path:
+    """Ten minutes of looped speech, longer than any lab call (built once, reused)."""
+    dest = run_dir / "speech-600s.pcap"
     if not dest.exists():
-        audio.write_pcap(dest, seconds)
+        audio.write_pcap(dest, 600)
     return dest
 
 
@@ -73,49 +73,51 @@ class Process:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return pid if pid_alive(pid) else None
 
     def stop(self) -> None:
         pid = self.pid
         if pid:
             try:
-                os.killpg(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and self.pid:
                 time.sleep(0.05)
             if self.pid:
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
 
 
 def start_answering_phones(
-    run_dir: Path, *, name: str, sip_port: int, media_port: int, ring_ms: int, hold_s: float = 3600
+    run_dir: Path, *, name: str, sip_port: int, media_port: int, ring_ms: int, talk_ms: int
 ) -> Process:
-    """One SIPp UAS that answers every INVITE sent to its port after ring_ms."""
+    """One SIPp UAS answering every INVITE sent to its port after ring_ms, hanging up after talk_ms.
+
+    Already running with the same parameters: kept. Otherwise (re)started.
+    """
     proc = Process(name, run_dir / f"{name}.pid")
+    params = run_dir / f"{name}.params"
+    scenario = render("seat.xml", run_dir / name, RING_MS=ring_ms, TALK_MS=talk_ms, AUDIO=audio_pcap(run_dir))
+    # The scenario text itself is part of the identity: an edited scenario restarts the phones.
+    wanted = f"port={sip_port} scenario={hashlib.sha256(scenario.read_bytes()).hexdigest()}"
     if proc.pid:
-        return proc
-    pcap = audio_pcap(run_dir, hold_s if hold_s < 600 else 600)
-    scenario = render("seat.xml", run_dir / name, RING_MS=ring_ms, AUDIO=pcap)
-    log = open(run_dir / f"{name}.log", "ab")
-    p = subprocess.Popen(
+        if params.exists() and params.read_text() == wanted:
+            return proc
+        proc.stop()
+    pid = spawn_daemon(
         [
             sipp_binary(), "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
             "-mi", "127.0.0.1", "-mp", str(media_port), "-nostdin", "-trace_err",
             "-error_file", str(run_dir / f"{name}.errors.log"),
         ],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, cwd=run_dir / name,
+        run_dir / f"{name}.log",
+        cwd=run_dir / name,
     )
-    log.close()
-    proc.pid_file.write_text(str(p.pid))
+    proc.pid_file.write_text(str(pid))
+    params.write_text(wanted)
     time.sleep(0.2)
-    if p.poll() is not None:
+    if not proc.pid:
         raise SippError(f"SIPp {name} exited at start; see {run_dir / (name + '.log')}")
     return proc

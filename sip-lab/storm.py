@@ -10,13 +10,12 @@ arrived) to ``answered`` (a seat answered: AgentConnect).
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -37,6 +36,7 @@ class StormOptions:
     rate: float
     seats: int | None = None
     talk_s: float = 8.0
+    patience_s: float = 60.0
     json_path: str | None = None
     settings: Settings = field(default_factory=Settings.from_env)
     paths: asterisk.LabPaths = field(default_factory=asterisk.LabPaths)
@@ -48,8 +48,10 @@ class StormOptions:
             raise asterisk.LabError("--calls must be 1..100000")
         if not 0.01 <= self.rate <= 100:
             raise asterisk.LabError("--rate must be 0.01..100 calls/s")
-        if not 1 <= self.talk_s <= 3600:
-            raise asterisk.LabError("--talk-s must be 1..3600")
+        if not 0.5 <= self.talk_s <= 3600:
+            raise asterisk.LabError("--talk-s must be 0.5..3600")
+        if not 1 <= self.patience_s <= 3600:
+            raise asterisk.LabError("--patience-s must be 1..3600")
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -67,12 +69,13 @@ def caller_numbers(count: int, run_tag: int) -> list[str]:
     return [f"139{run_tag:04d}{i:04d}" for i in range(1, count + 1)]
 
 
-def write_injection(path: Path, numbers: list[str], name: str) -> None:
+def write_injection(path: Path, callers: list[tuple[str, str]]) -> None:
+    """SIPp injection file: one (number, display name) per call, in order."""
     with path.open("w", newline="") as f:
         f.write("SEQUENTIAL\n")
-        w = csv.writer(f, delimiter=";", lineterminator="\n")
-        for n in numbers:
-            w.writerow([n, f"{name} {n[-4:]}", ""])
+        for number, name in callers:
+            # SIPp splits fields on ';' and has no quoting: keep it out of the data.
+            f.write(f"{number.replace(';', ' ')};{name.replace(';', ' ')};\n")
 
 
 def read_stats(stat_file: Path) -> dict[str, str]:
@@ -150,6 +153,46 @@ async def collect(settings: Settings, numbers: list[str]) -> dict:
         await engine.dispose()
 
 
+def prepare_callers(paths: asterisk.LabPaths, run_dir: Path, *, talk_s: float, patience_s: float) -> Path:
+    """Seats talk ``talk_s`` after answering; callers give up after ``patience_s``."""
+    current = lab.running_settings(paths) or lab.LabSettings()
+    talk_ms = int(talk_s * 1000)
+    if current.seat_talk_ms != talk_ms:
+        lab.up(replace(current, seat_talk_ms=talk_ms), paths, log=lambda *_: None)
+    return sipp.render("caller.xml", run_dir, PATIENCE_MS=int(patience_s * 1000), AUDIO=sipp.audio_pcap(paths.run))
+
+
+async def drive_calls(run_dir: Path, scenario: Path, calls: int, rate: float, *, timeout: float,
+                      progress=None) -> dict[str, str]:
+    """Run the caller scenario (injection file ``callers.csv`` in run_dir); SIPp's final statistics."""
+    stat_file = run_dir / "stats.csv"
+    proc = await asyncio.create_subprocess_exec(
+        sipp.sipp_binary(), sipp.ASTERISK_SIP, "-sf", str(scenario), "-inf", str(run_dir / "callers.csv"),
+        "-i", "127.0.0.1", "-p", str(sipp.CALLER_SIP_PORT), "-mi", "127.0.0.1", "-mp", str(sipp.CALLER_MEDIA_PORT),
+        "-r", f"{rate:g}", "-rp", "1000", "-m", str(calls), "-l", str(calls),
+        "-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "1",
+        "-trace_err", "-error_file", str(run_dir / "errors.log"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=run_dir,
+    )
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=1.0)
+                break
+            except asyncio.TimeoutError:
+                pass
+            if progress:
+                progress(read_stats(stat_file), time.monotonic() - started)
+            if time.monotonic() - started > timeout:
+                raise asterisk.LabError(f"SIPp did not finish within {timeout:.0f} s; see {run_dir}")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    return read_stats(stat_file)
+
+
 def _progress(out, line: str) -> None:
     if out.isatty():
         out.write("\r" + line.ljust(100))
@@ -163,8 +206,8 @@ async def run_async(opts: StormOptions) -> dict:
     paths = opts.paths
     if not asterisk.asterisk_pid(paths):
         raise asterisk.LabError("the lab is not up: run `jiejing lab up` first")
-    current = lab.running_settings(paths)
-    lab_seats = current.seats if current else 100
+    current = lab.running_settings(paths) or lab.LabSettings()
+    lab_seats = current.seats
     if opts.seats is not None and not 1 <= opts.seats <= lab_seats:
         raise asterisk.LabError(f"--seats must be 1..{lab_seats} (the lab runs {lab_seats} seats)")
     if not asterisk.port_open(opts.settings.http_port, opts.settings.http_host):
@@ -175,44 +218,24 @@ async def run_async(opts: StormOptions) -> dict:
     run_dir = paths.run / f"storm-{int(time.time())}-{run_tag:04d}"
     run_dir.mkdir(parents=True)
     numbers = caller_numbers(opts.calls, run_tag)
-    write_injection(run_dir / "callers.csv", numbers, opts.caller_name)
-    pcap = sipp.audio_pcap(paths.run, opts.talk_s + 5)
-    scenario = sipp.render("caller.xml", run_dir, TALK_MS=int(opts.talk_s * 1000), AUDIO=pcap)
-    stat_file = run_dir / "stats.csv"
+    write_injection(run_dir / "callers.csv", [(n, f"{opts.caller_name} {n[-4:]}") for n in numbers])
+    scenario = prepare_callers(paths, run_dir, talk_s=opts.talk_s, patience_s=opts.patience_s)
 
     await set_seats(opts.settings, lab_seats, opts.seats)
     started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sipp.sipp_binary(), sipp.ASTERISK_SIP, "-sf", str(scenario), "-inf", str(run_dir / "callers.csv"),
-            "-i", "127.0.0.1", "-p", str(sipp.CALLER_SIP_PORT), "-mi", "127.0.0.1", "-mp", str(sipp.CALLER_MEDIA_PORT),
-            "-r", f"{opts.rate:g}", "-rp", "1000", "-m", str(opts.calls), "-l", str(opts.calls),
-            "-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "1",
-            "-trace_err", "-error_file", str(run_dir / "errors.log"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=run_dir,
+        stats = await drive_calls(
+            run_dir, scenario, opts.calls, opts.rate,
+            timeout=opts.calls / opts.rate + opts.patience_s + opts.talk_s + 60,
+            progress=lambda s, elapsed: _progress(
+                opts.out, f"storm: {elapsed:5.0f}s  started {_int(s, 'TotalCallCreated')}/{opts.calls}  "
+                          f"up {_int(s, 'CurrentCall')}  ok {_int(s, 'SuccessfulCall(C)')}  "
+                          f"failed {_int(s, 'FailedCall(C)')}"),
         )
-        budget = opts.calls / opts.rate + opts.talk_s + 120
-        while True:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=1.0)
-                break
-            except asyncio.TimeoutError:
-                pass
-            s = read_stats(stat_file)
-            elapsed = time.monotonic() - started
-            _progress(opts.out, f"storm: {elapsed:5.0f}s  started {_int(s, 'TotalCallCreated')}/{opts.calls}  "
-                                f"up {_int(s, 'CurrentCall')}  ok {_int(s, 'SuccessfulCall(C)')}  "
-                                f"failed {_int(s, 'FailedCall(C)')}")
-            if elapsed > budget:
-                proc.terminate()
-                await proc.wait()
-                print(f"\nstorm: SIPp did not finish within {budget:.0f} s; stopped", file=opts.out)
-                break
     finally:
         await set_seats(opts.settings, lab_seats, None)
     if opts.out.isatty():
         opts.out.write("\n")
-    stats = read_stats(stat_file)
     sipp_failed = _int(stats, "FailedCall(C)")
     sipp_ok = _int(stats, "SuccessfulCall(C)")
 
@@ -268,7 +291,8 @@ def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed:
         ("answered within 3 s", f'{report["within_3s_pct"]} %'),
         ("answer ms p50 / p95 / p99 / max", f'{a["p50"]} / {a["p95"]} / {a["p99"]} / {a["max"]}'),
         ("SIPp successful / failed calls", f"{sipp_ok} / {sipp_failed}"),
-        ("rate, seats, talk", f"{opts.rate:g}/s, {opts.seats or 'all'}, {opts.talk_s:g} s"),
+        ("rate, seats, talk, patience",
+         f"{opts.rate:g}/s, {opts.seats or 'all'}, {opts.talk_s:g} s, {opts.patience_s:g} s"),
         ("wall time", f"{elapsed:.1f} s"),
         ("run folder", str(run_dir)),
     ]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from core.lifecycle import IllegalTransition, State, Step
 from core.tickets import TicketService, UnknownCall
+from telephony.channel_vars import recording_name
 
 log = logging.getLogger("jiejing.call_events")
 
@@ -181,7 +182,7 @@ class CallEvents:
         # Named after the ticket when the backend answered the AGI request,
         # after the channel's uniqueid when the dialplan used its fallback.
         assert self.recordings_dir is not None
-        return [self.recordings_dir / f"{number}.wav", self.recordings_dir / f"{uid}.wav"]
+        return [self.recordings_dir / f"{recording_name(number, uid)}.wav", self.recordings_dir / f"{uid}.wav"]
 
     async def _bind_recording(self, uid: str, number: str) -> None:
         await asyncio.sleep(RECORDING_SETTLE_S)

@@ -17,5 +17,15 @@ RECORDING = "JIEJING_RECORDING"  # file name (no folder, no extension) for MixMo
 # Set by Asterisk itself, read by the dialplan after AGI().
 AGISTATUS = "AGISTATUS"
 
+
+
+def recording_name(ticket_number: str, uniqueid: str) -> str:
+    """Value of RECORDING: the ticket number, plus the uniqueid so that a file
+    can never be taken for another call's (numbers restart with a new store;
+    uniqueids do not repeat on one Asterisk). The dialplan's fallback, with no
+    ticket, names the file after the uniqueid alone."""
+    return f"{ticket_number}_{uniqueid}"
+
+
 READ_BY_BACKEND = frozenset({ARRIVED})
 SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING})

@@ -36,8 +36,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from siplab.asterisk import LabError
 
     try:
-        if args.lab_cmd == "up":
-            lab.up(lab.LabSettings(seats=args.seats, seat_ring_ms=args.ring_ms, officer_ring_ms=args.officer_ring_ms))
+        if args.lab_cmd == "provision":
+            from siplab.asterisk import LabPaths, asterisk_version, provision
+
+            paths = LabPaths()
+            provision(paths)
+            print(f"lab: Asterisk {asterisk_version(paths)} ready in {paths.root}")
+        elif args.lab_cmd == "up":
+            lab.up(lab.LabSettings(seats=args.seats, seat_ring_ms=args.ring_ms, seat_talk_ms=args.talk_ms,
+                                   officer_ring_ms=args.officer_ring_ms))
         elif args.lab_cmd == "down":
             lab.down()
         elif args.lab_cmd == "status":
@@ -48,6 +55,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             report = storm.run(
                 storm.StormOptions(
                     calls=args.calls, rate=args.rate, seats=args.seats, talk_s=args.talk_s,
+                    patience_s=args.patience_s,
                     json_path=args.json, settings=_settings_with_lab_defaults(),
                 )
             )
@@ -68,9 +76,11 @@ def parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="the SIPp/Asterisk lab")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
+    lab_sub.add_parser("provision", help="build the Asterisk 22 chroot if it is missing (done by bootstrap)")
     up = lab_sub.add_parser("up", help="provision (once) and start Asterisk 22 and the simulated phones")
     up.add_argument("--seats", type=int, default=100, help="call-taker seats (default 100)")
     up.add_argument("--ring-ms", type=int, default=1000, help="how long a seat rings before answering")
+    up.add_argument("--talk-ms", type=int, default=8000, help="how long a seat talks before ending the call")
     up.add_argument("--officer-ring-ms", type=int, default=3000, help="how long an officer's phone rings")
     lab_sub.add_parser("down", help="stop everything the lab started; unmount what it mounted")
     lab_sub.add_parser("status", help="what is running")
@@ -78,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--calls", type=int, required=True)
     st.add_argument("--rate", type=float, required=True, help="calls per second")
     st.add_argument("--seats", type=int, default=None, help="seats taking calls (others paused); default all")
-    st.add_argument("--talk-s", type=float, default=8.0, help="how long each caller talks after being answered")
+    st.add_argument("--talk-s", type=float, default=8.0, help="how long a seat talks before ending the call")
+    st.add_argument("--patience-s", type=float, default=60.0, help="a caller not done after this hangs up")
     st.add_argument("--json", default=None, help="also write the report as JSON to this file")
     lab.set_defaults(func=cmd_lab)
     return p

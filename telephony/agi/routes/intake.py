@@ -50,8 +50,8 @@ def make_route(service: TicketService, *, queue: str = DEFAULT_QUEUE, priority: 
             {
                 channel_vars.QUEUE: ticket.queue or queue,
                 channel_vars.PRIORITY: ticket.priority if ticket.priority is not None else priority,
-                # The ticket number contains only [0-9A-Za-z-]: safe as a file name.
-                channel_vars.RECORDING: ticket.number,
+                # Ticket number and uniqueid contain only [0-9A-Za-z.-]: safe as a file name.
+                channel_vars.RECORDING: channel_vars.recording_name(ticket.number, ticket.uniqueid),
                 # Last: the dialplan takes a set ticket as "the backend answered".
                 channel_vars.TICKET: ticket.number,
             }

@@ -1,0 +1,90 @@
+"""Settings of one backend process, read from ``JIEJING_*`` environment variables.
+
+Each field ``name`` is set by ``JIEJING_NAME`` (e.g. ``JIEJING_HTTP_PORT``); an
+unset or empty variable keeps the default. Lists are comma-separated. A bad
+value stops the process at start-up with a message naming the variable, not
+at the first call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PREFIX = "JIEJING_"
+
+
+class ConfigError(ValueError):
+    """A ``JIEJING_*`` variable holds a value the backend cannot use."""
+
+
+def _default_db_url() -> str:
+    # Resolved once at start-up so a later change of directory cannot move the database.
+    return "sqlite+aiosqlite:///" + str(Path("var", "jiejing.db").absolute())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db_url: str = field(default_factory=_default_db_url)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8110
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "jiejing"
+    ami_secret: str = field(default="jiejing-lab", repr=False)  # kept out of logs
+    recordings_dir: str = ""  # empty: recordings are not bound (the lab sets it)
+    timezone: str = "Asia/Shanghai"
+    ticket_prefix: str = "110"
+    intake_contexts: tuple[str, ...] = ("from-carrier",)
+    emergency_numbers: tuple[str, ...] = ("110",)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            if f.name.endswith("_port"):
+                values[f.name] = _port(name, raw)
+            elif f.name in ("intake_contexts", "emergency_numbers"):
+                values[f.name] = _list(name, raw)
+            else:
+                values[f.name] = raw
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{PREFIX}TIMEZONE: unknown time zone {self.timezone!r}") from None
+        if not self.ticket_prefix.isascii() or not self.ticket_prefix.isalnum() or len(self.ticket_prefix) > 16:
+            raise ConfigError(
+                f"{PREFIX}TICKET_PREFIX must be 1-16 ASCII letters or digits, got {self.ticket_prefix!r}"
+            )
+
+
+def _port(name: str, raw: str) -> int:
+    # isdecimal() alone would accept non-ASCII digits such as "８１１０".
+    if not (raw.isascii() and raw.isdecimal()):
+        raise ConfigError(f"{name} must be an integer port number, got {raw!r}")
+    port = int(raw)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be between 1 and 65535, got {port}")
+    return port
+
+
+def _list(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(","))
+    if not all(items):
+        raise ConfigError(f"{name} has an empty item in {raw!r}")
+    return items

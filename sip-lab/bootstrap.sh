@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything jiejing needs on a fresh Debian 12 machine, as root:
+# Debian packages, the Python virtualenv (.venv) and the lab's Asterisk 22
+# chroot (cached outside the checkout, built once). Safe to run again: each
+# step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: run as root (apt-get, debootstrap, chroot)" >&2
+    exit 2
+fi
+
+PACKAGES=(debootstrap sip-tester baresip-core postgresql python3-venv ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.jiejing-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "bootstrap: installing Python packages into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi
+
+.venv/bin/jiejing lab provision

@@ -1,0 +1,131 @@
+"""The transition table: every legal row, illegal pairs, and whole call paths."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from core import lifecycle
+from core.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
+
+# Written out independently of the module's rules, as the specification lists them.
+LEGAL = {
+    (None, Step.RECEIVED): State.RECEIVED,
+    (State.RECEIVED, Step.QUEUED): State.QUEUED,
+    (State.QUEUED, Step.SEAT_RINGING): State.RINGING,
+    (State.RINGING, Step.SEAT_RINGING): State.RINGING,
+    (State.RINGING, Step.SEAT_NO_ANSWER): State.QUEUED,
+    (State.QUEUED, Step.ANSWERED): State.ANSWERED,
+    (State.RINGING, Step.ANSWERED): State.ANSWERED,
+    (State.RECEIVED, Step.ABANDONED): State.ABANDONED,
+    (State.QUEUED, Step.ABANDONED): State.ABANDONED,
+    (State.RINGING, Step.ABANDONED): State.ABANDONED,
+    (State.ANSWERED, Step.HUNG_UP): State.ENDED,
+    (State.ENDED, Step.CLOSED): State.CLOSED,
+    (State.ABANDONED, Step.CLOSED): State.CLOSED,
+}
+
+
+@pytest.mark.parametrize(("pair", "target"), LEGAL.items(), ids=lambda v: str(v))
+def test_every_legal_row(pair: tuple[State | None, Step], target: State) -> None:
+    assert advance(*pair) is target
+
+
+def test_table_has_exactly_the_legal_rows() -> None:
+    assert dict(TRANSITIONS) == LEGAL
+
+
+def test_every_other_pair_is_illegal() -> None:
+    for state, step in itertools.product([None, *State], Step):
+        if (state, step) in LEGAL:
+            continue
+        with pytest.raises(IllegalTransition):
+            advance(state, step)
+
+
+@pytest.mark.parametrize(
+    ("state", "step"),
+    [
+        (None, Step.QUEUED),
+        (State.RECEIVED, Step.RECEIVED),
+        (State.RECEIVED, Step.ANSWERED),
+        (State.QUEUED, Step.QUEUED),
+        (State.ANSWERED, Step.ABANDONED),
+        (State.ANSWERED, Step.CLOSED),  # a live call cannot be closed
+        (State.ENDED, Step.HUNG_UP),
+        (State.ABANDONED, Step.ANSWERED),
+        (State.CLOSED, Step.CLOSED),
+        (State.CLOSED, Step.RECEIVED),
+    ],
+)
+def test_illegal_pairs_name_state_and_step(state: State | None, step: Step) -> None:
+    with pytest.raises(IllegalTransition) as caught:
+        advance(state, step)
+    assert caught.value.state == state
+    assert caught.value.step == step
+    assert str(step) in str(caught.value)
+    assert ("a new ticket" if state is None else f"state {state}") in str(caught.value)
+
+
+def test_message_lists_allowed_steps() -> None:
+    with pytest.raises(IllegalTransition, match=r"allowed steps: abandoned, answered, seat_ringing$"):
+        advance(State.QUEUED, Step.HUNG_UP)
+    with pytest.raises(IllegalTransition, match=r"allowed steps: none$"):
+        advance(State.CLOSED, Step.CLOSED)
+
+
+def test_plain_strings_from_the_database_are_accepted() -> None:
+    assert advance("ringing", "answered") is State.ANSWERED  # type: ignore[arg-type]
+
+
+def _walk(*steps: Step) -> list[State]:
+    state: State | None = None
+    seen = []
+    for step in steps:
+        state = advance(state, step)
+        seen.append(state)
+    return seen
+
+
+def test_path_answered_call() -> None:
+    assert _walk(
+        Step.RECEIVED, Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP, Step.CLOSED
+    ) == [State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED, State.ENDED, State.CLOSED]
+
+
+def test_path_seat_does_not_answer_then_another_does() -> None:
+    assert _walk(
+        Step.RECEIVED,
+        Step.QUEUED,
+        Step.SEAT_RINGING,
+        Step.SEAT_NO_ANSWER,
+        Step.SEAT_RINGING,
+        Step.SEAT_RINGING,
+        Step.ANSWERED,
+        Step.HUNG_UP,
+    )[-4:] == [State.RINGING, State.RINGING, State.ANSWERED, State.ENDED]
+
+
+@pytest.mark.parametrize(
+    "before",
+    [(), (Step.QUEUED,), (Step.QUEUED, Step.SEAT_RINGING)],
+    ids=["in-dialplan", "in-queue", "while-ringing"],
+)
+def test_path_caller_abandons(before: tuple[Step, ...]) -> None:
+    assert _walk(Step.RECEIVED, *before, Step.ABANDONED, Step.CLOSED)[-2:] == [State.ABANDONED, State.CLOSED]
+
+
+def test_live_states_are_those_before_hang_up() -> None:
+    assert CALL_LIVE_STATES == {State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED}
+
+
+def test_duplicate_rule_is_refused() -> None:
+    rules = [((State.RECEIVED,), Step.QUEUED, State.QUEUED), ((State.RECEIVED,), Step.QUEUED, State.ABANDONED)]
+    with pytest.raises(ValueError, match="duplicate transition received\\+queued"):
+        lifecycle._expand(rules)
+
+
+def test_table_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        TRANSITIONS[(State.CLOSED, Step.RECEIVED)] = State.RECEIVED  # type: ignore[index]
