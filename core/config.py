@@ -67,7 +67,11 @@ class Settings:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"{PREFIX}TIMEZONE: unknown time zone {self.timezone!r}") from None
-        if not self.ticket_prefix.isascii() or not self.ticket_prefix.isalnum() or len(self.ticket_prefix) > 16:
+        if (
+            not self.ticket_prefix.isascii()
+            or not self.ticket_prefix.isalnum()
+            or len(self.ticket_prefix) > 16
+        ):
             raise ConfigError(
                 f"{PREFIX}TICKET_PREFIX must be 1-16 ASCII letters or digits, got {self.ticket_prefix!r}"
             )

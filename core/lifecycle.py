@@ -41,9 +41,7 @@ class Step(StrEnum):
 # States in which the caller's channel is still up: reconciliation after an AMI
 # reconnect compares these tickets with the channels Asterisk reports. A new
 # state must be placed here deliberately, hence the explicit set.
-CALL_LIVE_STATES: frozenset[State] = frozenset(
-    {State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED}
-)
+CALL_LIVE_STATES: frozenset[State] = frozenset({State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED})
 
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
@@ -84,8 +82,7 @@ class IllegalTransition(Exception):
         allowed = sorted(str(s) for (src, s) in TRANSITIONS if src == state)
         where = "a new ticket" if state is None else f"a ticket in state {state!s}"
         super().__init__(
-            f"step {step!s} is not allowed for {where}; "
-            f"allowed steps: {', '.join(allowed) or 'none'}"
+            f"step {step!s} is not allowed for {where}; allowed steps: {', '.join(allowed) or 'none'}"
         )
 
 

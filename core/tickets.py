@@ -258,7 +258,9 @@ class TicketService:
                     # Awaiting here would hold up the call path; refuse loudly.
                     if inspect.iscoroutine(result):
                         result.close()
-                    log.error("ticket listener %r returned an awaitable; listeners must be synchronous", listener)
+                    log.error(
+                        "ticket listener %r returned an awaitable; listeners must be synchronous", listener
+                    )
             except Exception:
                 log.exception("ticket listener %r failed on %s step %s", listener, ticket.number, step.step)
 
@@ -281,6 +283,8 @@ class TicketService:
         unchanged, whichever path (AGI, AMI, resync) got there first.
         """
         _check_uniqueid(uniqueid)
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ValueError(f"priority must be an integer, got {priority!r}")
         source = Source(source)
         at_us = _to_us(at)
         state = advance(None, Step.RECEIVED)
@@ -310,7 +314,12 @@ class TicketService:
                         )
                         ticket.steps.append(
                             TicketStep(
-                                seq=1, step=Step.RECEIVED, state_after=state, at_us=at_us, source=source, detail={}
+                                seq=1,
+                                step=Step.RECEIVED,
+                                state_after=state,
+                                at_us=at_us,
+                                source=source,
+                                detail={},
                             )
                         )
                         session.add(ticket)

@@ -87,6 +87,8 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ok" if healthy else "degraded", "checks": checks},
         status=200 if healthy else 503,
+        # A probe reporting a datetime or similar must not turn the probe into a 500.
+        dumps=lambda value: json.dumps(value, ensure_ascii=False, default=str),
     )
 
 

@@ -89,9 +89,14 @@ def _walk(*steps: Step) -> list[State]:
 
 
 def test_path_answered_call() -> None:
-    assert _walk(
-        Step.RECEIVED, Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP, Step.CLOSED
-    ) == [State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED, State.ENDED, State.CLOSED]
+    assert _walk(Step.RECEIVED, Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP, Step.CLOSED) == [
+        State.RECEIVED,
+        State.QUEUED,
+        State.RINGING,
+        State.ANSWERED,
+        State.ENDED,
+        State.CLOSED,
+    ]
 
 
 def test_path_seat_does_not_answer_then_another_does() -> None:
@@ -121,7 +126,10 @@ def test_live_states_are_those_before_hang_up() -> None:
 
 
 def test_duplicate_rule_is_refused() -> None:
-    rules = [((State.RECEIVED,), Step.QUEUED, State.QUEUED), ((State.RECEIVED,), Step.QUEUED, State.ABANDONED)]
+    rules = [
+        ((State.RECEIVED,), Step.QUEUED, State.QUEUED),
+        ((State.RECEIVED,), Step.QUEUED, State.ABANDONED),
+    ]
     with pytest.raises(ValueError, match="duplicate transition received\\+queued"):
         lifecycle._expand(rules)
 

@@ -55,7 +55,11 @@ def test_digest_is_streamed_over_many_chunks(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "call.gsm"
     path.write_bytes(data)
     info = inspect_recording(str(path))
-    assert (info.duration_s, info.size_bytes, info.sha256) == (None, len(data), hashlib.sha256(data).hexdigest())
+    assert (info.duration_s, info.size_bytes, info.sha256) == (
+        None,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
 
 
 def test_missing_file_raises(tmp_path: Path) -> None:

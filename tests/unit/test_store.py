@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,12 @@ async def test_sqlite_file_gets_its_folder_and_pragmas(tmp_path: Path) -> None:
                     name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
                     for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
                 }
-                assert got == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 5000, "foreign_keys": 1}
+                assert got == {
+                    "journal_mode": "wal",
+                    "synchronous": 1,
+                    "busy_timeout": 5000,
+                    "foreign_keys": 1,
+                }
     finally:
         await engine.dispose()
 
@@ -47,7 +53,15 @@ async def test_in_memory_sqlite_needs_no_folder() -> None:
 async def test_foreign_keys_are_enforced(engine: AsyncEngine) -> None:
     async with async_sessionmaker(engine)() as session:
         session.add(
-            TicketStep(ticket_id=999, seq=1, step="received", state_after="received", at_us=1, source="agi", detail={})
+            TicketStep(
+                ticket_id=999,
+                seq=1,
+                step="received",
+                state_after="received",
+                at_us=1,
+                source="agi",
+                detail={},
+            )
         )
         with pytest.raises(IntegrityError):
             await session.commit()
@@ -61,12 +75,17 @@ async def test_check_reports_latency(engine: AsyncEngine) -> None:
 
 
 async def test_check_reports_failure_without_raising(tmp_path: Path) -> None:
+    threads_before = set(threading.enumerate())
     # A folder cannot be opened as a database file.
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}")
     try:
         result = await check(engine)
     finally:
         await engine.dispose()
+        # aiosqlite stops the worker of a failed connect without waiting for it;
+        # left running it would report to an event loop already closed.
+        for thread in set(threading.enumerate()) - threads_before:
+            await asyncio.to_thread(thread.join, 5)
     assert result["ok"] is False
     assert "OperationalError" in result["error"]
 
@@ -84,7 +103,13 @@ def test_number_format() -> None:
     assert format_number("110", "20261129", 1_234_567) == "110-20261129-1234567"
     assert looks_like_number("110-20261129-000042")
     assert looks_like_number("JJ1-20261129-1234567")
-    for bad in ("110-2026112-000042", "110-20261129-42", "../110-20261129-000042", "110-20261129-000042\n", ""):
+    for bad in (
+        "110-2026112-000042",
+        "110-20261129-42",
+        "../110-20261129-000042",
+        "110-20261129-000042\n",
+        "",
+    ):
         assert not looks_like_number(bad), bad
 
 
@@ -109,7 +134,9 @@ async def test_counter_moves_in_the_callers_transaction(engine: AsyncEngine) -> 
         assert await numbering.next_number(session, T0) == "JJ-20261129-000003"
         assert await numbering.next_number(session, T0 + 86400) == "JJ-20261130-000001"
     async with sessions() as session:
-        rows = (await session.execute(select(TicketCounter.day, TicketCounter.last).order_by(TicketCounter.day))).all()
+        rows = (
+            await session.execute(select(TicketCounter.day, TicketCounter.last).order_by(TicketCounter.day))
+        ).all()
     assert rows == [("20261129", 3), ("20261130", 1)]
 
 
@@ -118,7 +145,12 @@ async def test_ticket_number_and_uniqueid_are_unique_in_the_schema(engine: Async
 
     def ticket(number: str, uniqueid: str) -> Ticket:
         return Ticket(
-            number=number, uniqueid=uniqueid, caller_id="1", state="received", created_at_us=1, updated_at_us=1
+            number=number,
+            uniqueid=uniqueid,
+            caller_id="1",
+            state="received",
+            created_at_us=1,
+            updated_at_us=1,
         )
 
     async with sessions() as session, session.begin():

@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ async def _ended_call(service: TicketService, uniqueid: str = "1.1") -> TicketVi
 
 async def test_healthz_ok(service: TicketService) -> None:
     async def ami() -> dict:
-        return {"ok": True, "connected_for_s": 12}
+        return {"ok": True, "connected_for_s": 12, "since": datetime(2026, 11, 29, 11, 0, tzinfo=UTC)}
 
     async with serve(service, {"ami": ami}) as client:
         resp = await client.get("/healthz")
@@ -53,7 +54,7 @@ async def test_healthz_ok(service: TicketService) -> None:
     assert body["status"] == "ok"
     assert body["checks"]["database"]["ok"] is True
     assert body["checks"]["database"]["latency_ms"] >= 0
-    assert body["checks"]["ami"] == {"ok": True, "connected_for_s": 12}
+    assert body["checks"]["ami"] == {"ok": True, "connected_for_s": 12, "since": "2026-11-29 11:00:00+00:00"}
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,8 @@ async def test_list_newest_first_with_limit(service: TicketService, clock) -> No
 
 
 @pytest.mark.parametrize(
-    "limit", ["abc", "0", "-1", "1001", "99999999999999999999999", "1e3", " 5", "５", "", "0x10", "50&limit=2"]
+    "limit",
+    ["abc", "0", "-1", "1001", "99999999999999999999999", "1e3", " 5", "５", "", "0x10", "50&limit=2"],
 )
 async def test_list_refuses_bad_limits(service: TicketService, limit: str) -> None:
     async with serve(service) as client:
@@ -197,7 +199,9 @@ async def test_close_stores_text_verbatim(service: TicketService) -> None:
     disposition = "警情：${jndi:ldap://x/a} 盗窃 <script>alert(1)</script> '; DROP TABLE tickets; --"
     by = "座席-07 ${CALLERID(num)}"
     async with serve(service) as client:
-        resp = await client.post(f"/api/tickets/{ticket.number}/close", json={"disposition": disposition, "by": by})
+        resp = await client.post(
+            f"/api/tickets/{ticket.number}/close", json={"disposition": disposition, "by": by}
+        )
         assert resp.status == 200
         body = await resp.json()
         again = await (await client.get(f"/api/tickets/{ticket.number}")).json()
@@ -295,10 +299,11 @@ async def test_unexpected_error_is_500_without_traceback(
         assert resp.status == 500
         text = await resp.text()
     assert json.loads(text) == {"error": "internal error"}
-    assert "hunter2" not in text and "Traceback" not in text
+    assert "hunter2" not in text
+    assert "Traceback" not in text
     # The operator still gets the whole story in the log.
     logged = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], RuntimeError)]
-    assert logged and logged[0].levelname == "ERROR"
+    assert [r.levelname for r in logged] == ["ERROR"]
 
 
 async def test_unknown_route_and_method_answer_json(service: TicketService) -> None:
