@@ -228,6 +228,11 @@ class TicketService:
         # uniqueid -> ticket id, for tickets whose call is live. Filled as calls
         # come in or are looked up, so after a restart it rebuilds itself.
         self._live: dict[str, int] = {}
+        # uniqueid -> latest view of a live call's ticket, so that the intake
+        # route's open_call for a call the AMI path already opened costs no
+        # database round trip and no wait for the writer lock (it sits on the
+        # caller's path to a seat).
+        self._live_views: dict[str, TicketView] = {}
         self._listeners: list[Listener] = []
 
     @property
@@ -285,6 +290,9 @@ class TicketService:
         _check_uniqueid(uniqueid)
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise ValueError(f"priority must be an integer, got {priority!r}")
+        known = self._live_views.get(uniqueid)
+        if known is not None:
+            return known
         source = Source(source)
         at_us = _to_us(at)
         state = advance(None, Step.RECEIVED)
@@ -436,8 +444,10 @@ class TicketService:
     def _remember(self, ticket_id: int, view: TicketView) -> None:
         if view.call_live:
             self._live[view.uniqueid] = ticket_id
+            self._live_views[view.uniqueid] = view
         else:
             self._live.pop(view.uniqueid, None)
+            self._live_views.pop(view.uniqueid, None)
 
     # -- reads -----------------------------------------------------------------
 
@@ -475,6 +485,7 @@ class TicketService:
                     )
                 ).all()
             self._live = {uniqueid: ticket_id for uniqueid, ticket_id in rows}
+            self._live_views = {u: v for u, v in self._live_views.items() if u in self._live}
             return set(self._live)
 
     async def _load_by_uniqueid(
@@ -486,6 +497,7 @@ class TicketService:
             if ticket is not None and ticket.uniqueid == uniqueid:
                 return ticket
             self._live.pop(uniqueid, None)  # stale: fall back to the indexed column
+            self._live_views.pop(uniqueid, None)
         return await self._load(session, Ticket.uniqueid == uniqueid, for_update=for_update)
 
     @staticmethod

@@ -79,8 +79,15 @@ def make_web_app(backend: Backend) -> web.Application:
 
     def agi_health() -> dict:
         stats = backend.agi.stats
-        return {"ok": True, "port": backend.agi.port, "active_connections": backend.agi.active_connections,
-                "connections": stats.connections, "bad_requests": stats.bad_requests}
+        return {
+            "ok": True, "port": backend.agi.port, "active_connections": backend.agi.active_connections,
+            "connections": stats.connections, "bad_requests": stats.bad_requests,
+            "routes": {
+                name: {"requests": r.requests, "failures": r.failures, "timeouts": r.timeouts,
+                       "le_ms": {str(b): n for b, n in r.durations.cumulative()}}
+                for name, r in stats.routes.items()
+            },
+        }
 
     return make_app(
         backend.service,
