@@ -41,7 +41,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
             paths = LabPaths()
             provision(paths)
-            print(f"lab: Asterisk {asterisk_version(paths)} ready in {paths.root}")
+            print(f"lab: {asterisk_version(paths).replace(chr(9), ' ')} ready in {paths.root}")
         elif args.lab_cmd == "up":
             lab.up(lab.LabSettings(seats=args.seats, seat_ring_ms=args.ring_ms, seat_talk_ms=args.talk_ms,
                                    officer_ring_ms=args.officer_ring_ms))
