@@ -1,0 +1,251 @@
+"""`jiejing dialplan diff|apply|rollback|history`: change the running Asterisk safely.
+
+apply = check → keep the live files as a version → copy the new files into
+Asterisk's live configuration → reload only the modules whose files changed →
+read back over AMI what Asterisk now runs and compare with what we meant →
+on any difference or error put the previous files back, reload again, and say
+so. Reloading pbx_config, app_queue or res_pjsip does not cut calls in
+progress: a channel keeps executing the priorities it already has.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import getpass
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from telephony.dialplan_admin import check as checking
+from telephony.dialplan_admin import model
+from telephony.dialplan_admin.running import PriorityLine, QueueState, RunningState, read_running
+from telephony.dialplan_admin.versions import VersionStore, digest_files
+
+# Which module reads which file (included files follow their parent's name).
+MODULE_BY_FILE = (
+    ("extensions*.conf", "pbx_config"),
+    ("queues*.conf", "app_queue"),
+    ("pjsip*.conf", "res_pjsip"),
+    ("confbridge*.conf", "app_confbridge"),
+    ("manager*.conf", "manager"),
+    ("rtp.conf", "res_rtp_asterisk"),
+    ("logger.conf", "logger"),
+    ("features.conf", "features"),
+)
+# Files Asterisk reads only at start: applying them needs a restart.
+RESTART_ONLY = ("asterisk.conf", "modules.conf")
+
+
+def module_for(filename: str) -> str | None:
+    for pattern, module in MODULE_BY_FILE:
+        if fnmatch.fnmatch(filename, pattern):
+            return module
+    return None
+
+
+def who() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+@dataclass
+class Desired:
+    dialplan: dict[str, dict[str, tuple[PriorityLine, ...]]]
+    queues: dict[str, QueueState]
+
+
+def desired_from(config: model.Config) -> Desired:
+    plan = {
+        ctx.name: {
+            ext.name: tuple(PriorityLine(p.number, p.label, p.app, p.data.strip()) for p in ext.priorities)
+            for ext in ctx.extensions.values()
+        }
+        for ctx in config.contexts.values()
+        if ctx.name not in ("general", "globals")
+    }
+    queues = {
+        q.name: QueueState(strategy=q.options.get("strategy", "ringall"),
+                           members={m.interface for m in q.members})
+        for q in config.queues.values()
+        if q.name != "general"
+    }
+    return Desired(plan, queues)
+
+
+def differences(desired: Desired, running: RunningState) -> list[str]:
+    """Human-readable lines: what running Asterisk would change to reach ``desired``."""
+    out: list[str] = []
+    for ctx in sorted(set(desired.dialplan) | set(running.dialplan)):
+        want, have = desired.dialplan.get(ctx), running.dialplan.get(ctx)
+        if want is None:
+            out.append(f"- context {ctx}")
+            continue
+        if have is None:
+            out.append(f"+ context {ctx} ({len(want)} extensions)")
+            continue
+        for ext in sorted(set(want) | set(have)):
+            w, h = want.get(ext), have.get(ext)
+            if w is None:
+                out.append(f"- extension {ext}@{ctx}")
+            elif h is None:
+                out.append(f"+ extension {ext}@{ctx} ({len(w)} priorities)")
+            else:
+                wm = {p.number: p for p in w}
+                hm = {p.number: p for p in h}
+                for n in sorted(set(wm) | set(hm)):
+                    a, b = wm.get(n), hm.get(n)
+                    if a is None:
+                        out.append(f"- {ext}@{ctx},{n}: {b.app}({b.data})")
+                    elif b is None:
+                        out.append(f"+ {ext}@{ctx},{n}: {a.app}({a.data})")
+                    elif (a.app.lower(), a.data.strip(), a.label) != (b.app.lower(), b.data.strip(), b.label):
+                        out.append(f"~ {ext}@{ctx},{n}: {b.app}({b.data}) -> {a.app}({a.data})")
+    for name in sorted(set(desired.queues) | set(running.queues)):
+        w, h = desired.queues.get(name), running.queues.get(name)
+        if w is None:
+            out.append(f"- queue {name}")
+        elif h is None:
+            out.append(f"+ queue {name} ({len(w.members)} members)")
+        else:
+            if (w.strategy or "").lower() != (h.strategy or "").lower():
+                out.append(f"~ queue {name} strategy: {h.strategy} -> {w.strategy}")
+            for m in sorted(w.members - h.members):
+                out.append(f"+ queue {name} member {m}")
+            for m in sorted(h.members - w.members):
+                out.append(f"- queue {name} member {m}")
+    return out
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    message: str
+    version: int | None = None
+    rolled_back: bool = False
+    report: str = ""
+    changes: list[str] = field(default_factory=list)
+
+
+class DialplanAdmin:
+    def __init__(
+        self,
+        *,
+        live_dir: Path,
+        sources: list[Path],
+        store: VersionStore,
+        connect: Callable[[], Awaitable[object]],
+        by: str | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.live_dir = live_dir
+        self.sources = sources
+        self.store = store
+        self.connect = connect  # returns a connected AMI client (admin user); closed by us
+        self.by = by or who()
+        self.log = log
+
+    # -- files -----------------------------------------------------------------
+    def source_files(self) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        for folder in self.sources:
+            for path in sorted(folder.glob("*.conf")):
+                files[path.name] = path.read_bytes()
+        return files
+
+    def live_files(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(self.live_dir.glob("*.conf"))}
+
+    def stage(self, files: dict[str, bytes]) -> tuple[model.Config, checking.Report, Path]:
+        """The live folder with ``files`` laid over it, parsed and checked."""
+        staging = Path(tempfile.mkdtemp(prefix="jiejing-dialplan-"))
+        for name, data in {**self.live_files(), **files}.items():
+            (staging / name).write_bytes(data)
+        config = model.parse_folder(staging)
+        return config, checking.check(config), staging
+
+    def _write(self, files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            target = self.live_dir / name
+            tmp = target.with_name(f".{name}.jiejing-tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+
+    # -- Asterisk ------------------------------------------------------------------
+    async def _reload(self, ami, modules: set[str]) -> list[str]:
+        failures = []
+        for module in sorted(modules):
+            resp = await ami.action("Reload", {"Module": module}, timeout=30)
+            if not resp.ok:
+                failures.append(f"reload of {module} refused: {resp.message}")
+        return failures
+
+    async def diff(self, files: dict[str, bytes] | None = None) -> Outcome:
+        config, report, staging = self.stage(self.source_files() if files is None else files)
+        shutil.rmtree(staging, ignore_errors=True)
+        ami = await self.connect()
+        try:
+            running = await read_running(ami)
+        finally:
+            await ami.stop()
+        changes = differences(desired_from(config), running)
+        return Outcome(True, f"{len(changes)} differences", changes=changes, report=checking.format_report(report))
+
+    async def apply(self, files: dict[str, bytes] | None = None, *, note: str = "") -> Outcome:
+        files = self.source_files() if files is None else files
+        config, report, staging = self.stage(files)
+        shutil.rmtree(staging, ignore_errors=True)
+        text = checking.format_report(report)
+        if not report.ok:
+            return Outcome(False, "refused: the check found errors; nothing was changed", report=text)
+        before = self.live_files()
+        changed = {n: d for n, d in files.items() if before.get(n) != d}
+        if not changed:
+            return Outcome(True, "nothing to apply: Asterisk already has these files", report=text)
+        restart_only = sorted(n for n in changed if n in RESTART_ONLY)
+        modules = {m for n in changed if (m := module_for(n))}
+        latest = self.store.latest()
+        if latest is None or latest.files != digest_files(before):
+            # Keep what runs now, so a rollback to it is always possible.
+            self.store.add(before, by=self.by, status="snapshot", note="live files before an apply")
+        ami = await self.connect()
+        try:
+            self._write(changed)
+            failures = await self._reload(ami, modules)
+            running = await read_running(ami)
+            mismatch = differences(desired_from(config), running)
+            if not failures and not mismatch:
+                meta = self.store.add({**before, **files}, by=self.by, status="applied", note=note,
+                                      errors=len(report.errors), warnings=len(report.warnings))
+                msg = f"applied as version {meta.version}; reloaded {', '.join(sorted(modules)) or 'nothing'}"
+                if restart_only:
+                    msg += f"; {', '.join(restart_only)} take effect only after an Asterisk restart"
+                self.log(msg)
+                return Outcome(True, msg, version=meta.version, report=text, changes=sorted(changed))
+            # Asterisk did not take it: put the previous files back.
+            problems = failures + mismatch[:20]
+            self.log("Asterisk did not run the new version: " + "; ".join(problems))
+            restore = {n: before[n] for n in changed if n in before}
+            for n in changed:
+                if n not in before:
+                    (self.live_dir / n).unlink(missing_ok=True)
+            self._write(restore)
+            await self._reload(ami, modules)
+            check_back = differences(desired_from(model.parse_folder(self.live_dir)), await read_running(ami))
+            meta = self.store.add({**before, **files}, by=self.by, status="rolled back",
+                                  note="; ".join(problems)[:500], errors=len(report.errors),
+                                  warnings=len(report.warnings))
+            state = "the previous version runs again" if not check_back else \
+                f"WARNING: the previous version is not fully back either: {check_back[:5]}"
+            return Outcome(False, f"rolled back (attempt kept as version {meta.version}): {state}",
+                           version=meta.version, rolled_back=True, report=text,
+                           changes=problems)
+        finally:
+            await ami.stop()
+
+    async def rollback(self, version: int) -> Outcome:
+        meta = self.store.get(version)
+        self.log(f"rolling back to version {version} ({meta.status}, {meta.by})")
+        return await self.apply(self.store.files(version), note=f"rollback to version {version}")
+
