@@ -46,7 +46,7 @@ def running_settings(paths: asterisk.LabPaths) -> LabSettings | None:
 
 
 def processes(paths: asterisk.LabPaths) -> dict[str, sipp.Process]:
-    return {name: sipp.Process(name, paths.run / f"{name}.pid") for name in ("seats", "officers")}
+    return {name: sipp.Process(name, paths.run / f"{name}.pid") for name in ("seats", "officers", "silent")}
 
 
 def up(settings: LabSettings, paths: asterisk.LabPaths | None = None, *, log=print) -> asterisk.LabPaths:
@@ -66,6 +66,10 @@ def up(settings: LabSettings, paths: asterisk.LabPaths | None = None, *, log=pri
         paths.run, name="officers", sip_port=sipp.OFFICER_SIP_PORT, media_port=sipp.OFFICER_MEDIA_PORT,
         # officers stay in the conference until Asterisk ends it
         ring_ms=settings.officer_ring_ms, talk_ms=OFFICER_TALK_MS,
+    )
+    sipp.start_answering_phones(
+        paths.run, name="silent", sip_port=sipp.SILENT_SIP_PORT, media_port=sipp.SILENT_MEDIA_PORT,
+        ring_ms=0, talk_ms=0, scenario_name="silent.xml",
     )
     _state_file(paths).write_text(json.dumps(asdict(settings)))
     log(f"lab: up — {settings.seats} seats ringing {settings.seat_ring_ms} ms, "

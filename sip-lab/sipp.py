@@ -28,6 +28,8 @@ CALLER_SIP_PORT = 5080
 CALLER_MEDIA_PORT = 17000
 OFFICER_SIP_PORT = 5090
 OFFICER_MEDIA_PORT = 18000
+SILENT_SIP_PORT = 5091
+SILENT_MEDIA_PORT = 19000
 
 
 class SippError(RuntimeError):
@@ -91,7 +93,8 @@ class Process:
 
 
 def start_answering_phones(
-    run_dir: Path, *, name: str, sip_port: int, media_port: int, ring_ms: int, talk_ms: int
+    run_dir: Path, *, name: str, sip_port: int, media_port: int, ring_ms: int, talk_ms: int,
+    scenario_name: str = "seat.xml",
 ) -> Process:
     """One SIPp UAS answering every INVITE sent to its port after ring_ms, hanging up after talk_ms.
 
@@ -99,7 +102,9 @@ def start_answering_phones(
     """
     proc = Process(name, run_dir / f"{name}.pid")
     params = run_dir / f"{name}.params"
-    scenario = render("seat.xml", run_dir / name, RING_MS=ring_ms, TALK_MS=talk_ms, AUDIO=audio_pcap(run_dir))
+    values = {"RING_MS": ring_ms, "TALK_MS": talk_ms, "AUDIO": audio_pcap(run_dir)}
+    template = (SCENARIOS / scenario_name).read_text()
+    scenario = render(scenario_name, run_dir / name, **{k: v for k, v in values.items() if f"@{k}@" in template})
     # The scenario text itself is part of the identity: an edited scenario restarts the phones.
     wanted = f"port={sip_port} scenario={hashlib.sha256(scenario.read_bytes()).hexdigest()}"
     if proc.pid:
