@@ -63,6 +63,9 @@ class CallEvents:
         self._recording_tasks: set[asyncio.Task] = set()
         # caller channels we hold a ticket for (uniqueid → recording name)
         self._calls: dict[str, str | None] = {}
+        # caller uniqueid → channel names of the caller and the answering seat,
+        # for moving both into a conference room at dispatch
+        self._legs: dict[str, dict[str, str]] = {}
         self.applied = 0
         self.rejected = 0
 
@@ -124,6 +127,7 @@ class CallEvents:
             await self._step(uid, Step.SEAT_NO_ANSWER, at, seat=event.get("MemberName"),
                              ring_ms=event.get("RingTime"))
         elif name == "AgentConnect" and uid in self._calls:
+            self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
             await self._step(uid, Step.ANSWERED, at, seat=event.get("MemberName"),
                              interface=event.get("Interface"), hold_s=event.get("HoldTime"))
         elif name == "QueueCallerAbandon" and uid in self._calls:
@@ -158,7 +162,12 @@ class CallEvents:
         self.applied += 1
         return True
 
+    def legs(self, uid: str) -> dict[str, str] | None:
+        """Channel names of a connected call's caller and seat, or None."""
+        return self._legs.get(uid)
+
     async def _hangup(self, uid: str, at: float, *, source: str, **detail) -> None:
+        self._legs.pop(uid, None)
         ticket = await self.service.find_by_uniqueid(uid)
         if ticket is None:
             self._calls.pop(uid, None)
