@@ -16,7 +16,9 @@ from pathlib import Path
 from aiohttp import web
 
 from core.config import Settings
+from core.quality_config import QualitySettings
 from core.store import init_schema, make_engine
+from core.supervision import build as build_supervision
 from core.tickets import TicketService
 from core.web import make_app
 from telephony.agi.routes import intake
@@ -89,11 +91,14 @@ def make_web_app(backend: Backend) -> web.Application:
             },
         }
 
-    return make_app(
+    supervision = build_supervision(backend.service, backend.settings, QualitySettings.from_env())
+    app = make_app(
         backend.service,
         health={"ami": ami_health, "agi": agi_health},
-        cleanup_ctx=[store_ctx, ami_ctx, agi_ctx],
+        cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, agi_ctx],
     )
+    supervision.add_routes(app)
+    return app
 
 
 def run(settings: Settings) -> None:

@@ -1,0 +1,124 @@
+"""Retention: tickets and recordings older than the retention period are deleted, and the deletion is journaled.
+
+Only tickets whose call is over and whose every step is journaled expire, and
+never the ticket holding the newest step or recording (see ``expire``). Each
+batch writes one ``expiry`` journal entry — the ticket numbers, and each
+recording's id, path and sha256 — in the same transaction that deletes the
+rows, so verification knows these rows are gone by rule, not by tampering.
+Recording files are removed after the commit; if the process dies in between,
+the leftover files are named in the entry (and verification does not look
+for them again). The caller's
+number leaves with the ticket row; outbox messages of expired tickets lose
+their recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
+from core.lifecycle import CALL_LIVE_STATES
+from core.quality_store import JournalEntry, OutboxMessage
+from core.store import Recording, Ticket, TicketStep
+
+log = logging.getLogger(__name__)
+
+_DAY_US = 86_400_000_000
+
+
+@dataclass(slots=True)
+class ExpiryResult:
+    tickets: int = 0
+    recordings: int = 0
+    files_removed: int = 0
+    entries: list[int] = field(default_factory=list)  # journal seqs of the expiry entries
+
+
+async def expire(
+    engine: AsyncEngine,
+    journaler: Journaler,
+    *,
+    older_than_days: int,
+    clock: Callable[[], float] = time.time,
+    batch: int = 1000,
+) -> ExpiryResult:
+    """Delete tickets created more than ``older_than_days`` ago, with their steps and recordings."""
+    if older_than_days < 1:
+        raise ValueError("older_than_days must be at least 1")
+    await journaler.catch_up()  # steps not yet journaled would otherwise block their tickets
+    now_us = round(clock() * 1_000_000)
+    cutoff = now_us - older_than_days * _DAY_US
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    result = ExpiryResult()
+    live = [str(s) for s in CALL_LIVE_STATES]
+    unjournaled = exists().where(
+        TicketStep.ticket_id == Ticket.id,
+        ~exists().where(and_(JournalEntry.kind == KIND_STEP, JournalEntry.ref_id == TicketStep.id)),
+    )
+    # SQLite hands out max(id)+1, so deleting the newest row would let a new
+    # step or recording reuse an id the journal already names; the ticket
+    # holding the newest one waits for a later run.
+    newest_step = select(func.max(TicketStep.id)).scalar_subquery()
+    newest_recording = select(func.max(Recording.id)).scalar_subquery()
+    holds_newest = or_(
+        exists().where(TicketStep.ticket_id == Ticket.id, TicketStep.id == newest_step),
+        exists().where(Recording.ticket_id == Ticket.id, Recording.id == newest_recording),
+    )
+    while True:
+        async with journaler.lock, sessions() as session, session.begin():
+            tickets = (
+                await session.execute(
+                    select(Ticket.id, Ticket.number)
+                    .where(Ticket.created_at_us < cutoff, Ticket.state.not_in(live), ~unjournaled, ~holds_newest)
+                    .order_by(Ticket.id)
+                    .limit(batch)
+                )
+            ).all()
+            if not tickets:
+                break
+            ids = [t.id for t in tickets]
+            numbers = [t.number for t in tickets]
+            recordings = (
+                await session.scalars(select(Recording).where(Recording.ticket_id.in_(ids)).order_by(Recording.id))
+            ).all()
+            files = [r.path for r in recordings]
+            payload = {
+                "kind": KIND_EXPIRY,
+                "before_us": cutoff,
+                "retention_days": older_than_days,
+                "tickets": numbers,
+                "recordings": [{"id": r.id, "path": r.path, "sha256": r.sha256} for r in recordings],
+            }
+            (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
+            await session.execute(delete(Recording).where(Recording.ticket_id.in_(ids)))
+            await session.execute(delete(TicketStep).where(TicketStep.ticket_id.in_(ids)))
+            await session.execute(delete(Ticket).where(Ticket.id.in_(ids)))
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.ticket_number.in_(numbers)).values(to="")
+            )
+        result.tickets += len(ids)
+        result.recordings += len(files)
+        result.entries.append(entry.seq)
+        result.files_removed += await asyncio.to_thread(_remove, files)
+        log.info("retention: expired %d tickets and %d recordings (journal entry %d)",
+                 len(ids), len(files), entry.seq)
+    return result
+
+
+def _remove(paths: list[str]) -> int:
+    removed = 0
+    for path in paths:
+        try:
+            os.remove(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
