@@ -66,6 +66,81 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal(args: argparse.Namespace) -> int:
+    from core.journal_cli import verify_command
+
+    return verify_command(
+        Settings.from_env(), recordings=not args.no_recordings, as_json=args.json, out=sys.stdout
+    )
+
+
+def _dialplan_admin(args: argparse.Namespace):
+    """Where the live configuration is and how to reach Asterisk as the admin user."""
+    from pathlib import Path
+
+    from siplab.asterisk import LabPaths
+    from telephony.ami.client import AMIClient
+    from telephony.dialplan_admin.apply import DialplanAdmin
+    from telephony.dialplan_admin.versions import VersionStore
+
+    repo = Path(__file__).resolve().parent.parent
+    lab = LabPaths()
+    live = os.environ.get("JIEJING_ASTERISK_ETC") or (str(lab.etc) if lab.etc.exists() else "/etc/asterisk")
+    sources = [repo / "dialplan"]
+    if Path(live) == lab.etc:
+        sources.append(repo / "dialplan" / "lab")  # the lab also runs the lab-only files
+    state = Path(os.environ.get("JIEJING_STATE_DIR") or "var")
+    host = os.environ.get("JIEJING_AMI_HOST") or "127.0.0.1"
+    port = int(os.environ.get("JIEJING_AMI_PORT") or 5038)
+    user = os.environ.get("JIEJING_AMI_ADMIN_USER") or "jiejing-admin"
+    secret = os.environ.get("JIEJING_AMI_ADMIN_SECRET") or "jiejing-lab-admin"
+
+    async def connect():
+        ami = AMIClient(host, port, user, secret)
+        await ami.start()
+        try:
+            await ami.wait_connected(timeout=5)
+        except Exception:
+            await ami.stop()
+            raise
+        return ami
+
+    return DialplanAdmin(live_dir=Path(live), sources=sources, store=VersionStore(state / "dialplan-versions"),
+                         connect=connect, by=getattr(args, "by", None))
+
+
+def cmd_dialplan(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from telephony.dialplan_admin import check as checking
+    from telephony.dialplan_admin import model
+
+    admin = _dialplan_admin(args)
+    if args.dp_cmd == "check":
+        extra = [*admin.sources[1:], admin.live_dir]
+        report = checking.check(model.parse_folder(admin.sources[0], extra_folders=extra))
+        print(checking.format_report(report))
+        return 0 if report.ok else 1
+    if args.dp_cmd == "history":
+        for meta in admin.store.list():
+            print(meta.describe())
+        return 0
+    if args.dp_cmd == "diff":
+        outcome = asyncio.run(admin.diff())
+        print("\n".join(outcome.changes) or "no differences: Asterisk runs what dialplan/ says")
+        return 0
+    if args.dp_cmd == "apply":
+        outcome = asyncio.run(admin.apply(note=args.note or ""))
+    else:
+        outcome = asyncio.run(admin.rollback(args.version))
+    if outcome.report and not outcome.ok:
+        print(outcome.report)
+    for line in outcome.changes:
+        print(f"  {line}")
+    print(outcome.message)
+    return 0 if outcome.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jiejing", description="Unified 110 call-intake center backend")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -73,6 +148,19 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the backend: AMI + FastAGI + HTTP (settings from JIEJING_* variables)")
     s.set_defaults(func=cmd_serve)
+
+    dp = sub.add_parser("dialplan", help="check, diff, apply, roll back the dialplan/ configuration")
+    dp_sub = dp.add_subparsers(dest="dp_cmd", required=True)
+    dp_sub.add_parser("check", help="parse dialplan/ and report errors and warnings (exit 1 on errors)")
+    dp_sub.add_parser("diff", help="what would change in the running Asterisk")
+    ap = dp_sub.add_parser("apply", help="check, copy, reload, verify; roll back by itself on failure")
+    ap.add_argument("--note", default="", help="why (kept in the history)")
+    ap.add_argument("--by", default=None, help="who applies (default: the login user)")
+    rb = dp_sub.add_parser("rollback", help="return to an earlier version, the same safe way")
+    rb.add_argument("version", type=int)
+    rb.add_argument("--by", default=None)
+    dp_sub.add_parser("history", help="every applied version: who, when, result")
+    dp.set_defaults(func=cmd_dialplan)
 
     lab = sub.add_parser("lab", help="the SIPp/Asterisk lab")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
@@ -92,13 +180,22 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--patience-s", type=float, default=60.0, help="a caller not done after this hangs up")
     st.add_argument("--json", default=None, help="also write the report as JSON to this file")
     lab.set_defaults(func=cmd_lab)
+
+    journal = sub.add_parser("journal", help="the tamper-evident journal of steps and recordings")
+    journal_sub = journal.add_subparsers(dest="journal_cmd", required=True)
+    jv = journal_sub.add_parser("verify", help="walk the chain; exit 1 and name what was altered, if anything")
+    jv.add_argument("--no-recordings", action="store_true", help="do not re-hash the recording files")
+    jv.add_argument("--json", action="store_true", help="print the report as JSON")
+    journal.set_defaults(func=cmd_journal)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # serve logs what it does; the other commands print their own results.
+    quiet = logging.INFO if args.cmd == "serve" else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else quiet,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
