@@ -4,6 +4,20 @@ A ticket moves only through ``advance(state, step)``; nothing else decides
 which step may follow which. Later phases (dispatch of officers: dispatched,
 officer_ringing, officer_joined, arrived, classified …) are added as new
 ``State``/``Step`` members and new rows in ``_RULES`` — no code changes.
+
+Dispatch. A ticket has two things to follow, the phone call and the incident,
+and one state column. While the caller's channel is up the state says where
+the call stands (``dispatching``, ``dispatched`` are live call states); once
+it is down it says where the incident stands. The caller often hangs up
+before the officer arrives, so ``hung_up`` moves a dispatching or dispatched
+call to its call-ended twin (``dispatching_ended``, ``en_route``) and the
+incident carries on from there: the ladder keeps ringing with the call-taker
+in the conference, arrival and clearing need no call. Arrival ends the call
+dimension: ``on_scene`` and ``cleared`` are not live even if the caller is
+still on the line, and a late ``hung_up`` is recorded there without changing
+the state (reconciliation has nothing left to decide for such a ticket).
+``located`` records or corrects the incident location in any state before
+the officer is on scene, without changing the state.
 """
 
 from __future__ import annotations
@@ -23,6 +37,12 @@ class State(StrEnum):
     ENDED = "ended"  # the answered call hung up; the ticket awaits closing
     ABANDONED = "abandoned"  # the caller hung up before any seat answered
     CLOSED = "closed"  # a call-taker closed the ticket with a disposition
+    DISPATCHING = "dispatching"  # caller on the line, the dispatch ladder is ringing
+    DISPATCHED = "dispatched"  # an officer (or desk) joined caller and call-taker in conference
+    DISPATCHING_ENDED = "dispatching_ended"  # the caller hung up; the ladder rings on with the call-taker
+    EN_ROUTE = "en_route"  # the call ended with an officer dispatched; awaiting arrival
+    ON_SCENE = "on_scene"  # the officer reported arrival
+    CLEARED = "cleared"  # the officer cleared the incident with a disposition; awaits closing
 
 
 class Step(StrEnum):
@@ -36,12 +56,40 @@ class Step(StrEnum):
     HUNG_UP = "hung_up"
     ABANDONED = "abandoned"
     CLOSED = "closed"
+    LOCATED = "located"  # incident location set or corrected: address, lat/lon, cell, station
+    DISPATCH_REQUESTED = "dispatch_requested"  # the call-taker judged it a police matter
+    OFFICER_RINGING = "officer_ringing"  # one rung of the ladder is ringing
+    OFFICER_NO_ANSWER = "officer_no_answer"  # that rung did not answer, was busy or unreachable
+    OFFICER_JOINED = "officer_joined"  # that rung answered and joined the conference
+    LADDER_EXHAUSTED = "ladder_exhausted"  # nobody answered; supervisors alerted
+    ARRIVED = "arrived"
+    CLEARED = "cleared"
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
 # reconnect compares these tickets with the channels Asterisk reports. A new
 # state must be placed here deliberately, hence the explicit set.
-CALL_LIVE_STATES: frozenset[State] = frozenset({State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED})
+CALL_LIVE_STATES: frozenset[State] = frozenset(
+    {State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED, State.DISPATCHING, State.DISPATCHED}
+)
+
+# Live states in which a seat is talking to the caller: a hang-up there is
+# ``hung_up`` (before any seat answered it is ``abandoned``).
+CALL_CONNECTED_STATES: frozenset[State] = frozenset({State.ANSWERED, State.DISPATCHING, State.DISPATCHED})
+
+# States in which the incident location may be set or corrected.
+_LOCATABLE = (
+    State.RECEIVED,
+    State.QUEUED,
+    State.RINGING,
+    State.ANSWERED,
+    State.ENDED,
+    State.ABANDONED,  # the network's location of a dropped call, for the call-back
+    State.DISPATCHING,
+    State.DISPATCHED,
+    State.DISPATCHING_ENDED,
+    State.EN_ROUTE,
+)
 
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
@@ -55,6 +103,27 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((State.RECEIVED, State.QUEUED, State.RINGING), Step.ABANDONED, State.ABANDONED),
     ((State.ANSWERED,), Step.HUNG_UP, State.ENDED),
     ((State.ENDED, State.ABANDONED), Step.CLOSED, State.CLOSED),
+    # -- dispatch --
+    *(((state,), Step.LOCATED, state) for state in _LOCATABLE),
+    ((State.ANSWERED,), Step.DISPATCH_REQUESTED, State.DISPATCHING),
+    ((State.DISPATCHING,), Step.OFFICER_RINGING, State.DISPATCHING),
+    ((State.DISPATCHING,), Step.OFFICER_NO_ANSWER, State.DISPATCHING),
+    ((State.DISPATCHING,), Step.OFFICER_JOINED, State.DISPATCHED),
+    # the call-taker keeps the caller and may dispatch again
+    ((State.DISPATCHING,), Step.LADDER_EXHAUSTED, State.ANSWERED),
+    ((State.DISPATCHING,), Step.HUNG_UP, State.DISPATCHING_ENDED),
+    ((State.DISPATCHING_ENDED,), Step.OFFICER_RINGING, State.DISPATCHING_ENDED),
+    ((State.DISPATCHING_ENDED,), Step.OFFICER_NO_ANSWER, State.DISPATCHING_ENDED),
+    ((State.DISPATCHING_ENDED,), Step.OFFICER_JOINED, State.EN_ROUTE),
+    ((State.DISPATCHING_ENDED,), Step.LADDER_EXHAUSTED, State.ENDED),
+    ((State.DISPATCHED,), Step.HUNG_UP, State.EN_ROUTE),
+    ((State.DISPATCHED, State.EN_ROUTE), Step.ARRIVED, State.ON_SCENE),
+    # cancelled on the way (false alarm, another unit took it) or done on scene
+    ((State.DISPATCHED, State.EN_ROUTE, State.ON_SCENE), Step.CLEARED, State.CLEARED),
+    # the caller stayed on the line until the officer came
+    ((State.ON_SCENE,), Step.HUNG_UP, State.ON_SCENE),
+    ((State.CLEARED,), Step.HUNG_UP, State.CLEARED),
+    ((State.CLEARED,), Step.CLOSED, State.CLOSED),
 )
 
 

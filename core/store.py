@@ -156,6 +156,10 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 async def init_schema(engine: AsyncEngine) -> None:
     """Create missing tables and indexes; existing ones are left as they are."""
+    # Modules that keep their own tables on Base register them when imported;
+    # importing them here, not at the top, keeps store free of import cycles.
+    from core import auth, dispatch, officers, quality_store, seats  # noqa: F401
+
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
 

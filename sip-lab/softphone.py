@@ -50,9 +50,10 @@ class Softphone:
         if shutil.which("baresip") is None:
             raise RuntimeError("baresip is missing: run sip-lab/bootstrap.sh (Debian package baresip-core)")
         self._write_config()
-        self.proc = await asyncio.create_subprocess_exec(
-            "baresip", "-f", str(self.dir), stdin=asyncio.subprocess.DEVNULL,
-            stdout=open(self.dir / "baresip.log", "wb"), stderr=asyncio.subprocess.STDOUT)
+        with open(self.dir / "baresip.log", "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                "baresip", "-f", str(self.dir), stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=asyncio.subprocess.STDOUT)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:

@@ -21,14 +21,16 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.lifecycle import IllegalTransition, State, Step
+from core.lifecycle import CALL_CONNECTED_STATES, IllegalTransition, State, Step
 from core.tickets import TicketService, UnknownCall
 from telephony.channel_vars import recording_name
 
 log = logging.getLogger("jiejing.call_events")
 
-ANSWERED_STATES = {State.ANSWERED}
 WAITING_STATES = {State.RECEIVED, State.QUEUED, State.RINGING}
+# After arrival the call no longer decides the ticket's state, but its end is
+# still part of the trail (the lifecycle records it without a state change).
+LATE_HANGUP_STATES = {State.ON_SCENE, State.CLEARED}
 # MixMonitor closes its file right after the caller's channel is gone; give it
 # a moment, then wait until the size stops changing.
 RECORDING_SETTLE_S = 0.3
@@ -172,7 +174,7 @@ class CallEvents:
         if ticket is None:
             self._calls.pop(uid, None)
             return
-        if ticket.state in ANSWERED_STATES:
+        if ticket.state in CALL_CONNECTED_STATES or ticket.state in LATE_HANGUP_STATES:
             await self._step(uid, Step.HUNG_UP, at, source=source, **detail)
         elif ticket.state in WAITING_STATES:
             await self._step(uid, Step.ABANDONED, at, source=source, **detail)

@@ -24,11 +24,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
-from core.lifecycle import Step
-from core.tickets import TicketService
+from core.dispatch import DispatchPlanner, NotLocated, Rung
+from core.lifecycle import IllegalTransition
+from core.tickets import TicketService, UnknownTicket
 from telephony.ami.client import AMIClientError
 from telephony.ami.codec import dialplan_escape
 
@@ -36,60 +35,57 @@ log = logging.getLogger("jiejing.dispatch")
 
 ROOM_CONTEXT = "dispatch-room"
 JOIN_TIMEOUT_S = 5.0
-# OriginateResponse Reason codes (Asterisk's AST_CONTROL_*): why a phone did not join.
-ORIGINATE_REASONS = {0: "failed", 1: "hung up", 3: "no answer", 4: "answered", 5: "busy", 8: "congestion"}
+# OriginateResponse Reason (Asterisk's AST_CONTROL_* code) → the ticket's outcome of a rung.
+ORIGINATE_OUTCOMES = {3: "no_answer", 5: "busy", 8: "unreachable", 1: "unreachable", 0: "failed"}
 
 
 class DispatchError(Exception):
     """The call cannot be dispatched now (not answered, already dispatching, no channels)."""
 
 
-@dataclass(frozen=True)
-class Rung:
-    kind: str  # officer | duty_desk | superior
-    endpoint: str  # e.g. PJSIP/officer007
-    timeout_s: float
-    officer: str | None = None  # badge, when the rung is an officer
-
-
-class Planner(Protocol):
-    async def plan(self, number: str) -> list[Rung]: ...
-    async def outcome(self, number: str, rung: Rung, joined: bool) -> None: ...
-
-
-class AlertSink(Protocol):
-    def raise_alert(self, kind: str, ref: str, message: str) -> None: ...
-
-
 class _Waiters:
-    """AMI events a dispatch waits for, matched by key; fed by the AMI listener."""
+    """AMI events a dispatch waits for, matched by key; fed by the AMI listener.
+
+    An OriginateResponse can arrive before the code that sent the Originate
+    has its ActionID back (a phone that fails at once), so an event nobody
+    waits for yet is kept for a while and handed to the first ``expect``.
+    """
+
+    EARLY_KEEP = 256
 
     def __init__(self) -> None:
         self._futures: dict[tuple, asyncio.Future] = {}
+        self._early: dict[tuple, object] = {}
 
     def expect(self, key: tuple) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        self._futures[key] = fut
+        if key in self._early:
+            fut.set_result(self._early.pop(key))
+        else:
+            self._futures[key] = fut
         return fut
 
-    def resolve(self, key: tuple, value) -> None:
+    def resolve(self, key: tuple, value, *, keep_early: bool = False) -> None:
         fut = self._futures.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_result(value)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(value)
+        elif keep_early:
+            self._early[key] = value
+            while len(self._early) > self.EARLY_KEEP:
+                self._early.pop(next(iter(self._early)))
 
     def forget(self, key: tuple) -> None:
         self._futures.pop(key, None)
 
 
 class Dispatcher:
-    def __init__(self, ami, service: TicketService, planner: Planner, channels: Callable[[str], dict | None],
-                 *, alerts: AlertSink | None = None, clock=time.time) -> None:
+    def __init__(self, ami, service: TicketService, planner: DispatchPlanner,
+                 channels: Callable[[str], dict | None]) -> None:
         self.ami = ami
         self.service = service
-        self.planner = planner
+        self.planner = planner  # chooses, reserves and records every step of the ladder
         self.channels = channels  # caller uniqueid -> {"caller": channel, "seat": channel}
-        self.alerts = alerts
-        self.clock = clock
         self._waiters = _Waiters()
         self._tasks: dict[str, asyncio.Task] = {}
 
@@ -100,15 +96,22 @@ class Dispatcher:
             self._waiters.resolve(("join", event.get("Conference"), event.get("Uniqueid")), event)
             self._waiters.resolve(("join-channel", event.get("Conference"), event.get("Channel")), event)
         elif name == "OriginateResponse" and event.action_id:
-            self._waiters.resolve(("originate", event.action_id), event)
+            self._waiters.resolve(("originate", event.action_id), event, keep_early=True)
 
     # -- API ---------------------------------------------------------------------
     def busy(self, number: str) -> bool:
         task = self._tasks.get(number)
         return task is not None and not task.done()
 
-    async def dispatch(self, number: str, *, by: str) -> asyncio.Task:
-        """Start dispatching ``number``; returns the owned task (the API does not wait for it)."""
+    async def dispatch(self, number: str, *, by: str, settle_s: float = 0.0) -> asyncio.Task:
+        """Start dispatching ``number``; returns the owned task (the API does not wait for it).
+
+        ``settle_s``: wait before moving the call. The seat's feature code runs
+        in a Gosub on the seat's channel; redirecting that channel before the
+        Gosub has returned breaks it ("an async goto just messed up our
+        execution location") and the seat never reaches the room — found in
+        the lab with baresip.
+        """
         if self.busy(number):
             raise DispatchError(f"{number} is already being dispatched")
         ticket = await self.service.get(number)
@@ -117,9 +120,14 @@ class Dispatcher:
         legs = self.channels(ticket.uniqueid)
         if not legs or not legs.get("caller") or not legs.get("seat"):
             raise DispatchError(f"{number}: the call is not connected to a seat")
-        await self.service.record_step(ticket.uniqueid, Step.DISPATCH_REQUESTED, at=self.clock(), source="api",
-                                       by=by)
-        task = asyncio.create_task(self._run(number, ticket.uniqueid, legs), name=f"dispatch-{number}")
+        try:
+            plan = await self.planner.begin(number, by=by)
+        except NotLocated as exc:
+            raise DispatchError(str(exc)) from None
+        except (IllegalTransition, UnknownTicket) as exc:
+            raise DispatchError(f"{number} cannot be dispatched now: {exc}") from None
+        task = asyncio.create_task(self._run(number, ticket.uniqueid, legs, list(plan.rungs), settle_s),
+                                   name=f"dispatch-{number}")
         self._tasks[number] = task
         task.add_done_callback(lambda t: self._tasks.pop(number, None) if self._tasks.get(number) is t else None)
         return task
@@ -130,12 +138,12 @@ class Dispatcher:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     # -- the work ------------------------------------------------------------------
-    async def _step(self, uid: str, step: Step, **detail) -> None:
+    async def _record(self, what, *args, **kwargs) -> None:
         try:
-            await self.service.record_step(uid, step, at=self.clock(), source="ami", **detail)
+            await what(*args, **kwargs)
         except Exception:
             # The trail must not stop the dispatch; the failure is logged loudly.
-            log.exception("%s: step %s not recorded", uid, step)
+            log.exception("dispatch step %s not recorded", getattr(what, "__name__", what))
 
     async def _into_room(self, uid: str, legs: dict) -> bool:
         caller_join = self._waiters.expect(("join", uid, uid))
@@ -159,61 +167,63 @@ class Dispatcher:
             self._waiters.forget(("join-channel", uid, legs["seat"]))
 
     async def _ring(self, uid: str, number: str, rung: Rung) -> tuple[bool, str]:
-        await self._step(uid, Step.OFFICER_RINGING, kind=rung.kind, endpoint=rung.endpoint, officer=rung.officer)
-        action_id = f"dispatch-{uid}-{rung.endpoint}-{time.monotonic_ns()}"
-        response = self._waiters.expect(("originate", action_id))
+        await self._record(self.planner.ringing, number, rung)
+        action_id = None
         try:
             resp = await self.ami.originate(
-                ActionID=action_id,
                 Channel=rung.endpoint,
                 Application="ConfBridge",
                 Data=f"{dialplan_escape(uid)},jiejing-room,jiejing-officer",
                 Timeout=int(rung.timeout_s * 1000),
                 CallerID=f'"110 {number}" <110>',
-                Variable=f"JIEJING_TICKET={number}",
+                Variable={"JIEJING_TICKET": number},
             )
+            action_id = resp.action_id
             if not resp.ok:
-                return False, f"originate refused: {resp.message}"
-            event = await asyncio.wait_for(response, rung.timeout_s + 10)
+                log.warning("%s: originate to %s refused: %s", number, rung.endpoint, resp.message)
+                return False, "failed"
+            event = await asyncio.wait_for(self._waiters.expect(("originate", action_id)), rung.timeout_s + 10)
         except asyncio.TimeoutError:
-            return False, "no answer from Asterisk about the call"
+            log.warning("%s: no OriginateResponse for %s", number, rung.endpoint)
+            return False, "failed"
         except AMIClientError as exc:
-            return False, f"outcome unknown ({type(exc).__name__}); not retried"
+            # Outcome unknown: never originate the same rung twice, go on.
+            log.warning("%s: originate to %s: %r; not retried", number, rung.endpoint, exc)
+            return False, "failed"
         finally:
-            self._waiters.forget(("originate", action_id))
+            if action_id:
+                self._waiters.forget(("originate", action_id))
         if event.get("Response") == "Success":
             return True, "answered"
         try:
-            reason = ORIGINATE_REASONS.get(int(event.get("Reason") or 0), event.get("Reason"))
+            return False, ORIGINATE_OUTCOMES.get(int(event.get("Reason") or 0), "failed")
         except ValueError:
-            reason = event.get("Reason")
-        return False, str(reason)
+            return False, "failed"
 
-    async def _run(self, number: str, uid: str, legs: dict) -> None:
+    async def _run(self, number: str, uid: str, legs: dict, rungs: list[Rung], settle_s: float = 0.0) -> None:
+        try:
+            if settle_s:
+                await asyncio.sleep(settle_s)
+            await self._ladder(number, uid, legs, rungs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Whatever broke, the officers held for this ticket are freed and
+            # supervisors hear of it; the call-taker still has the caller.
+            log.exception("%s: dispatch failed", number)
+            await self._record(self.planner.exhausted, number, reason="internal_error")
+
+    async def _ladder(self, number: str, uid: str, legs: dict, rungs: list[Rung]) -> None:
         started = time.monotonic()
         if not await self._into_room(uid, legs):
-            await self._step(uid, Step.LADDER_EXHAUSTED, reason="caller and seat could not be moved into the room")
-            self._alert(number, "dispatch failed: the call could not be moved into a conference room")
+            await self._record(self.planner.exhausted, number, reason="room_move_failed")
             return
-        await self._step(uid, Step.ROOM_JOINED, room=uid, move_ms=round((time.monotonic() - started) * 1000, 1))
-        rungs = await self.planner.plan(number)
+        log.info("%s: caller and seat in the room after %.1f ms", number, (time.monotonic() - started) * 1000)
         for rung in rungs:
-            joined, why = await self._ring(uid, number, rung)
-            await self.planner.outcome(number, rung, joined)
+            joined, outcome = await self._ring(uid, number, rung)
             if joined:
-                await self._step(uid, Step.OFFICER_JOINED, kind=rung.kind, endpoint=rung.endpoint,
-                                 officer=rung.officer)
+                await self._record(self.planner.joined, number, rung)
                 return
-            await self._step(uid, Step.OFFICER_NO_ANSWER, kind=rung.kind, endpoint=rung.endpoint,
-                             officer=rung.officer, reason=why)
-        await self._step(uid, Step.LADDER_EXHAUSTED, tried=len(rungs))
-        self._alert(number, f"nobody answered the dispatch ladder ({len(rungs)} phones tried)")
-
-    def _alert(self, number: str, message: str) -> None:
-        log.error("%s: %s", number, message)
-        if self.alerts is not None:
-            try:
-                self.alerts.raise_alert("dispatch", number, message)
-            except Exception:
-                log.exception("alert for %s not raised", number)
-
+            await self._record(self.planner.no_answer, number, rung, outcome=outcome)
+        # The planner alerts supervisors; the call-taker keeps the caller in the room.
+        await self._record(self.planner.exhausted, number, reason="no_answer" if rungs else "nobody_to_ring")

@@ -26,6 +26,46 @@ LEGAL = {
     (State.ABANDONED, Step.CLOSED): State.CLOSED,
 }
 
+# Dispatch (docs/dispatch.md): the call's state while the caller is on the line,
+# the incident's once the call has ended.
+DISPATCH_LEGAL = {
+    **{
+        (state, Step.LOCATED): state
+        for state in (
+            State.RECEIVED,
+            State.QUEUED,
+            State.RINGING,
+            State.ANSWERED,
+            State.ENDED,
+            State.ABANDONED,
+            State.DISPATCHING,
+            State.DISPATCHED,
+            State.DISPATCHING_ENDED,
+            State.EN_ROUTE,
+        )
+    },
+    (State.ANSWERED, Step.DISPATCH_REQUESTED): State.DISPATCHING,
+    (State.DISPATCHING, Step.OFFICER_RINGING): State.DISPATCHING,
+    (State.DISPATCHING, Step.OFFICER_NO_ANSWER): State.DISPATCHING,
+    (State.DISPATCHING, Step.OFFICER_JOINED): State.DISPATCHED,
+    (State.DISPATCHING, Step.LADDER_EXHAUSTED): State.ANSWERED,
+    (State.DISPATCHING, Step.HUNG_UP): State.DISPATCHING_ENDED,
+    (State.DISPATCHING_ENDED, Step.OFFICER_RINGING): State.DISPATCHING_ENDED,
+    (State.DISPATCHING_ENDED, Step.OFFICER_NO_ANSWER): State.DISPATCHING_ENDED,
+    (State.DISPATCHING_ENDED, Step.OFFICER_JOINED): State.EN_ROUTE,
+    (State.DISPATCHING_ENDED, Step.LADDER_EXHAUSTED): State.ENDED,
+    (State.DISPATCHED, Step.HUNG_UP): State.EN_ROUTE,
+    (State.DISPATCHED, Step.ARRIVED): State.ON_SCENE,
+    (State.EN_ROUTE, Step.ARRIVED): State.ON_SCENE,
+    (State.DISPATCHED, Step.CLEARED): State.CLEARED,
+    (State.EN_ROUTE, Step.CLEARED): State.CLEARED,
+    (State.ON_SCENE, Step.CLEARED): State.CLEARED,
+    (State.ON_SCENE, Step.HUNG_UP): State.ON_SCENE,
+    (State.CLEARED, Step.HUNG_UP): State.CLEARED,
+    (State.CLEARED, Step.CLOSED): State.CLOSED,
+}
+LEGAL.update(DISPATCH_LEGAL)
+
 
 @pytest.mark.parametrize(("pair", "target"), LEGAL.items(), ids=lambda v: str(v))
 def test_every_legal_row(pair: tuple[State | None, Step], target: State) -> None:
@@ -69,7 +109,7 @@ def test_illegal_pairs_name_state_and_step(state: State | None, step: Step) -> N
 
 
 def test_message_lists_allowed_steps() -> None:
-    with pytest.raises(IllegalTransition, match=r"allowed steps: abandoned, answered, seat_ringing$"):
+    with pytest.raises(IllegalTransition, match=r"allowed steps: abandoned, answered, located, seat_ringing$"):
         advance(State.QUEUED, Step.HUNG_UP)
     with pytest.raises(IllegalTransition, match=r"allowed steps: none$"):
         advance(State.CLOSED, Step.CLOSED)
@@ -122,7 +162,14 @@ def test_path_caller_abandons(before: tuple[Step, ...]) -> None:
 
 
 def test_live_states_are_those_before_hang_up() -> None:
-    assert CALL_LIVE_STATES == {State.RECEIVED, State.QUEUED, State.RINGING, State.ANSWERED}
+    assert CALL_LIVE_STATES == {
+        State.RECEIVED,
+        State.QUEUED,
+        State.RINGING,
+        State.ANSWERED,
+        State.DISPATCHING,
+        State.DISPATCHED,
+    }
 
 
 def test_duplicate_rule_is_refused() -> None:
