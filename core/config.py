@@ -43,6 +43,10 @@ class Settings:
     ticket_prefix: str = "110"
     intake_contexts: tuple[str, ...] = ("from-carrier",)
     emergency_numbers: tuple[str, ...] = ("110",)
+    city_file: str = ""  # stations, cells, officers, roster (JSON or TOML); the lab's by default
+    seat_queue: str = "emergency-110"  # the queue seats join when their call-takers log in
+    wrap_up_s: float = 10.0  # after each call, before the seat rings again
+    token_ttl_s: float = 12 * 3600.0  # a log-in lasts one long shift
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -56,6 +60,8 @@ class Settings:
                 values[f.name] = _port(name, raw)
             elif f.name in ("intake_contexts", "emergency_numbers"):
                 values[f.name] = _list(name, raw)
+            elif f.name.endswith("_s"):
+                values[f.name] = _seconds(name, raw)
             else:
                 values[f.name] = raw
         settings = cls(**values)
@@ -63,6 +69,8 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
+        if not self.token_ttl_s > 0:
+            raise ConfigError(f"{PREFIX}TOKEN_TTL_S must be more than 0 seconds")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -85,6 +93,16 @@ def _port(name: str, raw: str) -> int:
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name} must be between 1 and 65535, got {port}")
     return port
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value < 10**7:
+        raise ConfigError(f"{name} must be between 0 and 10000000 seconds, got {raw!r}")
+    return value
 
 
 def _list(name: str, raw: str) -> tuple[str, ...]:

@@ -3,17 +3,22 @@
 Views parse and bound their input, call the service, and map domain errors to
 HTTP statuses. Every error answer is JSON ``{"error": "..."}``; an unexpected
 failure is logged with its traceback and answered 500 without one.
+
+``make_app`` also mounts what every deployment has: authentication and the
+route table (``core.web_auth``), the OpenAPI spec, ``/metrics``, seats, the
+wallboard and the heat map (``core.web_ops``), and dispatch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -22,12 +27,23 @@ from core.numbering import looks_like_number
 from core.store import check as check_database
 from core.tickets import TicketService, UnknownTicket
 
+if TYPE_CHECKING:
+    from core.auth import AuthService, Principal
+    from core.dispatch import DispatchPlanner
+    from core.metrics import MetricsProvider
+    from core.seats import SeatBoard
+
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]] | dict[str, Any]]
 
 SERVICE = web.AppKey("service", TicketService)
 HEALTH = web.AppKey("health", dict[str, HealthCheck])
+# Set by the authentication middleware (core.web_auth) before the handler runs.
+PRINCIPAL = web.RequestKey("principal", "Principal")
+BODY_SCHEMA = web.RequestKey("body_schema", "dict[str, Any] | None")
+# Set by _json_body, for the audit row.
+BODY_SHA256 = web.RequestKey("body_sha256", "str | None")
 
 MAX_BODY = 64 * 1024
 LIMIT_DEFAULT = 50
@@ -92,6 +108,16 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+def _station_of_user(request: web.Request) -> str | None | bool:
+    """The station a station user is limited to; False for users who see every ticket."""
+    from core.auth import Role
+
+    principal = request.get(PRINCIPAL)
+    if principal is None or principal.role is not Role.STATION:
+        return False
+    return principal.station
+
+
 async def list_tickets(request: web.Request) -> web.Response:
     raw = request.query.get("limit")
     if raw is None:
@@ -100,7 +126,13 @@ async def list_tickets(request: web.Request) -> web.Response:
         if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= LIMIT_MAX:
             raise BadRequest(f"limit must be an integer from 1 to {LIMIT_MAX}")
         limit = int(raw)
-    tickets = await request.app[SERVICE].list_recent(limit)
+    station = _station_of_user(request)
+    if station is False:
+        tickets = await request.app[SERVICE].list_recent(limit)
+    else:
+        from core.web_ops import station_tickets
+
+        tickets = await station_tickets(request.app[SERVICE], station, limit)
     return web.json_response({"tickets": [t.to_json() for t in tickets]}, dumps=_dumps)
 
 
@@ -111,6 +143,16 @@ async def get_ticket(request: web.Request) -> web.Response:
     if ticket is None:
         return _error(404, "no such ticket")
     return web.json_response(ticket.to_json(), dumps=_dumps)
+
+
+CLOSE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["disposition", "by"],
+    "properties": {
+        "disposition": {"type": "string", "minLength": 1, "pattern": r"\S"},
+        "by": {"type": "string", "minLength": 1, "pattern": r"\S"},
+    },
+}
 
 
 async def close_ticket(request: web.Request) -> web.Response:
@@ -144,12 +186,24 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         if size > MAX_BODY:
             raise BadRequest(f"body larger than {MAX_BODY} bytes")
         chunks.append(chunk)
+    raw = b"".join(chunks)
+    request[BODY_SHA256] = hashlib.sha256(raw).hexdigest()
     try:
-        body = json.loads(b"".join(chunks).decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadRequest("body must be a JSON object in UTF-8") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
+    schema = request.get(BODY_SCHEMA)
+    if schema is not None:
+        from core.schema import SchemaError, validate
+
+        try:
+            validate(body, schema)
+        except SchemaError as exc:
+            raise BadRequest(f"invalid body: {exc}") from None
+        except RecursionError:
+            raise BadRequest("body nested too deeply") from None
     return body
 
 
@@ -163,20 +217,45 @@ def make_app(
     *,
     health: Mapping[str, HealthCheck],
     cleanup_ctx: Iterable[Callable[[web.Application], AsyncIterator[None]]] = (),
+    dispatch: DispatchPlanner | None = None,
+    auth: AuthService | None = None,
+    seats: SeatBoard | None = None,
+    metrics: Iterable[MetricsProvider] = (),
+    timezone: str = "Asia/Shanghai",
 ) -> web.Application:
-    """The web application; ``cleanup_ctx`` entries start in order and stop in reverse."""
+    """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
+
+    ``dispatch`` is the planner behind the dispatch routes; by default one is
+    built on ``service``'s store. ``auth`` holds users and tokens (by default
+    on the same store); ``seats`` is the seat board (by default one that
+    drives no queue); ``metrics`` are extra providers of ``/metrics`` lines,
+    e.g. the AMI and FastAGI figures from the telephony side; ``timezone``
+    is the center's, where the wallboard's "today" begins.
+    """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
 
     async def database() -> dict[str, Any]:
         return await check_database(service.engine)
 
-    app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY)
+    from core.auth import AuthService
+    from core.web_auth import add_auth_routes, authenticate
+
+    app = web.Application(middlewares=[_errors_as_json, authenticate], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[HEALTH] = {"database": database, **health}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/tickets", list_tickets)
     app.router.add_get("/api/tickets/{number}", get_ticket)
     app.router.add_post("/api/tickets/{number}/close", close_ticket)
+    add_auth_routes(app, auth if auth is not None else AuthService(service.engine))
     app.cleanup_ctx.extend(cleanup_ctx)
+    # Imported here: core.web_dispatch builds on this module. Added after the
+    # given contexts so the event stream starts once the store is ready.
+    from core.web_dispatch import add_dispatch_routes
+
+    add_dispatch_routes(app, planner=dispatch)
+    from core.web_ops import add_ops_routes
+
+    add_ops_routes(app, seats=seats, metrics=metrics, timezone=timezone)
     return app

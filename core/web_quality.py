@@ -14,7 +14,7 @@ from aiohttp import web
 
 from core.complaints import AlreadyAnswered, Complaints, UnknownFollowUp
 from core.numbering import looks_like_number
-from core.quality import AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
+from core.quality import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
 from core.survey import Survey, WebhookVerdict
 from core.web import BadRequest, _dumps, _json_body
 
@@ -26,6 +26,55 @@ _DAY = re.compile(r"[0-9]{8}")
 _ID = re.compile(r"[0-9]{1,12}")
 _TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 SIZE_MAX = 1000
+
+# Request bodies, for the OpenAPI spec and the check before the view (core.web_auth);
+# the views below still check what a schema cannot say.
+_TEXT: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
+_BY = {**_TEXT, "maxLength": 255}
+DRAW_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["day", "by"],
+    "properties": {
+        "day": {"type": "string", "pattern": "^[0-9]{8}$"},
+        "by": _BY,
+        "size": {"type": ["integer", "null"], "minimum": 1, "maximum": SIZE_MAX},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**62 - 1},
+    },
+}
+SCORE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["ticket", "by", "scores"],
+    "properties": {
+        "ticket": {**_TEXT, "maxLength": 32},
+        "by": _BY,
+        "comment": {**_TEXT, "type": ["string", "null"], "maxLength": 2000},
+        "scores": {
+            "type": "object",
+            "required": list(CRITERIA),
+            "properties": {c: {"type": "integer", "minimum": 1, "maximum": 5} for c in CRITERIA},
+            "additionalProperties": False,
+        },
+    },
+}
+PUBLISH_BODY: dict[str, Any] = {"type": "object", "required": ["by"], "properties": {"by": _BY}}
+COMPLAINT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["ticket", "reason"],
+    "properties": {
+        "ticket": {**_TEXT, "maxLength": 32},
+        "reason": {**_TEXT, "maxLength": 2000},
+        "station": {**_TEXT, "type": ["string", "null"], "maxLength": 255},
+    },
+}
+ANSWER_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["answer", "by"],
+    "properties": {
+        "answer": {**_TEXT, "maxLength": 2000},
+        "by": _BY,
+        "caller": {**_TEXT, "type": ["string", "null"], "maxLength": 32},
+    },
+}
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -121,6 +170,8 @@ async def publish_report(request: web.Request) -> web.Response:
         return _error(404, str(exc))
     except AlreadyDrawn as exc:
         return _error(409, str(exc))
+    except ValueError as exc:  # a day that does not exist, e.g. 20261340
+        raise BadRequest(str(exc)) from None
 
 
 # -- survey --------------------------------------------------------------------------------

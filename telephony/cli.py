@@ -21,6 +21,10 @@ def _settings_with_lab_defaults() -> Settings:
         lab = LabPaths()
         if lab.root.exists():
             env["JIEJING_RECORDINGS_DIR"] = str(lab.recordings)
+    if not env.get("JIEJING_CITY_FILE"):
+        from siplab.asterisk import REPO
+
+        env["JIEJING_CITY_FILE"] = str(REPO / "sip-lab" / "city.json")
     return Settings.from_env(env)
 
 
@@ -141,6 +145,51 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    import asyncio
+    import getpass
+
+    from core.auth import AuthService, UserExists
+    from core.store import init_schema, make_engine
+
+    settings = Settings.from_env()
+
+    async def run() -> int:
+        engine = make_engine(settings.db_url)
+        try:
+            await init_schema(engine)
+            auth = AuthService(engine)
+            if args.users_cmd == "list":
+                for user in await auth.users():
+                    state = " (disabled)" if user.disabled else ""
+                    print(f"{user.username}\t{user.role}\t{user.station or '-'}{state}")
+                return 0
+            if args.users_cmd == "disable":
+                await auth.set_disabled(args.name, True)
+                return 0
+            if sys.stdin.isatty():
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    print("jiejing: the passwords differ", file=sys.stderr)
+                    return 1
+            else:
+                password = sys.stdin.readline().rstrip("\r\n")
+            try:
+                user = await auth.add_user(args.name, password, args.role, args.station)
+            except (UserExists, ValueError) as exc:
+                print(f"jiejing: {exc}", file=sys.stderr)
+                return 1
+            print(f"added {user.username} ({user.role})")
+            return 0
+        except LookupError as exc:
+            print(f"jiejing: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jiejing", description="Unified 110 call-intake center backend")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -187,6 +236,17 @@ def parser() -> argparse.ArgumentParser:
     jv.add_argument("--no-recordings", action="store_true", help="do not re-hash the recording files")
     jv.add_argument("--json", action="store_true", help="print the report as JSON")
     journal.set_defaults(func=cmd_journal)
+
+    users = sub.add_parser("users", help="users of the operations web: add, list, disable")
+    users_sub = users.add_subparsers(dest="users_cmd", required=True)
+    ua = users_sub.add_parser("add", help="add a user; the password is read from stdin or asked for")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=["call_taker", "supervisor", "admin", "officer", "station"])
+    ua.add_argument("--station", default=None, help="the station id of a station user")
+    users_sub.add_parser("list", help="every user with role and station")
+    ud = users_sub.add_parser("disable", help="disable a user; his tokens stop working at once")
+    ud.add_argument("name")
+    users.set_defaults(func=cmd_users)
     return p
 
 

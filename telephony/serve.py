@@ -1,7 +1,8 @@
 """`jiejing serve`: the backend process, assembled.
 
 Owns, in start order: the ticket store, the AMI connection with the event
-adapter, the FastAGI server, and the HTTP API. aiohttp's cleanup contexts stop
+adapter, the FastAGI server, and the HTTP API (with the seat board driving
+queue membership over AMI, and the AMI and FastAGI figures in /metrics). aiohttp's cleanup contexts stop
 them in reverse order. This is the one place where telephony and core meet;
 core never imports from here.
 """
@@ -15,16 +16,26 @@ from pathlib import Path
 
 from aiohttp import web
 
+from core.auth import AuthService
 from core.config import Settings
+from core.metrics import header, histogram_lines
 from core.quality_config import QualitySettings
 from core.store import init_schema, make_engine
 from core.supervision import build as build_supervision
+from core.seats import SeatBoard
 from core.tickets import TicketService
 from core.web import make_app
+from core.alerts import AlertBoard
+from core.dispatch import DispatchPlanner
+from core.officers import OfficerService, load_city_file
+from telephony import dispatch_api
+from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.routes import intake
+from telephony.dispatcher import Dispatcher
 from telephony.agi.server import FastAGIServer
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
+from telephony.seat_control import AMIQueuePort
 
 log = logging.getLogger("jiejing.serve")
 
@@ -36,6 +47,14 @@ class Backend:
     ami: AMIClient
     events: CallEvents
     agi: FastAGIServer
+    officers: OfficerService
+    planner: DispatchPlanner
+    dispatcher: Dispatcher
+    alerts: AlertBoard
+
+    async def open_alerts(self) -> list[dict]:
+        await self.alerts.flush()
+        return await self.alerts.open_alerts()
 
 
 def build(settings: Settings) -> Backend:
@@ -50,14 +69,33 @@ def build(settings: Settings) -> Backend:
     )
     ami.add_listener(events.on_event)
     ami.add_connect_hook(lambda: events.resync(ami))
-    agi = FastAGIServer({"intake": intake.make_route(service)}, host=settings.agi_host, port=settings.agi_port)
-    return Backend(settings, service, ami, events, agi)
+    officers = OfficerService(engine)
+    alerts = AlertBoard(engine)
+
+    def ladder_exhausted(ticket, detail) -> None:
+        alerts.raise_alert("dispatch", ticket.number,
+                           f"nobody answered the dispatch ladder ({detail.get('reason')}); the call-taker keeps the caller")
+
+    planner = DispatchPlanner(service, officers, on_exhausted=ladder_exhausted)
+    dispatcher = Dispatcher(ami, service, planner, events.legs)
+    ami.add_listener(dispatcher.on_event)
+    agi = FastAGIServer(
+        {"intake": intake.make_route(service), "dispatch": dispatch_route.make_route(service, dispatcher)},
+        host=settings.agi_host, port=settings.agi_port,
+    )
+    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts)
 
 
 def make_web_app(backend: Backend) -> web.Application:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await init_schema(backend.service.engine)
+        if backend.settings.city_file:
+            counts = await backend.officers.load_city(load_city_file(backend.settings.city_file))
+            log.info("city loaded from %s: %s", backend.settings.city_file, counts)
+        await backend.alerts.start()
         yield
+        await backend.dispatcher.stop()
+        await backend.alerts.stop()
         await backend.service.engine.dispose()
 
     async def ami_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -91,13 +129,39 @@ def make_web_app(backend: Backend) -> web.Application:
             },
         }
 
-    supervision = build_supervision(backend.service, backend.settings, QualitySettings.from_env())
+    def telephony_metrics() -> list[str]:
+        status = backend.ami.status()
+        lines = header("jiejing_ami_connected", "gauge", "1 while logged in to Asterisk's AMI.")
+        lines.append(f"jiejing_ami_connected {1 if status.get('connected') else 0}")
+        lines += header("jiejing_ami_reconnects_total", "counter", "AMI log-ins after the first.")
+        lines.append(f"jiejing_ami_reconnects_total {status.get('reconnects', 0)}")
+        stats = backend.agi.stats
+        lines += header("jiejing_fastagi_requests_total", "counter", "FastAGI requests by route and outcome.")
+        for name, r in stats.routes.items():
+            for outcome, n in (("all", r.requests), ("failed", r.failures), ("timed_out", r.timeouts)):
+                lines.append(f'jiejing_fastagi_requests_total{{route="{name}",outcome="{outcome}"}} {n}')
+        lines += header("jiejing_fastagi_duration_seconds", "histogram", "FastAGI handler durations by route.")
+        for name, r in stats.routes.items():
+            rows = [(bound / 1000, n) for bound, n in r.durations.cumulative()]
+            lines += histogram_lines("jiejing_fastagi_duration_seconds", rows, r.durations.sum_ms / 1000, route=name)
+        return lines
+
+    settings = backend.settings
+    seats = SeatBoard(backend.service.engine, AMIQueuePort(backend.ami, settings.seat_queue),
+                      wrap_up_s=settings.wrap_up_s)
+    supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
     app = make_app(
         backend.service,
         health={"ami": ami_health, "agi": agi_health},
         cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, agi_ctx],
+        auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
+        seats=seats,
+        metrics=[telephony_metrics],
+        dispatch=backend.planner,
+        timezone=settings.timezone,
     )
     supervision.add_routes(app)
+    dispatch_api.add_routes(app, backend.dispatcher)
     return app
 
 

@@ -11,7 +11,9 @@ from core import web_quality
 from core.complaints import OVERDUE, Complaints
 from core.outbox import Outbox
 from core.tickets import TicketService
+from core.auth import Role
 from core.web import make_app
+from tests.web_login import login_headers
 
 NUMBER = "110-20261129-000001"
 
@@ -21,7 +23,7 @@ async def test_complaint_deadline_alert_and_answer(service: TicketService, engin
     complaints = Complaints(engine, clock=clock, deadline_hours=72, outbox=outbox)
     app = make_app(service, health={})
     web_quality.add_routes(app, complaints=complaints)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(TestServer(app), headers=await login_headers(service.engine, Role.SUPERVISOR)) as client:
         resp = await client.post("/api/complaints", json={"ticket": NUMBER, "reason": "民警态度差", "station": "东城派出所"})
         assert resp.status == 201
         follow_up = await resp.json()

@@ -12,7 +12,9 @@ from core import web_quality
 from core.lifecycle import Step
 from core.quality import CRITERIA, Call, SpotChecks, draw_sample, shift_of
 from core.tickets import TicketService
+from core.auth import Role
 from core.web import make_app
+from tests.web_login import login_headers
 
 T0 = 1_795_951_800.0  # 19:30 in Shanghai on 2026-11-29
 
@@ -69,7 +71,7 @@ async def test_draw_score_and_report_through_the_api(service: TicketService, eng
     checks = SpotChecks(engine, clock=clock, default_size=4)
     app = make_app(service, health={})
     web_quality.add_routes(app, spot_checks=checks)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(TestServer(app), headers=await login_headers(service.engine, Role.SUPERVISOR)) as client:
         resp = await client.post("/api/quality/draws", json={"day": "20261129", "by": "督察-王", "seed": 42})
         assert resp.status == 201
         sample = await resp.json()

@@ -21,7 +21,9 @@ from core.outbox import Outbox
 from core.quality_store import FollowUp, OutboxMessage, SurveyResponse, WebhookReceipt
 from core.survey import Survey, parse_reply, to_e164
 from core.tickets import TicketService
+from core.auth import Role
 from core.web import make_app
+from tests.web_login import login_headers
 
 T0 = 1_795_951_800.0
 TOKEN = "webhook-token"
@@ -49,7 +51,7 @@ def parts(engine: AsyncEngine, clock: Any) -> tuple[Outbox, Complaints, Survey]:
 async def serve(service: TicketService, survey: Survey, complaints: Complaints) -> AsyncIterator[TestClient]:
     app = make_app(service, health={})
     web_quality.add_routes(app, survey=survey, complaints=complaints)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(TestServer(app), headers=await login_headers(service.engine, Role.SUPERVISOR)) as client:
         yield client
 
 

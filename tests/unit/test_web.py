@@ -16,9 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from core import web as core_web
+from core.auth import Role
 from core.lifecycle import State, Step
 from core.tickets import TicketService, TicketView
 from core.web import make_app
+from tests.web_login import login_headers
 
 T0 = 1_795_951_800.0  # 2026-11-29 11:30:00 UTC
 
@@ -28,7 +30,8 @@ async def serve(
     service: TicketService, health: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> AsyncIterator[TestClient]:
     app = make_app(service, health=health if health is not None else {"ami": lambda: {"ok": True}}, **kwargs)
-    async with TestClient(TestServer(app)) as client:
+    headers = await login_headers(service.engine, Role.CALL_TAKER)
+    async with TestClient(TestServer(app), headers=headers) as client:
         yield client
 
 

@@ -1,0 +1,63 @@
+// Shared by the operations pages: log-in, the token, authenticated fetches.
+// The token lives in sessionStorage: it goes when the browser tab closes.
+"use strict";
+const jj = (() => {
+  const KEY = "jiejing.token";
+  const token = () => sessionStorage.getItem(KEY);
+
+  async function api(path, options = {}) {
+    const headers = Object.assign({ "Authorization": "Bearer " + token() }, options.headers || {});
+    const resp = await fetch(path, Object.assign({}, options, { headers }));
+    if (resp.status === 401) { sessionStorage.removeItem(KEY); location.reload(); }
+    if (!resp.ok) throw new Error((await resp.json()).error || resp.statusText);
+    return resp.json();
+  }
+
+  function showLogin(onReady) {
+    const form = document.getElementById("login");
+    form.hidden = false;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = form.querySelector(".error");
+      error.textContent = "";
+      const body = JSON.stringify({ username: form.username.value, password: form.password.value });
+      const resp = await fetch("/api/login", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+      const answer = await resp.json();
+      if (!resp.ok) { error.textContent = answer.error || "登录失败"; return; }
+      sessionStorage.setItem(KEY, answer.token);
+      form.hidden = true;
+      start(onReady);
+    });
+  }
+
+  async function start(onReady) {
+    const me = await api("/api/me");
+    document.querySelectorAll(".who").forEach((el) => { el.textContent = me.username + " · " + me.role; });
+    document.querySelectorAll(".logout").forEach((el) => {
+      el.hidden = false;
+      el.onclick = async () => { await api("/api/logout", { method: "POST" }); sessionStorage.removeItem(KEY); location.reload(); };
+    });
+    document.getElementById("content").hidden = false;
+    onReady(me);
+  }
+
+  // Run onReady(user) once logged in, showing the log-in form first if needed.
+  function whenLoggedIn(onReady) {
+    if (token()) start(onReady).catch(() => showLogin(onReady));
+    else showLogin(onReady);
+  }
+
+  function socketUrl(path) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return scheme + "//" + location.host + path + "?access_token=" + encodeURIComponent(token());
+  }
+
+  function el(tag, attrs = {}, text) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  return { api, whenLoggedIn, socketUrl, el, token };
+})();

@@ -1,0 +1,194 @@
+"""Seats: log-in and pauses through the queue port, wrap-up after calls, states from ticket steps; AMI port on the fake."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.auth import Role
+from core.lifecycle import Step
+from core.seats import QueueControlError, SeatBoard, SeatState, WrongSeatState
+from core.tickets import TicketService
+from core.web import make_app
+from telephony.ami.client import AMIClient
+from telephony.seat_control import AMIQueuePort
+from tests.ami_fake import FakeAsterisk
+from tests.unit.conftest import T0, FakeClock
+from tests.web_login import login_headers
+
+
+class RecordingQueue:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.fail = False
+
+    async def _do(self, *call: str) -> None:
+        if self.fail:
+            raise QueueControlError("refused")
+        self.calls.append(call)
+
+    async def add(self, interface: str, member_name: str) -> None:
+        await self._do("add", interface, member_name)
+
+    async def remove(self, interface: str) -> None:
+        await self._do("remove", interface)
+
+    async def pause(self, interface: str, reason: str) -> None:
+        await self._do("pause", interface, reason)
+
+    async def unpause(self, interface: str) -> None:
+        await self._do("unpause", interface)
+
+
+@pytest.fixture
+def queue() -> RecordingQueue:
+    return RecordingQueue()
+
+
+@pytest.fixture
+def board(engine: AsyncEngine, queue: RecordingQueue, clock: FakeClock) -> SeatBoard:
+    return SeatBoard(engine, queue, wrap_up_s=0.05, clock=clock)
+
+
+async def test_login_pause_unpause_logout_follow_the_queue(board: SeatBoard, queue: RecordingQueue, clock: FakeClock) -> None:
+    assert (await board.login("seat-01", "王")).state is SeatState.AVAILABLE
+    clock.now += 60
+    paused = await board.pause("seat-01", "用餐 meal", by="王")
+    assert (paused.state, paused.reason) == (SeatState.PAUSED, "用餐 meal")
+    clock.now += 300
+    await board.unpause("seat-01")
+    await board.logout("seat-01")
+    assert queue.calls == [("add", "PJSIP/seat-01", "seat-01"), ("pause", "PJSIP/seat-01", "用餐 meal"),
+                           ("unpause", "PJSIP/seat-01"), ("remove", "PJSIP/seat-01")]
+    assert board.get("seat-01").state is SeatState.LOGGED_OUT
+    pauses = await board.pauses("seat-01")
+    assert [(p["reason"], p["by"], p["duration_s"], p["ongoing"]) for p in pauses] == [("用餐 meal", "王", 300.0, False)]
+
+
+async def test_a_refusing_queue_leaves_the_seat_as_it_was(board: SeatBoard, queue: RecordingQueue) -> None:
+    await board.login("seat-01", "王")
+    queue.fail = True
+    with pytest.raises(QueueControlError):
+        await board.pause("seat-01", "break")
+    assert board.get("seat-01").state is SeatState.AVAILABLE
+    assert await board.pauses("seat-01") == []
+
+
+async def test_wrong_states_are_refused(board: SeatBoard) -> None:
+    with pytest.raises(WrongSeatState):
+        await board.pause("seat-01", "break")
+    await board.login("seat-01", "王")
+    with pytest.raises(WrongSeatState):
+        await board.login("seat-01", "李")
+    with pytest.raises(WrongSeatState):
+        await board.unpause("seat-01")
+    with pytest.raises(ValueError):
+        await board.pause("seat-01", "  ")
+
+
+async def test_calls_drive_the_seat_and_wrap_up_ends_by_itself(
+    board: SeatBoard, queue: RecordingQueue, service: TicketService
+) -> None:
+    service.add_listener(board.on_step)
+    await board.login("seat-05", "王")
+    await service.open_call(uniqueid="1.1", caller_id="1", at=T0, source="ami")
+    await service.record_step("1.1", Step.QUEUED, at=T0 + 0.5, source="ami")
+    await service.record_step("1.1", Step.SEAT_RINGING, at=T0 + 1, source="ami", seat="seat-05")
+    assert board.get("seat-05").state is SeatState.RINGING
+    await service.record_step("1.1", Step.ANSWERED, at=T0 + 2, source="ami", seat="seat-05")
+    assert (board.get("seat-05").state, board.get("seat-05").ticket) == (SeatState.ON_CALL, "110-20261129-000001")
+    await service.record_step("1.1", Step.HUNG_UP, at=T0 + 60, source="ami")
+    assert board.get("seat-05").state is SeatState.WRAP_UP
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if board.get("seat-05").state is SeatState.AVAILABLE:
+            break
+    assert board.get("seat-05").state is SeatState.AVAILABLE
+    assert queue.calls[-2:] == [("pause", "PJSIP/seat-05", "wrap-up"), ("unpause", "PJSIP/seat-05")]
+
+
+async def test_a_seat_not_logged_in_here_appears_when_its_call_rings(board: SeatBoard, service: TicketService) -> None:
+    service.add_listener(board.on_step)
+    await service.open_call(uniqueid="1.1", caller_id="1", at=T0, source="ami")
+    await service.record_step("1.1", Step.QUEUED, at=T0 + 0.5, source="ami")
+    await service.record_step("1.1", Step.ANSWERED, at=T0 + 2, source="ami", seat="seat-77")
+    assert board.by_state()["on_call"] == 1
+
+
+async def test_pausing_in_wrap_up_cancels_the_automatic_unpause(board: SeatBoard, service: TicketService) -> None:
+    board.wrap_up_s = 0.2
+    service.add_listener(board.on_step)
+    await board.login("seat-05", "王")
+    await service.open_call(uniqueid="1.1", caller_id="1", at=T0, source="ami")
+    await service.record_step("1.1", Step.QUEUED, at=T0 + 0.5, source="ami")
+    await service.record_step("1.1", Step.ANSWERED, at=T0 + 2, source="ami", seat="seat-05")
+    await service.record_step("1.1", Step.HUNG_UP, at=T0 + 60, source="ami")
+    await board.pause("seat-05", "report")
+    await asyncio.sleep(0.3)
+    assert board.get("seat-05").state is SeatState.PAUSED
+    await board.stop()
+
+
+async def test_seat_api(service: TicketService, engine: AsyncEngine, clock: FakeClock) -> None:
+    board = SeatBoard(engine, RecordingQueue(), clock=clock)
+    app = make_app(service, health={}, seats=board)
+    headers = await login_headers(engine, Role.CALL_TAKER, username="wang")
+    async with TestClient(TestServer(app), headers=headers) as client:
+        assert (await client.post("/api/seats/seat-03/login", json={})).status == 200
+        resp = await client.post("/api/seats/seat-03/pause", json={})
+        assert resp.status == 400 and "reason" in (await resp.json())["error"]
+        resp = await client.post("/api/seats/seat-03/pause", json={"reason": "如厕"})
+        assert (await resp.json())["state"] == "paused"
+        assert (await client.post("/api/seats/seat-03/pause", json={"reason": "x"})).status == 409
+        assert (await client.post("/api/seats/bad%20seat/login", json={})).status == 404
+        seats = await (await client.get("/api/seats")).json()
+        assert seats["seats"][0] == {"seat": "seat-03", "state": "paused", "since_us": round(T0 * 1e6),
+                                     "operator": "wang", "reason": "如厕", "ticket": None}
+        assert (await client.get("/api/seats/seat-03/pauses")).status == 403  # supervisors only
+    supervisor = await login_headers(engine, Role.SUPERVISOR)
+    async with TestClient(TestServer(make_app(service, health={}, seats=board)), headers=supervisor) as client:
+        pauses = await (await client.get("/api/seats/seat-03/pauses")).json()
+        assert [p["reason"] for p in pauses["pauses"]] == ["如厕"]
+
+
+# -- the AMI port ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake() -> FakeAsterisk:
+    server = FakeAsterisk()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_ami_port_sends_queue_actions(fake: FakeAsterisk) -> None:
+    for name in ("QueueAdd", "QueueRemove", "QueuePause"):
+        fake.handlers[name] = lambda a: [[("Response", "Success"), ("Message", "done")]]
+    client = AMIClient("127.0.0.1", fake.port, fake.username, fake.secret, connect_timeout=0.5)
+    await client.start()
+    try:
+        await client.wait_connected(2.0)
+        port = AMIQueuePort(client, "emergency-110")
+        await port.add("PJSIP/seat-05", "seat-05")
+        await port.pause("PJSIP/seat-05", "用餐")
+        await port.unpause("PJSIP/seat-05")
+        await port.remove("PJSIP/seat-05")
+        added, = fake.received("QueueAdd")
+        assert [(k, v) for k, v in added.headers if k in ("Queue", "Interface", "MemberName", "Paused")] == [
+            ("Queue", "emergency-110"), ("Interface", "PJSIP/seat-05"), ("MemberName", "seat-05"), ("Paused", "false")]
+        pause, unpause = fake.received("QueuePause")
+        assert (pause.get("Paused"), pause.get("Reason")) == ("true", "用餐")
+        assert (unpause.get("Paused"), unpause.get("Reason")) == ("false", None)
+        assert fake.received("QueueRemove")[0].get("Interface") == "PJSIP/seat-05"
+
+        fake.handlers["QueuePause"] = lambda a: [[("Response", "Error"), ("Message", "Interface not found")]]
+        with pytest.raises(QueueControlError, match="Interface not found"):
+            await port.pause("PJSIP/seat-99", "x")
+        fake.handlers["QueueAdd"] = lambda a: [[("Response", "Error"), ("Message", "Unable to add interface: Already there")]]
+        await port.add("PJSIP/seat-05", "seat-05")  # already a member: the queue is as asked
+    finally:
+        await client.stop()
