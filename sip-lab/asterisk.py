@@ -188,7 +188,7 @@ def field_phone_names(city_file: Path = CITY_FILE) -> list[str]:
     names += [officer.get("endpoint") or "" for officer in city.get("officers", [])]
     names = [n.split("/", 1)[1] for n in names if n.startswith("PJSIP/")]
     # a few spare answering phones for tests that add officers
-    names += [f"officer{i:03d}" for i in range(1, 31)]
+    names += [f"officer{i:03d}" for i in range(1, 61)]
     return sorted(set(names) - set(SILENT_PHONES)) + SILENT_PHONES
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from core.config import Settings
+from core.lifecycle import CALL_LIVE_STATES
 from core.store import Recording, Ticket, make_engine
 
 from . import asterisk, lab, sipp
@@ -37,6 +38,9 @@ class StormOptions:
     seats: int | None = None
     talk_s: float = 8.0
     patience_s: float = 60.0
+    dispatch: bool = False
+    dispatch_after_s: float = 2.0  # talk time before the call-taker dispatches
+    officer_ring_ms: int = 3000  # the lab's officer phones ring this long before answering
     json_path: str | None = None
     settings: Settings = field(default_factory=Settings.from_env)
     paths: asterisk.LabPaths = field(default_factory=asterisk.LabPaths)
@@ -52,6 +56,8 @@ class StormOptions:
             raise asterisk.LabError("--talk-s must be 0.5..3600")
         if not 1 <= self.patience_s <= 3600:
             raise asterisk.LabError("--patience-s must be 1..3600")
+        if self.dispatch and self.dispatch_after_s + 1 + self.officer_ring_ms / 1000 >= self.talk_s:
+            raise asterisk.LabError("--talk-s must leave time to dispatch and for the officer to answer")
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -147,8 +153,8 @@ async def collect(settings: Settings, numbers: list[str]) -> dict:
                     elif "abandoned" in at:
                         abandoned += 1
                 return {"tickets": len(rows), "answered": answered, "abandoned": abandoned,
-                        "recordings": int(recordings or 0), "answer_ms": answer_ms,
-                        "ended": sum(1 for t in rows if t.state in ("ended", "abandoned", "closed"))}
+                        "recordings": int(recordings or 0), "answer_ms": answer_ms, "rows": rows,
+                        "ended": sum(1 for t in rows if t.state not in CALL_LIVE_STATES)}
     finally:
         await engine.dispose()
 
@@ -193,6 +199,110 @@ async def drive_calls(run_dir: Path, scenario: Path, calls: int, rate: float, *,
     return read_stats(stat_file)
 
 
+class DispatchDriver:
+    """Plays the call-taker over the HTTP API: locate and dispatch each answered call
+    ``dispatch_after_s`` after its answer, and clear incidents whose call ended so
+    their officers are free for the next ones."""
+
+    def __init__(self, opts: StormOptions, numbers: list[str]) -> None:
+        self.opts = opts
+        self.numbers = set(numbers)
+        self.base = f"http://{opts.settings.http_host}:{opts.settings.http_port}"
+        self.dispatched: set[str] = set()
+        self.cleared: set[str] = set()
+        self.errors: list[str] = []
+        self.rng = random.Random(7)
+
+    async def _login(self, http) -> None:
+        from core.auth import AuthService, Role
+
+        engine = make_engine(self.opts.settings.db_url)
+        try:
+            name, password = f"storm-{random.randrange(10**9)}", f"{random.getrandbits(128):x}"
+            await AuthService(engine).add_user(name, password, Role.SUPERVISOR)
+        finally:
+            await engine.dispose()
+        async with http.post(f"{self.base}/api/login", json={"username": name, "password": password}) as r:
+            r.raise_for_status()
+            http.headers["Authorization"] = f"Bearer {(await r.json())['token']}"
+
+    def _spot(self) -> tuple[float, float]:
+        # somewhere within ~1.5 km of the lab city's centre, where its officers are
+        lat0, lon0 = 31.2304, 121.4737
+        return lat0 + self.rng.uniform(-0.012, 0.012), lon0 + self.rng.uniform(-0.014, 0.014)
+
+    async def run(self, done: asyncio.Event) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            await self._login(http)
+            pending: dict[str, float] = {}
+            while not done.is_set():
+                now = time.time()
+                for t in await self._tickets():
+                    if t["state"] == "answered" and t["number"] not in self.dispatched:
+                        pending.setdefault(t["number"], now + self.opts.dispatch_after_s)
+                    elif t["state"] == "en_route" and t["number"] not in self.cleared:
+                        await self._post(http, "POST", f"/api/tickets/{t['number']}/clear",
+                                         {"disposition": "storm: handled"}, self.cleared, t["number"])
+                for number, due in list(pending.items()):
+                    if due <= now:
+                        del pending[number]
+                        lat, lon = self._spot()
+                        ok = await self._post(http, "PUT", f"/api/tickets/{number}/location",
+                                              {"lat": lat, "lon": lon, "address": "storm"}, None, number)
+                        if ok:
+                            await self._post(http, "POST", f"/api/tickets/{number}/dispatch", {},
+                                             self.dispatched, number)
+                await asyncio.sleep(0.2)
+
+    async def _post(self, http, method: str, path: str, body: dict, into: set | None, number: str) -> bool:
+        async with http.request(method, self.base + path, json=body) as r:
+            if r.status >= 400:
+                self.errors.append(f"{method} {path}: {r.status} {(await r.text())[:200]}")
+                return False
+        if into is not None:
+            into.add(number)
+        return True
+
+    async def _tickets(self) -> list[dict]:
+        engine = make_engine(self.opts.settings.db_url)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(Ticket.number, Ticket.state).where(Ticket.caller_id.in_(self.numbers)))
+                return [{"number": n, "state": st} for n, st in rows]
+        finally:
+            await engine.dispose()
+
+
+def dispatch_figures(rows, officer_ring_ms: int) -> dict:
+    """Time to officer from the ticket steps of dispatched calls."""
+    to_ringing, to_bridged, share = [], [], []
+    joined = 0
+    for t in rows:
+        at = {}
+        for s in t.steps:
+            at.setdefault(s.step, s.at_us)  # first occurrence of each step
+        if "dispatch_requested" not in at or "officer_ringing" not in at:
+            continue
+        to_ringing.append((at["officer_ringing"] - at["dispatch_requested"]) / 1000)
+        if "officer_joined" in at and "answered" in at:
+            joined += 1
+            to_bridged.append((at["officer_joined"] - at["answered"]) / 1000)
+            # everything but the officer's own ring: our side and Asterisk's
+            last_ring = max(s.at_us for s in t.steps if s.step == "officer_ringing")
+            share.append(to_ringing[-1] + (at["officer_joined"] - last_ring) / 1000 - officer_ring_ms)
+
+    def pcts(v):
+        return {"p50": _round(percentile(v, 50)), "p95": _round(percentile(v, 95)),
+                "p99": _round(percentile(v, 99)), "max": _round(max(v) if v else None)}
+
+    return {"dispatched": len(to_ringing), "officer_joined": joined,
+            "request_to_officer_ringing_ms": pcts(to_ringing), "answered_to_three_parties_ms": pcts(to_bridged),
+            "backend_share_ms": pcts(share)}
+
+
 def _progress(out, line: str) -> None:
     if out.isatty():
         out.write("\r" + line.ljust(100))
@@ -208,6 +318,7 @@ async def run_async(opts: StormOptions) -> dict:
         raise asterisk.LabError("the lab is not up: run `jiejing lab up` first")
     current = lab.running_settings(paths) or lab.LabSettings()
     lab_seats = current.seats
+    opts.officer_ring_ms = current.officer_ring_ms
     if opts.seats is not None and not 1 <= opts.seats <= lab_seats:
         raise asterisk.LabError(f"--seats must be 1..{lab_seats} (the lab runs {lab_seats} seats)")
     if not asterisk.port_open(opts.settings.http_port, opts.settings.http_host):
@@ -223,6 +334,9 @@ async def run_async(opts: StormOptions) -> dict:
 
     await set_seats(opts.settings, lab_seats, opts.seats)
     started = time.monotonic()
+    driver_done = asyncio.Event()
+    driver = DispatchDriver(opts, numbers) if opts.dispatch else None
+    driver_task = asyncio.create_task(driver.run(driver_done)) if driver else None
     try:
         stats = await drive_calls(
             run_dir, scenario, opts.calls, opts.rate,
@@ -234,6 +348,10 @@ async def run_async(opts: StormOptions) -> dict:
         )
     finally:
         await set_seats(opts.settings, lab_seats, None)
+        if driver_task:
+            await asyncio.sleep(1.0)  # let the last ended calls be cleared
+            driver_done.set()
+            await asyncio.gather(driver_task, return_exceptions=True)
     if opts.out.isatty():
         opts.out.write("\n")
     sipp_failed = _int(stats, "FailedCall(C)")
@@ -267,6 +385,11 @@ async def run_async(opts: StormOptions) -> dict:
             "max": _round(max(answer_ms) if answer_ms else None),
         },
     }
+    if opts.dispatch:
+        report["dispatch"] = dispatch_figures(found["rows"], opts.officer_ring_ms)
+        report["dispatch"]["errors"] = driver.errors[:20] if driver else []
+        if report["dispatch"]["officer_joined"] < answered:
+            report["failed"] = max(report["failed"], answered - report["dispatch"]["officer_joined"])
     print_report(report, opts, sipp_ok=sipp_ok, sipp_failed=sipp_failed, elapsed=time.monotonic() - started,
                  run_dir=run_dir)
     if opts.json_path:
@@ -296,6 +419,18 @@ def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed:
         ("wall time", f"{elapsed:.1f} s"),
         ("run folder", str(run_dir)),
     ]
+    if "dispatch" in report:
+        d = report["dispatch"]
+
+        def fmt(x):
+            return f'{x["p50"]} / {x["p95"]} / {x["p99"]} / {x["max"]}'
+        rows += [
+            ("dispatched / officer joined", f'{d["dispatched"]} / {d["officer_joined"]}'),
+            ("dispatch -> officer ringing ms", fmt(d["request_to_officer_ringing_ms"])),
+            ("answered -> 3 parties ms", fmt(d["answered_to_three_parties_ms"])),
+            ("backend share ms (no ring)", fmt(d["backend_share_ms"])),
+            ("dispatch API errors", len(d["errors"])),
+        ]
     width = max(len(k) for k, _ in rows)
     print("jiejing lab storm")
     for k, v in rows:

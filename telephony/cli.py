@@ -59,7 +59,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             report = storm.run(
                 storm.StormOptions(
                     calls=args.calls, rate=args.rate, seats=args.seats, talk_s=args.talk_s,
-                    patience_s=args.patience_s,
+                    patience_s=args.patience_s if args.patience_s is not None else
+                    (args.talk_s + 2 if args.dispatch else 60.0), dispatch=args.dispatch, dispatch_after_s=args.dispatch_after_s,
                     json_path=args.json, settings=_settings_with_lab_defaults(),
                 )
             )
@@ -226,7 +227,12 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--rate", type=float, required=True, help="calls per second")
     st.add_argument("--seats", type=int, default=None, help="seats taking calls (others paused); default all")
     st.add_argument("--talk-s", type=float, default=8.0, help="how long a seat talks before ending the call")
-    st.add_argument("--patience-s", type=float, default=60.0, help="a caller not done after this hangs up")
+    st.add_argument("--patience-s", type=float, default=None,
+                    help="a caller not done after this hangs up (default 60 s; talk + 2 s with --dispatch, since "
+                         "the caller stays in the room with the officer after the seat leaves)")
+    st.add_argument("--dispatch", action="store_true",
+                    help="dispatch every answered call (locate + dispatch over the API) and report time to officer")
+    st.add_argument("--dispatch-after-s", type=float, default=2.0, help="talk time before the dispatch")
     st.add_argument("--json", default=None, help="also write the report as JSON to this file")
     lab.set_defaults(func=cmd_lab)
 

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from siplab import storm
+from tests.web_login import login_headers
 
 from .conftest import start_backend
 
@@ -53,8 +54,9 @@ async def test_one_call_one_ticket_with_steps_and_recording(backend, calls):
     # the seat talks 2 s and hangs up
     assert 2.7 <= rec.duration_s <= 3.6
 
-    # the HTTP API shows the same trail
-    async with aiohttp.ClientSession() as http:
+    # the HTTP API shows the same trail (to a logged-in call-taker)
+    headers = await login_headers(backend.service.engine, "call_taker")
+    async with aiohttp.ClientSession(headers=headers) as http:
         url = f"http://127.0.0.1:{backend.settings.http_port}/api/tickets/{ticket.number}"
         async with http.get(url) as resp:
             assert resp.status == 200
