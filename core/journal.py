@@ -160,6 +160,7 @@ class Journaler:
         *,
         clock: Callable[[], float] = time.time,
         interval_s: float = 5.0,
+        batch_delay_s: float = 0.5,
         anchor_key: bytes | None = None,
         anchor_file: str | os.PathLike[str] | None = None,
         anchor_interval_s: float = 3600.0,
@@ -170,6 +171,7 @@ class Journaler:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
         self._interval_s = interval_s
+        self._batch_delay_s = batch_delay_s
         self._anchor_key = anchor_key
         self._anchor_file = Path(anchor_file) if anchor_file is not None else None
         self._anchor_interval_s = anchor_interval_s
@@ -215,6 +217,10 @@ class Journaler:
             except TimeoutError:
                 pass
             self._wake.clear()
+            # Gather the steps of a busy moment into one batch: a journal
+            # transaction per step would cost the event loop, which also
+            # answers Asterisk, far more than it buys.
+            await asyncio.sleep(self._batch_delay_s)
             try:
                 await self.catch_up()
                 if self._anchor_key is not None and time.monotonic() - last_anchor >= self._anchor_interval_s:

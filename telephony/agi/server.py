@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import re
 import functools
 import logging
 import time
@@ -54,6 +55,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("jiejing.agi")
+
+# Values MSet can take without any quoting or escaping of the dialplan parser.
+_PLAIN = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 
 READ_CHUNK: Final = 4096
 # Upper bounds (ms) of the handler-duration buckets; the last bucket is +Inf.
@@ -99,8 +104,21 @@ class AGISession:
             raise AGICommandError(f"SET VARIABLE {name}", reply)
 
     async def set_variables(self, variables: Mapping[str, str | int]) -> None:
-        """Set several channel variables, in the mapping's order."""
-        for name, value in variables.items():
+        """Set several channel variables, in the mapping's order.
+
+        Plain values (letters, digits, ``.``, ``_``, ``-``) go in ONE command,
+        ``EXEC MSet(a=1,b=2)``: each AGI round trip waits for Asterisk's channel
+        thread and for our event loop, and Asterisk reads commands through a
+        stdio buffer, so pipelining several commands would stall it. Anything
+        else is set one by one with SET VARIABLE, which quotes the value.
+        """
+        items = [(name, str(value)) for name, value in variables.items()]
+        if len(items) > 1 and all(_PLAIN.fullmatch(v) and _NAME.fullmatch(n) for n, v in items):
+            reply = await self._exchange(
+                self._protocol.send_command("EXEC", "MSet", ",".join(f"{n}={v}" for n, v in items)))
+            if reply.ok and reply.result == "0":  # MSet ran (-2 would be "no such application")
+                return
+        for name, value in items:
             await self.set_variable(name, value)
 
     async def get_variable(self, name: str) -> str | None:

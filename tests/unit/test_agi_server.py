@@ -384,3 +384,50 @@ def test_constructor_refuses_nonsense() -> None:
         FastAGIServer({}, request_deadline=0)
     with pytest.raises(ValueError):
         FastAGIServer({}, max_connections=0)
+
+
+async def set_four(request: Request, session: AGISession) -> None:
+    await session.set_variables({channel_vars.QUEUE: "emergency-110", channel_vars.PRIORITY: 10,
+                                 channel_vars.RECORDING: "110-20261129-000042_1795951337.0",
+                                 channel_vars.TICKET: "110-20261129-000042"})
+
+
+async def test_plain_values_are_set_in_one_round_trip_with_mset() -> None:
+    async with serving({"intake": set_four}) as server:
+        async with AGIPeer(HOST, server.port) as peer:
+            await peer.send_headers(asterisk_headers("intake"))
+            assert await peer.read_command() == (
+                "EXEC MSet JIEJING_QUEUE=emergency-110,JIEJING_PRIORITY=10,"
+                "JIEJING_RECORDING=110-20261129-000042_1795951337.0,JIEJING_TICKET=110-20261129-000042")
+            await peer.reply("200 result=0")
+            assert await peer.read_until_closed() == b""
+
+
+async def test_mset_missing_falls_back_to_set_variable_one_by_one() -> None:
+    async with serving({"intake": set_four}) as server:
+        async with AGIPeer(HOST, server.port) as peer:
+            await peer.send_headers(asterisk_headers("intake"))
+            assert (await peer.read_command()).startswith("EXEC MSet ")
+            await peer.reply("200 result=-2")  # no such application
+            lines = []
+            for _ in range(4):
+                lines.append(await peer.read_command())
+                await peer.reply("200 result=1")
+            assert lines[-1] == 'SET VARIABLE JIEJING_TICKET "110-20261129-000042"'
+            assert [line.split()[2] for line in lines] == [
+                channel_vars.QUEUE, channel_vars.PRIORITY, channel_vars.RECORDING, channel_vars.TICKET]
+
+
+async def set_hostile(request: Request, session: AGISession) -> None:
+    await session.set_variables({channel_vars.QUEUE: "a,b", channel_vars.TICKET: "x=${EVIL}"})
+
+
+async def test_values_needing_quotes_never_go_through_mset() -> None:
+    async with serving({"intake": set_hostile}) as server:
+        async with AGIPeer(HOST, server.port) as peer:
+            await peer.send_headers(asterisk_headers("intake"))
+            first = await peer.read_command()
+            assert first == 'SET VARIABLE JIEJING_QUEUE "a,b"'
+            await peer.reply("200 result=1")
+            assert await peer.read_command() == 'SET VARIABLE JIEJING_TICKET "x=${EVIL}"'
+            await peer.reply("200 result=1")
