@@ -5,29 +5,40 @@ from the AMI event adapter (``record_step``), both keyed by the caller
 channel's Asterisk uniqueid; the web API reads and closes tickets by number.
 Each write is one short transaction, serialised by one lock: SQLite has a
 single writer, and the lock keeps "database is locked" out of the call path.
+
+The service runs on the event loop that also answers Asterisk's FastAGI
+requests, so every millisecond of Python it spends there delays a caller.
+Writes therefore use plain Core statements built once at import, and live
+calls are served from an in-memory view: a step of a live call is one
+conditional UPDATE of the ticket plus one INSERT, and its new view is the
+cached one with the step appended. The UPDATE only matches if the ticket
+still has the state and ``updated_at_us`` this process last saw, and the
+step's seq is unique per ticket: a write by another process on the same
+PostgreSQL is noticed, the ticket re-read under a row lock, and the step
+written once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import Executable, Row, Table, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import selectinload
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.lifecycle import CALL_LIVE_STATES, IllegalTransition, State, Step, advance
+from core.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
 from core.numbering import TicketNumbering
 from core.recordings import RecordingInfo, inspect_recording
 from core.store import TEXT_MAX, UNIQUEID_MAX, Recording, Ticket, TicketStep
@@ -50,6 +61,87 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Another process may take the same day's first number or uniqueid between our
 # read and our insert; one retry of the whole transaction settles it.
 _INSERT_ATTEMPTS = 3
+# A step written from a view another process has since changed is refused by
+# the database; the second attempt re-reads the ticket under a row lock.
+_APPEND_ATTEMPTS = 2
+
+# Statements are built once, here: each compiles once per engine into
+# SQLAlchemy's statement cache, and a call only binds its values.
+_TICKETS = cast(Table, Ticket.__table__)
+_STEPS = cast(Table, TicketStep.__table__)
+_RECORDINGS = cast(Table, Recording.__table__)
+
+_TICKET_ID_BY_UNIQUEID = select(_TICKETS.c.id).where(_TICKETS.c.uniqueid == bindparam("key"))
+_TICKET_BY_ID = select(_TICKETS).where(_TICKETS.c.id == bindparam("key"))
+_TICKET_BY_UNIQUEID = select(_TICKETS).where(_TICKETS.c.uniqueid == bindparam("key"))
+_TICKET_BY_NUMBER = select(_TICKETS).where(_TICKETS.c.number == bindparam("key"))
+# Row lock on PostgreSQL so a second process waits instead of interleaving seq
+# numbers; SQLite renders no FOR UPDATE (its single writer already covers that).
+_TICKET_BY_UNIQUEID_LOCKED = _TICKET_BY_UNIQUEID.with_for_update()
+_TICKET_BY_NUMBER_LOCKED = _TICKET_BY_NUMBER.with_for_update()
+_TICKET_KEY = select(_TICKETS.c.id, _TICKETS.c.uniqueid).where(
+    or_(_TICKETS.c.number == bindparam("key"), _TICKETS.c.uniqueid == bindparam("key"))
+)
+_STEPS_OF = select(_STEPS).where(_STEPS.c.ticket_id == bindparam("ticket_id")).order_by(_STEPS.c.seq)
+_RECORDINGS_OF = (
+    select(_RECORDINGS).where(_RECORDINGS.c.ticket_id == bindparam("ticket_id")).order_by(_RECORDINGS.c.id)
+)
+_RECENT = select(_TICKETS).order_by(_TICKETS.c.created_at_us.desc(), _TICKETS.c.id.desc()).limit(
+    bindparam("limit")
+)
+# Children of the tickets just read, by their ids (not by re-running the
+# newest-first query, which a ticket opened in between would shift).
+_STEPS_OF_MANY = (
+    select(_STEPS)
+    .where(_STEPS.c.ticket_id.in_(bindparam("ticket_ids", expanding=True)))
+    .order_by(_STEPS.c.ticket_id, _STEPS.c.seq)
+)
+_RECORDINGS_OF_MANY = (
+    select(_RECORDINGS)
+    .where(_RECORDINGS.c.ticket_id.in_(bindparam("ticket_ids", expanding=True)))
+    .order_by(_RECORDINGS.c.ticket_id, _RECORDINGS.c.id)
+)
+# Ids per IN list: far below SQLite's limit on bound parameters.
+_IDS_PER_QUERY = 500
+_LIVE_IDS = select(_TICKETS.c.uniqueid, _TICKETS.c.id).where(
+    _TICKETS.c.state.in_([str(s) for s in CALL_LIVE_STATES])
+)
+_INSERT_TICKET = insert(_TICKETS)
+_INSERT_STEP = insert(_STEPS)
+# Matches only if the ticket is still as this process last saw it; a ticket
+# another process moved on leaves rowcount 0. On PostgreSQL the UPDATE also
+# takes the row lock, and a waiting writer re-checks the WHERE once it may go.
+_ADVANCE = (
+    update(_TICKETS)
+    .where(
+        _TICKETS.c.id == bindparam("ticket_id"),
+        _TICKETS.c.uniqueid == bindparam("seen_uniqueid"),
+        _TICKETS.c.state == bindparam("seen_state"),
+        _TICKETS.c.updated_at_us == bindparam("seen_updated_at_us"),
+    )
+    .values(
+        state=bindparam("new_state"),
+        seat=bindparam("new_seat"),
+        queue=bindparam("new_queue"),
+        updated_at_us=bindparam("now_us"),
+    )
+)
+_TOUCH_TICKET = (
+    update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket_id")).values(updated_at_us=bindparam("now_us"))
+)
+_RECORDING_BY_PATH = select(_RECORDINGS.c.id, _RECORDINGS.c.bound_at_us).where(
+    _RECORDINGS.c.ticket_id == bindparam("ticket_id"), _RECORDINGS.c.path == bindparam("recording_path")
+)
+_INSERT_RECORDING = insert(_RECORDINGS)
+_REMEASURE_RECORDING = (
+    update(_RECORDINGS)
+    .where(_RECORDINGS.c.id == bindparam("recording_id"))
+    .values(
+        duration_s=bindparam("new_duration_s"),
+        size_bytes=bindparam("new_size_bytes"),
+        sha256=bindparam("new_sha256"),
+    )
+)
 
 
 class Source(StrEnum):
@@ -67,6 +159,10 @@ class UnknownTicket(LookupError):
 
 class UnknownCall(UnknownTicket):
     """No ticket for that Asterisk uniqueid."""
+
+
+class _StaleView(RuntimeError):
+    """The ticket changed since this process last saw it (another process wrote it)."""
 
 
 def iso_utc(at_us: int) -> str:
@@ -168,7 +264,7 @@ class TicketView:
         }
 
 
-def _step_view(row: TicketStep) -> StepView:
+def _step_view(row: Row[Any]) -> StepView:
     return StepView(
         seq=row.seq,
         step=Step(row.step),
@@ -179,7 +275,7 @@ def _step_view(row: TicketStep) -> StepView:
     )
 
 
-def _recording_view(row: Recording) -> RecordingView:
+def _recording_view(row: Row[Any]) -> RecordingView:
     return RecordingView(
         path=row.path,
         duration_s=row.duration_s,
@@ -189,7 +285,7 @@ def _recording_view(row: Recording) -> RecordingView:
     )
 
 
-def _ticket_view(row: Ticket) -> TicketView:
+def _ticket_view(row: Row[Any], steps: Iterable[Row[Any]], recordings: Iterable[Row[Any]]) -> TicketView:
     return TicketView(
         number=row.number,
         uniqueid=row.uniqueid,
@@ -201,9 +297,55 @@ def _ticket_view(row: Ticket) -> TicketView:
         seat=row.seat,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
-        steps=tuple(_step_view(s) for s in row.steps),
-        recordings=tuple(_recording_view(r) for r in row.recordings),
+        steps=tuple(_step_view(s) for s in steps),
+        recordings=tuple(_recording_view(r) for r in recordings),
     )
+
+
+async def _read_ticket(
+    conn: AsyncConnection, query: Executable, key: object
+) -> tuple[int, TicketView] | None:
+    """One ticket with its steps and recordings: the id and the view, or None."""
+    row = (await conn.execute(query, {"key": key})).one_or_none()
+    if row is None:
+        return None
+    params = {"ticket_id": row.id}
+    steps = (await conn.execute(_STEPS_OF, params)).all()
+    recordings = (await conn.execute(_RECORDINGS_OF, params)).all()
+    return row.id, _ticket_view(row, steps, recordings)
+
+
+async def _store_recording(conn: AsyncConnection, ticket_id: int, info: RecordingInfo, now_us: int) -> int:
+    """Insert or re-measure the ticket's row for ``info.path``; returns its bound-at time."""
+    row = (
+        await conn.execute(_RECORDING_BY_PATH, {"ticket_id": ticket_id, "recording_path": info.path})
+    ).one_or_none()
+    if row is None:
+        bound_at_us = now_us
+        await conn.execute(
+            _INSERT_RECORDING,
+            {
+                "ticket_id": ticket_id,
+                "path": info.path,
+                "duration_s": info.duration_s,
+                "size_bytes": info.size_bytes,
+                "sha256": info.sha256,
+                "bound_at_us": bound_at_us,
+            },
+        )
+    else:
+        bound_at_us = row.bound_at_us
+        await conn.execute(
+            _REMEASURE_RECORDING,
+            {
+                "recording_id": row.id,
+                "new_duration_s": info.duration_s,
+                "new_size_bytes": info.size_bytes,
+                "new_sha256": info.sha256,
+            },
+        )
+    await conn.execute(_TOUCH_TICKET, {"ticket_id": ticket_id, "now_us": now_us})
+    return bound_at_us
 
 
 Listener = Callable[[TicketView, StepView], object]
@@ -221,17 +363,17 @@ class TicketService:
         prefix: str = "110",
     ) -> None:
         self._engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
         self._numbering = TicketNumbering(tz=tz, prefix=prefix)
         self._write_lock = asyncio.Lock()
-        # uniqueid -> ticket id, for tickets whose call is live. Filled as calls
-        # come in or are looked up, so after a restart it rebuilds itself.
+        # uniqueid -> ticket id, for tickets whose call is live. Filled by every
+        # write (and by open_uniqueids), so after a restart it rebuilds itself.
         self._live: dict[str, int] = {}
-        # uniqueid -> latest view of a live call's ticket, so that the intake
-        # route's open_call for a call the AMI path already opened costs no
-        # database round trip and no wait for the writer lock (it sits on the
-        # caller's path to a seat).
+        # uniqueid -> latest view of a live call's ticket. The intake route's
+        # open_call for a call the AMI path already opened costs no database
+        # round trip and no wait for the writer lock (it sits on the caller's
+        # path to a seat); record_step appends to it instead of re-reading the
+        # ticket; the AMI adapter's find_by_uniqueid is answered from it.
         self._live_views: dict[str, TicketView] = {}
         self._listeners: list[Listener] = []
 
@@ -296,52 +438,86 @@ class TicketService:
         source = Source(source)
         at_us = _to_us(at)
         state = advance(None, Step.RECEIVED)
+        caller_id = _clip(caller_id) or ""
+        caller_name = _clip(caller_name)
+        queue = _clip(queue)
         async with self._write_lock:
+            # The other path may have opened the call while this one waited.
+            known = self._live_views.get(uniqueid)
+            if known is not None:
+                return known
             for attempt in range(1, _INSERT_ATTEMPTS + 1):
                 try:
-                    async with self._sessions() as session, session.begin():
-                        existing = await self._load_by_uniqueid(session, uniqueid)
-                        if existing is not None:
-                            view = _ticket_view(existing)
-                            self._remember(existing.id, view)
-                            return view
+                    async with self._engine.begin() as conn:
+                        existing_id = (
+                            await conn.execute(_TICKET_ID_BY_UNIQUEID, {"key": uniqueid})
+                        ).scalar_one_or_none()
+                        if existing_id is not None:
+                            # Opened before a restart, or by another process.
+                            loaded = await _read_ticket(conn, _TICKET_BY_ID, existing_id)
+                            if loaded is not None:
+                                self._remember(*loaded)
+                                return loaded[1]
+                        number = await self._numbering.next_number(conn, at)
                         now_us = _to_us(self._clock())
-                        ticket = Ticket(
-                            number=await self._numbering.next_number(session, at),
-                            uniqueid=uniqueid,
-                            caller_id=_clip(caller_id) or "",
-                            caller_name=_clip(caller_name),
-                            state=state,
-                            queue=_clip(queue),
-                            priority=priority,
-                            seat=None,
-                            created_at_us=now_us,
-                            updated_at_us=now_us,
-                            steps=[],
-                            recordings=[],
+                        inserted = await conn.execute(
+                            _INSERT_TICKET,
+                            {
+                                "number": number,
+                                "uniqueid": uniqueid,
+                                "caller_id": caller_id,
+                                "caller_name": caller_name,
+                                "state": state.value,
+                                "queue": queue,
+                                "priority": priority,
+                                "seat": None,
+                                "created_at_us": now_us,
+                                "updated_at_us": now_us,
+                            },
                         )
-                        ticket.steps.append(
-                            TicketStep(
-                                seq=1,
-                                step=Step.RECEIVED,
-                                state_after=state,
-                                at_us=at_us,
-                                source=source,
-                                detail={},
-                            )
+                        ticket_id = inserted.inserted_primary_key[0]
+                        await conn.execute(
+                            _INSERT_STEP,
+                            {
+                                "ticket_id": ticket_id,
+                                "seq": 1,
+                                "step": Step.RECEIVED.value,
+                                "state_after": state.value,
+                                "at_us": at_us,
+                                "source": source.value,
+                                "detail": {},
+                            },
                         )
-                        session.add(ticket)
-                        await session.flush()
-                        view = _ticket_view(ticket)
-                        ticket_id = ticket.id
                 except IntegrityError:
                     if attempt == _INSERT_ATTEMPTS:
                         raise
                     log.warning("ticket insert for %s collided with another writer; retrying", uniqueid)
                     continue
                 break
+            first = StepView(
+                seq=1,
+                step=Step.RECEIVED,
+                state_after=state,
+                at_us=at_us,
+                source=source.value,
+                detail=MappingProxyType({}),
+            )
+            view = TicketView(
+                number=number,
+                uniqueid=uniqueid,
+                caller_id=caller_id,
+                caller_name=caller_name,
+                state=state,
+                queue=queue,
+                priority=priority,
+                seat=None,
+                created_at_us=now_us,
+                updated_at_us=now_us,
+                steps=(first,),
+                recordings=(),
+            )
             self._remember(ticket_id, view)
-            self._notify(view, view.steps[-1])
+            self._notify(view, first)
             return view
 
     async def record_step(
@@ -359,16 +535,12 @@ class TicketService:
         at_us = _to_us(at)
         detail = _checked_detail(detail)
         async with self._write_lock:
-            async with self._sessions() as session, session.begin():
-                ticket = await self._load_by_uniqueid(session, uniqueid, for_update=True)
-                if ticket is None:
-                    raise UnknownCall(f"no ticket for uniqueid {uniqueid!r}")
-                if step is Step.ANSWERED and isinstance(detail.get("seat"), str):
-                    ticket.seat = _clip(detail["seat"])
-                if step is Step.QUEUED and isinstance(detail.get("queue"), str):
-                    ticket.queue = _clip(detail["queue"])
-                view, step_view = await self._append(session, ticket, step, at_us, source, detail)
-                ticket_id = ticket.id
+            appended = await self._append(
+                self._cached(uniqueid), _TICKET_BY_UNIQUEID_LOCKED, uniqueid, step, at_us, source, detail
+            )
+            if appended is None:
+                raise UnknownCall(f"no ticket for uniqueid {uniqueid!r}")
+            ticket_id, view, step_view = appended
             self._remember(ticket_id, view)
             self._notify(view, step_view)
             return view
@@ -380,14 +552,15 @@ class TicketService:
         if not isinstance(by, str) or not by:
             raise ValueError("by must be a non-empty string")
         at_us = _to_us(self._clock() if at is None else at)
+        detail = {"disposition": disposition, "by": by}
         async with self._write_lock:
-            async with self._sessions() as session, session.begin():
-                ticket = await self._load(session, Ticket.number == number, for_update=True)
-                if ticket is None:
-                    raise UnknownTicket(f"no ticket {number!r}")
-                detail = {"disposition": disposition, "by": by}
-                view, step_view = await self._append(session, ticket, Step.CLOSED, at_us, Source.API, detail)
-                ticket_id = ticket.id
+            # Closed tickets are never live, so never cached: always read under the row lock.
+            appended = await self._append(
+                None, _TICKET_BY_NUMBER_LOCKED, number, Step.CLOSED, at_us, Source.API, detail
+            )
+            if appended is None:
+                raise UnknownTicket(f"no ticket {number!r}")
+            ticket_id, view, step_view = appended
             self._remember(ticket_id, view)
             self._notify(view, step_view)
             return view
@@ -399,47 +572,131 @@ class TicketService:
         have still been growing) and keeps one row.
         """
         info: RecordingInfo = await asyncio.to_thread(inspect_recording, path)
+        key = uniqueid_or_number
         async with self._write_lock:
-            async with self._sessions() as session, session.begin():
-                key = uniqueid_or_number
-                ticket = await self._load(session, or_(Ticket.number == key, Ticket.uniqueid == key))
+            async with self._engine.begin() as conn:
+                ticket = (await conn.execute(_TICKET_KEY, {"key": key})).one_or_none()
                 if ticket is None:
                     raise UnknownTicket(f"no ticket for {key!r}")
-                row = next((r for r in ticket.recordings if r.path == info.path), None)
-                if row is None:
-                    row = Recording(path=info.path, bound_at_us=_to_us(self._clock()))
-                    ticket.recordings.append(row)
-                row.duration_s = info.duration_s
-                row.size_bytes = info.size_bytes
-                row.sha256 = info.sha256
-                ticket.updated_at_us = _to_us(self._clock())
-                await session.flush()
-                return _recording_view(row)
+                # A live call's cached view lacks this recording. Dropped before
+                # the write, as a cancelled commit may still have landed: the
+                # next write re-reads the ticket.
+                self._live_views.pop(ticket.uniqueid, None)
+                bound_at_us = await _store_recording(conn, ticket.id, info, _to_us(self._clock()))
+            return RecordingView(
+                path=info.path,
+                duration_s=info.duration_s,
+                size_bytes=info.size_bytes,
+                sha256=info.sha256,
+                bound_at_us=bound_at_us,
+            )
 
     async def _append(
         self,
-        session: AsyncSession,
-        ticket: Ticket,
+        cached: tuple[int, TicketView] | None,
+        locked_query: Executable,
+        key: str,
         step: Step,
         at_us: int,
         source: Source,
         detail: dict[str, Any],
-    ) -> tuple[TicketView, StepView]:
-        new_state = advance(State(ticket.state), step)  # raises before anything is written
-        row = TicketStep(
-            seq=len(ticket.steps) + 1,
+    ) -> tuple[int, TicketView, StepView] | None:
+        """Write ``step`` to a ticket; None if ``locked_query`` finds no ticket by ``key``.
+
+        With ``cached`` (a live call's id and view) nothing is read; without it,
+        or when the database refuses the cached view as stale, the ticket is
+        read under a row lock first. The caller holds the write lock.
+        """
+        if cached is not None and (cached[1].state, step) not in TRANSITIONS:
+            # Refuse only on the stored state: another process may have moved the ticket on.
+            cached = None
+        current: TicketView | None = None
+        for attempt in range(1, _APPEND_ATTEMPTS + 1):
+            try:
+                async with self._engine.begin() as conn:
+                    if cached is None:
+                        cached = await _read_ticket(conn, locked_query, key)
+                        if cached is None:
+                            return None
+                    ticket_id, current = cached
+                    new_state = advance(current.state, step)  # raises before anything is written
+                    seat, queue = current.seat, current.queue
+                    if step is Step.ANSWERED and isinstance(detail.get("seat"), str):
+                        seat = _clip(detail["seat"])
+                    if step is Step.QUEUED and isinstance(detail.get("queue"), str):
+                        queue = _clip(detail["queue"])
+                    now_us = _to_us(self._clock())
+                    advanced = await conn.execute(
+                        _ADVANCE,
+                        {
+                            "ticket_id": ticket_id,
+                            "seen_uniqueid": current.uniqueid,
+                            "seen_state": current.state.value,
+                            "seen_updated_at_us": current.updated_at_us,
+                            "new_state": new_state.value,
+                            "new_seat": seat,
+                            "new_queue": queue,
+                            "now_us": now_us,
+                        },
+                    )
+                    if advanced.rowcount != 1:
+                        raise _StaleView(f"ticket {current.number} changed since it was read")
+                    seq = len(current.steps) + 1
+                    # The unique (ticket_id, seq) index refuses a step another
+                    # process appended from the same view.
+                    await conn.execute(
+                        _INSERT_STEP,
+                        {
+                            "ticket_id": ticket_id,
+                            "seq": seq,
+                            "step": step.value,
+                            "state_after": new_state.value,
+                            "at_us": at_us,
+                            "source": source.value,
+                            "detail": detail,
+                        },
+                    )
+            except (_StaleView, IntegrityError):
+                # Nothing was written; the view this attempt started from is out of date.
+                assert current is not None  # both are raised only after the ticket was found
+                self._live_views.pop(current.uniqueid, None)
+                if attempt == _APPEND_ATTEMPTS:
+                    raise
+                log.warning("ticket %s was changed by another writer; re-reading it", current.number)
+                cached = None
+                continue
+            except IllegalTransition:
+                raise
+            except BaseException:
+                # Cancelled or failed mid-write: whether the commit landed is
+                # unknown, so the next write re-reads the ticket.
+                if current is not None:
+                    self._live_views.pop(current.uniqueid, None)
+                raise
+            break
+        assert current is not None
+        step_view = StepView(
+            seq=seq,
             step=step,
             state_after=new_state,
             at_us=at_us,
-            source=source,
-            detail=detail,
+            source=source.value,
+            detail=MappingProxyType(detail),
         )
-        ticket.steps.append(row)
-        ticket.state = new_state
-        ticket.updated_at_us = _to_us(self._clock())
-        await session.flush()
-        view = _ticket_view(ticket)
-        return view, view.steps[-1]
+        view = dataclasses.replace(
+            current,
+            state=new_state,
+            seat=seat,
+            queue=queue,
+            updated_at_us=now_us,
+            steps=(*current.steps, step_view),
+        )
+        return ticket_id, view, step_view
+
+    def _cached(self, uniqueid: str) -> tuple[int, TicketView] | None:
+        ticket_id = self._live.get(uniqueid)
+        view = self._live_views.get(uniqueid)
+        return None if ticket_id is None or view is None else (ticket_id, view)
 
     def _remember(self, ticket_id: int, view: TicketView) -> None:
         if view.call_live:
@@ -452,68 +709,49 @@ class TicketService:
     # -- reads -----------------------------------------------------------------
 
     async def get(self, number: str) -> TicketView | None:
-        async with self._sessions() as session:
-            ticket = await self._load(session, Ticket.number == number)
-            return None if ticket is None else _ticket_view(ticket)
+        async with self._engine.connect() as conn:
+            loaded = await _read_ticket(conn, _TICKET_BY_NUMBER, number)
+            return None if loaded is None else loaded[1]
 
     async def find_by_uniqueid(self, uniqueid: str) -> TicketView | None:
-        async with self._sessions() as session:
-            ticket = await self._load_by_uniqueid(session, uniqueid)
-            return None if ticket is None else _ticket_view(ticket)
+        """The call's ticket; a live call's from memory, as this process last wrote it.
+
+        Every write of a live call's ticket goes through this service and
+        leaves its view here, so the AMI adapter's look-up on each Hangup needs
+        no database round trip. A write by another process is not seen here
+        until this process's next write to the ticket re-reads it.
+        """
+        known = self._live_views.get(uniqueid)
+        if known is not None:
+            return known
+        async with self._engine.connect() as conn:
+            loaded = await _read_ticket(conn, _TICKET_BY_UNIQUEID, uniqueid)
+            return None if loaded is None else loaded[1]
 
     async def list_recent(self, limit: int = 50) -> list[TicketView]:
         """The newest tickets first, with their steps and recordings."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
-        async with self._sessions() as session:
-            rows = await session.scalars(
-                _with_children(select(Ticket))
-                .order_by(Ticket.created_at_us.desc(), Ticket.id.desc())
-                .limit(limit)
-            )
-            return [_ticket_view(t) for t in rows]
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(_RECENT, {"limit": limit})).all()
+            steps: dict[int, list[Row[Any]]] = {}
+            recordings: dict[int, list[Row[Any]]] = {}
+            for start in range(0, len(rows), _IDS_PER_QUERY):
+                params = {"ticket_ids": [t.id for t in rows[start : start + _IDS_PER_QUERY]]}
+                for step in await conn.execute(_STEPS_OF_MANY, params):
+                    steps.setdefault(step.ticket_id, []).append(step)
+                for recording in await conn.execute(_RECORDINGS_OF_MANY, params):
+                    recordings.setdefault(recording.ticket_id, []).append(recording)
+        return [_ticket_view(t, steps.get(t.id, ()), recordings.get(t.id, ())) for t in rows]
 
     async def open_uniqueids(self) -> set[str]:
         """Uniqueids of tickets whose call should be live, for reconciliation with Asterisk."""
         async with self._write_lock:  # a consistent rebuild of the map, no write in between
-            async with self._sessions() as session:
-                rows = (
-                    await session.execute(
-                        select(Ticket.uniqueid, Ticket.id).where(
-                            Ticket.state.in_([str(s) for s in CALL_LIVE_STATES])
-                        )
-                    )
-                ).all()
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(_LIVE_IDS)).all()
             self._live = {uniqueid: ticket_id for uniqueid, ticket_id in rows}
             self._live_views = {u: v for u, v in self._live_views.items() if u in self._live}
             return set(self._live)
-
-    async def _load_by_uniqueid(
-        self, session: AsyncSession, uniqueid: str, *, for_update: bool = False
-    ) -> Ticket | None:
-        ticket_id = self._live.get(uniqueid)
-        if ticket_id is not None:
-            ticket = await self._load(session, Ticket.id == ticket_id, for_update=for_update)
-            if ticket is not None and ticket.uniqueid == uniqueid:
-                return ticket
-            self._live.pop(uniqueid, None)  # stale: fall back to the indexed column
-            self._live_views.pop(uniqueid, None)
-        return await self._load(session, Ticket.uniqueid == uniqueid, for_update=for_update)
-
-    @staticmethod
-    async def _load(
-        session: AsyncSession, where: ColumnElement[bool], *, for_update: bool = False
-    ) -> Ticket | None:
-        query = _with_children(select(Ticket)).where(where)
-        if for_update:
-            # Row lock on PostgreSQL so a second process cannot interleave seq
-            # numbers; SQLite ignores it (its writer lock already covers that).
-            query = query.with_for_update(of=Ticket)
-        return (await session.scalars(query)).one_or_none()
-
-
-def _with_children(query: Any) -> Any:
-    return query.options(selectinload(Ticket.steps), selectinload(Ticket.recordings))
 
 
 def _check_uniqueid(uniqueid: str) -> None:
@@ -524,8 +762,10 @@ def _check_uniqueid(uniqueid: str) -> None:
 def _checked_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
     # Fail before the transaction, with the offending value named, rather than
     # inside the flush; NaN is refused because PostgreSQL's JSON refuses it.
+    # The value kept is the JSON round trip, so a cached view holds what a read
+    # from the database would give (lists for tuples, string keys).
     try:
-        json.dumps(detail, allow_nan=False)
+        text = json.dumps(detail, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"step detail must be JSON-serialisable: {exc}") from None
-    return dict(detail)
+    return cast(dict[str, Any], json.loads(text))

@@ -1,26 +1,35 @@
 """Benchmark: what the intake route costs on top of a bare FastAGI answer.
 
 Plays Asterisk's side of FastAGI over loopback (headers, then "200 result=1"
-to every SET VARIABLE) against our FastAGIServer with three routes:
+to every SET VARIABLE) against our FastAGIServer with these cases:
 
 - ``echo``: sets the same four variables, touches nothing else (the floor);
 - ``intake``: the real route on a real store (SQLite file, or --db URL);
 - ``intake`` for calls the AMI adapter opened first (the usual order in the
   lab), while it writes the other steps of every call (queued, seat ringing,
-  answered, hung up), as during a storm.
+  answered, hung up), as during a storm;
+- ``intake`` for calls already opened, while another task writes the steps of
+  OTHER calls (open + 4 steps each) at --steps-rate record_step/s, and then
+  flat out: what the store's writes cost the event loop that also answers
+  Asterisk.
 
-    .venv/bin/python -m siplab.bench_intake [--calls 300] [--rate 20] [--db URL]
+    .venv/bin/python -m siplab.bench_intake [--calls 300] [--rate 20] [--steps-rate 25] [--db URL]
 
-Prints a table of round-trip times (connect → connection closed) in ms.
+Prints a table of round-trip times (connect → connection closed) in ms, then
+the cost of single TicketService operations run one at a time: wall time, and
+CPU time of the event-loop thread (the part that delays everything else on
+the loop; the database driver's own thread is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import math
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from core.lifecycle import Step
@@ -29,6 +38,8 @@ from core.tickets import TicketService
 from telephony import channel_vars
 from telephony.agi.routes import intake
 from telephony.agi.server import FastAGIServer
+
+CALL_STEPS = (Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP)
 
 
 def _headers(script: str, uniqueid: str, arrived: float) -> bytes:
@@ -65,28 +76,109 @@ def pct(values: list[float], p: float) -> float:
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
+async def _open(service: TicketService, uid: str) -> None:
+    await service.open_call(uniqueid=uid, caller_id="13800138000", at=time.time(), source="ami")
+
+
 async def run_case(server_port: int, script: str, calls: int, rate: float, service: TicketService | None,
                    tag: str, steps: bool) -> list[float]:
     results: list[float] = []
-    background: list[asyncio.Task] = []
 
     async def call(i: int) -> None:
         uid = f"{tag}.{i}"
         if steps and service is not None:
             # in the lab the AMI Newchannel event usually opens the ticket first
-            await service.open_call(uniqueid=uid, caller_id="13800138000", at=time.time(), source="ami")
+            await _open(service, uid)
         results.append(await one_request(server_port, script, uid))
         if steps and service is not None:
             # what the AMI adapter writes for the same call, right behind the AGI request
-            for step in (Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP):
+            for step in CALL_STEPS:
                 await service.record_step(uid, step, at=time.time(), source="ami", seat="seat001")
 
     tasks = []
     for i in range(calls):
         tasks.append(asyncio.create_task(call(i)))
         await asyncio.sleep(1 / rate)
-    await asyncio.gather(*tasks, *background)
+    await asyncio.gather(*tasks)
     return results
+
+
+async def run_case_other_writes(server_port: int, calls: int, rate: float, service: TicketService, tag: str,
+                                steps_rate: float | None) -> tuple[list[float], float]:
+    """AGI requests for calls already opened while a writer works on other calls.
+
+    The writer is one task, like the AMI adapter: it opens a call and writes its
+    four steps, then the next call, paced at ``steps_rate`` record_step/s (None:
+    flat out). Returns the round trips and the writer's record_step/s.
+    """
+    for i in range(calls):
+        await _open(service, f"{tag}.{i}")
+    stop = asyncio.Event()
+    written = 0
+
+    async def writer() -> None:
+        nonlocal written
+        gap = 0 if steps_rate is None else 1 / steps_rate
+        started = time.perf_counter()
+        for n in itertools.count():
+            uid = f"{tag}.w{n}"
+            await _open(service, uid)
+            for step in CALL_STEPS:
+                if stop.is_set():
+                    return
+                await service.record_step(uid, step, at=time.time(), source="ami", seat="seat001")
+                written += 1
+                if gap:
+                    # sleep until this step's slot, so the rate holds whatever a write costs
+                    await asyncio.sleep(max(0.0, started + written * gap - time.perf_counter()))
+                else:
+                    await asyncio.sleep(0)
+
+    results: list[float] = []
+    writing = asyncio.create_task(writer())
+    await asyncio.sleep(0.5)  # the writer is in its stride before the first request
+    began = time.perf_counter()
+    tasks = []
+    for i in range(calls):
+        tasks.append(asyncio.create_task(_append(results, one_request(server_port, "intake", f"{tag}.{i}"))))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - began
+    stop.set()
+    before = written
+    await writing
+    return results, before / (elapsed + 0.5)
+
+
+async def _append(results: list[float], measured: Awaitable[float]) -> None:
+    results.append(await measured)
+
+
+async def measure_ops(service: TicketService, tag: str, n: int) -> list[tuple[str, list[float], list[float]]]:
+    """Single operations, one at a time on an otherwise idle loop: (name, wall ms, loop-thread CPU ms)."""
+    costs: dict[str, tuple[list[float], list[float]]] = {}
+
+    async def timed(name: str, op: Callable[[], Awaitable[object]]) -> None:
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        await op()
+        wall, cpu = costs.setdefault(name, ([], []))
+        cpu.append((time.thread_time() - cpu0) * 1000)
+        wall.append((time.perf_counter() - wall0) * 1000)
+
+    for i in range(n):
+        uid = f"{tag}.{i}"
+        await timed("open_call (new ticket)", lambda: _open(service, uid))
+        await timed("open_call (known, cached)", lambda: _open(service, uid))
+        await timed("record_step (queued)", lambda: service.record_step(
+            uid, Step.QUEUED, at=time.time(), source="ami", queue="emergency-110"))
+        await timed("record_step (seat_ringing)", lambda: service.record_step(
+            uid, Step.SEAT_RINGING, at=time.time(), source="ami", seat="seat001"))
+        await timed("find_by_uniqueid (live)", lambda: service.find_by_uniqueid(uid))
+        await timed("record_step (answered)", lambda: service.record_step(
+            uid, Step.ANSWERED, at=time.time(), source="ami", seat="seat001"))
+        await timed("record_step (hung_up)", lambda: service.record_step(
+            uid, Step.HUNG_UP, at=time.time(), source="ami"))
+    return [(name, wall, cpu) for name, (wall, cpu) in costs.items()]
 
 
 async def main(args) -> None:
@@ -99,12 +191,20 @@ async def main(args) -> None:
     await server.start()
     tag = str(int(time.time()))
     rows = []
+    notes = []
     try:
         for name, script, steps in (("bare echo (4 SET VARIABLE)", "echo", False),
                                     ("intake, store idle", "intake", False),
                                     ("intake after AMI, + AMI steps", "intake", True)):
             res = await run_case(server.port, script, args.calls, args.rate, service, f"{tag}{len(rows)}", steps)
             rows.append((name, len(res), pct(res, 50), pct(res, 95), pct(res, 99), max(res)))
+        for name, steps_rate in ((f"intake, other calls {args.steps_rate:g} st/s", args.steps_rate),
+                                 ("intake, other calls flat out", None)):
+            res, achieved = await run_case_other_writes(server.port, args.calls, args.rate, service,
+                                                        f"{tag}{len(rows)}", steps_rate)
+            rows.append((name, len(res), pct(res, 50), pct(res, 95), pct(res, 99), max(res)))
+            notes.append(f"{name}: writer achieved {achieved:.1f} record_step/s")
+        ops = await measure_ops(service, f"{tag}ops", args.ops)
     finally:
         await server.stop()
         await engine.dispose()
@@ -112,11 +212,22 @@ async def main(args) -> None:
     print(f"{'case':32} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, n, p50, p95, p99, mx in rows:
         print(f"{name:32} {n:5d} {p50:8.2f} {p95:8.2f} {p99:8.2f} {mx:8.2f}")
+    for note in notes:
+        print(f"  {note}")
+    print()
+    print(f"TicketService per operation, {args.ops} each, one at a time (loop CPU = event-loop thread)")
+    print(f"{'operation':32} {'wall p50':>9} {'wall p95':>9} {'loop CPU p50':>13} {'loop CPU mean':>14}")
+    for name, wall, cpu in ops:
+        print(f"{name:32} {pct(wall, 50):9.3f} {pct(wall, 95):9.3f} {pct(cpu, 50):13.3f} "
+              f"{sum(cpu) / len(cpu):14.3f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--steps-rate", type=float, default=25.0,
+                        help="record_step/s of the writer in the fourth case (25: the lab's 5 calls/s)")
+    parser.add_argument("--ops", type=int, default=200, help="operations of each kind in the per-op table")
     parser.add_argument("--db", default=None)
     asyncio.run(main(parser.parse_args()))

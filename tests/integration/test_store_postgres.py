@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,42 @@ async def test_two_backends_writing_at_once(pg_schema: str) -> None:
         assert len({t.number for t in results[40:]}) == 1
         assert await _count(engines[0], Ticket) == 41
         assert await _count(engines[0], TicketStep) == 41
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+@pytest.mark.parametrize("clock", [lambda: T0, time.time], ids=["frozen-clock", "wall-clock"])
+async def test_two_backends_appending_to_one_call(pg_schema: str, clock: Callable[[], float]) -> None:
+    # Both processes hold the call in memory and ring seats on it at once. With
+    # the wall clock a stale view fails the conditional UPDATE (updated_at has
+    # moved); with a frozen one state and updated_at stay as they were and only
+    # the (ticket_id, seq) index catches it. Either way the re-read under the
+    # row lock appends after the other process's step.
+    engines = [_engine(pg_schema), _engine(pg_schema)]
+    try:
+        await init_schema(engines[0])
+        services = [TicketService(e, clock=clock) for e in engines]
+        await services[0].open_call(uniqueid="1.1", caller_id="1", at=T0, source="agi")
+        await services[0].record_step("1.1", Step.QUEUED, at=T0 + 1, source="ami")
+        await services[1].open_call(uniqueid="1.1", caller_id="1", at=T0, source="ami")  # reads, remembers
+        await asyncio.gather(
+            *(
+                services[i % 2].record_step(
+                    "1.1", Step.SEAT_RINGING, at=T0 + 2 + i, source="ami", seat=f"s{i:02d}"
+                )
+                for i in range(20)
+            )
+        )
+        stored = await TicketService(engines[0]).find_by_uniqueid("1.1")
+        assert stored is not None
+        assert [s.seq for s in stored.steps] == list(range(1, 23))
+        assert sorted(s.detail["seat"] for s in stored.steps[2:]) == [f"s{i:02d}" for i in range(20)]
+        # Either process's next write starts from the stored ticket, whatever it last saw.
+        answered = await services[1].record_step("1.1", Step.ANSWERED, at=T0 + 30, source="ami", seat="s07")
+        assert answered.steps[:-1] == stored.steps
+        assert answered == await TicketService(engines[0]).find_by_uniqueid("1.1")
+        assert await _count(engines[0], TicketStep) == 23
     finally:
         for engine in engines:
             await engine.dispose()
