@@ -60,7 +60,8 @@ async def one_request(port: int, script: str, uniqueid: str) -> float:
         line = await reader.readline()
         if not line:
             break
-        writer.write(b"200 result=1\n")
+        # EXEC MSet answers with the application's result (0), SET VARIABLE with 1
+        writer.write(b"200 result=0\n" if line.startswith(b"EXEC ") else b"200 result=1\n")
     writer.close()
     await writer.wait_closed()
     return (time.perf_counter() - start) * 1000
@@ -193,7 +194,7 @@ async def main(args) -> None:
     rows = []
     notes = []
     try:
-        for name, script, steps in (("bare echo (4 SET VARIABLE)", "echo", False),
+        for name, script, steps in (("bare echo (4 variables)", "echo", False),
                                     ("intake, store idle", "intake", False),
                                     ("intake after AMI, + AMI steps", "intake", True)):
             res = await run_case(server.port, script, args.calls, args.rate, service, f"{tag}{len(rows)}", steps)
