@@ -2,9 +2,16 @@
 # Run the 110 center on this machine: set-up if needed, the lab Asterisk with
 # its simulated seats and officers, and the backend (AMI + FastAGI + HTTP on
 # 127.0.0.1:8110) in the foreground. Ctrl-C stops the backend and the lab.
+#
+# The lab supervisor account (user "lab") gets the password in
+# JIEJING_LAB_PASSWORD, or "lab-110-jiejing" — a lab, not a center.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash sip-lab/bootstrap.sh
 .venv/bin/jiejing lab up "$@"
 trap '.venv/bin/jiejing lab down' EXIT
+if ! .venv/bin/jiejing users list 2>/dev/null | grep -q "^lab[[:space:]]"; then
+    printf '%s\n' "${JIEJING_LAB_PASSWORD:-lab-110-jiejing}" | .venv/bin/jiejing users add lab --role supervisor
+fi
+echo "wallboard: http://127.0.0.1:8110/wallboard   heat map: http://127.0.0.1:8110/heatmap   (user lab)"
 .venv/bin/jiejing serve

@@ -90,7 +90,7 @@ def server(tmp_path: Path) -> Iterator[_Server]:
 
 
 def test_schema_fuzzing_finds_no_server_error(server: _Server) -> None:
-    schemathesis = pytest.importorskip("schemathesis")
+    import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
 

@@ -58,7 +58,7 @@ async def headers(engine: AsyncEngine) -> dict[Role, dict[str, str]]:
 
 
 _SAMPLES = {"number": NUMBER, "day": "20261129", "id": "1", "badge": OFFICER_BADGE, "seat": "seat-01",
-            "username": "nobody", "name": "app.js"}
+            "username": "nobody", "name": "app.js", "phone": "13800000000"}
 
 
 def _path(template: str) -> str:
@@ -94,10 +94,8 @@ async def test_role_matrix(
         assert "error" in await resp.json()
 
 
-@pytest.mark.parametrize(("method", "path"), sorted(routes()))
+@pytest.mark.parametrize(("method", "path"), sorted(set(routes()) - set(NOT_MOUNTED_HERE)))
 async def test_nothing_but_public_routes_answer_without_a_token(client: TestClient, method: str, path: str) -> None:
-    if (method, path) in NOT_MOUNTED_HERE:
-        pytest.skip("registered by the telephony side")
     resp = await client.request(method, _path(path), json={})
     if routes()[(method, path)].public:
         assert resp.status != 401
