@@ -145,6 +145,26 @@ class StepBroadcaster:
                 if subscription.reason == "slow":
                     self.slow_disconnects += 1
 
+    def publish(self, message: Mapping[str, Any], station: str | None) -> int:
+        """Push a message that is not a step (a briefing, a surge, a flag) to the subscribers of ``station``.
+
+        Same filtering and back-pressure as steps; returns how many subscribers took it.
+        """
+        if not self._subscribers:
+            return 0
+        text = json.dumps(dict(message), ensure_ascii=False)
+        taken = 0
+        for subscription in list(self._subscribers):
+            if subscription.station is not None and subscription.station != station:
+                continue
+            if subscription.offer(text):
+                taken += 1
+            else:
+                self._subscribers.discard(subscription)
+                if subscription.reason == "slow":
+                    self.slow_disconnects += 1
+        return taken
+
     def _remember(self, number: str, station: str | None) -> None:
         self._stations[number] = station
         self._stations.move_to_end(number)

@@ -18,6 +18,13 @@ still on the line, and a late ``hung_up`` is recorded there without changing
 the state (reconciliation has nothing left to decide for such a ticket).
 ``located`` records or corrects the incident location in any state before
 the officer is on scene, without changing the state.
+
+Triage. ``classified`` (incident type and priority), ``note_added`` (a
+call-taker's note), ``handed_over`` (the anti-fraud desk conferenced in, the
+call transferred to the 12345 hotline, …) and ``repeat_linked`` (the caller
+rang again within minutes) are recorded in every state but closed, without
+changing it: an incident is re-classified and annotated while the officer is
+on the way, and a re-classification is a new step, never an overwrite.
 """
 
 from __future__ import annotations
@@ -64,6 +71,10 @@ class Step(StrEnum):
     LADDER_EXHAUSTED = "ladder_exhausted"  # nobody answered; supervisors alerted
     ARRIVED = "arrived"
     CLEARED = "cleared"
+    CLASSIFIED = "classified"  # incident type and priority set or changed by the call-taker
+    NOTE_ADDED = "note_added"  # a call-taker's note (scanned for major-incident keywords)
+    HANDED_OVER = "handed_over"  # anti-fraud desk, 12345 hotline or local station took part or all of it
+    REPEAT_LINKED = "repeat_linked"  # the same number rang within minutes; linked to its open ticket
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
@@ -90,6 +101,11 @@ _LOCATABLE = (
     State.DISPATCHING_ENDED,
     State.EN_ROUTE,
 )
+
+# States in which triage may classify, annotate, hand over or link a ticket:
+# all but closed (a closed ticket is the record; it is not written to again).
+_TRIAGEABLE = tuple(state for state in State if state is not State.CLOSED)
+_TRIAGE_STEPS = (Step.CLASSIFIED, Step.NOTE_ADDED, Step.HANDED_OVER, Step.REPEAT_LINKED)
 
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
@@ -124,6 +140,8 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((State.ON_SCENE,), Step.HUNG_UP, State.ON_SCENE),
     ((State.CLEARED,), Step.HUNG_UP, State.CLEARED),
     ((State.CLEARED,), Step.CLOSED, State.CLOSED),
+    # -- triage --
+    *(((state,), step, state) for step in _TRIAGE_STEPS for state in _TRIAGEABLE),
 )
 
 

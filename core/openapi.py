@@ -25,6 +25,7 @@ _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "seat": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
     "username": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"},
     "name": {"type": "string", "maxLength": 64},
+    "phone": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
 }
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

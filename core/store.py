@@ -158,7 +158,7 @@ async def init_schema(engine: AsyncEngine) -> None:
     """Create missing tables and indexes; existing ones are left as they are."""
     # Modules that keep their own tables on Base register them when imported;
     # importing them here, not at the top, keeps store free of import cycles.
-    from core import auth, dispatch, officers, quality_store, seats  # noqa: F401
+    from core import auth, dispatch, keywords, officers, push, quality_store, queries, repeat, seats, triage  # noqa: F401
 
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)

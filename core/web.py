@@ -25,13 +25,14 @@ from aiohttp import web
 from core.lifecycle import IllegalTransition
 from core.numbering import looks_like_number
 from core.store import check as check_database
-from core.tickets import TicketService, UnknownTicket
+from core.tickets import TicketService, TicketView, UnknownTicket
 
 if TYPE_CHECKING:
     from core.auth import AuthService, Principal
     from core.dispatch import DispatchPlanner
     from core.metrics import MetricsProvider
     from core.seats import SeatBoard
+    from core.triage_desk import TriageDesk
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ def _station_of_user(request: web.Request) -> str | None | bool:
 
 
 async def list_tickets(request: web.Request) -> web.Response:
+    from core.web_triage import FILTERS, search_tickets
+
+    if FILTERS.intersection(request.query):
+        # Filtered searches over the whole history page by cursor and answer summaries.
+        return await search_tickets(request)
     raw = request.query.get("limit")
     if raw is None:
         limit = LIMIT_DEFAULT
@@ -133,7 +139,7 @@ async def list_tickets(request: web.Request) -> web.Response:
         from core.web_ops import station_tickets
 
         tickets = await station_tickets(request.app[SERVICE], station, limit)
-    return web.json_response({"tickets": [t.to_json() for t in tickets]}, dumps=_dumps)
+    return web.json_response({"tickets": await _with_triage(request, tickets)}, dumps=_dumps)
 
 
 async def get_ticket(request: web.Request) -> web.Response:
@@ -142,7 +148,15 @@ async def get_ticket(request: web.Request) -> web.Response:
     ticket = await request.app[SERVICE].get(number) if looks_like_number(number) else None
     if ticket is None:
         return _error(404, "no such ticket")
-    return web.json_response(ticket.to_json(), dumps=_dumps)
+    return web.json_response((await _with_triage(request, [ticket]))[0], dumps=_dumps)
+
+
+async def _with_triage(request: web.Request, tickets: list[TicketView]) -> list[dict[str, Any]]:
+    """Ticket JSON with its ``triage`` block (classification, repeat link, prank flag) when triage is mounted."""
+    from core.web_triage import annotate
+
+    extra = await annotate(request.app, tickets)
+    return [{**t.to_json(), **({"triage": extra[t.number]} if t.number in extra else {})} for t in tickets]
 
 
 CLOSE_BODY: dict[str, Any] = {
@@ -172,7 +186,7 @@ async def close_ticket(request: web.Request) -> web.Response:
         return _error(404, "no such ticket")
     except IllegalTransition as exc:
         return _error(409, str(exc))
-    return web.json_response(ticket.to_json(), dumps=_dumps)
+    return web.json_response((await _with_triage(request, [ticket]))[0], dumps=_dumps)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -222,6 +236,7 @@ def make_app(
     seats: SeatBoard | None = None,
     metrics: Iterable[MetricsProvider] = (),
     timezone: str = "Asia/Shanghai",
+    triage: TriageDesk | None = None,
 ) -> web.Application:
     """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
 
@@ -230,7 +245,8 @@ def make_app(
     on the same store); ``seats`` is the seat board (by default one that
     drives no queue); ``metrics`` are extra providers of ``/metrics`` lines,
     e.g. the AMI and FastAGI figures from the telephony side; ``timezone``
-    is the center's, where the wallboard's "today" begins.
+    is the center's, where the wallboard's "today" begins; ``triage`` is the
+    triage desk (by default one on the same store with the dialplan's rule files).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
@@ -258,4 +274,7 @@ def make_app(
     from core.web_ops import add_ops_routes
 
     add_ops_routes(app, seats=seats, metrics=metrics, timezone=timezone)
+    from core.web_triage import add_triage_routes
+
+    add_triage_routes(app, desk=triage)
     return app

@@ -120,7 +120,7 @@ def _day_query(name: str) -> dict[str, Any]:
 def _routes() -> tuple[RouteSpec, ...]:
     # Imported here: these modules import core.web, which imports this module lazily.
     from core import web as core_web
-    from core import web_ops, web_quality
+    from core import web_ops, web_quality, web_triage
 
     r = RouteSpec
     limit_query = {"limit": {"type": "string", "pattern": "^[0-9]{1,7}$", "description": "1-1000, default 50"}}
@@ -133,6 +133,8 @@ def _routes() -> tuple[RouteSpec, ...]:
         r("GET", "/", PUBLIC, "The operations start page (log-in)", "pages", content="text/html"),
         r("GET", "/wallboard", PUBLIC, "The wallboard page", "pages", content="text/html"),
         r("GET", "/heatmap", PUBLIC, "The heat map page", "pages", content="text/html"),
+        r("GET", "/supervisor", PUBLIC, "The supervisor's page: satisfaction, spot checks, follow-ups, journal",
+          "pages", content="text/html"),
         r("GET", "/static/{name}", PUBLIC, "Scripts and styles of the pages", "pages", content="text/plain"),
         r("POST", "/api/twilio/sms", PUBLIC, "Twilio's SMS webhook (authenticated by its signature)", "quality",
           content="text/xml"),
@@ -145,12 +147,40 @@ def _routes() -> tuple[RouteSpec, ...]:
           body=DISABLED_BODY),
         r("GET", "/api/audit", ADMINS, "The newest audit-log entries", "auth", query=limit_query),
         # tickets
-        r("GET", "/api/tickets", DESK | {Role.STATION}, "Newest tickets (a station's: its own)", "tickets",
-          query=limit_query),
+        r("GET", "/api/tickets", DESK | {Role.STATION},
+          "Newest tickets, or a filtered page with any filter (a station's: its own)", "tickets",
+          query=web_triage.TICKETS_QUERY),
         r("GET", "/api/tickets/{number}", DESK | {Role.STATION}, "One ticket with its steps", "tickets",
           scope="station_ticket"),
         r("POST", "/api/tickets/{number}/close", DESK, "Close an ended ticket with a disposition", "tickets",
           body=core_web.CLOSE_BODY),
+        # triage and routing
+        r("POST", "/api/tickets/{number}/classify", DESK, "Classify: incident type and priority; routes it",
+          "triage", body=web_triage.CLASSIFY_BODY),
+        r("POST", "/api/tickets/{number}/notes", DESK, "Add a note (scanned for major-incident keywords)", "triage",
+          body=web_triage.NOTE_BODY),
+        r("POST", "/api/tickets/{number}/handover", DESK, "Carry out the routing decision again (after a failure)",
+          "triage", body=web_triage.HANDOVER_BODY),
+        r("GET", "/api/tickets/{number}/briefing", SUPERVISORS | {Role.OFFICER},
+          "The briefing for the officers sent (an officer: his own tickets)", "triage", scope="ticket_officer"),
+        r("GET", "/api/tickets/{number}/triage", DESK | {Role.STATION},
+          "Classification history, routing decision, links, flags and pushes", "triage", scope="station_ticket"),
+        r("GET", "/api/stats", SUPERVISORS | {Role.STATION}, "Ticket counts by type × station × hour", "triage",
+          query=web_triage.STATS_QUERY),
+        r("GET", "/api/danger-warnings", DESK | {Role.STATION}, "Danger warnings for a place or a phone", "triage",
+          query=web_triage.WARNINGS_QUERY),
+        r("POST", "/api/danger-warnings", DESK | {Role.STATION}, "Record a danger warning", "triage",
+          body=web_triage.WARNING_BODY),
+        r("POST", "/api/danger-warnings/{id}/retire", SUPERVISORS, "Retire a danger warning", "triage",
+          body=web_triage.HANDOVER_BODY),
+        r("GET", "/api/prank-numbers", SUPERVISORS, "Known prank numbers (flagged, still answered)", "triage"),
+        r("POST", "/api/prank-numbers", SUPERVISORS, "Add a known prank number", "triage",
+          body=web_triage.PRANK_BODY),
+        r("DELETE", "/api/prank-numbers/{phone}", SUPERVISORS, "Remove a prank number", "triage"),
+        r("GET", "/api/routing", SUPERVISORS, "Routing rules, keyword lists and surges in force", "triage"),
+        r("POST", "/api/routing/reload", ADMINS,
+          "Reload routing.toml, keywords.toml and surge.toml (a bad file keeps its running version)", "triage",
+          body=web_triage.HANDOVER_BODY),
         # dispatch
         r("PUT", "/api/tickets/{number}/location", DESK, "Set or correct the incident location", "dispatch",
           body=LOCATION_BODY),
@@ -188,6 +218,9 @@ def _routes() -> tuple[RouteSpec, ...]:
           body=web_quality.ANSWER_BODY),
         r("GET", "/api/alerts", DESK, "Open alerts (all with ?all)", "quality",
           query={"all": {"type": "string"}}),
+        r("GET", "/api/journal/status", SUPERVISORS,
+          "The latest journal verification (files not re-hashed; at most one walk a minute) and retention's last run",
+          "quality"),
         # seats, wallboard, heat map
         r("GET", "/api/seats", DESK, "Every seat's state", "seats"),
         r("POST", "/api/seats/{seat}/login", DESK, "Log a call-taker into a seat (joins the queue)", "seats",
@@ -274,10 +307,25 @@ async def _own_badge(request: web.Request, principal: Principal) -> web.Response
     return None
 
 
+async def _ticket_officer(request: web.Request, principal: Principal) -> web.Response | None:
+    if principal.role is not Role.OFFICER:
+        return None
+    from core.keywords import dispatched_badges
+    from core.web import SERVICE
+
+    number = request.match_info.get("number", "")
+    ticket = await request.app[SERVICE].get(number) if looks_like_number(number) else None
+    if ticket is None or principal.username not in dispatched_badges(ticket):
+        # Not 403: tickets an officer was not sent to are not there for him.
+        return _error(404, "no such ticket")
+    return None
+
+
 _SCOPES: dict[str, Callable[[web.Request, Principal], Awaitable[web.Response | None]]] = {
     "station_ticket": _station_ticket,
     "station_query": _station_query,
     "own_badge": _own_badge,
+    "ticket_officer": _ticket_officer,
 }
 
 

@@ -28,6 +28,8 @@ from core.web import make_app
 from core.alerts import AlertBoard
 from core.dispatch import DispatchPlanner
 from core.officers import OfficerService, load_city_file
+from core.push_http import HttpPoster
+from core.triage_desk import TriageDesk
 from telephony import dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.routes import intake
@@ -150,6 +152,9 @@ def make_web_app(backend: Backend) -> web.Application:
     seats = SeatBoard(backend.service.engine, AMIQueuePort(backend.ami, settings.seat_queue),
                       wrap_up_s=settings.wrap_up_s)
     supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
+    # Routing rules, keywords and surge settings from the dialplan folder; the
+    # telephony side registers its HandoverPort with triage.set_handover_port.
+    triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster())
     app = make_app(
         backend.service,
         health={"ami": ami_health, "agi": agi_health},
@@ -159,6 +164,7 @@ def make_web_app(backend: Backend) -> web.Application:
         metrics=[telephony_metrics],
         dispatch=backend.planner,
         timezone=settings.timezone,
+        triage=triage,
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)

@@ -1,0 +1,279 @@
+"""Incident queries over the whole ticket history: filtered lists with paging, and counts by type × station × hour.
+
+Queries run on ``ticket_triage``, the query copy of each ticket (creation
+time, station, cell, type, priority in one row, see ``core.triage``), so a
+filter, its order and a count use one index and no join; the tickets table
+is read only for the page's rows (and for the state, which changes too
+often to copy). ``QueryIndex`` keeps the copy as steps come in — a
+``received`` step creates the row, a ``located`` step sets the place — and
+fills in rows missing after a crash or an upgrade when it starts.
+
+A list is newest first and pages by a keyset cursor (the last row's creation
+time and number), so page 500 costs what page 1 costs; an offset ``page`` is
+accepted too, bounded, for screens that number their pages.
+
+``ensure_indexes`` creates any query index an older database lacks
+(``create_all`` adds indexes only with new tables). ``sip-lab/bench_queries.py``
+measures these queries over a million tickets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Index, Select, and_, func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.dispatch import IncidentRow
+from core.lifecycle import Step
+from core.repeat import TICKETS_CALLER_INDEX, TicketLinkRow
+from core.store import Ticket
+from core.tickets import StepView, TicketView, iso_utc
+from core.triage import IncidentType, TriageRow, upsert_query_copy
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PAGE_MAX", "BadCursor", "QueryIndex", "TicketQuery", "count_by_type_station_hour", "ensure_indexes", "search",
+]
+
+LIMIT_MAX = 1000
+PAGE_MAX = 1000  # offset paging beyond this is what the cursor is for
+HOUR_US = 3_600 * 1_000_000
+UNCLASSIFIED = "unclassified"
+
+# Briefings look up earlier incidents in the same cell or at the same address;
+# a state filter on its own reads tickets by state, newest first.
+INCIDENTS_CELL_INDEX = Index("ix_incidents_cell_located", IncidentRow.cell, IncidentRow.located_at_us)
+INCIDENTS_ADDRESS_INDEX = Index("ix_incidents_address", IncidentRow.address)
+TICKETS_STATE_CREATED_INDEX = Index("ix_tickets_state_created", Ticket.state, Ticket.created_at_us)
+
+_OWN_INDEXES = (
+    TICKETS_CALLER_INDEX,
+    TICKETS_STATE_CREATED_INDEX,
+    INCIDENTS_CELL_INDEX,
+    INCIDENTS_ADDRESS_INDEX,
+    *TriageRow.__table__.indexes,  # type: ignore[attr-defined]
+    *TicketLinkRow.__table__.indexes,  # type: ignore[attr-defined]
+)
+
+
+async def ensure_indexes(engine: AsyncEngine) -> None:
+    """Create the query indexes a database made by an older version lacks; existing ones are left alone."""
+
+    def create(sync_conn: Any) -> None:
+        for index in _OWN_INDEXES:
+            index.create(sync_conn, checkfirst=True)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(create)
+
+
+class BadCursor(ValueError):
+    """A cursor this server did not hand out."""
+
+
+def encode_cursor(created_at_us: int, number: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at_us}:{number}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        created, sep, number = raw.partition(":")
+        if not sep or not number:
+            raise ValueError(raw)
+        return int(created), number
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor("cursor is not one this server handed out") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketQuery:
+    from_us: int | None = None
+    to_us: int | None = None  # exclusive
+    station: str | None = None
+    cell: str | None = None
+    type: IncidentType | str | None = None  # or "unclassified"
+    priority: int | None = None
+    states: tuple[str, ...] = ()
+    limit: int = 50
+    cursor: str | None = None
+    page: int = 1  # offset paging, when no cursor is given
+
+    @property
+    def filters(self) -> bool:
+        return any(v is not None for v in (self.from_us, self.to_us, self.station, self.cell, self.type,
+                                           self.priority, self.cursor)) or bool(self.states) or self.page > 1
+
+
+def _select(query: TicketQuery) -> Select[Any]:
+    copy = TriageRow
+    by_copy = any(v is not None for v in (query.station, query.cell, query.type, query.priority))
+    # A state filter alone is answered from the tickets' own (state, time) index;
+    # everything else from the query copy's.
+    created, number = (
+        (Ticket.created_at_us, Ticket.number) if query.states and not by_copy else (copy.created_at_us, copy.number)
+    )
+    statement = (
+        select(
+            Ticket.number, Ticket.caller_id, Ticket.state, Ticket.seat, Ticket.created_at_us, Ticket.updated_at_us,
+            copy.type, copy.priority, copy.station_id, copy.cell,
+        )
+        .select_from(copy)
+        .join(Ticket, Ticket.number == copy.number)
+    )
+    where = []
+    if query.from_us is not None:
+        where.append(created >= query.from_us)
+    if query.to_us is not None:
+        where.append(created < query.to_us)
+    if query.station is not None:
+        where.append(copy.station_id == query.station)
+    if query.cell is not None:
+        where.append(copy.cell == query.cell)
+    if query.type == UNCLASSIFIED:
+        where.append(copy.type.is_(None))
+    elif query.type is not None:
+        where.append(copy.type == str(query.type))
+    if query.priority is not None:
+        where.append(copy.priority == query.priority)
+    if query.states:
+        where.append(Ticket.state.in_(query.states))
+    if query.cursor is not None:
+        at, last = decode_cursor(query.cursor)
+        where.append(or_(created < at, and_(created == at, number < last)))
+    return statement.where(*where).order_by(created.desc(), number.desc())
+
+
+def _summary(row: Any) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "caller_id": row.caller_id,
+        "state": row.state,
+        "seat": row.seat,
+        "created_at": iso_utc(row.created_at_us),
+        "created_at_us": row.created_at_us,
+        "updated_at_us": row.updated_at_us,
+        "type": row.type,
+        "priority": row.priority,
+        "station": row.station_id,
+        "cell": row.cell,
+    }
+
+
+async def search(engine: AsyncEngine, query: TicketQuery) -> dict[str, Any]:
+    """One page of ticket summaries, newest first, and the cursor of the next page (None on the last)."""
+    if not 1 <= query.limit <= LIMIT_MAX:
+        raise ValueError(f"limit must be from 1 to {LIMIT_MAX}")
+    if not 1 <= query.page <= PAGE_MAX:
+        raise ValueError(f"page must be from 1 to {PAGE_MAX}; use the cursor to go further")
+    statement = _select(query).limit(query.limit + 1)
+    if query.cursor is None and query.page > 1:
+        statement = statement.offset((query.page - 1) * query.limit)
+    async with engine.connect() as conn:
+        rows: Sequence[Any] = (await conn.execute(statement)).all()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    next_cursor = encode_cursor(rows[-1].created_at_us, rows[-1].number) if more and rows else None
+    return {"tickets": [_summary(r) for r in rows], "next_cursor": next_cursor, "limit": query.limit,
+            "page": None if query.cursor is not None else query.page}
+
+
+async def count_by_type_station_hour(
+    engine: AsyncEngine, from_us: int, to_us: int, *, station: str | None = None
+) -> list[dict[str, Any]]:
+    """Ticket counts per (type, station, hour) for tickets created in [from_us, to_us); hours are UTC-aligned.
+
+    Unclassified tickets count as type ``unclassified``, tickets with no
+    location as station None.
+    """
+    hour = TriageRow.created_at_us // HOUR_US
+    statement = (
+        select(TriageRow.type, TriageRow.station_id, hour.label("hour"), func.count().label("n"))
+        .where(TriageRow.created_at_us >= from_us, TriageRow.created_at_us < to_us)
+        .group_by(TriageRow.type, TriageRow.station_id, hour)
+        .order_by(hour, TriageRow.type, TriageRow.station_id)
+    )
+    if station is not None:
+        statement = statement.where(TriageRow.station_id == station)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(statement)).all()
+    return [
+        {"type": r.type or UNCLASSIFIED, "station": r.station_id, "hour": iso_utc(int(r.hour) * HOUR_US),
+         "hour_us": int(r.hour) * HOUR_US, "count": r.n}
+        for r in rows
+    ]
+
+
+class QueryIndex:
+    """Keeps ``ticket_triage`` in step with new tickets and their locations; one owned task writes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pending: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def on_step(self, ticket: TicketView, step: StepView) -> None:
+        """``TicketService`` listener: queue the change (synchronous, no I/O)."""
+        if step.step is Step.RECEIVED:
+            self._pending.put_nowait((ticket.number, ticket.created_at_us, {"updated_at_us": step.at_us}))
+        elif step.step is Step.LOCATED:
+            station, cell = step.detail.get("station"), step.detail.get("cell")
+            self._pending.put_nowait((ticket.number, ticket.created_at_us, {
+                "station_id": station if isinstance(station, str) else None,
+                "cell": cell if isinstance(cell, str) else None, "updated_at_us": step.at_us,
+            }))
+
+    async def start(self) -> None:
+        try:
+            added = await self.backfill()
+            if added:
+                log.info("query copy: %d tickets added that had none", added)
+        except Exception:
+            log.exception("query copy backfill failed; queries may miss older tickets until the next start")
+        self._task = asyncio.create_task(self._run(), name="query-index")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await self.flush()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def flush(self) -> None:
+        await self._pending.join()
+
+    async def _run(self) -> None:
+        while True:
+            number, created_at_us, values = await self._pending.get()
+            try:
+                await upsert_query_copy(self._engine, number, created_at_us, **values)
+            except Exception:
+                log.exception("query copy of %s not written; the next start fills it in", number)
+            finally:
+                self._pending.task_done()
+
+    async def backfill(self) -> int:
+        """Add the query copy of every ticket that has none (from the ticket and its incident row)."""
+        missing = (
+            select(Ticket.number, Ticket.created_at_us, IncidentRow.station_id, IncidentRow.cell,
+                   Ticket.updated_at_us)
+            .outerjoin(IncidentRow, IncidentRow.number == Ticket.number)
+            .where(~select(TriageRow.number).where(TriageRow.number == Ticket.number).exists())
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                insert(TriageRow).from_select(
+                    ["number", "created_at_us", "station_id", "cell", "updated_at_us"], missing
+                )
+            )
+        return max(0, result.rowcount or 0)

@@ -1,0 +1,313 @@
+"""Triage: what kind of incident a call is, how urgent, and the call-taker's notes on it.
+
+The call-taker classifies a ticket with one of ten incident types and a
+priority from 1 (most urgent) to 4. Each classification is a ``classified``
+step on the ticket, so a re-classification adds a step and the history shows
+who changed what when; the current classification is the latest such step.
+A copy of it is kept in ``ticket_triage`` (one row per ticket, written right
+after the step, with the ticket's time and place) because queries over a
+million tickets filter and count by type, priority, station and time, which
+a scan of step details and joins could not answer in time.
+
+Notes are ``note_added`` steps; the major-incident keyword scan
+(``core.keywords``) runs on their text before the step is written, and the
+step records which keywords matched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.lifecycle import Step, advance
+from core.store import Base, Ticket
+from core.tickets import Source, TicketService, TicketView, UnknownTicket
+
+__all__ = [
+    "NOTE_MAX",
+    "Classification",
+    "IncidentType",
+    "Priority",
+    "TriageRow",
+    "TriageService",
+    "current_classification",
+]
+
+NOTE_MAX = 2000
+BY_MAX = 255
+
+
+class IncidentType(StrEnum):
+    """The ten incident types of the intake center; each has a Chinese label for screens and reports."""
+
+    PERSON = "person"  # crimes against persons
+    PROPERTY = "property"  # property crime
+    FRAUD = "fraud"  # telecom and online fraud
+    TRAFFIC = "traffic"
+    DISPUTE = "dispute"
+    FIRE_MEDICAL = "fire_medical"  # relayed to 119 / 120
+    PUBLIC_SERVICE = "public_service"  # not a police matter: the 12345 hotline
+    SILENT = "silent"  # silent call or hang-up
+    PRANK = "prank"  # prank or harassment
+    OTHER = "other"
+
+    @property
+    def label(self) -> str:
+        return _TYPE_LABELS[self]
+
+
+_TYPE_LABELS = {
+    IncidentType.PERSON: "侵犯人身",
+    IncidentType.PROPERTY: "侵犯财产",
+    IncidentType.FRAUD: "电信网络诈骗",
+    IncidentType.TRAFFIC: "交通事故",
+    IncidentType.DISPUTE: "纠纷",
+    IncidentType.FIRE_MEDICAL: "火警医疗转接",
+    IncidentType.PUBLIC_SERVICE: "非警务求助",
+    IncidentType.SILENT: "无声电话",
+    IncidentType.PRANK: "骚扰恶作剧",
+    IncidentType.OTHER: "其他",
+}
+
+
+class Priority(IntEnum):
+    """1 is the most urgent: life in danger now."""
+
+    CRITICAL = 1  # 紧急: life or safety in danger now
+    HIGH = 2  # 较急: a crime in progress or just happened
+    NORMAL = 3  # 一般
+    LOW = 4  # 非紧急: advice, no police attendance needed
+
+    @property
+    def label(self) -> str:
+        return _PRIORITY_LABELS[self]
+
+
+_PRIORITY_LABELS = {
+    Priority.CRITICAL: "紧急", Priority.HIGH: "较急", Priority.NORMAL: "一般", Priority.LOW: "非紧急",
+}
+
+
+class TriageRow(Base):
+    """The query copy of a ticket: when it came in, where it is, what it is. One row per ticket.
+
+    The steps are the record; this row is what queries over a million tickets
+    filter, sort and count on, with no join: the ticket's creation time (it
+    never changes), the incident's station and cell (``located``), and the
+    current type and priority (``classified``). ``core.queries.QueryIndex``
+    writes it as steps come in; ``classify`` writes type and priority itself,
+    right after the step.
+    """
+
+    __tablename__ = "ticket_triage"
+    __table_args__ = (
+        # Time ranges, and the counts by type × station × hour (covering: no table look-up).
+        Index("ix_ticket_triage_created_type_station", "created_at_us", "type", "station_id"),
+        Index("ix_ticket_triage_station_created", "station_id", "created_at_us"),
+        Index("ix_ticket_triage_cell_created", "cell", "created_at_us"),
+        Index("ix_ticket_triage_type_created", "type", "created_at_us"),
+        Index("ix_ticket_triage_type_priority", "type", "priority", "created_at_us"),
+        Index("ix_ticket_triage_priority_created", "priority", "created_at_us"),
+    )
+
+    number: Mapped[str] = mapped_column(ForeignKey(Ticket.number), primary_key=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)  # the ticket's
+    type: Mapped[str | None] = mapped_column(String(32))  # None: not classified yet
+    priority: Mapped[int | None] = mapped_column(Integer)
+    station_id: Mapped[str | None] = mapped_column(String(32))  # None: not located, or nobody's cell
+    cell: Mapped[str | None] = mapped_column(String(16))
+    updated_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int, **values: Any) -> None:
+    """Set ``values`` on the ticket's query copy, creating it if missing, in one short transaction.
+
+    Update first, insert if there was nothing to update; when another writer
+    inserted the row in between, the insert fails, nothing is kept, and the
+    second round updates the row that is now there.
+    """
+    table = TriageRow.__table__
+    for attempt in range(2):
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(update(table).where(table.c.number == number).values(**values))
+                if not result.rowcount:
+                    await conn.execute(insert(table).values(number=number, created_at_us=created_at_us, **values))
+            return
+        except IntegrityError:
+            if attempt:
+                raise
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    type: IncidentType
+    priority: Priority
+    by: str | None
+    at_us: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": str(self.type),
+            "type_label": self.type.label,
+            "priority": int(self.priority),
+            "priority_label": self.priority.label,
+            "by": self.by,
+            "at_us": self.at_us,
+        }
+
+
+def current_classification(ticket: TicketView) -> Classification | None:
+    """The latest ``classified`` step of the ticket, or None if it was never classified."""
+    for step in reversed(ticket.steps):
+        if step.step is Step.CLASSIFIED:
+            detail = step.detail
+            try:
+                return Classification(
+                    IncidentType(detail["type"]), Priority(detail["priority"]), detail.get("by"), step.at_us
+                )
+            except (KeyError, ValueError):
+                continue  # a step written by an older version with other codes; look further back
+    return None
+
+
+def classification_history(ticket: TicketView) -> list[Classification]:
+    found = []
+    for step in ticket.steps:
+        if step.step is Step.CLASSIFIED:
+            try:
+                found.append(Classification(
+                    IncidentType(step.detail["type"]), Priority(step.detail["priority"]),
+                    step.detail.get("by"), step.at_us,
+                ))
+            except (KeyError, ValueError):
+                continue
+    return found
+
+
+def parse_type(value: Any) -> IncidentType:
+    try:
+        return IncidentType(value)
+    except ValueError:
+        raise ValueError(f"type must be one of {', '.join(IncidentType)}, got {value!r}") from None
+
+
+def parse_priority(value: Any) -> Priority:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"priority must be an integer from 1 to 4, got {value!r}")
+    try:
+        return Priority(value)
+    except ValueError:
+        raise ValueError(f"priority must be an integer from 1 to 4, got {value!r}") from None
+
+
+def _by(by: str | None) -> str | None:
+    if by is None:
+        return None
+    if not isinstance(by, str) or not by.strip() or len(by) > BY_MAX:
+        raise ValueError(f"by must be a non-empty string of at most {BY_MAX} characters")
+    return by
+
+
+class TriageService:
+    """Classification and notes of tickets, written as steps through ``TicketService``."""
+
+    def __init__(self, tickets: TicketService, *, clock: Callable[[], float] = time.time) -> None:
+        self.tickets = tickets
+        self._clock = clock
+        self._sessions = async_sessionmaker(tickets.engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.tickets.engine
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def ticket(self, number: str) -> TicketView:
+        ticket = await self.tickets.get(number)
+        if ticket is None:
+            raise UnknownTicket(f"no ticket {number!r}")
+        return ticket
+
+    async def classify(
+        self, number: str, type: IncidentType | str, priority: Priority | int, *, by: str | None = None,
+        at: float | None = None,
+    ) -> tuple[TicketView, Classification]:
+        """Record a ``classified`` step and keep the ticket's current classification for queries.
+
+        Raises ``UnknownTicket``, ``ValueError`` for a bad type or priority, and
+        ``IllegalTransition`` for a closed ticket (nothing written then).
+        """
+        kind = parse_type(type)
+        level = parse_priority(int(priority) if isinstance(priority, Priority) else priority)
+        by = _by(by)
+        ticket = await self.ticket(number)
+        advance(ticket.state, Step.CLASSIFIED)  # refuse before anything is written
+        at = self._clock() if at is None else at
+        detail: dict[str, Any] = {"type": str(kind), "priority": int(level)}
+        if by is not None:
+            detail["by"] = by
+        view = await self.tickets.record_step(ticket.uniqueid, Step.CLASSIFIED, at=at, source=Source.API, **detail)
+        classification = Classification(kind, level, by, view.steps[-1].at_us)
+        await self._store(view, classification)
+        return view, classification
+
+    async def _store(self, ticket: TicketView, classification: Classification) -> None:
+        # The step is the record; this row is its index. Should this write be
+        # lost (a crash in between), ``reindex`` rebuilds it from the steps.
+        await upsert_query_copy(self.engine, ticket.number, ticket.created_at_us, type=str(classification.type),
+                                priority=int(classification.priority), updated_at_us=classification.at_us)
+
+    async def reindex(self, numbers: Iterable[str]) -> int:
+        """Rewrite the ``ticket_triage`` rows of these tickets from their steps; returns how many were written."""
+        written = 0
+        for number in numbers:
+            ticket = await self.tickets.get(number)
+            if ticket is None:
+                continue
+            current = current_classification(ticket)
+            if current is not None:
+                await self._store(ticket, current)
+                written += 1
+        return written
+
+    async def add_note(
+        self, number: str, text: str, *, by: str | None = None, keywords: Iterable[str] = (), at: float | None = None
+    ) -> TicketView:
+        """Record a ``note_added`` step with the note and the major-incident keywords found in it."""
+        if not isinstance(text, str) or not text.strip() or len(text) > NOTE_MAX:
+            raise ValueError(f"a note must be a non-empty text of at most {NOTE_MAX} characters")
+        by = _by(by)
+        ticket = await self.ticket(number)
+        advance(ticket.state, Step.NOTE_ADDED)
+        detail: dict[str, Any] = {"text": text}
+        if by is not None:
+            detail["by"] = by
+        found = list(keywords)
+        if found:
+            detail["keywords"] = found
+        at = self._clock() if at is None else at
+        return await self.tickets.record_step(ticket.uniqueid, Step.NOTE_ADDED, at=at, source=Source.API, **detail)
+
+    async def stored(self, numbers: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """``{number: (type, priority)}`` from the query copy, for list views."""
+        numbers = list(numbers)
+        found: dict[str, tuple[str, int]] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(numbers), 500):
+                rows = await session.execute(
+                    select(TriageRow.number, TriageRow.type, TriageRow.priority).where(
+                        TriageRow.number.in_(numbers[start : start + 500])
+                    )
+                )
+                found.update({n: (t, p) for n, t, p in rows if t is not None})
+        return found

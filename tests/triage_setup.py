@@ -1,0 +1,127 @@
+"""Shared pieces of the triage tests: a recording hand-over port, a push stand-in, the desk and its app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from core.alerts import AlertBoard
+from core.dispatch import DispatchPlanner
+from core.events import StepBroadcaster
+from core.keywords import parse_keywords
+from core.officers import OfficerService
+from core.push import Poster
+from core.routing import HandoverFailed, RuleBook, parse_rules
+from core.surge import SurgeConfig, SurgeSettings
+from core.tickets import TicketService
+from core.triage_desk import TriageDesk, default_files
+from core.web import make_app
+from tests.unit.conftest import FakeClock
+
+RULES = """
+boundary_m = 150
+
+[[rule]]
+type = "fraud"
+target = "anti_fraud"
+mode = "conference"
+endpoint = "PJSIP/antifraud-desk"
+push = "{fraud_url}"
+
+[[rule]]
+type = "public_service"
+target = "hotline_12345"
+mode = "transfer"
+endpoint = "PJSIP/hotline-12345"
+push = "{hotline_url}"
+
+[[rule]]
+type = "*"
+when = {{ jurisdiction = "unclear" }}
+target = "local_station"
+"""
+
+KEYWORDS = """
+[major]
+zh = ["杀人", "抢劫", "绑架", "爆炸"]
+en = ["murder", "robbery", "kidnap*", "explosion"]
+"""
+
+
+class RecordingPort:
+    """The telephony side as the tests see it: remembers each hand-over, fails on demand."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.fail: str | None = None
+
+    async def conference(self, number: str, endpoint: str) -> None:
+        self.calls.append(("conference", number, endpoint))
+        if self.fail:
+            raise HandoverFailed(self.fail)
+
+    async def transfer(self, number: str, endpoint: str) -> None:
+        self.calls.append(("transfer", number, endpoint))
+        if self.fail:
+            raise HandoverFailed(self.fail)
+
+
+class PushStandIn:
+    """The anti-fraud center's and the hotline's receivers: an aiohttp app on port 0 that records POSTs."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        self.answers: list[int] = []  # statuses to answer, in order; then 200
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.received.append((request.path, await request.json(), dict(request.headers)))
+        status = self.answers.pop(0) if self.answers else 200
+        return web.json_response({"id": f"R{len(self.received)}"}, status=status)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[PushStandIn]:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        self.url = str(server.make_url("")).rstrip("/")
+        try:
+            yield self
+        finally:
+            await server.close()
+
+
+def make_desk(
+    service: TicketService, planner: DispatchPlanner, clock: FakeClock, *, base_url: str = "http://127.0.0.1:9",
+    poster: Poster | None = None, surge: SurgeConfig | None = None,
+) -> TriageDesk:
+    rules = RuleBook(parse_rules(RULES.format(fraud_url=f"{base_url}/fraud", hotline_url=f"{base_url}/12345")))
+    return TriageDesk(
+        service, planner.officers, AlertBoard(service.engine, clock), rules=rules, keywords=parse_keywords(KEYWORDS),
+        surge=surge or SurgeConfig(SurgeSettings(), {}), poster=poster, clock=clock, owns_alerts=True,
+        files=default_files(),
+    )
+
+
+def planner_for(service: TicketService, clock: FakeClock) -> DispatchPlanner:
+    return DispatchPlanner(service, OfficerService(service.engine, clock), clock=clock)
+
+
+@asynccontextmanager
+async def desk_client(
+    service: TicketService, planner: DispatchPlanner, desk: TriageDesk, broadcaster: StepBroadcaster | None = None
+) -> AsyncIterator[TestClient]:
+    app = make_app(service, health={}, dispatch=planner, triage=desk)
+    if broadcaster is not None:
+        from core.web_dispatch import BROADCASTER
+
+        # The stream the desk publishes on must be the one the test subscribes to.
+        app[BROADCASTER].close_all()
+        desk.set_publisher(broadcaster.publish)
+    async with TestClient(TestServer(app)) as client:
+        yield client
