@@ -75,13 +75,13 @@ def caller_numbers(count: int, run_tag: int) -> list[str]:
     return [f"139{run_tag:04d}{i:04d}" for i in range(1, count + 1)]
 
 
-def write_injection(path: Path, callers: list[tuple[str, str]]) -> None:
-    """SIPp injection file: one (number, display name) per call, in order."""
+def write_injection(path: Path, callers: list[tuple]) -> None:
+    """SIPp injection file: one (number, display name[, latitude, longitude]) per call, in order."""
     with path.open("w", newline="") as f:
         f.write("SEQUENTIAL\n")
-        for number, name in callers:
+        for fields in callers:
             # SIPp splits fields on ';' and has no quoting: keep it out of the data.
-            f.write(f"{number.replace(';', ' ')};{name.replace(';', ' ')};\n")
+            f.write("".join(f"{str(v).replace(';', ' ')};" for v in fields) + "\n")
 
 
 def read_stats(stat_file: Path) -> dict[str, str]:
@@ -159,13 +159,17 @@ async def collect(settings: Settings, numbers: list[str]) -> dict:
         await engine.dispose()
 
 
-def prepare_callers(paths: asterisk.LabPaths, run_dir: Path, *, talk_s: float, patience_s: float) -> Path:
-    """Seats talk ``talk_s`` after answering; callers give up after ``patience_s``."""
+def prepare_callers(paths: asterisk.LabPaths, run_dir: Path, *, talk_s: float, patience_s: float,
+                    scenario: str = "caller.xml") -> Path:
+    """Seats talk ``talk_s`` after answering; callers give up after ``patience_s``.
+
+    ``caller_located.xml`` also sends the handset's position (injection fields 3 and 4) as PIDF-LO.
+    """
     current = lab.running_settings(paths) or lab.LabSettings()
     talk_ms = int(talk_s * 1000)
     if current.seat_talk_ms != talk_ms:
         lab.up(replace(current, seat_talk_ms=talk_ms), paths, log=lambda *_: None)
-    return sipp.render("caller.xml", run_dir, PATIENCE_MS=int(patience_s * 1000), AUDIO=sipp.audio_pcap(paths.run))
+    return sipp.render(scenario, run_dir, PATIENCE_MS=int(patience_s * 1000), AUDIO=sipp.audio_pcap(paths.run))
 
 
 async def drive_calls(run_dir: Path, scenario: Path, calls: int, rate: float, *, timeout: float,

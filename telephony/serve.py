@@ -53,6 +53,7 @@ class Backend:
     planner: DispatchPlanner
     dispatcher: Dispatcher
     alerts: AlertBoard
+    intake: intake.IntakeRoute
 
     async def open_alerts(self) -> list[dict]:
         await self.alerts.flush()
@@ -80,12 +81,14 @@ def build(settings: Settings) -> Backend:
 
     planner = DispatchPlanner(service, officers, on_exhausted=ladder_exhausted)
     dispatcher = Dispatcher(ami, service, planner, events.legs)
+    # Positions the network sends with the call become the incident location.
+    intake_route = intake.make_route(service, locate=planner.locate)
     ami.add_listener(dispatcher.on_event)
     agi = FastAGIServer(
-        {"intake": intake.make_route(service), "dispatch": dispatch_route.make_route(service, dispatcher)},
+        {"intake": intake_route, "dispatch": dispatch_route.make_route(service, dispatcher)},
         host=settings.agi_host, port=settings.agi_port,
     )
-    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts)
+    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake_route)
 
 
 def make_web_app(backend: Backend) -> web.Application:
@@ -114,6 +117,7 @@ def make_web_app(backend: Backend) -> web.Application:
         log.info("FastAGI listening on %s:%s", backend.settings.agi_host, backend.agi.port)
         yield
         await backend.agi.stop()
+        await backend.intake.drain()
 
     def ami_health() -> dict:
         status = backend.ami.status()

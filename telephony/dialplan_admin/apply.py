@@ -34,6 +34,7 @@ MODULE_BY_FILE = (
     ("rtp.conf", "res_rtp_asterisk"),
     ("logger.conf", "logger"),
     ("features.conf", "features"),
+    ("geolocation.conf", "res_geolocation"),
 )
 # Files Asterisk reads only at start: applying them needs a restart.
 RESTART_ONLY = ("asterisk.conf", "modules.conf")

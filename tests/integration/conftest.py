@@ -105,14 +105,16 @@ class Calls:
     paths: asterisk.LabPaths
 
     async def place(
-        self, callers: list[tuple[str, str]], *, rate: float = 5, talk_s: float = 3, patience_s: float = 30
+        self, callers: list[tuple], *, rate: float = 5, talk_s: float = 3, patience_s: float = 30,
+        scenario: str = "caller.xml",
     ) -> dict[str, str]:
         run_dir = self.paths.run / f"test-{int(time.time() * 1000)}"
         run_dir.mkdir(parents=True)
         storm.write_injection(run_dir / "callers.csv", callers)
-        scenario = storm.prepare_callers(self.paths, run_dir, talk_s=talk_s, patience_s=patience_s)
+        scenario_file = storm.prepare_callers(self.paths, run_dir, talk_s=talk_s, patience_s=patience_s,
+                                              scenario=scenario)
         return await storm.drive_calls(
-            run_dir, scenario, len(callers), rate, timeout=len(callers) / rate + patience_s + talk_s + 30
+            run_dir, scenario_file, len(callers), rate, timeout=len(callers) / rate + patience_s + talk_s + 30
         )
 
 

@@ -183,3 +183,25 @@ async def test_call_taker_dispatches_from_a_real_softphone_with_star_1(dispatch_
         await ami.action("QueueRemove", {"Queue": "emergency-110", "Interface": "PJSIP/bseat01"})
         for i in range(1, 101):
             await ami.action("QueuePause", {"Interface": f"PJSIP/seat{i:03d}", "Paused": "false"})
+
+
+async def test_position_sent_by_the_network_locates_the_incident_and_picks_the_nearest_officer(
+        dispatch_backend, calls):
+    running = dispatch_backend
+    caller = _number()
+    # officer003 stands at 31.2404, 121.4857; the handset is 30 m from him
+    call = asyncio.create_task(calls.place([(caller, "Located", "31.2406", "121.4858")], talk_s=8, patience_s=10,
+                                           scenario="caller_located.xml"))
+    ticket = await answered_ticket(running, caller)
+    t = await steps_until(running, ticket.number, "located", 5)
+    located = next(s for s in t.steps if s.step == "located")
+    assert (located.detail["lat"], located.detail["lon"]) == (31.2406, 121.4858)
+    assert located.detail["address"] == "network position (PIDF-LO)"
+    assert located.detail["station"] == "east"
+    # located before a call-taker said a word: right after the call was received
+    assert located.at_us - t.steps[0].at_us < 1_000_000
+    await running.backend.dispatcher.dispatch(ticket.number, by="test")
+    t = await steps_until(running, ticket.number, "officer_joined", 15)
+    assert next(s for s in t.steps if s.step == "officer_joined").detail["badge"] == "officer003"
+    stats = await call
+    assert stats.get("SuccessfulCall(C)") == "1", stats
