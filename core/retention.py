@@ -10,6 +10,10 @@ the leftover files are named in the entry (and verification does not look
 for them again). The caller's
 number leaves with the ticket row; outbox messages of expired tickets lose
 their recipient.
+
+``RetentionSchedule`` runs ``expire`` once a day in a background task it
+owns, for the retention period of the settings (0: keep forever, nothing
+runs), and keeps its last run for the journal status endpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -28,10 +33,12 @@ from core.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
 from core.lifecycle import CALL_LIVE_STATES
 from core.quality_store import JournalEntry, OutboxMessage
 from core.store import Recording, Ticket, TicketStep
+from core.tickets import iso_utc
 
 log = logging.getLogger(__name__)
 
 _DAY_US = 86_400_000_000
+DAY_S = 86_400.0
 
 
 @dataclass(slots=True)
@@ -122,3 +129,108 @@ def _remove(paths: list[str]) -> int:
         except FileNotFoundError:
             pass
     return removed
+
+
+class RetentionSchedule:
+    """Runs ``expire`` for ``days`` once every ``every_s`` (a day) in an owned task; ``days`` 0: never.
+
+    The task wakes every ``poll_s`` and compares the injected clock with the
+    last run rather than sleeping a whole day: a clock stepped forward (or a
+    fake one in tests) is noticed within one poll, and stopping never waits.
+    The first run comes right after start, so a backend restarted daily
+    still expires. A failed run is logged and retried at the next poll.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        journaler: Journaler,
+        *,
+        days: int,
+        clock: Callable[[], float] = time.time,
+        every_s: float = DAY_S,
+        poll_s: float = 600.0,
+    ) -> None:
+        if days < 0:
+            raise ValueError("retention days must not be negative")
+        self._engine = engine
+        self._journaler = journaler
+        self.days = days
+        self._clock = clock
+        self._every_s = every_s
+        self._poll_s = poll_s
+        self._last_run: float | None = None
+        self._last_result: ExpiryResult | None = None
+        self._last_error: str | None = None
+        self._runs = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.days >= 1
+
+    def due(self) -> bool:
+        return self.enabled and (self._last_run is None or self._clock() - self._last_run >= self._every_s)
+
+    async def run_due(self) -> ExpiryResult | None:
+        """Run ``expire`` if a day has passed since the last run; the result, or None when not due."""
+        if not self.due():
+            return None
+        started = self._clock()
+        try:
+            result = await expire(self._engine, self._journaler, older_than_days=self.days, clock=self._clock)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self._last_run, self._last_result, self._last_error = started, result, None
+        self._runs += 1
+        log.info("retention: daily run expired %d tickets, %d recordings (%d files removed) older than %d days; "
+                 "journal entries %s", result.tickets, result.recordings, result.files_removed, self.days,
+                 result.entries or "none")
+        return result
+
+    async def start(self) -> None:
+        if not self.enabled:
+            log.info("retention: JIEJING_RETENTION_DAYS is 0 or unset: tickets and recordings are kept forever")
+            return
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention run failed; retrying in %.0f s", self._poll_s)
+            await asyncio.sleep(self._poll_s)
+
+    def status(self) -> dict[str, Any]:
+        def at(seconds: float | None) -> str | None:
+            return None if seconds is None else iso_utc(round(seconds * 1_000_000))
+
+        result = self._last_result
+        return {
+            "enabled": self.enabled,
+            "retention_days": self.days,
+            "runs": self._runs,
+            "last_run_at": at(self._last_run),
+            "next_run_at": at(None if not self.enabled or self._last_run is None else self._last_run + self._every_s),
+            "last_error": self._last_error,
+            "last_result": None if result is None else {
+                "tickets": result.tickets, "recordings": result.recordings,
+                "files_removed": result.files_removed, "journal_entries": list(result.entries),
+            },
+        }

@@ -1,4 +1,4 @@
-"""Supervision and quality, assembled: the journal, the SMS outbox, the survey, spot checks and follow-ups.
+"""Supervision and quality, assembled: the journal, retention, the SMS outbox, the survey, spot checks, follow-ups.
 
 ``build`` wires the parts to a TicketService from the settings; ``cleanup_ctx``
 starts their background tasks after the store is ready and stops them in
@@ -17,9 +17,11 @@ from typing import Any
 from core.complaints import Complaints
 from core.config import Settings
 from core.journal import Journaler, read_key
+from core.journal_status import JournalWatch
 from core.outbox import Outbox
 from core.quality import SpotChecks
 from core.quality_config import QualitySettings
+from core.retention import RetentionSchedule
 from core.survey import Survey
 from core.tickets import TicketService
 from core.twilio_sms import TwilioMessenger
@@ -36,6 +38,8 @@ class Supervision:
     spot_checks: SpotChecks
     survey: Survey | None
     _removers: list[Any]
+    retention: RetentionSchedule | None = None
+    journal_watch: JournalWatch | None = None
 
     async def cleanup_ctx(self, _app: Any) -> AsyncIterator[None]:
         await self.journaler.start()
@@ -43,7 +47,11 @@ class Supervision:
         await self.complaints.start()
         if self.survey is not None:
             await self.survey.start()
+        if self.retention is not None:
+            await self.retention.start()
         yield
+        if self.retention is not None:
+            await self.retention.stop()  # before the journaler: an expiry run appends to its chain
         for remove in self._removers:
             remove()
         if self.survey is not None:
@@ -57,7 +65,8 @@ class Supervision:
     def add_routes(self, app: Any) -> None:
         from core import web_quality
 
-        web_quality.add_routes(app, spot_checks=self.spot_checks, survey=self.survey, complaints=self.complaints)
+        web_quality.add_routes(app, spot_checks=self.spot_checks, survey=self.survey, complaints=self.complaints,
+                               journal=self.journal_watch)
 
 
 def build(service: TicketService, settings: Settings, quality: QualitySettings) -> Supervision:
@@ -83,4 +92,7 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings) 
         survey = Survey(engine, outbox, complaints, auth_token=quality.twilio_auth_token,
                         webhook_url=quality.twilio_webhook_url, tz=settings.timezone)
         removers.append(survey.attach(service))
-    return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers)
+    retention = RetentionSchedule(engine, journaler, days=quality.retention_days)
+    journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
+    return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,
+                       retention=retention, journal_watch=journal_watch)

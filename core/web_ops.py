@@ -39,7 +39,8 @@ METRICS = web.AppKey("metrics_providers", list[MetricsProvider])
 WALLBOARD_SOCKETS = web.AppKey("wallboard_sockets", set[web.WebSocketResponse])
 
 STATIC = Path(__file__).with_name("static")
-_PAGES = {"/": "index.html", "/wallboard": "wallboard.html", "/heatmap": "heatmap.html"}
+_PAGES = {"/": "index.html", "/wallboard": "wallboard.html", "/heatmap": "heatmap.html",
+          "/supervisor": "supervisor.html"}
 _TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 PUSH_EVERY_S = 1.0
 HEARTBEAT_S = 30.0

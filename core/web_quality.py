@@ -1,4 +1,4 @@
-"""HTTP API of supervision and quality: spot checks, survey rates, complaints, alerts, and Twilio's SMS webhook.
+"""HTTP API of supervision and quality: spot checks, survey rates, complaints, alerts, journal status, SMS webhook.
 
 Thin views in the manner of ``core.web``: bodies are parsed and bounded here,
 domain errors become 400/404/409, and the app-wide middleware answers errors
@@ -7,20 +7,25 @@ as JSON. ``add_routes`` registers only the parts it is given.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from aiohttp import web
 
 from core.complaints import AlreadyAnswered, Complaints, UnknownFollowUp
+from core.journal_status import JournalWatch
 from core.numbering import looks_like_number
 from core.quality import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
 from core.survey import Survey, WebhookVerdict
 from core.web import BadRequest, _dumps, _json_body
 
+log = logging.getLogger(__name__)
+
 SPOT_CHECKS = web.AppKey("spot_checks", SpotChecks)
 SURVEY = web.AppKey("survey", Survey)
 COMPLAINTS = web.AppKey("complaints", Complaints)
+JOURNAL = web.AppKey("journal_watch", JournalWatch)
 
 _DAY = re.compile(r"[0-9]{8}")
 _ID = re.compile(r"[0-9]{1,12}")
@@ -261,12 +266,25 @@ async def list_alerts(request: web.Request) -> web.Response:
     ]})
 
 
+# -- the journal -------------------------------------------------------------------------------
+
+
+async def journal_status(request: web.Request) -> web.Response:
+    try:
+        return _json(await request.app[JOURNAL].status())
+    except Exception as exc:
+        # The store is unreachable or the walk failed: say so rather than claim anything about the chain.
+        log.exception("journal verification for the status endpoint failed")
+        return _error(503, f"journal verification failed: {type(exc).__name__}")
+
+
 def add_routes(
     app: web.Application,
     *,
     spot_checks: SpotChecks | None = None,
     survey: Survey | None = None,
     complaints: Complaints | None = None,
+    journal: JournalWatch | None = None,
 ) -> None:
     """Register the routes of the parts given on ``app`` (the application from ``core.web.make_app``)."""
     if spot_checks is not None:
@@ -286,3 +304,6 @@ def add_routes(
         app.router.add_post("/api/complaints", open_complaint)
         app.router.add_post("/api/complaints/{id}/answer", answer_follow_up)
         app.router.add_get("/api/alerts", list_alerts)
+    if journal is not None:
+        app[JOURNAL] = journal
+        app.router.add_get("/api/journal/status", journal_status)

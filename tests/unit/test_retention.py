@@ -1,8 +1,10 @@
-"""Retention: old tickets and recordings deleted, the expiry journaled, verification still clean."""
+"""Retention: old tickets and recordings deleted, the expiry journaled, verification still clean; the daily task."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.journal import KIND_EXPIRY, Journaler, verify
+from core.journal_status import JournalWatch
 from core.lifecycle import Step
 from core.quality_store import JournalEntry
-from core.retention import expire
+from core.retention import RetentionSchedule, expire
 from core.store import Recording, Ticket, TicketStep
 from core.tickets import TicketService
 
@@ -83,3 +86,109 @@ async def test_deletion_without_expiry_entry_is_still_caught(
     report = await verify(engine)
     assert [(f.kind, f.ref) for f in report.findings] == [("row_deleted", "step 4")]
     assert b.number in report.findings[0].message
+
+
+async def _old_call(service: TicketService, clock: Any, uid: str, at: float, wav: Path) -> str:
+    clock.now = at  # the ticket's creation time comes from the service's clock
+    ticket = await service.open_call(uniqueid=uid, caller_id="13800000000", at=at, source="agi")
+    await service.record_step(uid, Step.ABANDONED, at=at + 5, source="ami")
+    await service.close(ticket.number, disposition="无效", by="seat-01")
+    wav.write_bytes(b"call audio " + uid.encode())
+    await service.bind_recording(ticket.number, str(wav))
+    return ticket.number
+
+
+async def _numbers(engine: AsyncEngine) -> set[str]:
+    async with async_sessionmaker(engine)() as session:
+        return set((await session.scalars(select(Ticket.number))).all())
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def test_the_daily_task_expires_once_a_day_and_spares_newer_tickets(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = await _old_call(service, clock, "1.1", T0, tmp_path / "old.wav")
+    middle = await _old_call(service, clock, "1.2", T0 + 100 * DAY, tmp_path / "middle.wav")
+    recent = await _old_call(service, clock, "1.3", T0 + 181 * DAY, tmp_path / "recent.wav")
+    journaler = Journaler(engine, clock=clock)
+    schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, poll_s=0.01)
+    assert schedule.status()["last_run_at"] is None
+    with caplog.at_level(logging.INFO, logger="core.retention"):
+        await schedule.start()
+        try:
+            # The first run comes at start: only the ticket older than 180 days goes.
+            await _until(lambda: schedule.status()["runs"] == 1)
+            assert await _numbers(engine) == {middle, recent}
+            assert not (tmp_path / "old.wav").exists() and (tmp_path / "middle.wav").exists()
+            status = schedule.status()
+            assert status["last_result"]["tickets"] == 1 and status["last_result"]["recordings"] == 1
+            assert status["last_run_at"].startswith("2027-05-29") and status["next_run_at"].startswith("2027-05-30")
+            assert any("daily run expired 1 tickets" in r.getMessage() for r in caplog.records)
+
+            # Half a day later many polls pass, none runs.
+            clock.now += DAY / 2
+            await asyncio.sleep(0.1)
+            assert schedule.status()["runs"] == 1
+
+            # A day after the first run: runs again, the 82-day-old ticket is still kept.
+            clock.now += DAY / 2
+            await _until(lambda: schedule.status()["runs"] == 2)
+            assert schedule.status()["last_result"]["tickets"] == 0
+            assert await _numbers(engine) == {middle, recent}
+
+            # A hundred days on, that ticket is past the period; the newest still stays.
+            clock.now += 100 * DAY
+            await _until(lambda: schedule.status()["runs"] == 3)
+            assert await _numbers(engine) == {recent}
+            assert (tmp_path / "recent.wav").exists() and not (tmp_path / "middle.wav").exists()
+        finally:
+            await schedule.stop()
+    report = await verify(engine)
+    assert report.ok, report.findings
+    assert old not in await _numbers(engine)
+
+
+async def test_zero_days_keeps_everything_and_starts_no_task(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path
+) -> None:
+    await _old_call(service, clock, "1.1", T0, tmp_path / "old.wav")
+    clock.now = T0 + 4000 * DAY
+    await service.open_call(uniqueid="1.2", caller_id="1", at=clock.now, source="agi")
+    schedule = RetentionSchedule(engine, Journaler(engine, clock=clock), days=0, clock=clock, poll_s=0.01)
+    await schedule.start()
+    assert await schedule.run_due() is None
+    await schedule.stop()
+    assert schedule.status() == {"enabled": False, "retention_days": 0, "runs": 0, "last_run_at": None,
+                                 "next_run_at": None, "last_error": None, "last_result": None}
+    assert len(await _numbers(engine)) == 2
+
+
+async def test_journal_status_reports_the_walk_and_retention_and_is_cached(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path
+) -> None:
+    number = await _old_call(service, clock, "1.1", T0, tmp_path / "old.wav")
+    journaler = Journaler(engine, clock=clock)
+    await journaler.catch_up()
+    schedule = RetentionSchedule(engine, journaler, days=30, clock=clock)
+    watch = JournalWatch(engine, retention=schedule, clock=clock, max_age_s=60)
+    (tmp_path / "old.wav").write_bytes(b"changed")  # files are not re-hashed here: the CLI does that
+    status = await watch.status()
+    journal = status["journal"]
+    assert journal["ok"] and journal["entries"] == 4 and journal["recordings_checked"] == 0
+    assert journal["recordings_rehashed"] is False and journal["checked_at"].startswith("2026-11-29T11:30")
+    assert status["retention"]["enabled"] and status["retention"]["runs"] == 0
+
+    async with engine.begin() as conn:  # a step rewritten behind the journal's back
+        await conn.execute(TicketStep.__table__.update().values(source="forged"))
+    assert (await watch.status())["journal"]["ok"]  # still the minute-old walk
+    clock.now += 60
+    journal = (await watch.status())["journal"]
+    assert not journal["ok"] and journal["findings_total"] == 3
+    assert {f["kind"] for f in journal["findings"]} == {"row_altered"} and number in journal["findings"][0]["message"]

@@ -15,8 +15,11 @@ from core import web_quality
 from core.auth import AuthService, Role
 from core.complaints import Complaints
 from core.dispatch import IncidentRow
+from core.journal import Journaler
+from core.journal_status import JournalWatch
 from core.outbox import Outbox
 from core.quality import SpotChecks
+from core.retention import RetentionSchedule
 from core.survey import Survey
 from core.tickets import TicketService
 from core.web import make_app
@@ -36,7 +39,9 @@ def full_app(service: TicketService, engine: AsyncEngine, clock: FakeClock) -> w
     outbox = Outbox(engine, None, clock=clock)
     complaints = Complaints(engine, clock=clock)
     survey = Survey(engine, outbox, complaints, auth_token="t", webhook_url="https://x/sms", clock=clock)
-    web_quality.add_routes(app, spot_checks=SpotChecks(engine, clock=clock), survey=survey, complaints=complaints)
+    retention = RetentionSchedule(engine, Journaler(engine, clock=clock), days=180, clock=clock)
+    web_quality.add_routes(app, spot_checks=SpotChecks(engine, clock=clock), survey=survey, complaints=complaints,
+                           journal=JournalWatch(engine, retention=retention, clock=clock))
     return app
 
 
