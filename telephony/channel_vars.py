@@ -14,6 +14,9 @@ QUEUE = "JIEJING_QUEUE"  # queue the call goes to
 PRIORITY = "JIEJING_PRIORITY"  # app_queue priority (higher is served first)
 RECORDING = "JIEJING_RECORDING"  # file name (no folder, no extension) for MixMonitor
 
+# Set over AMI (Setvar) by telephony/handover.py, read by the [handover] context.
+HANDOVER_TO = "JIEJING_HANDOVER_TO"  # PJSIP/name the call is transferred to
+
 # Set by Asterisk itself, read by the dialplan after AGI().
 AGISTATUS = "AGISTATUS"
 
@@ -28,4 +31,4 @@ def recording_name(ticket_number: str, uniqueid: str) -> str:
 
 
 READ_BY_BACKEND = frozenset({ARRIVED})
-SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING})
+SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING, HANDOVER_TO})

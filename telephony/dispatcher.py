@@ -88,6 +88,7 @@ class Dispatcher:
         self.channels = channels  # caller uniqueid -> {"caller": channel, "seat": channel}
         self._waiters = _Waiters()
         self._tasks: dict[str, asyncio.Task] = {}
+        self._rooms: set[str] = set()  # calls whose caller and seat are already in their room
 
     # -- AMI events (listener: cheap, never blocks the reader) -----------------
     def on_event(self, event) -> None:
@@ -95,6 +96,8 @@ class Dispatcher:
         if name == "ConfbridgeJoin":
             self._waiters.resolve(("join", event.get("Conference"), event.get("Uniqueid")), event)
             self._waiters.resolve(("join-channel", event.get("Conference"), event.get("Channel")), event)
+        elif name == "Hangup":
+            self._rooms.discard(event.get("Uniqueid"))
         elif name == "OriginateResponse" and event.action_id:
             self._waiters.resolve(("originate", event.action_id), event, keep_early=True)
 
@@ -166,29 +169,42 @@ class Dispatcher:
             self._waiters.forget(("join", uid, uid))
             self._waiters.forget(("join-channel", uid, legs["seat"]))
 
+    async def ensure_room(self, uid: str, legs: dict) -> bool:
+        """Caller and seat in the call's conference room (moved there once)."""
+        if uid in self._rooms:
+            return True
+        if await self._into_room(uid, legs):
+            self._rooms.add(uid)
+            return True
+        return False
+
     async def _ring(self, uid: str, number: str, rung: Rung) -> tuple[bool, str]:
         await self._record(self.planner.ringing, number, rung)
+        return await self.call_into_room(uid, number, rung.endpoint, rung.timeout_s)
+
+    async def call_into_room(self, uid: str, number: str, endpoint: str, timeout_s: float) -> tuple[bool, str]:
+        """Originate ``endpoint`` into the call's room; (answered, outcome). Never sent twice."""
         action_id = None
         try:
             resp = await self.ami.originate(
-                Channel=rung.endpoint,
+                Channel=endpoint,
                 Application="ConfBridge",
                 Data=f"{dialplan_escape(uid)},jiejing-room,jiejing-officer",
-                Timeout=int(rung.timeout_s * 1000),
+                Timeout=int(timeout_s * 1000),
                 CallerID=f'"110 {number}" <110>',
                 Variable={"JIEJING_TICKET": number},
             )
             action_id = resp.action_id
             if not resp.ok:
-                log.warning("%s: originate to %s refused: %s", number, rung.endpoint, resp.message)
+                log.warning("%s: originate to %s refused: %s", number, endpoint, resp.message)
                 return False, "failed"
-            event = await asyncio.wait_for(self._waiters.expect(("originate", action_id)), rung.timeout_s + 10)
+            event = await asyncio.wait_for(self._waiters.expect(("originate", action_id)), timeout_s + 10)
         except asyncio.TimeoutError:
-            log.warning("%s: no OriginateResponse for %s", number, rung.endpoint)
+            log.warning("%s: no OriginateResponse for %s", number, endpoint)
             return False, "failed"
         except AMIClientError as exc:
-            # Outcome unknown: never originate the same rung twice, go on.
-            log.warning("%s: originate to %s: %r; not retried", number, rung.endpoint, exc)
+            # Outcome unknown: never originate the same phone twice, go on.
+            log.warning("%s: originate to %s: %r; not retried", number, endpoint, exc)
             return False, "failed"
         finally:
             if action_id:
@@ -215,7 +231,7 @@ class Dispatcher:
 
     async def _ladder(self, number: str, uid: str, legs: dict, rungs: list[Rung]) -> None:
         started = time.monotonic()
-        if not await self._into_room(uid, legs):
+        if not await self.ensure_room(uid, legs):
             await self._record(self.planner.exhausted, number, reason="room_move_failed")
             return
         log.info("%s: caller and seat in the room after %.1f ms", number, (time.monotonic() - started) * 1000)

@@ -34,6 +34,7 @@ from telephony import dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.routes import intake
 from telephony.dispatcher import Dispatcher
+from telephony.handover import AsteriskHandover
 from telephony.agi.server import FastAGIServer
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
@@ -156,9 +157,10 @@ def make_web_app(backend: Backend) -> web.Application:
     seats = SeatBoard(backend.service.engine, AMIQueuePort(backend.ami, settings.seat_queue),
                       wrap_up_s=settings.wrap_up_s)
     supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
-    # Routing rules, keywords and surge settings from the dialplan folder; the
-    # telephony side registers its HandoverPort with triage.set_handover_port.
+    # Routing rules, keywords and surge settings from the dialplan folder;
+    # hand-overs (anti-fraud desk, 12345) go through Asterisk.
     triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster())
+    triage.set_handover_port(AsteriskHandover(backend.ami, backend.service, backend.dispatcher, backend.events.legs))
     app = make_app(
         backend.service,
         health={"ami": ami_health, "agi": agi_health},
