@@ -39,7 +39,8 @@ class StormOptions:
     talk_s: float = 8.0
     patience_s: float = 60.0
     dispatch: bool = False
-    dispatch_after_s: float = 2.0  # talk time before the call-taker dispatches
+    mix: bool = False  # classify calls with a mix of incident types (fraud and 12345 are handed over)
+    dispatch_after_s: float = 2.0  # talk time before the call-taker dispatches (or classifies)
     officer_ring_ms: int = 3000  # the lab's officer phones ring this long before answering
     json_path: str | None = None
     settings: Settings = field(default_factory=Settings.from_env)
@@ -216,6 +217,13 @@ class DispatchDriver:
         self.cleared: set[str] = set()
         self.errors: list[str] = []
         self.rng = random.Random(7)
+        self.types: dict[str, str] = {}
+        self.tasks: set[asyncio.Task] = set()
+
+    # A plausible day's mix at a city center: most calls are police matters,
+    # about one in ten is fraud, one in ten belongs to the 12345 hotline.
+    MIX = (("person", 15), ("property", 25), ("fraud", 10), ("traffic", 20), ("dispute", 15),
+           ("public_service", 10), ("other", 5))
 
     async def _login(self, http) -> None:
         from core.auth import AuthService, Role
@@ -252,13 +260,29 @@ class DispatchDriver:
                 for number, due in list(pending.items()):
                     if due <= now:
                         del pending[number]
-                        lat, lon = self._spot()
-                        ok = await self._post(http, "PUT", f"/api/tickets/{number}/location",
-                                              {"lat": lat, "lon": lon, "address": "storm"}, None, number)
-                        if ok:
-                            await self._post(http, "POST", f"/api/tickets/{number}/dispatch", {},
-                                             self.dispatched, number)
+                        self.dispatched.add(number)  # handled once, whatever happens
+                        task = asyncio.create_task(self._handle(http, number))
+                        self.tasks.add(task)
+                        task.add_done_callback(self.tasks.discard)
                 await asyncio.sleep(0.2)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _handle(self, http, number: str) -> None:
+        lat, lon = self._spot()
+        if not await self._post(http, "PUT", f"/api/tickets/{number}/location",
+                                {"lat": lat, "lon": lon, "address": "storm"}, None, number):
+            return
+        if self.opts.mix:
+            kinds, weights = zip(*self.MIX)
+            kind = self.rng.choices(kinds, weights)[0]
+            self.types[number] = kind
+            # fraud and public-service calls are handed over by the routing rules
+            await self._post(http, "POST", f"/api/tickets/{number}/classify", {"type": kind, "priority": 2},
+                             None, number)
+            if kind in ("fraud", "public_service"):
+                return
+        if self.opts.dispatch:
+            await self._post(http, "POST", f"/api/tickets/{number}/dispatch", {}, None, number)
 
     async def _post(self, http, method: str, path: str, body: dict, into: set | None, number: str) -> bool:
         async with http.request(method, self.base + path, json=body) as r:
@@ -339,7 +363,7 @@ async def run_async(opts: StormOptions) -> dict:
     await set_seats(opts.settings, lab_seats, opts.seats)
     started = time.monotonic()
     driver_done = asyncio.Event()
-    driver = DispatchDriver(opts, numbers) if opts.dispatch else None
+    driver = DispatchDriver(opts, numbers) if (opts.dispatch or opts.mix) else None
     driver_task = asyncio.create_task(driver.run(driver_done)) if driver else None
     try:
         stats = await drive_calls(
@@ -389,9 +413,24 @@ async def run_async(opts: StormOptions) -> dict:
             "max": _round(max(answer_ms) if answer_ms else None),
         },
     }
+    if opts.mix:
+        handed: dict[str, int] = {}
+        for t in found["rows"]:
+            for step in t.steps:
+                if step.step == "handed_over":
+                    target = (step.detail or {}).get("to", "?")
+                    handed[target] = handed.get(target, 0) + 1
+        classified: dict[str, int] = {}
+        for kind in driver.types.values():
+            classified[kind] = classified.get(kind, 0) + 1
+        report["triage"] = {"classified": classified, "handed_over": handed, "errors": driver.errors[:20]}
     if opts.dispatch:
         report["dispatch"] = dispatch_figures(found["rows"], opts.officer_ring_ms)
         report["dispatch"]["errors"] = driver.errors[:20] if driver else []
+        # calls handed over to another service are not dispatched
+        handed_over = sum(report.get("triage", {}).get("handed_over", {}).get(k, 0)
+                          for k in ("anti_fraud", "hotline_12345"))
+        answered = answered - handed_over
         if report["dispatch"]["officer_joined"] < answered:
             report["failed"] = max(report["failed"], answered - report["dispatch"]["officer_joined"])
     print_report(report, opts, sipp_ok=sipp_ok, sipp_failed=sipp_failed, elapsed=time.monotonic() - started,
@@ -423,6 +462,10 @@ def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed:
         ("wall time", f"{elapsed:.1f} s"),
         ("run folder", str(run_dir)),
     ]
+    if "triage" in report:
+        rows += [("classified", ", ".join(f"{k} {v}" for k, v in sorted(report["triage"]["classified"].items()))),
+                 ("handed over", ", ".join(f"{k} {v}" for k, v in sorted(report["triage"]["handed_over"].items()))
+                  or "none")]
     if "dispatch" in report:
         d = report["dispatch"]
 

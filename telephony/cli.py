@@ -60,7 +60,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 storm.StormOptions(
                     calls=args.calls, rate=args.rate, seats=args.seats, talk_s=args.talk_s,
                     patience_s=args.patience_s if args.patience_s is not None else
-                    (args.talk_s + 2 if args.dispatch else 60.0), dispatch=args.dispatch, dispatch_after_s=args.dispatch_after_s,
+                    (args.talk_s + 2 if (args.dispatch or args.mix) else 60.0), dispatch=args.dispatch, dispatch_after_s=args.dispatch_after_s, mix=args.mix,
                     json_path=args.json, settings=_settings_with_lab_defaults(),
                 )
             )
@@ -233,6 +233,9 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--dispatch", action="store_true",
                     help="dispatch every answered call (locate + dispatch over the API) and report time to officer")
     st.add_argument("--dispatch-after-s", type=float, default=2.0, help="talk time before the dispatch")
+    st.add_argument("--mix", action="store_true",
+                    help="classify calls with a mix of incident types: fraud goes to the anti-fraud desk, "
+                         "public service to 12345, the rest is dispatched with --dispatch")
     st.add_argument("--json", default=None, help="also write the report as JSON to this file")
     lab.set_defaults(func=cmd_lab)
 
