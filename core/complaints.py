@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.outbox import Outbox
 from core.quality_store import Alert, FollowUp
+from core.tasks import stop_task
 from core.tickets import iso_utc
 
 log = logging.getLogger(__name__)
@@ -204,12 +205,7 @@ class Complaints:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

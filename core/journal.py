@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.lifecycle import IllegalTransition, State, Step, advance
 from core.quality_store import JournalEntry
 from core.store import Recording, Ticket, TicketStep
+from core.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,7 @@ class Journaler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
         await self.catch_up()  # steps of the last moments before shutdown
 
     async def _run(self) -> None:

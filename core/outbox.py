@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.quality_store import OutboxMessage
 from core.store import TEXT_MAX
+from core.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +179,7 @@ class Outbox:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

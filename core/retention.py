@@ -33,6 +33,7 @@ from core.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
 from core.lifecycle import CALL_LIVE_STATES
 from core.quality_store import JournalEntry, OutboxMessage
 from core.store import Recording, Ticket, TicketStep
+from core.tasks import stop_task
 from core.tickets import iso_utc
 
 log = logging.getLogger(__name__)
@@ -200,12 +201,7 @@ class RetentionSchedule:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

@@ -32,6 +32,7 @@ from core.lifecycle import State, Step
 from core.outbox import Outbox
 from core.quality_store import OutboxMessage, SurveyResponse, WebhookReceipt
 from core.store import Ticket
+from core.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,7 @@ class Survey:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:
