@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CACHE = Path(os.environ.get("JIEJING_LAB_CACHE", "/var/cache/jiejing"))
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 READY_MARK = ".jiejing-ready"
 # Inside the chroot: our own configuration folder, rewritten at every start, so
 # the package's sample configuration never leaks into the lab.
@@ -79,7 +78,7 @@ def _run(cmd: list[str], *, check: bool = True, timeout: float | None = 600, **k
 
 
 def host_mirror() -> str:
-    """The Debian mirror the host already uses (this machine reaches no other)."""
+    """The Debian mirror the host's apt already uses (the chroot takes sid from the same archive)."""
     candidates = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
     for path in candidates:
         if not path.exists():
@@ -90,7 +89,7 @@ def host_mirror() -> str:
                 return line.split(":", 1)[1].strip().split()[0]
             if line.startswith("deb ") and "/debian" in line and "security" not in line:
                 return line.split()[1]
-    return DEFAULT_MIRROR
+    raise LabError("no Debian mirror found in /etc/apt/sources.list(.d): the sid chroot needs the host's archive")
 
 
 def provision(paths: LabPaths, *, log=print) -> None:
