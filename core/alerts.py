@@ -60,6 +60,12 @@ class AlertBoard:
     async def flush(self) -> None:
         await self._pending.join()
 
+    async def raised(self, kind: str, ref: str) -> bool:
+        """Whether an alert of ``kind`` for ``ref`` was stored, resolved or not (queued ones not yet)."""
+        async with self._sessions() as session:
+            found = await session.scalar(select(Alert.id).where(Alert.kind == kind, Alert.ref == ref).limit(1))
+            return found is not None
+
     async def open_alerts(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
             rows = await session.scalars(select(Alert).where(Alert.resolved_at_us.is_(None)).order_by(Alert.id))

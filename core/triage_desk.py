@@ -7,7 +7,9 @@ the caller is still talking — and, when the telephony side has registered a
 ``HandoverPort``, conferences the desk in or transfers the call, stamping a
 ``handed_over`` step when that succeeded. ``add_note`` scans the note for
 major-incident keywords before writing it, alerts supervisors, and pushes
-the briefing.
+the briefing. An officer joining a ticket later gets its briefing pushed to
+him when he joins (``brief_officer``), so one sent after the keyword matched
+is not lost on him.
 
 The desk owns the background parts (push worker, repeat-caller and surge
 watches) and their ticket listeners: ``start`` and ``stop`` run from the
@@ -16,6 +18,8 @@ web application's cleanup context.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -43,7 +47,7 @@ from core.routing import (
     load_rules,
 )
 from core.surge import SurgeConfig, SurgeWatch, load_surge_config
-from core.tickets import Source, TicketService, TicketView
+from core.tickets import Source, StepView, TicketService, TicketView
 from core.triage import (
     Classification,
     IncidentType,
@@ -59,7 +63,8 @@ log = logging.getLogger(__name__)
 
 DIALPLAN = Path(__file__).resolve().parent.parent / "dialplan"
 
-Publisher = Callable[[dict[str, Any], "str | None"], object]
+# ``(message, station)``; the event stream's also takes ``badge=`` to reach one officer only.
+Publisher = Callable[..., object]
 
 
 def default_files() -> dict[str, Path]:
@@ -106,6 +111,8 @@ class TriageDesk:
         self.index = QueryIndex(tickets.engine)
         self.port: HandoverPort | None = None
         self._removers: list[Callable[[], None]] = []
+        self._joins: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._join_task: asyncio.Task[None] | None = None
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -113,8 +120,12 @@ class TriageDesk:
         """Where briefings, flags and surges go: the event stream's ``publish``."""
         self._publish_to = publish
 
-    def _publish(self, message: dict[str, Any], station: str | None) -> object:
-        return None if self._publish_to is None else self._publish_to(message, station)
+    def _publish(self, message: dict[str, Any], station: str | None, badge: str | None = None) -> object:
+        if self._publish_to is None:
+            return None
+        if badge is None:
+            return self._publish_to(message, station)
+        return self._publish_to(message, station, badge=badge)
 
     def set_handover_port(self, port: HandoverPort | None) -> None:
         """The telephony side registers how it conferences and transfers calls."""
@@ -128,14 +139,21 @@ class TriageDesk:
         await self.pusher.start()
         await self.repeat.start()
         await self.surge.start()
+        self._join_task = asyncio.create_task(self._brief_joined(), name="briefing-on-join")
         self._removers = [self.tickets.add_listener(self.index.on_step),
                           self.tickets.add_listener(self.repeat.on_step),
-                          self.tickets.add_listener(self.surge.on_step)]
+                          self.tickets.add_listener(self.surge.on_step),
+                          self.tickets.add_listener(self._on_step)]
 
     async def stop(self) -> None:
         for remove in self._removers:
             remove()
         self._removers = []
+        if self._join_task is not None:
+            self._join_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._join_task
+            self._join_task = None
         await self.surge.stop()
         await self.repeat.stop()
         await self.pusher.stop()
@@ -275,6 +293,47 @@ class TriageDesk:
 
     async def briefing(self, number: str) -> dict[str, Any]:
         return await self.watch.brief(await self.triage.ticket(number))
+
+    def _on_step(self, ticket: TicketView, step: StepView) -> None:
+        """``TicketService`` listener: an officer who joins is queued for his briefing (built off the call path)."""
+        badge = step.detail.get("badge")
+        if step.step is Step.OFFICER_JOINED and isinstance(badge, str):
+            self._joins.put_nowait((ticket.number, badge))
+
+    async def _brief_joined(self) -> None:
+        while True:
+            number, badge = await self._joins.get()
+            try:
+                await self.brief_officer(number, badge)
+            except Exception:
+                log.exception("%s: the briefing for officer %s could not be pushed", number, badge)
+            finally:
+                self._joins.task_done()
+
+    async def flush_joins(self) -> None:
+        await self._joins.join()
+
+    async def brief_officer(self, number: str, badge: str) -> dict[str, Any] | None:
+        """Push the ticket's briefing to the officer who just joined it, if there is one worth his attention.
+
+        There is when a major-incident keyword matched (the station had the
+        briefing then, before he was on the ticket), when a major-incident
+        alert is on record, or when danger warnings touch the place or the
+        caller: he is the one walking in. Returns the briefing pushed, or None.
+        """
+        ticket = await self.tickets.get(number)
+        if ticket is None:
+            return None
+        briefing = await self.watch.brief(ticket)
+        if not (briefing["keywords"] or briefing["danger_warnings"]
+                or await self.alerts.raised("major_incident", number)):
+            return None
+        briefing["pushed_to"] = badge
+        try:
+            self._publish(briefing, briefing["station"], badge)
+        except Exception:
+            log.exception("%s: the briefing for officer %s could not be published", number, badge)
+        return briefing
 
     # -- reads for the ticket JSON ------------------------------------------------------
 

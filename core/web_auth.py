@@ -196,8 +196,9 @@ def _routes() -> tuple[RouteSpec, ...]:
           "dispatch", body=OFFICER_LOCATION_BODY, scope="own_badge"),
         r("POST", "/api/officers/{badge}/status", SUPERVISORS | {Role.OFFICER}, "An officer signs on or off",
           "dispatch", body=OFFICER_STATUS_BODY, scope="own_badge"),
-        r("GET", "/api/events", DESK | {Role.STATION}, "WebSocket of ticket steps", "dispatch",
-          query={"station": _STATION_ID}, scope="station_query", websocket=True),
+        r("GET", "/api/events", DESK | {Role.STATION, Role.OFFICER},
+          "WebSocket of ticket steps (an officer: his own tickets' steps and briefings)", "dispatch",
+          query={"station": _STATION_ID}, scope="event_stream", websocket=True),
         # quality and supervision
         r("POST", "/api/quality/draws", SUPERVISORS, "Draw the day's spot-check sample", "quality",
           body=web_quality.DRAW_BODY),
@@ -307,6 +308,13 @@ async def _own_badge(request: web.Request, principal: Principal) -> web.Response
     return None
 
 
+async def _event_stream(request: web.Request, principal: Principal) -> web.Response | None:
+    # An officer's stream is filtered by his badge (his username), never by a station he names.
+    if principal.role is Role.OFFICER and "station" in request.query:
+        return _error(403, "an officer's stream carries his own tickets only: leave out ?station")
+    return await _station_query(request, principal)
+
+
 async def _ticket_officer(request: web.Request, principal: Principal) -> web.Response | None:
     if principal.role is not Role.OFFICER:
         return None
@@ -326,6 +334,7 @@ _SCOPES: dict[str, Callable[[web.Request, Principal], Awaitable[web.Response | N
     "station_query": _station_query,
     "own_badge": _own_badge,
     "ticket_officer": _ticket_officer,
+    "event_stream": _event_stream,
 }
 
 

@@ -7,9 +7,10 @@ and belongs with the telephony side, which calls ``DispatchPlanner`` (found
 at ``app[PLANNER]``).
 
 ``GET /api/events[?station=ID]`` is a WebSocket of ticket steps (see
-``core.events``). Sockets are kept in a registry and closed with 1001 when
-the application shuts down; a subscriber too slow to keep up is closed with
-1013 (try again later).
+``core.events``); an officer's socket carries only the tickets his badge
+(his username) is held by. Sockets are kept in a registry and closed with
+1001 when the application shuts down; a subscriber too slow to keep up is
+closed with 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from core.auth import Role
 from core.dispatch import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner, NotLocated
 from core.events import StepBroadcaster, Subscription
 from core.geo import GeoError, check_lat_lon
@@ -36,7 +38,7 @@ from core.officers import (
     UnknownOfficer,
 )
 from core.tickets import UnknownTicket
-from core.web import SERVICE, BadRequest, _dumps, _json_body
+from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +206,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise BadRequest("this endpoint is a WebSocket; send an Upgrade request")
     await ws.prepare(request)
+    principal = request.get(PRINCIPAL)
+    badge = principal.username if principal is not None and principal.role is Role.OFFICER else None
     broadcaster = request.app[BROADCASTER]
     sockets = request.app[SOCKETS]
-    subscription = broadcaster.subscribe(station)
+    subscription = broadcaster.subscribe(station, badge=badge)
     sockets.add(ws)
     tasks = [
         asyncio.create_task(_pump(ws, subscription), name="events-pump"),
@@ -214,7 +218,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         asyncio.create_task(subscription.closed.wait(), name="events-closed"),
     ]
     try:
-        await ws.send_str(_dumps({"type": "hello", "station": station}))
+        await ws.send_str(_dumps({"type": "hello", "station": station, "badge": badge}))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
@@ -285,6 +289,15 @@ def add_dispatch_routes(
         except Exception:
             # A store not ready must not keep the API down; steps prime it as they come.
             log.exception("could not prime the event stream with open incidents")
+        try:
+            held: dict[str, list[str]] = {}
+            for officer in await planner.officers.list():
+                if officer.ticket is not None:
+                    held.setdefault(officer.ticket, []).append(officer.badge)
+            broadcaster.prime_officers(held)
+        except Exception:
+            # Officers' streams fill again from their tickets' next ringing/joined/arrived steps.
+            log.exception("could not prime the event stream with the officers' tickets")
         yield
         remove()
         broadcaster.close_all()
