@@ -22,9 +22,26 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    Select,
+    String,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.lifecycle import Step, advance
@@ -33,16 +50,25 @@ from core.tickets import Source, TicketService, TicketView, UnknownTicket
 
 __all__ = [
     "NOTE_MAX",
+    "HOUR_US",
     "Classification",
+    "HourlyCountRow",
     "IncidentType",
     "Priority",
     "TriageRow",
     "TriageService",
     "current_classification",
+    "ensure_hourly_counts",
+    "hour_of",
+    "or_none",
+    "rebuild_hourly_counts",
+    "upsert_counts",
 ]
 
 NOTE_MAX = 2000
 BY_MAX = 255
+HOUR_US = 3_600 * 1_000_000
+NONE = ""  # "no station" / "not classified" in the hourly counts, where a primary key column cannot be NULL
 
 
 class IncidentType(StrEnum):
@@ -127,24 +153,137 @@ class TriageRow(Base):
     updated_at_us: Mapped[int] = mapped_column(BigInteger)
 
 
+class HourlyCountRow(Base):
+    """How many tickets were created in one UTC hour, per station and current type: the rollup of ``ticket_triage``.
+
+    Counts over a month of a large center (a million tickets) read at most
+    hours × stations × types rows here instead of every ticket. A ticket is
+    counted once, in its creation hour, under its current type and station
+    (``NONE`` for none yet): ``upsert_query_copy`` moves the count in the
+    same transaction that changes the ticket's row, and
+    ``rebuild_hourly_counts`` recomputes the table from ``ticket_triage``.
+    Rows whose count fell to 0 are kept (the next ticket reuses them).
+    """
+
+    __tablename__ = "ticket_hourly_counts"
+    # SQLite: the primary key is the table, so an hour range reads one b-tree range.
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    # Key in the order ``/api/stats`` lists its groups, so they are read already sorted.
+    hour_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # UTC hour start, epoch µs
+    type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    station: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+def hour_of(created_at_us: ColumnElement[int]) -> ColumnElement[int]:
+    """The UTC hour start of a time column, as SQL.
+
+    The hour length is written into the statement, not bound: PostgreSQL
+    refuses a GROUP BY whose expression differs from the selected one, and
+    two binds of the same value are two different parameters to it.
+    """
+    hour = literal_column(str(HOUR_US), BigInteger)
+    return (created_at_us // hour) * hour  # integer columns: SQLite and PostgreSQL both render a plain /
+
+
+def or_none(column: ColumnElement[str | None]) -> ColumnElement[str]:
+    # The sentinel is written in, not bound, for the same GROUP BY reason as in ``hour_of``.
+    return func.coalesce(column, literal_column("''", String))  # NONE
+
+
+async def upsert_counts(conn: AsyncConnection, rows: Select[Any]) -> None:
+    """``INSERT … SELECT (hour_us, station, type, count) … ON CONFLICT`` adding to the counts already there."""
+    table = HourlyCountRow.__table__
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
+    if dialect is None:
+        raise NotImplementedError(f"hourly counts need an upsert, not written for {conn.dialect.name}")
+    statement = dialect.insert(table).from_select(["hour_us", "station", "type", "count"], rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.hour_us, table.c.type, table.c.station],
+        set_={"count": table.c["count"] + statement.excluded["count"]},
+    )
+    await conn.execute(statement)
+
+
+async def _count_ticket(conn: AsyncConnection, number: str, delta: int) -> None:
+    """Add ``delta`` to the count of the ticket's (hour, station, type) as its query copy now stands."""
+    copy = TriageRow
+    await upsert_counts(conn, select(
+        hour_of(copy.created_at_us), or_none(copy.station_id), or_none(copy.type), literal(delta, Integer),
+    ).where(copy.number == number))  # the WHERE also keeps SQLite's upsert-after-SELECT parse unambiguous
+
+
+# Query-copy columns that decide which hourly count a ticket is in (its creation time never changes).
+_COUNTED = frozenset({"type", "station_id"})
+
+
 async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int, **values: Any) -> None:
-    """Set ``values`` on the ticket's query copy, creating it if missing, in one short transaction.
+    """Set ``values`` on the ticket's query copy (created if missing) and keep the hourly counts, in one transaction.
 
     Update first, insert if there was nothing to update; when another writer
     inserted the row in between, the insert fails, nothing is kept, and the
     second round updates the row that is now there.
+
+    A change of type or station takes the ticket's count out of its old
+    (type, station) before the row changes and adds it to the new one after,
+    both in this transaction. Its first statement writes, so SQLite holds the
+    write lock before the old values are read; PostgreSQL locks the row first.
     """
     table = TriageRow.__table__
+    moves = not _COUNTED.isdisjoint(values)
     for attempt in range(2):
         try:
             async with engine.begin() as conn:
+                if moves:
+                    if conn.dialect.name != "sqlite":
+                        # Without this, two writers could both take the count out of the same old place.
+                        await conn.execute(select(table.c.number).where(table.c.number == number).with_for_update())
+                    await _count_ticket(conn, number, -1)  # nothing yet if the row does not exist
                 result = await conn.execute(update(table).where(table.c.number == number).values(**values))
-                if not result.rowcount:
+                created = not result.rowcount
+                if created:
                     await conn.execute(insert(table).values(number=number, created_at_us=created_at_us, **values))
+                if moves or created:
+                    await _count_ticket(conn, number, +1)
             return
         except IntegrityError:
             if attempt:
                 raise
+
+
+async def rebuild_hourly_counts(engine: AsyncEngine) -> int:
+    """Recompute ``ticket_hourly_counts`` from ``ticket_triage`` in one transaction; returns the rows written.
+
+    For start-up on a database that has tickets but no counts yet (an upgrade,
+    a restore), for bulk loads that bypass ``upsert_query_copy``, and to
+    repair counts after a hand edit. One ``INSERT … SELECT … GROUP BY``: about
+    a second per million tickets on SQLite.
+    """
+    copy = TriageRow
+    hour, station, kind = hour_of(copy.created_at_us), or_none(copy.station_id), or_none(copy.type)
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Writers wait until the new counts are in, so none is counted twice or lost;
+            # readers go on. (On SQLite the DELETE below takes the write lock.)
+            await conn.execute(text("LOCK TABLE ticket_triage IN EXCLUSIVE MODE"))
+        await conn.execute(delete(HourlyCountRow))
+        result = await conn.execute(insert(HourlyCountRow).from_select(
+            ["hour_us", "station", "type", "count"],
+            select(hour, station, kind, func.count()).group_by(hour, station, kind),
+        ))
+    return max(0, result.rowcount or 0)
+
+
+async def ensure_hourly_counts(engine: AsyncEngine) -> bool:
+    """Rebuild the hourly counts when there are none but there are tickets; True when it did."""
+    async with engine.connect() as conn:
+        if (await conn.execute(select(HourlyCountRow.hour_us).limit(1))).first() is not None:
+            return False
+        if (await conn.execute(select(TriageRow.number).limit(1))).first() is None:
+            return False
+    await rebuild_hourly_counts(engine)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

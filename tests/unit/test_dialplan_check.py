@@ -100,7 +100,7 @@ def test_model_gives_file_and_line_for_priorities_labels_and_globals():
     assert record.app == "MixMonitor" and record.line == line_of(ext_conf, "n(record),")
     assert record.file == ext_conf
     agi = next(p for p in intake.priorities if p.app == "AGI")
-    assert agi.data == "${JIEJING_AGI}/intake,${JIEJING_ARRIVED}"
+    assert agi.data == "${JIEJING_AGI}/intake,${JIEJING_ARRIVED},${URIENCODE(${GEOLOC_PROFILE(location_info)})}"
     assert config.globals["JIEJING_DEFAULT_QUEUE"].value == "emergency-110"
     assert config.general["static"].value == "yes"
     # #tryinclude extensions_lab.conf: the lab context keeps its own file and line

@@ -1,0 +1,208 @@
+"""The hourly rollup of the query copies: exact through re-classifications and relocations, at range edges, rebuilt."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.dispatch import IncidentRow
+from core.queries import QueryIndex, count_by_type_station_hour
+from core.store import Ticket
+from core.tickets import TicketService
+from core.triage import (
+    HOUR_US,
+    HourlyCountRow,
+    IncidentType,
+    TriageRow,
+    TriageService,
+    ensure_hourly_counts,
+    rebuild_hourly_counts,
+    upsert_query_copy,
+)
+from tests.dispatch_city import CENTER, answered_call, load, point_in, ring_cell
+from tests.triage_setup import planner_for
+from tests.unit.conftest import T0, FakeClock
+
+H0 = (round(T0 * 1_000_000) // HOUR_US) * HOUR_US  # a whole UTC hour
+STATIONS = [None, "east", "west", "south"]
+TYPES = [None, *map(str, IncidentType)]
+
+Key = tuple[int, str, str]  # (hour_us, station, type), "" for none, as the rollup stores them
+
+
+async def _add_tickets(engine: AsyncEngine, created: list[int]) -> list[str]:
+    """Ticket rows only (the query copy's foreign key wants them); their copies are left to the test."""
+    numbers = [f"110-20261129-{i + 1:06d}" for i in range(len(created))]
+    async with engine.begin() as conn:
+        await conn.execute(insert(Ticket), [
+            {"id": i + 1, "number": n, "uniqueid": f"u{i + 1}", "caller_id": "13800000000", "caller_name": None,
+             "state": "answered", "queue": None, "priority": None, "seat": None, "created_at_us": c,
+             "updated_at_us": c} for i, (n, c) in enumerate(zip(numbers, created, strict=True))])
+    return numbers
+
+
+async def _copies(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(TriageRow.created_at_us, TriageRow.station_id, TriageRow.type))).all())
+
+
+async def _direct(engine: AsyncEngine) -> Counter[Key]:
+    """What the rollup must hold: every query copy counted once, in its creation hour."""
+    return Counter(((c // HOUR_US) * HOUR_US, s or "", t or "") for c, s, t in await _copies(engine))
+
+
+async def _rollup(engine: AsyncEngine) -> Counter[Key]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(HourlyCountRow.hour_us, HourlyCountRow.station, HourlyCountRow.type,
+                                          HourlyCountRow.count))).all()
+    assert all(n >= 0 for *_, n in rows), "a count went below zero"
+    return Counter({(h, s, t): n for h, s, t, n in rows if n})
+
+
+async def _expected_stats(engine: AsyncEngine, from_us: int, to_us: int, station: str | None = None) -> Counter[Any]:
+    return Counter(
+        (t or "unclassified", s, (c // HOUR_US) * HOUR_US)
+        for c, s, t in await _copies(engine)
+        if from_us <= c < to_us and (station is None or s == station)
+    )
+
+
+def _as_counter(rows: list[dict[str, Any]]) -> Counter[Any]:
+    got = Counter({(r["type"], r["station"], r["hour_us"]): r["count"] for r in rows})
+    assert len(got) == len(rows) and all(r["count"] > 0 for r in rows)
+    return got
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_counts_follow_random_classifications_and_relocations(engine: AsyncEngine, seed: int) -> None:
+    rng = random.Random(seed)
+    created = [H0 + rng.randrange(6 * HOUR_US) for _ in range(60)]
+    created[:4] = [H0, H0 + HOUR_US - 1, H0 + HOUR_US, H0 + 3 * HOUR_US]  # hour edges
+    numbers = await _add_tickets(engine, created)
+    by_number = dict(zip(numbers, created, strict=True))
+
+    def change() -> dict[str, Any]:
+        kind = rng.randrange(4)
+        at = {"updated_at_us": rng.randrange(10**9)}
+        if kind == 0:  # received: no place, no type
+            return at
+        located = {"station_id": rng.choice(STATIONS), "cell": rng.choice([None, CENTER])}
+        classified = {"type": rng.choice(TYPES[1:]), "priority": rng.randint(1, 4)}
+        return {**at, **(located if kind == 1 else classified if kind == 2 else {**located, **classified})}
+
+    for _ in range(25):
+        # Eight writers at once, several on the same ticket: each move must still be counted once.
+        batch = [rng.choice(numbers[: rng.choice((5, 60))]) for _ in range(8)]
+        await asyncio.gather(*(upsert_query_copy(engine, n, by_number[n], **change())
+                               for n in batch))
+    direct = await _direct(engine)
+    assert sum(direct.values()) == len(set(await _copies(engine))) > 0
+    assert await _rollup(engine) == direct
+
+    for _ in range(40):  # random ranges, edges anywhere
+        a, b = sorted(H0 - HOUR_US + rng.randrange(8 * HOUR_US) for _ in range(2))
+        station = rng.choice([None, "east", "west"])
+        got = await count_by_type_station_hour(engine, a, b + 1, station=station)
+        assert _as_counter(got) == await _expected_stats(engine, a, b + 1, station), (a - H0, b - H0, station)
+
+    await rebuild_hourly_counts(engine)
+    assert await _rollup(engine) == direct
+
+
+async def test_partial_hours_at_both_ends_are_counted_exactly(engine: AsyncEngine) -> None:
+    minute = 60_000_000
+    created = [H0, H0 + 1, H0 + 20 * minute, H0 + HOUR_US - 1, H0 + HOUR_US, H0 + HOUR_US + 20 * minute,
+               H0 + 2 * HOUR_US + 10 * minute, H0 + 2 * HOUR_US + 40 * minute, H0 + 3 * HOUR_US - 1]
+    numbers = await _add_tickets(engine, created)
+    for i, (number, at) in enumerate(zip(numbers, created, strict=True)):
+        await upsert_query_copy(engine, number, at, updated_at_us=at, station_id=STATIONS[i % 4],
+                                type=TYPES[i % 3])
+    ranges = [
+        (H0, H0 + 3 * HOUR_US),  # whole hours only
+        (H0 + 1, H0 + 3 * HOUR_US - 1),  # a microsecond in at each end
+        (H0 + 20 * minute, H0 + 2 * HOUR_US + 40 * minute),  # partial, whole, partial
+        (H0 + 20 * minute, H0 + 20 * minute + 1),  # one microsecond
+        (H0 + 10 * minute, H0 + HOUR_US + 30 * minute),  # two partial hours, no whole one
+        (H0 + HOUR_US, H0 + 2 * HOUR_US),  # exactly one hour
+        (H0 - 5 * HOUR_US, H0 + 10 * HOUR_US),  # around everything
+    ]
+    for a, b in ranges:
+        got = _as_counter(await count_by_type_station_hour(engine, a, b))
+        assert got == await _expected_stats(engine, a, b), ((a - H0) / minute, (b - H0) / minute)
+    # A partial first hour: only the tickets from its start on, in that hour's group.
+    got = await count_by_type_station_hour(engine, H0 + 20 * minute, H0 + HOUR_US)
+    assert sum(r["count"] for r in got) == 2 and {r["hour_us"] for r in got} == {H0}
+
+
+async def test_rebuild_at_start_when_the_counts_are_missing_and_only_then(engine: AsyncEngine) -> None:
+    assert not await ensure_hourly_counts(engine)  # no tickets: nothing to do
+    created = [H0 + i * 7 * 60_000_000 for i in range(30)]
+    numbers = await _add_tickets(engine, created)
+    async with engine.begin() as conn:  # copies written around the write path, as a restore or an upgrade leaves them
+        await conn.execute(insert(TriageRow), [
+            {"number": n, "created_at_us": c, "updated_at_us": c, "station_id": STATIONS[i % 4],
+             "type": TYPES[i % 5], "priority": None, "cell": None}
+            for i, (n, c) in enumerate(zip(numbers, created, strict=True))])
+    assert await _rollup(engine) == Counter()
+    assert await ensure_hourly_counts(engine)
+    direct = await _direct(engine)
+    assert await _rollup(engine) == direct and sum(direct.values()) == 30
+    assert not await ensure_hourly_counts(engine)  # counts there: left alone
+
+    async with engine.begin() as conn:  # a hand edit gone wrong
+        await conn.execute(update(HourlyCountRow).values(count=HourlyCountRow.count + 5))
+    assert await rebuild_hourly_counts(engine) == len(direct)
+    assert await _rollup(engine) == direct
+
+
+async def test_backfilled_copies_are_counted(engine: AsyncEngine) -> None:
+    created = [H0 + 10, H0 + 20, H0 + HOUR_US + 30]
+    numbers = await _add_tickets(engine, created)
+    await upsert_query_copy(engine, numbers[0], created[0], updated_at_us=1, station_id="east", type="fraud")
+    async with engine.begin() as conn:
+        await conn.execute(insert(IncidentRow), [{"number": numbers[1], "address": None, "lat": 31.0, "lon": 121.0,
+                                                  "cell": CENTER, "station_id": "west", "located_at_us": 1}])
+    assert await QueryIndex(engine).backfill() == 2
+    assert await _rollup(engine) == await _direct(engine) == Counter(
+        {(H0, "east", "fraud"): 1, (H0, "west", ""): 1, (H0 + HOUR_US, "", ""): 1})
+
+
+async def test_classify_and_relocate_through_the_services(service: TicketService, clock: FakeClock) -> None:
+    planner = planner_for(service, clock)
+    await load(planner.officers)
+    triage = TriageService(service, clock=clock)
+    index = QueryIndex(service.engine)
+    remove = service.add_listener(index.on_step)
+    await index.start()
+    try:
+        ticket = await answered_call(service)
+        await index.flush()
+        hour = (ticket.created_at_us // HOUR_US) * HOUR_US
+        day = (hour - 12 * HOUR_US, hour + 12 * HOUR_US)
+
+        async def counts() -> Counter[Any]:
+            await index.flush()
+            assert await _rollup(service.engine) == await _direct(service.engine)
+            return _as_counter(await count_by_type_station_hour(service.engine, *day))
+
+        assert await counts() == Counter({("unclassified", None, hour): 1})
+        await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])
+        assert await counts() == Counter({("unclassified", "east", hour): 1})
+        await triage.classify(ticket.number, "fraud", 2)
+        assert await counts() == Counter({("fraud", "east", hour): 1})
+        await triage.classify(ticket.number, "dispute", 3)  # re-classified: moved, not added
+        assert await counts() == Counter({("dispute", "east", hour): 1})
+        west = point_in(ring_cell(2))
+        await planner.locate(ticket.number, lat=west[0], lon=west[1])  # corrected to another station's cell
+        assert await counts() == Counter({("dispute", "west", hour): 1})
+        assert await triage.reindex([ticket.number]) == 1  # rewriting the same values moves nothing
+        assert await counts() == Counter({("dispute", "west", hour): 1})
+    finally:
+        remove()
+        await index.stop()
