@@ -18,7 +18,6 @@ new ticket's number); one owned task does the look-up and writes the step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.lifecycle import IllegalTransition, State, Step
 from core.store import TEXT_MAX, Base, Ticket
 from core.tickets import Source, StepView, TicketService, TicketView, iso_utc
+from core.tasks import stop_task
 
 __all__ = ["PrankNumber", "RepeatCallers", "TicketLinkRow", "PrankNumberRow", "normalise_phone"]
 
@@ -119,11 +119,8 @@ class RepeatCallers:
         self._task = asyncio.create_task(self._run(), name="repeat-callers")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def flush(self) -> None:
         await self._pending.join()

@@ -24,7 +24,6 @@ on the event stream to the station concerned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import tomllib
@@ -42,6 +41,7 @@ from core.lifecycle import Step
 from core.quality_store import Alert
 from core.store import Ticket
 from core.tickets import StepView, TicketView, iso_utc
+from core.tasks import stop_task
 
 __all__ = ["SurgeConfig", "SurgeError", "SurgeSettings", "SurgeWatch", "load_surge_config", "parse_surge_config"]
 
@@ -180,11 +180,8 @@ class SurgeWatch:
         self._task = asyncio.create_task(self._run(), name="surge-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def flush(self) -> None:
         await self._pending.join()

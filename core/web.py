@@ -16,8 +16,10 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -52,6 +54,25 @@ LIMIT_MAX = 1000
 # A check that hangs must not hang the load balancer's probe with it.
 CHECK_TIMEOUT_S = 2.0
 _LIMIT = re.compile(r"[0-9]{1,7}")
+
+
+def parse_instant(raw: str | None, name: str) -> float | None:
+    """A query parameter in epoch seconds or ISO 8601 with a zone, as epoch seconds; None if absent."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise BadRequest(f'"{name}" must be epoch seconds or an ISO 8601 time') from None
+        if parsed.tzinfo is None:
+            raise BadRequest(f'"{name}" needs a time zone, e.g. +08:00') from None
+        value = parsed.timestamp()
+    if not math.isfinite(value) or not 0 <= value < 2**32:
+        raise BadRequest(f'"{name}" is out of range')
+    return value
 
 
 class BadRequest(Exception):

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from core.metrics import CallMetrics, MetricsProvider, header, render
 from core.seats import SeatBoard, UnknownSeat, WrongSeatState, check_seat
 from core.tickets import TicketService, TicketView
 from core.wallboard import Wallboard
-from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body
+from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body, parse_instant
 
 log = logging.getLogger(__name__)
 
@@ -215,21 +213,8 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 
 
 def _instant(raw: str | None, default: float, name: str) -> float:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(raw)
-        except ValueError:
-            raise BadRequest(f'"{name}" must be epoch seconds or an ISO 8601 time') from None
-        if parsed.tzinfo is None:
-            raise BadRequest(f'"{name}" needs a time zone, e.g. +08:00') from None
-        value = parsed.timestamp()
-    if not math.isfinite(value) or not 0 <= value < 2**32:
-        raise BadRequest(f'"{name}" is out of range')
-    return value
+    value = parse_instant(raw, name)
+    return default if value is None else value
 
 
 async def get_heatmap(request: web.Request) -> web.Response:

@@ -9,11 +9,9 @@ user's lists and stats are limited to its own station whatever it asks for.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +33,7 @@ from core.repeat import REASON_MAX, normalise_phone
 from core.tickets import TicketView, UnknownTicket
 from core.triage import NOTE_MAX, IncidentType
 from core.triage_desk import TriageDesk
-from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body
+from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body, parse_instant
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +142,8 @@ def _own_station(request: web.Request) -> str | None | bool:
 
 def instant(raw: str | None, name: str) -> int | None:
     """Epoch seconds or ISO 8601 (with a zone) as epoch microseconds; None if absent."""
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(raw)
-        except ValueError:
-            raise BadRequest(f'"{name}" must be epoch seconds or an ISO 8601 time') from None
-        if parsed.tzinfo is None:
-            raise BadRequest(f'"{name}" needs a time zone, e.g. +08:00') from None
-        value = parsed.timestamp()
-    if not math.isfinite(value) or not 0 <= value < 2**32:
-        raise BadRequest(f'"{name}" is out of range')
-    return round(value * 1_000_000)
+    value = parse_instant(raw, name)
+    return None if value is None else round(value * 1_000_000)
 
 
 # -- classification, notes, hand-overs ------------------------------------------------------
