@@ -228,17 +228,20 @@ async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int
     A change of type or station takes the ticket's count out of its old
     (type, station) before the row changes and adds it to the new one after,
     both in this transaction. Its first statement writes, so SQLite holds the
-    write lock before the old values are read; PostgreSQL locks the row first.
+    write lock before the old values are read; on PostgreSQL every writer of
+    one ticket's copy first takes a transaction-scoped advisory lock on the
+    ticket number — a row lock is not enough, as the row may not exist yet
+    (a PostgreSQL test found a ticket counted twice that way).
     """
     table = TriageRow.__table__
     moves = not _COUNTED.isdisjoint(values)
     for attempt in range(2):
         try:
             async with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Serialises the writers of this ticket's copy, whether the row exists or not.
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:number))"), {"number": number})
                 if moves:
-                    if conn.dialect.name != "sqlite":
-                        # Without this, two writers could both take the count out of the same old place.
-                        await conn.execute(select(table.c.number).where(table.c.number == number).with_for_update())
                     await _count_ticket(conn, number, -1)  # nothing yet if the row does not exist
                 result = await conn.execute(update(table).where(table.c.number == number).values(**values))
                 created = not result.rowcount

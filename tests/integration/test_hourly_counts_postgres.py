@@ -1,0 +1,41 @@
+"""The hourly rollup's upsert and locking paths on a real PostgreSQL (the unit tests run them on SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.store import init_schema
+from tests.integration.test_store_postgres import PG_URL, _engine, pg_schema  # noqa: F401  (fixture)
+from tests.unit import test_hourly_counts as rollup
+
+pytestmark = pytest.mark.skipif(
+    not PG_URL, reason="JIEJING_TEST_PG_URL is not set; sip-lab/test.sh sets it after starting PostgreSQL"
+)
+
+
+@pytest.fixture
+async def pg(pg_schema: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
+    engine = _engine(pg_schema)
+    await init_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_counts_follow_random_classifications_and_relocations_on_postgresql(pg: AsyncEngine, seed: int):
+    await rollup.test_counts_follow_random_classifications_and_relocations(pg, seed)
+
+
+async def test_partial_hours_at_both_ends_on_postgresql(pg: AsyncEngine):
+    await rollup.test_partial_hours_at_both_ends_are_counted_exactly(pg)
+
+
+async def test_rebuild_on_postgresql(pg: AsyncEngine):
+    await rollup.test_rebuild_at_start_when_the_counts_are_missing_and_only_then(pg)
+
+
+async def test_backfilled_copies_are_counted_on_postgresql(pg: AsyncEngine):
+    await rollup.test_backfilled_copies_are_counted(pg)
