@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.outbox import Outbox
 from core.quality_store import Alert, FollowUp
-from core.tasks import stop_task
+from core.tasks import every, stop_task
 from core.tickets import iso_utc
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,4 @@ class Complaints:
         await stop_task(task)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.check_overdue()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("overdue check failed")
-            await asyncio.sleep(self._interval_s)
+        await every(self._interval_s, self.check_overdue, what="overdue check", log=log)

@@ -33,7 +33,7 @@ from core.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
 from core.lifecycle import CALL_LIVE_STATES
 from core.quality_store import JournalEntry, OutboxMessage
 from core.store import Recording, Ticket, TicketStep
-from core.tasks import stop_task
+from core.tasks import every, stop_task
 from core.tickets import iso_utc
 
 log = logging.getLogger(__name__)
@@ -204,14 +204,7 @@ class RetentionSchedule:
         await stop_task(task)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("retention run failed; retrying in %.0f s", self._poll_s)
-            await asyncio.sleep(self._poll_s)
+        await every(self._poll_s, self.run_due, what="retention run", log=log)
 
     def status(self) -> dict[str, Any]:
         def at(seconds: float | None) -> str | None:
