@@ -8,8 +8,10 @@ rows, so verification knows these rows are gone by rule, not by tampering.
 Recording files are removed after the commit; if the process dies in between,
 the leftover files are named in the entry (and verification does not look
 for them again). The caller's
-number leaves with the ticket row; outbox messages of expired tickets lose
-their recipient.
+number leaves with the ticket row, and with it the rows that name the ticket:
+its incident location, query copy (and its place in the hourly counts, so
+``/api/stats`` counts the tickets on record), repeat-caller link and pushes.
+Outbox messages of expired tickets lose their recipient.
 
 ``RetentionSchedule`` runs ``expire`` once a day in a background task it
 owns, for the retention period of the settings (0: keep forever, nothing
@@ -29,12 +31,16 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.dispatch import IncidentRow
 from core.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
 from core.lifecycle import CALL_LIVE_STATES
+from core.push import PushRow
 from core.quality_store import JournalEntry, OutboxMessage
+from core.repeat import TicketLinkRow
 from core.store import Recording, Ticket, TicketStep
 from core.tasks import every, stop_task
 from core.tickets import iso_utc
+from core.triage import forget_query_copies
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +112,10 @@ async def expire(
                 "recordings": [{"id": r.id, "path": r.path, "sha256": r.sha256} for r in recordings],
             }
             (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
+            # The rows that name these tickets go first (foreign keys), the query copies with their counts.
+            await forget_query_copies(await session.connection(), numbers)
+            for table in (IncidentRow, TicketLinkRow, PushRow):
+                await session.execute(delete(table).where(table.number.in_(numbers)))
             await session.execute(delete(Recording).where(Recording.ticket_id.in_(ids)))
             await session.execute(delete(TicketStep).where(TicketStep.ticket_id.in_(ids)))
             await session.execute(delete(Ticket).where(Ticket.id.in_(ids)))

@@ -17,7 +17,7 @@ step records which keywords matched.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -59,6 +59,7 @@ __all__ = [
     "TriageService",
     "current_classification",
     "ensure_hourly_counts",
+    "forget_query_copies",
     "hour_of",
     "or_none",
     "rebuild_hourly_counts",
@@ -253,6 +254,25 @@ async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int
         except IntegrityError:
             if attempt:
                 raise
+
+
+async def forget_query_copies(conn: AsyncConnection, numbers: Sequence[str]) -> None:
+    """Delete the query copies of these tickets and take them out of the hourly counts, in the caller's transaction.
+
+    For retention: a deleted ticket is no longer counted. On PostgreSQL the
+    per-ticket advisory locks of ``upsert_query_copy`` are taken first, so a
+    writer moving one of these copies between counts is not half undone.
+    """
+    if not numbers:
+        return
+    copy = TriageRow
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(n)) FROM unnest(CAST(:numbers AS text[])) AS n"),
+                           {"numbers": list(numbers)})
+    hour, station, kind = hour_of(copy.created_at_us), or_none(copy.station_id), or_none(copy.type)
+    await upsert_counts(conn, select(hour, station, kind, -func.count())
+                        .where(copy.number.in_(numbers)).group_by(hour, station, kind))
+    await conn.execute(delete(copy).where(copy.number.in_(numbers)))
 
 
 async def rebuild_hourly_counts(engine: AsyncEngine) -> int:

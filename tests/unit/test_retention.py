@@ -9,16 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.dispatch import IncidentRow
 from core.journal import KIND_EXPIRY, Journaler, verify
 from core.journal_status import JournalWatch
 from core.lifecycle import Step
+from core.push import PushRow
+from core.queries import count_by_type_station_hour
 from core.quality_store import JournalEntry
+from core.repeat import TicketLinkRow
 from core.retention import RetentionSchedule, expire
 from core.store import Recording, Ticket, TicketStep
 from core.tickets import TicketService
+from core.triage import TriageRow, rebuild_hourly_counts, upsert_query_copy
 
 T0 = 1_795_951_800.0
 DAY = 86400.0
@@ -192,3 +197,52 @@ async def test_journal_status_reports_the_walk_and_retention_and_is_cached(
     journal = (await watch.status())["journal"]
     assert not journal["ok"] and journal["findings_total"] == 3
     assert {f["kind"] for f in journal["findings"]} == {"row_altered"} and number in journal["findings"][0]["message"]
+
+
+async def test_expiry_takes_the_tickets_copies_and_counts_with_it(
+    service: TicketService, engine: AsyncEngine, clock: Any
+) -> None:
+    """A ticket with an incident location, a query copy, a repeat link and a push expires whole.
+
+    Found on a store with the query copies: the rows referring to the ticket
+    by foreign key made the delete fail (SQLite enforces them here, as
+    PostgreSQL does), so nothing ever expired. The hourly count of an expired
+    ticket goes with it: /api/stats counts the tickets on record.
+    """
+    first = await service.open_call(uniqueid="1.1", caller_id="13800000000", at=T0, source="agi")
+    again = await service.open_call(uniqueid="1.2", caller_id="13800000000", at=T0 + 60, source="agi")
+    for uid, number in (("1.1", first.number), ("1.2", again.number)):
+        await service.record_step(uid, Step.ABANDONED, at=T0 + 90, source="ami")
+        await service.close(number, disposition="无效", by="seat-01")
+    clock.now = T0 + 200 * DAY
+    recent = await service.open_call(uniqueid="1.3", caller_id="13800000000", at=clock.now, source="agi")
+    for number, created in ((first.number, first.created_at_us), (again.number, again.created_at_us),
+                            (recent.number, recent.created_at_us)):
+        await upsert_query_copy(engine, number, created, type="dispute", station_id="east", cell="88309a4f2bfffff",
+                                updated_at_us=created)
+    async with engine.begin() as conn:
+        await conn.execute(insert(IncidentRow), [
+            {"number": n, "address": "人民路1号", "lat": 31.23, "lon": 121.47, "cell": "88309a4f2bfffff",
+             "station_id": "east", "located_at_us": first.created_at_us} for n in (first.number, recent.number)])
+        await conn.execute(insert(TicketLinkRow).values(number=again.number, linked_to=first.number,
+                                                        linked_at_us=again.created_at_us))
+        await conn.execute(insert(PushRow).values(
+            number=first.number, target="anti_fraud", url="http://desk.invalid/", payload={"caller": "138"},
+            state="sent", attempts=1, next_at_us=0, created_at_us=0))
+    journaler = Journaler(engine, clock=clock)
+    await journaler.catch_up()
+
+    result = await expire(engine, journaler, older_than_days=180, clock=clock)
+
+    assert result.tickets == 2
+    assert await _numbers(engine) == {recent.number}
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(TriageRow.number))).scalars().all() == [recent.number]
+        assert (await conn.execute(select(IncidentRow.number))).scalars().all() == [recent.number]
+        assert (await conn.execute(select(func.count()).select_from(TicketLinkRow))).scalar_one() == 0
+        assert (await conn.execute(select(func.count()).select_from(PushRow))).scalar_one() == 0
+    counts = await count_by_type_station_hour(engine, 0, recent.created_at_us + 1)
+    assert [(c["type"], c["station"], c["count"]) for c in counts] == [("dispute", "east", 1)]
+    assert await rebuild_hourly_counts(engine) >= 1  # a rebuild from the copies agrees
+    assert await count_by_type_station_hour(engine, 0, recent.created_at_us + 1) == counts
+    assert (await verify(engine)).ok
