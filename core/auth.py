@@ -55,6 +55,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     OFFICER = "officer"  # username is the officer's badge
     STATION = "station"  # a police station's desk: its own incidents only
+    GATEWAY = "gateway"  # a report channel's server (the 110 app's back end): posts text reports, nothing else
 
 
 class BadCredentials(Exception):

@@ -25,6 +25,12 @@ call transferred to the 12345 hotline, …) and ``repeat_linked`` (the caller
 rang again within minutes) are recorded in every state but closed, without
 changing it: an incident is re-classified and annotated while the officer is
 on the way, and a re-classification is a new step, never an overwrite.
+
+Text reports. A report by SMS or the 110 app opens a ticket with
+``reported`` instead of ``received``: there is no call, so its states
+(``reported``, ``taken``) are not live and reconciliation with Asterisk never
+touches them. A call-taker ``taken`` it, may locate, classify and annotate
+it like any ticket, and closes it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class State(StrEnum):
     EN_ROUTE = "en_route"  # the call ended with an officer dispatched; awaiting arrival
     ON_SCENE = "on_scene"  # the officer reported arrival
     CLEARED = "cleared"  # the officer cleared the incident with a disposition; awaits closing
+    REPORTED = "reported"  # a text report (SMS, app) came in, numbered; waits for a call-taker
+    TAKEN = "taken"  # a call-taker handles the text report; awaits closing
 
 
 class Step(StrEnum):
@@ -75,6 +83,8 @@ class Step(StrEnum):
     NOTE_ADDED = "note_added"  # a call-taker's note (scanned for major-incident keywords)
     HANDED_OVER = "handed_over"  # anti-fraud desk, 12345 hotline or local station took part or all of it
     REPEAT_LINKED = "repeat_linked"  # the same number rang within minutes; linked to its open ticket
+    REPORTED = "reported"  # a text report (SMS, app) came in: its channel, sender and text
+    TAKEN = "taken"  # a call-taker took the text report
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
@@ -100,6 +110,8 @@ _LOCATABLE = (
     State.DISPATCHED,
     State.DISPATCHING_ENDED,
     State.EN_ROUTE,
+    State.REPORTED,  # the location the reporter's app sent, or the call-taker's
+    State.TAKEN,
 )
 
 # States in which triage may classify, annotate, hand over or link a ticket:
@@ -140,6 +152,10 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((State.ON_SCENE,), Step.HUNG_UP, State.ON_SCENE),
     ((State.CLEARED,), Step.HUNG_UP, State.CLEARED),
     ((State.CLEARED,), Step.CLOSED, State.CLOSED),
+    # -- text reports: no call, so never live; a call-taker takes one, then closes it --
+    ((None,), Step.REPORTED, State.REPORTED),
+    ((State.REPORTED,), Step.TAKEN, State.TAKEN),
+    ((State.TAKEN,), Step.CLOSED, State.CLOSED),
     # -- triage --
     *(((state,), step, state) for step in _TRIAGE_STEPS for state in _TRIAGEABLE),
 )

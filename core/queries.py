@@ -4,10 +4,10 @@ Queries run on ``ticket_triage``, the query copy of each ticket (creation
 time, station, cell, type, priority in one row, see ``core.triage``), so a
 filter, its order and a count use one index and no join; the tickets table
 is read only for the page's rows (and for the state, which changes too
-often to copy). Counts read the copy's hourly rollup, ``ticket_hourly_counts``,
+often to copy). Counts read the copy's hourly rollup, ``ticket_daily_counts``,
 for the whole hours of a range and the copy itself for the partial hours at
 its two ends, so they are exact to the microsecond. ``QueryIndex`` keeps the copy as steps come in — a
-``received`` step creates the row, a ``located`` step sets the place — and
+``received`` (or a text report's ``reported``) step creates the row, a ``located`` step sets the place — and
 fills in rows missing after a crash or an upgrade when it starts.
 
 A list is newest first and pages by a keyset cursor (the last row's creation
@@ -26,7 +26,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +39,10 @@ from core.repeat import TICKETS_CALLER_INDEX, TicketLinkRow
 from core.store import Ticket
 from core.tickets import StepView, TicketView, iso_utc
 from core.triage import (
+    DAY_US,
+    HOUR_COLUMNS,
     HOUR_US,
-    HourlyCountRow,
+    HOURLY_COUNTS,
     IncidentType,
     TriageRow,
     or_none,
@@ -53,10 +55,11 @@ from core.triage import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PAGE_MAX", "BadCursor", "QueryIndex", "TicketQuery", "count_by_type_station_hour", "ensure_indexes", "search",
+    "PAGE_MAX", "STATS_HOURS_MAX", "BadCursor", "HourlySeries", "QueryIndex", "TicketQuery", "ensure_indexes", "hourly_series", "search",
 ]
 
 LIMIT_MAX = 1000
+STATS_HOURS_MAX = 92 * 24  # a quarter; longer reports are exports, not screens
 PAGE_MAX = 1000  # offset paging beyond this is what the cursor is for
 UNCLASSIFIED = "unclassified"
 
@@ -198,49 +201,94 @@ async def search(engine: AsyncEngine, query: TicketQuery) -> dict[str, Any]:
             "page": None if query.cursor is not None else query.page}
 
 
-async def count_by_type_station_hour(
+@dataclass(slots=True)
+class HourlySeries:
+    """Ticket counts per (type, station) as one dense count per UTC hour from ``first_hour_us``: ``/api/stats``."""
+
+    first_hour_us: int
+    hours: int
+    counts: dict[tuple[str, str | None], list[int]]  # (type or "unclassified", station or None) → per hour
+
+    def add(self, hour_us: int, kind: str, station: str, count: int) -> None:
+        key = (kind or UNCLASSIFIED, station or None)
+        series = self.counts.get(key)
+        if series is None:
+            series = self.counts[key] = [0] * self.hours
+        series[(hour_us - self.first_hour_us) // HOUR_US] += count
+
+    @property
+    def total(self) -> int:
+        return sum(sum(series) for series in self.counts.values())
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The non-zero counts as one row per (type, station, hour), by hour, type, station."""
+        keys = sorted(self.counts, key=lambda k: (k[0], k[1] or ""))
+        return [
+            {"type": kind, "station": station, "hour": iso_utc(self.first_hour_us + i * HOUR_US),
+             "hour_us": self.first_hour_us + i * HOUR_US, "count": n}
+            for i in range(self.hours) for kind, station in keys if (n := self.counts[kind, station][i])
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        keys = sorted(self.counts, key=lambda k: (k[0], k[1] or ""))
+        return {
+            "first_hour_us": self.first_hour_us,
+            "hours": [iso_utc(self.first_hour_us + i * HOUR_US) for i in range(self.hours)],
+            "total": self.total,
+            "series": [{"type": kind, "station": station, "total": sum(self.counts[kind, station]),
+                        "counts": self.counts[kind, station]} for kind, station in keys],
+        }
+
+
+async def hourly_series(
     engine: AsyncEngine, from_us: int, to_us: int, *, station: str | None = None
-) -> list[dict[str, Any]]:
-    """Ticket counts per (type, station, hour) for tickets created in [from_us, to_us); hours are UTC-aligned.
+) -> HourlySeries:
+    """Ticket counts per (type, station) and UTC hour for tickets created in [from_us, to_us).
 
     Unclassified tickets count as type ``unclassified``, tickets with no
     location as station None. The hours wholly inside the range come from the
-    hourly rollup (a month is ~170,000 rows there against a million tickets);
-    a partial hour at either end is counted from ``ticket_triage`` over its
-    time index, so a range from 10:20 counts only what came in from 10:20.
+    hourly rollup; a partial hour at either end is counted from
+    ``ticket_triage`` over its time index, so a range from 10:20 counts only
+    what came in from 10:20.
+
+    A month of a large center is ~170,000 (hour, type, station) counts, read
+    as ~7,400 rollup rows of 24 hours each, copied a day at a time into the
+    dense per-hour lists.
     """
     first_whole = -(-from_us // HOUR_US) * HOUR_US
     last_whole = to_us // HOUR_US * HOUR_US  # exclusive
-    # Each part comes sorted by (hour, type, station) and the parts cover
-    # successive hours, so the answer is their concatenation: a month can
-    # have 170,000 groups, and sorting or merging them would cost more than
-    # reading them.
-    rows: list[Any] = []
+    first_hour = from_us // HOUR_US * HOUR_US
+    if not 0 < to_us - from_us <= STATS_HOURS_MAX * HOUR_US:
+        raise ValueError(f"the range must be from 1 µs to {STATS_HOURS_MAX} hours long")
+    result = HourlySeries(first_hour, -(-(to_us - first_hour) // HOUR_US), {})
     async with engine.connect() as conn:
         if first_whole < last_whole:
-            rollup = (
-                select(HourlyCountRow.hour_us, HourlyCountRow.type, HourlyCountRow.station, HourlyCountRow.count)
-                .where(HourlyCountRow.hour_us >= first_whole, HourlyCountRow.hour_us < last_whole,
-                       HourlyCountRow.count != 0)
-                .order_by(HourlyCountRow.hour_us, HourlyCountRow.type, HourlyCountRow.station)
-            )
+            rollup = HOURLY_COUNTS.c
+            statement = select(rollup.day_us, rollup.type, rollup.station, *(rollup[h] for h in HOUR_COLUMNS)).where(
+                rollup.day_us >= first_whole // DAY_US * DAY_US, rollup.day_us < last_whole)
             if station is not None:
-                rollup = rollup.where(HourlyCountRow.station == station)
-            parts = [_count_copies(from_us, first_whole, station), rollup, _count_copies(last_whole, to_us, station)]
-            spans = [from_us < first_whole, True, last_whole < to_us]
+                statement = statement.where(rollup.station == station)
+            counts, hours, first = result.counts, result.hours, result.first_hour_us
+            for day_us, kind, place, *day in await conn.execute(statement):
+                # The hours of this day inside the whole hours of the range, and where they go.
+                lo = max(0, (first_whole - day_us) // HOUR_US)
+                hi = min(24, (last_whole - day_us) // HOUR_US)
+                at = (day_us - first) // HOUR_US
+                key = (kind or UNCLASSIFIED, place or None)
+                series = counts.get(key)
+                if series is None:
+                    series = counts[key] = [0] * hours
+                series[at + lo:at + hi] = day[lo:hi]
+            edges = [(from_us, first_whole), (last_whole, to_us)]
         else:  # no whole hour inside
-            parts, spans = [_count_copies(from_us, to_us, station)], [True]
-        for part, span in zip(parts, spans, strict=True):
-            if span:
-                rows += (await conn.execute(part)).all()
-    hours: Iterable[int] = range(from_us // HOUR_US * HOUR_US, to_us, HOUR_US)  # the API's at most 92 days
-    if len(hours) > len(rows):  # a long, sparse range
-        hours = {r[0] for r in rows}
-    labels = {h: iso_utc(h) for h in hours}
-    return [
-        {"type": t or UNCLASSIFIED, "station": s or None, "hour": labels[h], "hour_us": h, "count": n}
-        for h, t, s, n in rows
-    ]
+            edges = [(from_us, to_us)]
+        for start, stop in edges:
+            if start < stop:
+                for hour_us, kind, place, count in await conn.execute(_count_copies(start, stop, station)):
+                    result.add(hour_us, kind, place, count)
+    for key in [k for k, series in result.counts.items() if not any(series)]:
+        del result.counts[key]  # rollup rows whose counts fell to 0, and days outside the range
+    return result
 
 
 def _count_copies(from_us: int, to_us: int, station: str | None) -> Select[Any]:
@@ -268,7 +316,7 @@ class QueryIndex:
 
     def on_step(self, ticket: TicketView, step: StepView) -> None:
         """``TicketService`` listener: queue the change (synchronous, no I/O)."""
-        if step.step is Step.RECEIVED:
+        if step.step in (Step.RECEIVED, Step.REPORTED):  # a call's ticket, a text report's
             self._pending.put_nowait((ticket.number, ticket.created_at_us, {"updated_at_us": step.at_us}))
         elif step.step is Step.LOCATED:
             station, cell = step.detail.get("station"), step.detail.get("cell")

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -85,6 +85,7 @@ class WebhookVerdict(StrEnum):
     FORGED = "forged"
     REPLAYED = "replayed"
     UNMATCHED = "unmatched"  # genuine, but no survey of ours awaits a reply from that number
+    REPORTED = "reported"  # genuine, not a survey answer: handed over as a text report
     MALFORMED = "malformed"
 
 
@@ -175,8 +176,19 @@ class Survey:
 
     # -- replies --------------------------------------------------------------------------
 
-    async def receive(self, url: str, params: Mapping[str, str], signature: str | None) -> WebhookVerdict:
-        """Check and store one webhook request; every refusal is logged with its reason."""
+    async def receive(
+        self, url: str, params: Mapping[str, str], signature: str | None,
+        *, report: Callable[[str, str, str], Awaitable[object]] | None = None,
+    ) -> WebhookVerdict:
+        """Check and store one webhook request; every refusal is logged with its reason.
+
+        Every genuine message that is not a survey answer (no rating, no
+        complaint, or no survey awaiting one from that number) is somebody
+        writing to 110: with ``report`` given it is handed over as
+        ``report(message_sid, sender, body)`` — a text report — before its
+        receipt is stored, so a crash in between ends in Twilio's retry, which
+        the report's own key answers without a second ticket.
+        """
         if not signature or not self._validator.validate(url, dict(params), signature):
             log.warning("SMS webhook: refused a request with a bad signature (MessageSid %r, From %r)",
                         params.get("MessageSid"), params.get("From"))
@@ -192,8 +204,11 @@ class Survey:
                 return WebhookVerdict.REPLAYED
         number, seat = await self._match(sender, now)
         response = None
-        if number is not None:
-            ratings = parse_reply(body)
+        ratings = parse_reply(body) if number is not None else None
+        if report is not None and (ratings is None or (ratings.intake is None and not ratings.complaint)):
+            await report(sid, sender, body)
+            number = None
+        if number is not None and ratings is not None:
             day_match = _DAY.search(number)
             day = day_match.group(1) if day_match else datetime.fromtimestamp(now / 1e6, self._tz).strftime("%Y%m%d")
             response = SurveyResponse(
@@ -211,6 +226,8 @@ class Survey:
             log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
             return WebhookVerdict.REPLAYED
         if number is None or response is None:
+            if report is not None:
+                return WebhookVerdict.REPORTED
             log.info("SMS webhook: reply %s from %s matches no open survey", sid, sender)
             return WebhookVerdict.UNMATCHED
         low = [r for r in (response.intake_rating, response.officer_rating) if r is not None and r <= UNSATISFIED_MAX]

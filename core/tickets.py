@@ -151,6 +151,8 @@ class Source(StrEnum):
     AMI = "ami"  # AMI event adapter
     API = "api"  # web API (call-taker action)
     RESYNC = "resync"  # reconciliation after a restart or AMI reconnect
+    SMS = "sms"  # inbound SMS webhook (text report)
+    APP = "app"  # the 110 app's report API (text report)
 
 
 class UnknownTicket(LookupError):
@@ -378,6 +380,11 @@ class TicketService:
         self._listeners: list[Listener] = []
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock the service stamps its own times with (the API's steps, creation times)."""
+        return self._clock
+
+    @property
     def engine(self) -> AsyncEngine:
         return self._engine
 
@@ -429,6 +436,30 @@ class TicketService:
         Idempotent by uniqueid: for a known call the existing ticket is returned
         unchanged, whichever path (AGI, AMI, resync) got there first.
         """
+        return await self._open(Step.RECEIVED, uniqueid=uniqueid, caller_id=caller_id, caller_name=caller_name,
+                                at=at, source=source, queue=queue, priority=priority, detail={})
+
+    async def open_report(
+        self, *, channel: str, ref: str, sender: str, at: float, source: Source | str, **detail: Any
+    ) -> TicketView:
+        """The ticket for a text report (SMS, app), created with its number and a ``reported`` step if new.
+
+        Idempotent by (channel, ref) — the message's id at its gateway — so a
+        webhook delivered twice makes one ticket. ``detail`` (the text, …) is
+        kept on the ``reported`` step.
+        """
+        if not isinstance(channel, str) or not channel.isalnum():
+            raise ValueError("channel must be a short name in letters and digits")
+        if not isinstance(ref, str) or not ref or not ref.isprintable():
+            raise ValueError("ref must be the message's id at its gateway")
+        return await self._open(Step.REPORTED, uniqueid=f"{channel}:{ref}", caller_id=sender, caller_name=None,
+                                at=at, source=source, queue=None, priority=None,
+                                detail=_checked_detail({"channel": channel, **detail}))
+
+    async def _open(
+        self, first_step: Step, *, uniqueid: str, caller_id: str, caller_name: str | None, at: float,
+        source: Source | str, queue: str | None, priority: int | None, detail: dict[str, Any],
+    ) -> TicketView:
         _check_uniqueid(uniqueid)
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise ValueError(f"priority must be an integer, got {priority!r}")
@@ -437,7 +468,7 @@ class TicketService:
             return known
         source = Source(source)
         at_us = _to_us(at)
-        state = advance(None, Step.RECEIVED)
+        state = advance(None, first_step)
         caller_id = _clip(caller_id) or ""
         caller_name = _clip(caller_name)
         queue = _clip(queue)
@@ -481,11 +512,11 @@ class TicketService:
                             {
                                 "ticket_id": ticket_id,
                                 "seq": 1,
-                                "step": Step.RECEIVED.value,
+                                "step": first_step.value,
                                 "state_after": state.value,
                                 "at_us": at_us,
                                 "source": source.value,
-                                "detail": {},
+                                "detail": detail,
                             },
                         )
                 except IntegrityError:
@@ -496,11 +527,11 @@ class TicketService:
                 break
             first = StepView(
                 seq=1,
-                step=Step.RECEIVED,
+                step=first_step,
                 state_after=state,
                 at_us=at_us,
                 source=source.value,
-                detail=MappingProxyType({}),
+                detail=MappingProxyType(detail),
             )
             view = TicketView(
                 number=number,
@@ -565,6 +596,23 @@ class TicketService:
             self._notify(view, step_view)
             return view
 
+    async def take(self, number: str, *, by: str, seat: str | None = None, at: float | None = None) -> TicketView:
+        """A call-taker takes a waiting text report (``taken``); the first one to ask gets it."""
+        if not isinstance(by, str) or not by:
+            raise ValueError("by must be a non-empty string")
+        at_us = _to_us(self._clock() if at is None else at)
+        async with self._write_lock:
+            # Reports are never live, so never cached: read under the row lock, so two seats cannot both take it.
+            detail = {"by": by} if seat is None else {"by": by, "seat": seat}
+            appended = await self._append(None, _TICKET_BY_NUMBER_LOCKED, number, Step.TAKEN, at_us, Source.API,
+                                          detail)
+            if appended is None:
+                raise UnknownTicket(f"no ticket {number!r}")
+            ticket_id, view, step_view = appended
+            self._remember(ticket_id, view)
+            self._notify(view, step_view)
+            return view
+
     async def bind_recording(self, uniqueid_or_number: str, path: str) -> RecordingView:
         """Attach a recording file to a ticket with its duration, size and SHA-256.
 
@@ -621,7 +669,7 @@ class TicketService:
                     ticket_id, current = cached
                     new_state = advance(current.state, step)  # raises before anything is written
                     seat, queue = current.seat, current.queue
-                    if step is Step.ANSWERED and isinstance(detail.get("seat"), str):
+                    if step in (Step.ANSWERED, Step.TAKEN) and isinstance(detail.get("seat"), str):
                         seat = _clip(detail["seat"])
                     if step is Step.QUEUED and isinstance(detail.get("queue"), str):
                         queue = _clip(detail["queue"])

@@ -24,12 +24,15 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     ColumnElement,
     ForeignKey,
     Index,
     Integer,
     Select,
     String,
+    Table,
+    case,
     delete,
     func,
     insert,
@@ -50,9 +53,11 @@ from core.tickets import Source, TicketService, TicketView, UnknownTicket
 
 __all__ = [
     "NOTE_MAX",
+    "DAY_US",
     "HOUR_US",
     "Classification",
-    "HourlyCountRow",
+    "HOURLY_COUNTS",
+    "HOUR_COLUMNS",
     "IncidentType",
     "Priority",
     "TriageRow",
@@ -62,6 +67,7 @@ __all__ = [
     "forget_query_copies",
     "hour_of",
     "or_none",
+    "read_hourly_counts",
     "rebuild_hourly_counts",
     "upsert_counts",
 ]
@@ -69,6 +75,7 @@ __all__ = [
 NOTE_MAX = 2000
 BY_MAX = 255
 HOUR_US = 3_600 * 1_000_000
+DAY_US = 24 * HOUR_US
 NONE = ""  # "no station" / "not classified" in the hourly counts, where a primary key column cannot be NULL
 
 
@@ -154,27 +161,30 @@ class TriageRow(Base):
     updated_at_us: Mapped[int] = mapped_column(BigInteger)
 
 
-class HourlyCountRow(Base):
-    """How many tickets were created in one UTC hour, per station and current type: the rollup of ``ticket_triage``.
+HOUR_COLUMNS = tuple(f"h{hour:02d}" for hour in range(24))
 
-    Counts over a month of a large center (a million tickets) read at most
-    hours × stations × types rows here instead of every ticket. A ticket is
-    counted once, in its creation hour, under its current type and station
-    (``NONE`` for none yet): ``upsert_query_copy`` moves the count in the
-    same transaction that changes the ticket's row, and
-    ``rebuild_hourly_counts`` recomputes the table from ``ticket_triage``.
-    Rows whose count fell to 0 are kept (the next ticket reuses them).
-    """
-
-    __tablename__ = "ticket_hourly_counts"
-    # SQLite: the primary key is the table, so an hour range reads one b-tree range.
-    __table_args__ = ({"sqlite_with_rowid": False},)
-
-    # Key in the order ``/api/stats`` lists its groups, so they are read already sorted.
-    hour_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # UTC hour start, epoch µs
-    type: Mapped[str] = mapped_column(String(32), primary_key=True)
-    station: Mapped[str] = mapped_column(String(32), primary_key=True)
-    count: Mapped[int] = mapped_column(Integer)
+# How many tickets were created in each UTC hour of one UTC day, per station and current type:
+# the rollup of ``ticket_triage``, one row per (day, type, station) with a column per hour.
+#
+# Counts over a month of a large center (a million tickets) read at most
+# days × stations × types rows here instead of every ticket: ~7,400 rows of 24
+# counts for a month where one row per hour would be ~170,000 (reading those
+# cost more than the 200 ms ``/api/stats`` has). A ticket is counted once, in
+# its creation hour, under its current type and station (``NONE`` for none
+# yet): ``upsert_query_copy`` moves the count in the same transaction that
+# changes the ticket's row, and ``rebuild_hourly_counts`` recomputes the table
+# from ``ticket_triage``. Rows whose counts fell to 0 are kept (the next ticket
+# reuses them).
+HOURLY_COUNTS = Table(
+    "ticket_daily_counts",
+    Base.metadata,
+    Column("day_us", BigInteger, primary_key=True),  # UTC day start, epoch µs
+    Column("type", String(32), primary_key=True),
+    Column("station", String(32), primary_key=True),
+    *(Column(name, Integer, nullable=False, server_default="0") for name in HOUR_COLUMNS),
+    # SQLite: the primary key is the table, so a day range reads one b-tree range.
+    sqlite_with_rowid=False,
+)
 
 
 def hour_of(created_at_us: ColumnElement[int]) -> ColumnElement[int]:
@@ -193,18 +203,49 @@ def or_none(column: ColumnElement[str | None]) -> ColumnElement[str]:
     return func.coalesce(column, literal_column("''", String))  # NONE
 
 
+def _by_day(rows: Select[Any]) -> Select[Any]:
+    """(hour_us, station, type, count) rows as (day_us, station, type, h00 … h23) rows, one per day, station, type."""
+    src = rows.subquery()
+    hour_us, station, kind, count = src.c
+    day = literal_column(str(DAY_US), BigInteger)
+    hour = literal_column(str(HOUR_US), BigInteger)
+    day_us = (hour_us // day) * day
+    hour_in_day = (hour_us - day_us) // hour
+    return (
+        select(day_us, station, kind, *(
+            func.sum(case((hour_in_day == literal_column(str(h), Integer), count), else_=literal_column("0")))
+            for h in range(24)
+        ))
+        .where(hour_us.is_not(None))  # also keeps SQLite's upsert-after-SELECT parse unambiguous
+        .group_by(day_us, station, kind)
+    )
+
+
 async def upsert_counts(conn: AsyncConnection, rows: Select[Any]) -> None:
-    """``INSERT … SELECT (hour_us, station, type, count) … ON CONFLICT`` adding to the counts already there."""
-    table = HourlyCountRow.__table__
+    """Add (hour_us, station, type, count) rows to the counts already there (``INSERT … SELECT … ON CONFLICT``)."""
+    table = HOURLY_COUNTS
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
     if dialect is None:
         raise NotImplementedError(f"hourly counts need an upsert, not written for {conn.dialect.name}")
-    statement = dialect.insert(table).from_select(["hour_us", "station", "type", "count"], rows)
+    statement = dialect.insert(table).from_select(["day_us", "station", "type", *HOUR_COLUMNS], _by_day(rows))
     statement = statement.on_conflict_do_update(
-        index_elements=[table.c.hour_us, table.c.type, table.c.station],
-        set_={"count": table.c["count"] + statement.excluded["count"]},
+        index_elements=[table.c.day_us, table.c.type, table.c.station],
+        set_={name: table.c[name] + statement.excluded[name] for name in HOUR_COLUMNS},
     )
     await conn.execute(statement)
+
+
+async def read_hourly_counts(conn: AsyncConnection) -> dict[tuple[int, str, str], int]:
+    """The whole rollup as {(hour_us, station, type): count} for the non-zero counts (checks, repairs, tests)."""
+    counts = {}
+    for day_us, station, kind, *hours in await conn.execute(
+        select(HOURLY_COUNTS.c.day_us, HOURLY_COUNTS.c.station, HOURLY_COUNTS.c.type,
+               *(HOURLY_COUNTS.c[name] for name in HOUR_COLUMNS))
+    ):
+        for hour, count in enumerate(hours):
+            if count:
+                counts[(day_us + hour * HOUR_US, station, kind)] = count
+    return counts
 
 
 async def _count_ticket(conn: AsyncConnection, number: str, delta: int) -> None:
@@ -276,7 +317,7 @@ async def forget_query_copies(conn: AsyncConnection, numbers: Sequence[str]) -> 
 
 
 async def rebuild_hourly_counts(engine: AsyncEngine) -> int:
-    """Recompute ``ticket_hourly_counts`` from ``ticket_triage`` in one transaction; returns the rows written.
+    """Recompute the hourly counts from ``ticket_triage`` in one transaction; returns the rows written.
 
     For start-up on a database that has tickets but no counts yet (an upgrade,
     a restore), for bulk loads that bypass ``upsert_query_copy``, and to
@@ -290,10 +331,10 @@ async def rebuild_hourly_counts(engine: AsyncEngine) -> int:
             # Writers wait until the new counts are in, so none is counted twice or lost;
             # readers go on. (On SQLite the DELETE below takes the write lock.)
             await conn.execute(text("LOCK TABLE ticket_triage IN EXCLUSIVE MODE"))
-        await conn.execute(delete(HourlyCountRow))
-        result = await conn.execute(insert(HourlyCountRow).from_select(
-            ["hour_us", "station", "type", "count"],
-            select(hour, station, kind, func.count()).group_by(hour, station, kind),
+        await conn.execute(delete(HOURLY_COUNTS))
+        result = await conn.execute(insert(HOURLY_COUNTS).from_select(
+            ["day_us", "station", "type", *HOUR_COLUMNS],
+            _by_day(select(hour, station, kind, func.count()).group_by(hour, station, kind)),
         ))
     return max(0, result.rowcount or 0)
 
@@ -301,7 +342,7 @@ async def rebuild_hourly_counts(engine: AsyncEngine) -> int:
 async def ensure_hourly_counts(engine: AsyncEngine) -> bool:
     """Rebuild the hourly counts when there are none but there are tickets; True when it did."""
     async with engine.connect() as conn:
-        if (await conn.execute(select(HourlyCountRow.hour_us).limit(1))).first() is not None:
+        if (await conn.execute(select(HOURLY_COUNTS.c.day_us).limit(1))).first() is not None:
             return False
         if (await conn.execute(select(TriageRow.number).limit(1))).first() is None:
             return False
@@ -443,7 +484,8 @@ class TriageService:
         return written
 
     async def add_note(
-        self, number: str, text: str, *, by: str | None = None, keywords: Iterable[str] = (), at: float | None = None
+        self, number: str, text: str, *, by: str | None = None, keywords: Iterable[str] = (), at: float | None = None,
+        source: str = "note",
     ) -> TicketView:
         """Record a ``note_added`` step with the note and the major-incident keywords found in it."""
         if not isinstance(text, str) or not text.strip() or len(text) > NOTE_MAX:
@@ -457,6 +499,8 @@ class TriageService:
         found = list(keywords)
         if found:
             detail["keywords"] = found
+        if source != "note":  # a text report pasted in, …: the call-taker's own notes carry no source
+            detail["source"] = source
         at = self._clock() if at is None else at
         return await self.tickets.record_step(ticket.uniqueid, Step.NOTE_ADDED, at=at, source=Source.API, **detail)
 

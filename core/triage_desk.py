@@ -282,14 +282,20 @@ class TriageDesk:
 
     async def add_note(self, number: str, text: str, *, by: str | None = None, source: str = "note") -> dict[str, Any]:
         found = self.watch.scan(text)
-        ticket = await self.triage.add_note(number, text, by=by, keywords=found)
+        ticket = await self.triage.add_note(number, text, by=by, keywords=found, source=source)
         briefing = None
         if found:
             incident = await self.incident(number)
-            self.watch.alert(ticket, [*found, *([] if source == "note" else [f"({source})"])],
-                             address=None if incident is None else incident.address)
-            briefing = await self.watch.push_briefing(ticket)
+            briefing = await self.report_keywords(ticket, [*found, *([] if source == "note" else [f"({source})"])],
+                                                  address=None if incident is None else incident.address)
         return {"ticket": ticket.to_json(), "keywords": found, "major_incident": bool(found), "briefing": briefing}
+
+    async def report_keywords(
+        self, ticket: TicketView, found: list[str], *, address: str | None = None
+    ) -> dict[str, Any]:
+        """The major-incident alert to supervisors (at once), then the briefing pushed to the station; the briefing."""
+        self.watch.alert(ticket, found, address=address)
+        return await self.watch.push_briefing(ticket)
 
     async def briefing(self, number: str) -> dict[str, Any]:
         return await self.watch.brief(await self.triage.ticket(number))

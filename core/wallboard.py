@@ -1,4 +1,4 @@
-"""The wallboard's figures: calls waiting, seats by state, answer speed, conferences, open alerts.
+"""The wallboard's figures: calls waiting, seats by state, answer speed, conferences, text reports waiting, alerts.
 
 Kept in memory and fed by ticket steps (``on_step``) and seat changes, so a
 snapshot costs no database round trip and can be sent to every screen once a
@@ -106,7 +106,7 @@ class Wallboard:
         """Today's calls and every call still waiting or in conference, from the store."""
         now = self._clock()
         since_us = self._day_start_us(now)
-        tracked = [s.value for s in WAITING_STATES | CONFERENCE_STATES]
+        tracked = [s.value for s in WAITING_STATES | CONFERENCE_STATES | {State.REPORTED}]
         async with self._engine.connect() as conn:
             tickets = (
                 await conn.execute(
@@ -123,7 +123,8 @@ class Wallboard:
                     await conn.execute(
                         select(TicketStep.ticket_id, TicketStep.step, TicketStep.at_us).where(
                             TicketStep.ticket_id.in_(ordered[start : start + 500]),
-                            TicketStep.step.in_([Step.RECEIVED.value, Step.ANSWERED.value, Step.ABANDONED.value]),
+                            TicketStep.step.in_([Step.RECEIVED.value, Step.REPORTED.value, Step.ANSWERED.value,
+                                                 Step.ABANDONED.value]),
                         )
                     )
                 ).all()
@@ -195,6 +196,7 @@ class Wallboard:
             (c for c in self._calls.values() if c.state in WAITING_STATES), key=lambda c: c.received_us
         )
         conferences = [c.number for c in self._calls.values() if c.state in CONFERENCE_STATES]
+        reports = [c.received_us for c in self._calls.values() if c.state is State.REPORTED]
         return {
             "at_us": now_us,
             "answer_target_s": self.answer_target_s,
@@ -213,6 +215,8 @@ class Wallboard:
                 "last_hour": self._share(now_us - 3600 * 1_000_000, now_us),
             },
             "conferences": {"count": len(conferences), "tickets": sorted(conferences)},
+            "reports_waiting": {"count": len(reports),
+                                "longest_s": round((now_us - min(reports)) / 1e6, 1) if reports else 0.0},
             "alerts": {"count": len(self._alerts), "open": self._alerts[:10]},
         }
 

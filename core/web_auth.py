@@ -120,7 +120,7 @@ def _day_query(name: str) -> dict[str, Any]:
 def _routes() -> tuple[RouteSpec, ...]:
     # Imported here: these modules import core.web, which imports this module lazily.
     from core import web as core_web
-    from core import web_ops, web_quality, web_triage
+    from core import web_ops, web_quality, web_reports, web_triage
 
     r = RouteSpec
     limit_query = {"limit": {"type": "string", "pattern": "^[0-9]{1,7}$", "description": "1-1000, default 50"}}
@@ -165,6 +165,11 @@ def _routes() -> tuple[RouteSpec, ...]:
           "The briefing for the officers sent (an officer: his own tickets)", "triage", scope="ticket_officer"),
         r("GET", "/api/tickets/{number}/triage", DESK | {Role.STATION},
           "Classification history, routing decision, links, flags and pushes", "triage", scope="station_ticket"),
+        r("POST", "/api/reports", ADMINS | {Role.GATEWAY},
+          "A text report from the 110 app's gateway: a ticket at once, major-incident keywords alerted", "reports",
+          body=web_reports.REPORT_BODY),
+        r("POST", "/api/tickets/{number}/take", DESK, "Take a waiting text report", "reports",
+          body=web_reports.TAKE_BODY),
         r("GET", "/api/stats", SUPERVISORS | {Role.STATION}, "Ticket counts by type × station × hour", "triage",
           query=web_triage.STATS_QUERY),
         r("GET", "/api/danger-warnings", DESK | {Role.STATION}, "Danger warnings for a place or a phone", "triage",

@@ -17,8 +17,10 @@ from core.complaints import AlreadyAnswered, Complaints, UnknownFollowUp
 from core.journal_status import JournalWatch
 from core.numbering import looks_like_number
 from core.quality import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
+from core.reports import parse_report
 from core.survey import Survey, WebhookVerdict
 from core.web import BadRequest, _dumps, _json_body
+from core.web_reports import REPORTS
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,7 @@ async def survey_rates(request: web.Request) -> web.Response:
 _VERDICT_STATUS = {
     WebhookVerdict.ACCEPTED: 200,
     WebhookVerdict.UNMATCHED: 200,  # genuine: Twilio must not retry it
+    WebhookVerdict.REPORTED: 200,
     WebhookVerdict.FORGED: 403,
     WebhookVerdict.REPLAYED: 409,
     WebhookVerdict.MALFORMED: 400,
@@ -209,7 +212,18 @@ async def twilio_sms(request: web.Request) -> web.Response:
     params = {k: v for k, v in form.items() if isinstance(v, str)}
     # The signature covers the public URL Twilio was given, not what a proxy forwarded to us.
     url = survey.webhook_url or str(request.url)
-    verdict = await survey.receive(url, params, request.headers.get("X-Twilio-Signature"))
+    intake = request.app.get(REPORTS)
+
+    async def as_report(sid: str, sender: str, body: str) -> None:
+        try:
+            report = parse_report({"ref": sid, "sender": sender, "text": body}, channel="sms")
+        except ValueError as exc:  # an empty message, an alphanumeric sender: nothing a call-taker could act on
+            log.warning("SMS webhook: message %s from %r is not a text report: %s", sid, sender, exc)
+            return
+        await intake.receive(report)  # a failure answers 500 before the receipt: Twilio retries
+
+    verdict = await survey.receive(url, params, request.headers.get("X-Twilio-Signature"),
+                                   report=None if intake is None else as_report)
     status = _VERDICT_STATUS[verdict]
     if status != 200:
         return _error(status, f"request {verdict}")

@@ -21,12 +21,14 @@ from core.keywords import WARNING_TEXT_MAX, WarningKind
 from core.lifecycle import IllegalTransition, State
 from core.numbering import looks_like_number
 from core.queries import (
+    HOUR_US,
     LIMIT_MAX,
     PAGE_MAX,
+    STATS_HOURS_MAX,
     UNCLASSIFIED,
     BadCursor,
     TicketQuery,
-    count_by_type_station_hour,
+    hourly_series,
     search,
 )
 from core.repeat import REASON_MAX, normalise_phone
@@ -42,7 +44,6 @@ DESK = web.AppKey("triage_desk", TriageDesk)
 _STATION = re.compile(r"[A-Za-z0-9_.:-]{1,32}")
 _CELL = re.compile(r"[0-9a-f]{15}")
 _DIGITS = re.compile(r"[0-9]{1,7}")
-STATS_WINDOW_MAX_S = 92 * 24 * 3600  # a quarter; longer reports are exports, not screens
 
 # -- body and query schemas (listed in core.web_auth's route table) ---------------------------
 
@@ -368,17 +369,16 @@ async def get_stats(request: web.Request) -> web.Response:
     from_us = instant(q.get("from"), "from")
     if from_us is None:
         from_us = to_us - 24 * 3600 * 1_000_000
-    if not from_us < to_us or to_us - from_us > STATS_WINDOW_MAX_S * 1_000_000:
-        raise BadRequest(f'"from" must be before "to", at most {STATS_WINDOW_MAX_S // 86400} days apart')
+    if not from_us < to_us or to_us - from_us > STATS_HOURS_MAX * HOUR_US:
+        raise BadRequest(f'"from" must be before "to", at most {STATS_HOURS_MAX // 24} days apart')
     station = q.get("station")
     if station is not None and not _STATION.fullmatch(station):
         raise BadRequest("station must be a station id")
     own = _own_station(request)
     if own is not False:
         station = own or "-"
-    rows = await count_by_type_station_hour(request.app[SERVICE].engine, from_us, to_us, station=station)
-    return _json({"from_us": from_us, "to_us": to_us, "station": station, "total": sum(r["count"] for r in rows),
-                  "counts": rows})
+    series = await hourly_series(request.app[SERVICE].engine, from_us, to_us, station=station)
+    return _json({"from_us": from_us, "to_us": to_us, "station": station, **series.to_json()})
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -417,6 +417,12 @@ def add_triage_routes(app: web.Application, *, desk: TriageDesk | None = None) -
         await desk.stop()
 
     app.cleanup_ctx.append(desk_ctx)
+    # Text reports share the desk's keyword watch and the planner's locating.
+    from core.reports import ReportIntake
+    from core.web_reports import add_report_routes
+
+    add_report_routes(app, ReportIntake(app[SERVICE], desk=desk, locate=app[PLANNER].locate,
+                                        clock=app[SERVICE].clock))
     app.router.add_post("/api/tickets/{number}/classify", post_classify)
     app.router.add_post("/api/tickets/{number}/notes", post_note)
     app.router.add_post("/api/tickets/{number}/handover", post_handover)

@@ -3,9 +3,9 @@
 Generates a month of a large center's tickets (1,000,000 by default, ~32,000
 a day) with their incident locations, classifications and query copies
 (``ticket_triage``, one row per ticket, and its hourly rollup
-``ticket_hourly_counts``, filled by ``rebuild_hourly_counts``) into a temporary
+``ticket_daily_counts``, filled by ``rebuild_hourly_counts``) into a temporary
 SQLite file created by the backend's own schema code, then times the
-queries ``GET /api/tickets`` and ``GET /api/stats`` run (``core.queries``)
+queries ``GET /api/tickets`` and ``GET /api/stats`` run (``core.queries``, and for stats the JSON encoding)
 through the same async engine the backend uses.
 
 Generation is fast because it bypasses the ticket service: the secondary
@@ -32,9 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.queries import HOUR_US, TicketQuery, count_by_type_station_hour, search  # noqa: E402
+from core.queries import HOUR_US, TicketQuery, hourly_series, search  # noqa: E402
 from core.store import init_schema, make_engine  # noqa: E402
 from core.triage import IncidentType, rebuild_hourly_counts  # noqa: E402
+from core.web import _dumps  # noqa: E402
 
 DAY_US = 24 * HOUR_US
 START_US = 1_793_491_200 * 1_000_000  # 2026-11-01 00:00 UTC
@@ -157,6 +158,7 @@ async def bench(path: Path, tickets: int, repeats: int) -> list[tuple[str, float
         ("stats 1 day, one station", (day[0], day[1], "S07")),
         ("stats 7 days", (week[0], week[1], None)),
         ("stats 31 days (everything)", (START_US, end + DAY_US, None)),
+        ("stats 31 days, one station", (START_US, end + DAY_US, "S07")),
     ]
     table = []
     try:
@@ -173,10 +175,14 @@ async def bench(path: Path, tickets: int, repeats: int) -> list[tuple[str, float
                 start, stop, station = case
 
                 async def run_stats(start: int = start, stop: int = stop, station: str | None = station) -> Any:
-                    return await count_by_type_station_hour(engine, start, stop, station=station)
+                    # What GET /api/stats does: count, then encode the body.
+                    series = await hourly_series(engine, start, stop, station=station)
+                    return series, _dumps(series.to_json())
 
-                p50, p95, result = await _time(run_stats, max(5, repeats // 3))
-                note = f"{len(result)} groups, {sum(r['count'] for r in result)} tickets"
+                p50, p95, (series, body) = await _time(run_stats, max(5, repeats // 3))
+                groups = sum(1 for counts in series.counts.values() for n in counts if n)
+                note = (f"{groups} groups in {len(series.counts)} series × {series.hours} h, {series.total} tickets, "
+                        f"{len(body) / 1e6:.2f} MB")
             table.append((name, p50, p95, note))
     finally:
         await engine.dispose()

@@ -219,24 +219,76 @@ class DispatchDriver:
         self.rng = random.Random(7)
         self.types: dict[str, str] = {}
         self.tasks: set[asyncio.Task] = set()
+        # Text reports posted through the app gateway alongside the calls (--mix): one per 8 calls.
+        self.reports = {"posted": 0, "tickets": set(), "duplicates": 0, "keyword_alerts": 0, "taken": 0,
+                        "closed": 0, "post_ms": []}
 
     # A plausible day's mix at a city center: most calls are police matters,
     # about one in ten is fraud, one in ten belongs to the 12345 hotline.
     MIX = (("person", 15), ("property", 25), ("fraud", 10), ("traffic", 20), ("dispute", 15),
            ("public_service", 10), ("other", 5))
 
-    async def _login(self, http) -> None:
+    async def _login(self, http, role: str = "supervisor") -> str:
         from core.auth import AuthService, Role
 
         engine = make_engine(self.opts.settings.db_url)
         try:
-            name, password = f"storm-{random.randrange(10**9)}", f"{random.getrandbits(128):x}"
-            await AuthService(engine).add_user(name, password, Role.SUPERVISOR)
+            name, password = f"storm-{role}-{random.randrange(10**9)}", f"{random.getrandbits(128):x}"
+            await AuthService(engine).add_user(name, password, Role(role))
         finally:
             await engine.dispose()
         async with http.post(f"{self.base}/api/login", json={"username": name, "password": password}) as r:
             r.raise_for_status()
-            http.headers["Authorization"] = f"Bearer {(await r.json())['token']}"
+            token = (await r.json())["token"]
+        if role == "supervisor":
+            http.headers["Authorization"] = f"Bearer {token}"
+        return token
+
+    # What people write to 110 by app; one in three names a major crime.
+    REPORT_TEXTS = ("门口有人持刀抢劫 robbery in progress", "楼下两人打架，已经见血", "我的电动车被偷了",
+                    "有人在小区里放火 arson", "邻居家一直有小孩哭喊", "路口红绿灯坏了，车很多")
+
+    async def run_reports(self, http, done: asyncio.Event) -> None:
+        """Post app reports as the gateway, then take and close each one as a call-taker."""
+        gateway = {"Authorization": f"Bearer {await self._login(http, 'gateway')}"}
+        count = max(1, self.opts.calls // 8)
+        every = self.opts.calls / self.opts.rate / count
+        handling: list[asyncio.Task] = []
+        for i in range(count):
+            if done.is_set():
+                break
+            lat, lon = self._spot()
+            body = {"ref": f"storm-{id(self)}-{i}", "sender": f"139{random.randrange(10**8):08d}",
+                    "text": self.REPORT_TEXTS[i % len(self.REPORT_TEXTS)], "lat": lat, "lon": lon,
+                    "attachments": [{"kind": "photo", "url": f"https://app.invalid/media/{i}.jpg"}]}
+            for attempt in range(2):  # the second post is the gateway's retry: same ticket, no second alert
+                started = time.monotonic()
+                async with http.post(f"{self.base}/api/reports", json=body, headers=gateway) as r:
+                    answer = await r.json() if r.content_type == "application/json" else {}
+                    if r.status not in (200, 201):
+                        self.errors.append(f"POST /api/reports: {r.status} {str(answer)[:200]}")
+                        break
+                self.reports["post_ms"].append((time.monotonic() - started) * 1000)
+                self.reports["posted"] += 1
+                self.reports["duplicates"] += bool(answer["duplicate"])
+                self.reports["tickets"].add(answer["number"])
+                if not attempt:
+                    self.reports["keyword_alerts"] += bool(answer["major_incident"])
+            else:
+                handling.append(asyncio.create_task(self._take_and_close(http, answer["number"])))
+            try:
+                await asyncio.wait_for(done.wait(), every)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.gather(*handling, return_exceptions=True)
+
+    async def _take_and_close(self, http, number: str) -> None:
+        await asyncio.sleep(2.0)  # a call-taker reads it
+        if await self._post(http, "POST", f"/api/tickets/{number}/take", {"seat": "storm"}, None, number):
+            self.reports["taken"] += 1
+            if await self._post(http, "POST", f"/api/tickets/{number}/close",
+                                {"disposition": "storm: text report handled", "by": "storm"}, None, number):
+                self.reports["closed"] += 1
 
     def _spot(self) -> tuple[float, float]:
         # somewhere within ~1.5 km of the lab city's centre, where its officers are
@@ -248,6 +300,10 @@ class DispatchDriver:
 
         async with aiohttp.ClientSession() as http:
             await self._login(http)
+            if self.opts.mix:
+                reports = asyncio.create_task(self.run_reports(http, done))
+                self.tasks.add(reports)
+                reports.add_done_callback(self.tasks.discard)
             pending: dict[str, float] = {}
             while not done.is_set():
                 now = time.time()
@@ -423,7 +479,13 @@ async def run_async(opts: StormOptions) -> dict:
         classified: dict[str, int] = {}
         for kind in driver.types.values():
             classified[kind] = classified.get(kind, 0) + 1
-        report["triage"] = {"classified": classified, "handed_over": handed, "errors": driver.errors[:20]}
+        r = driver.reports
+        report["triage"] = {"classified": classified, "handed_over": handed, "errors": driver.errors[:20],
+                            "text_reports": {
+                                "posted": r["posted"], "tickets": len(r["tickets"]), "duplicates": r["duplicates"],
+                                "keyword_alerts": r["keyword_alerts"], "taken": r["taken"], "closed": r["closed"],
+                                "post_ms_p50": _round(percentile(r["post_ms"], 50)),
+                                "post_ms_max": _round(max(r["post_ms"]) if r["post_ms"] else None)}}
     if opts.dispatch:
         report["dispatch"] = dispatch_figures(found["rows"], opts.officer_ring_ms)
         report["dispatch"]["errors"] = driver.errors[:20] if driver else []
@@ -466,6 +528,10 @@ def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed:
         rows += [("classified", ", ".join(f"{k} {v}" for k, v in sorted(report["triage"]["classified"].items()))),
                  ("handed over", ", ".join(f"{k} {v}" for k, v in sorted(report["triage"]["handed_over"].items()))
                   or "none")]
+        t = report["triage"]["text_reports"]
+        rows += [("app reports posted / tickets / retries", f'{t["posted"]} / {t["tickets"]} / {t["duplicates"]}'),
+                 ("reports keyword alerts / taken / closed", f'{t["keyword_alerts"]} / {t["taken"]} / {t["closed"]}'),
+                 ("report post ms p50 / max (alert inside)", f'{t["post_ms_p50"]} / {t["post_ms_max"]}')]
     if "dispatch" in report:
         d = report["dispatch"]
 

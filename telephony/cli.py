@@ -250,7 +250,7 @@ def parser() -> argparse.ArgumentParser:
     users_sub = users.add_subparsers(dest="users_cmd", required=True)
     ua = users_sub.add_parser("add", help="add a user; the password is read from stdin or asked for")
     ua.add_argument("name")
-    ua.add_argument("--role", required=True, choices=["call_taker", "supervisor", "admin", "officer", "station"])
+    ua.add_argument("--role", required=True, choices=["call_taker", "supervisor", "admin", "officer", "station", "gateway"])
     ua.add_argument("--station", default=None, help="the station id of a station user")
     users_sub.add_parser("list", help="every user with role and station")
     ud = users_sub.add_parser("disable", help="disable a user; his tokens stop working at once")

@@ -25,6 +25,9 @@
     $("longest-wait").className = "value " + (board.waiting.longest_s <= board.answer_target_s ? "good" : "bad");
     share("share-today", board.answered_within_target.today);
     share("share-hour", board.answered_within_target.last_hour);
+    $("reports-waiting").textContent = board.reports_waiting.count;
+    $("reports-waiting").className = "value " + (board.reports_waiting.count ? "warn" : "good");
+    $("reports-waiting-sub").textContent = board.reports_waiting.count ? "oldest " + seconds(board.reports_waiting.longest_s) : "";
     $("conferences").textContent = board.conferences.count;
     $("alerts-count").textContent = board.alerts.count;
     $("alerts-count").className = "value " + (board.alerts.count ? "bad" : "good");

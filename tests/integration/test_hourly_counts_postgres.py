@@ -48,3 +48,7 @@ async def test_retention_takes_copies_and_counts_on_postgresql(pg: AsyncEngine):
 
     clock = FakeClock()
     await retention.test_expiry_takes_the_tickets_copies_and_counts_with_it(TicketService(pg, clock=clock), pg, clock)
+
+
+async def test_ranges_across_days_on_postgresql(pg: AsyncEngine):
+    await rollup.test_ranges_across_days_and_stations(pg, 4)

@@ -12,16 +12,18 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.dispatch import IncidentRow
-from core.queries import QueryIndex, count_by_type_station_hour
+from core.queries import QueryIndex, hourly_series
 from core.store import Ticket
 from core.tickets import TicketService
 from core.triage import (
     HOUR_US,
-    HourlyCountRow,
+    DAY_US,
+    HOURLY_COUNTS,
     IncidentType,
     TriageRow,
     TriageService,
     ensure_hourly_counts,
+    read_hourly_counts,
     rebuild_hourly_counts,
     upsert_query_copy,
 )
@@ -59,10 +61,10 @@ async def _direct(engine: AsyncEngine) -> Counter[Key]:
 
 async def _rollup(engine: AsyncEngine) -> Counter[Key]:
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(HourlyCountRow.hour_us, HourlyCountRow.station, HourlyCountRow.type,
-                                          HourlyCountRow.count))).all()
-    assert all(n >= 0 for *_, n in rows), "a count went below zero"
-    return Counter({(h, s, t): n for h, s, t, n in rows if n})
+        rows = (await conn.execute(select(HOURLY_COUNTS))).all()
+        counts = await read_hourly_counts(conn)
+    assert all(n >= 0 for row in rows for n in row[3:]), "a count went below zero"
+    return Counter(counts)
 
 
 async def _expected_stats(engine: AsyncEngine, from_us: int, to_us: int, station: str | None = None) -> Counter[Any]:
@@ -108,11 +110,37 @@ async def test_counts_follow_random_classifications_and_relocations(engine: Asyn
     for _ in range(40):  # random ranges, edges anywhere
         a, b = sorted(H0 - HOUR_US + rng.randrange(8 * HOUR_US) for _ in range(2))
         station = rng.choice([None, "east", "west"])
-        got = await count_by_type_station_hour(engine, a, b + 1, station=station)
+        got = (await hourly_series(engine, a, b + 1, station=station)).groups()
         assert _as_counter(got) == await _expected_stats(engine, a, b + 1, station), (a - H0, b - H0, station)
 
     await rebuild_hourly_counts(engine)
     assert await _rollup(engine) == direct
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+async def test_ranges_across_days_and_stations(engine: AsyncEngine, seed: int) -> None:
+    """Days are rows of 24 hours in the rollup: ranges starting and ending anywhere, over several days."""
+    rng = random.Random(seed)
+    midnight = H0 // DAY_US * DAY_US
+    created = [midnight - DAY_US + rng.randrange(4 * DAY_US) for _ in range(300)]
+    created[:4] = [midnight - 1, midnight, midnight + DAY_US - 1, midnight + DAY_US]
+    numbers = await _add_tickets(engine, created)
+    for number, at in zip(numbers, created, strict=True):
+        await upsert_query_copy(engine, number, at, updated_at_us=at, station_id=rng.choice(STATIONS),
+                                type=rng.choice(TYPES))
+    assert await _rollup(engine) == await _direct(engine)
+    ranges = [(midnight - DAY_US, midnight + 3 * DAY_US), (midnight, midnight + DAY_US),
+              (midnight - 1, midnight + 1), (midnight + HOUR_US, midnight + DAY_US + HOUR_US)]
+    ranges += [tuple(sorted(midnight - DAY_US + rng.randrange(4 * DAY_US) for _ in range(2))) for _ in range(30)]
+    for a, b in ranges:
+        if a == b:
+            continue
+        station = rng.choice([None, "east", "west"])
+        series = await hourly_series(engine, a, b, station=station)
+        assert _as_counter(series.groups()) == await _expected_stats(engine, a, b, station), (a, b, station)
+        assert series.total == sum((await _expected_stats(engine, a, b, station)).values())
+        assert all(any(counts) for counts in series.counts.values())  # no empty series
+        assert series.hours == -(-(b - a // HOUR_US * HOUR_US) // HOUR_US)
 
 
 async def test_partial_hours_at_both_ends_are_counted_exactly(engine: AsyncEngine) -> None:
@@ -133,10 +161,10 @@ async def test_partial_hours_at_both_ends_are_counted_exactly(engine: AsyncEngin
         (H0 - 5 * HOUR_US, H0 + 10 * HOUR_US),  # around everything
     ]
     for a, b in ranges:
-        got = _as_counter(await count_by_type_station_hour(engine, a, b))
+        got = _as_counter((await hourly_series(engine, a, b)).groups())
         assert got == await _expected_stats(engine, a, b), ((a - H0) / minute, (b - H0) / minute)
     # A partial first hour: only the tickets from its start on, in that hour's group.
-    got = await count_by_type_station_hour(engine, H0 + 20 * minute, H0 + HOUR_US)
+    got = (await hourly_series(engine, H0 + 20 * minute, H0 + HOUR_US)).groups()
     assert sum(r["count"] for r in got) == 2 and {r["hour_us"] for r in got} == {H0}
 
 
@@ -156,8 +184,8 @@ async def test_rebuild_at_start_when_the_counts_are_missing_and_only_then(engine
     assert not await ensure_hourly_counts(engine)  # counts there: left alone
 
     async with engine.begin() as conn:  # a hand edit gone wrong
-        await conn.execute(update(HourlyCountRow).values(count=HourlyCountRow.count + 5))
-    assert await rebuild_hourly_counts(engine) == len(direct)
+        await conn.execute(update(HOURLY_COUNTS).values(h03=HOURLY_COUNTS.c.h03 + 5))
+    assert await rebuild_hourly_counts(engine) == len({(h // DAY_US, s, t) for h, s, t in direct})  # rows: days
     assert await _rollup(engine) == direct
 
 
@@ -189,7 +217,7 @@ async def test_classify_and_relocate_through_the_services(service: TicketService
         async def counts() -> Counter[Any]:
             await index.flush()
             assert await _rollup(service.engine) == await _direct(service.engine)
-            return _as_counter(await count_by_type_station_hour(service.engine, *day))
+            return _as_counter((await hourly_series(service.engine, *day)).groups())
 
         assert await counts() == Counter({("unclassified", None, hour): 1})
         await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])

@@ -76,6 +76,25 @@ TRIAGE_LEGAL = {
 }
 LEGAL.update(TRIAGE_LEGAL)
 
+# Text reports (docs/triage.md): no call, taken by a call-taker, located, closed.
+REPORT_LEGAL = {
+    (None, Step.REPORTED): State.REPORTED,
+    (State.REPORTED, Step.TAKEN): State.TAKEN,
+    (State.TAKEN, Step.CLOSED): State.CLOSED,
+    (State.REPORTED, Step.LOCATED): State.REPORTED,
+    (State.TAKEN, Step.LOCATED): State.TAKEN,
+}
+LEGAL.update(REPORT_LEGAL)
+
+
+def test_text_reports_are_never_live_calls() -> None:
+    # Reconciliation with Asterisk would otherwise end them for want of a channel.
+    assert State.REPORTED not in CALL_LIVE_STATES and State.TAKEN not in CALL_LIVE_STATES
+    with pytest.raises(IllegalTransition):
+        advance(State.REPORTED, Step.CLOSED)  # taken by someone first: who closed it is on record
+    with pytest.raises(IllegalTransition):
+        advance(State.TAKEN, Step.DISPATCH_REQUESTED)  # dispatch conferences a caller; a report has none
+
 
 @pytest.mark.parametrize(("pair", "target"), LEGAL.items(), ids=lambda v: str(v))
 def test_every_legal_row(pair: tuple[State | None, Step], target: State) -> None:

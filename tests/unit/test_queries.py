@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth import Role
 from core.dispatch import IncidentRow
-from core.queries import HOUR_US, TicketQuery, count_by_type_station_hour, ensure_indexes, search
+from core.queries import HOUR_US, TicketQuery, ensure_indexes, hourly_series, search
 from core.store import Ticket
-from core.tickets import TicketService
+from core.tickets import TicketService, iso_utc
 from core.triage import IncidentType, TriageRow, rebuild_hourly_counts
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock
@@ -118,16 +118,16 @@ async def test_offset_pages_agree_with_the_cursor(engine: AsyncEngine) -> None:
         [r["number"] for r in rows].index(first["number"])]["created"]}
 
 
-async def test_stats_count_by_type_station_hour(engine: AsyncEngine) -> None:
+async def test_stats_hourly_series(engine: AsyncEngine) -> None:
     rows = await _generate(engine)
     start, end = T0_US + 3 * HOUR_US, T0_US + 30 * HOUR_US
     expected = Counter(
         (r["type"] or "unclassified", r["station"], (r["created"] // HOUR_US) * HOUR_US)
         for r in rows if start <= r["created"] < end
     )
-    got = await count_by_type_station_hour(engine, start, end)
+    got = (await hourly_series(engine, start, end)).groups()
     assert Counter({(c["type"], c["station"], c["hour_us"]): c["count"] for c in got}) == expected
-    east = await count_by_type_station_hour(engine, start, end, station="east")
+    east = (await hourly_series(engine, start, end, station="east")).groups()
     assert sum(c["count"] for c in east) == sum(n for (t, s, h), n in expected.items() if s == "east")
 
 
@@ -157,10 +157,16 @@ async def test_the_api_filters_validates_and_keeps_stations_to_their_own(
             assert resp.status == 400, (bad, await resp.text())
         stats = await (await client.get("/api/stats", params={"from": str(T0), "to": str(T0 + 7200)},
                                         headers=supervisor)).json()
-        assert stats["total"] == len([r for r in rows if T0_US <= r["created"] < T0_US + 2 * HOUR_US])
+        inside = [r for r in rows if T0_US <= r["created"] < T0_US + 2 * HOUR_US]
+        assert stats["total"] == len(inside) == sum(sum(s["counts"]) for s in stats["series"])
+        assert len(stats["hours"]) == 3 and all(len(s["counts"]) == 3 for s in stats["series"])  # 11:30 to 13:30
+        assert {(s["type"], s["station"], stats["hours"][i]): n for s in stats["series"]
+                for i, n in enumerate(s["counts"]) if n} == {
+            (t, s, iso_utc(h)): n for (t, s, h), n in Counter(
+                (r["type"] or "unclassified", r["station"], r["created"] // HOUR_US * HOUR_US) for r in inside).items()}
         own = await (await client.get("/api/stats", params={"from": str(T0), "to": str(T0 + 7200)},
                                       headers=west)).json()
-        assert own["station"] == "west" and {c["station"] for c in own["counts"]} <= {"west"}
+        assert own["station"] == "west" and {s["station"] for s in own["series"]} <= {"west"}
         assert (await client.get("/api/stats", params={"from": str(T0), "to": str(T0 + 200 * 86400)},
                                  headers=supervisor)).status == 400
         taker = await login_headers(service.engine, Role.CALL_TAKER)

@@ -17,13 +17,13 @@ from core.journal import KIND_EXPIRY, Journaler, verify
 from core.journal_status import JournalWatch
 from core.lifecycle import Step
 from core.push import PushRow
-from core.queries import count_by_type_station_hour
+from core.queries import hourly_series
 from core.quality_store import JournalEntry
 from core.repeat import TicketLinkRow
 from core.retention import RetentionSchedule, expire
 from core.store import Recording, Ticket, TicketStep
 from core.tickets import TicketService
-from core.triage import TriageRow, rebuild_hourly_counts, upsert_query_copy
+from core.triage import TriageRow, read_hourly_counts, rebuild_hourly_counts, upsert_query_copy
 
 T0 = 1_795_951_800.0
 DAY = 86400.0
@@ -241,8 +241,15 @@ async def test_expiry_takes_the_tickets_copies_and_counts_with_it(
         assert (await conn.execute(select(IncidentRow.number))).scalars().all() == [recent.number]
         assert (await conn.execute(select(func.count()).select_from(TicketLinkRow))).scalar_one() == 0
         assert (await conn.execute(select(func.count()).select_from(PushRow))).scalar_one() == 0
-    counts = await count_by_type_station_hour(engine, 0, recent.created_at_us + 1)
-    assert [(c["type"], c["station"], c["count"]) for c in counts] == [("dispute", "east", 1)]
+    async def counted() -> dict[tuple[str, str | None], int]:
+        around_old = await hourly_series(engine, first.created_at_us - 3600_000_000, first.created_at_us + 7200_000_000)
+        around_new = await hourly_series(engine, recent.created_at_us, recent.created_at_us + 1)
+        assert around_old.total == 0
+        return {key: sum(series) for key, series in around_new.counts.items()}
+
+    assert await counted() == {("dispute", "east"): 1}
+    async with engine.connect() as conn:
+        assert sum((await read_hourly_counts(conn)).values()) == 1
     assert await rebuild_hourly_counts(engine) >= 1  # a rebuild from the copies agrees
-    assert await count_by_type_station_hour(engine, 0, recent.created_at_us + 1) == counts
+    assert await counted() == {("dispute", "east"): 1}
     assert (await verify(engine)).ok

@@ -124,7 +124,7 @@ async def test_oversized_caller_name_is_clipped_not_refused(service: TicketServi
         ({"uniqueid": ""}, "uniqueid"),
         ({"uniqueid": "1" * 151}, "uniqueid"),
         ({"at": float("nan")}, "finite"),
-        ({"source": "sms"}, "sms"),
+        ({"source": "fax"}, "fax"),
         ({"priority": "5"}, "priority"),
     ],
 )

@@ -38,6 +38,12 @@ async def test_snapshot_counts_waiting_calls_and_the_answer_target(
     await _call(service, "1.4", T0 - 400, None, abandon=True)
     await _call(service, "1.5", T0 - 10, None)  # waiting 10 s: counted as missed
     await _call(service, "1.6", T0 - 1, None)  # waiting 1 s: not yet decided
+    clock.now = T0 - 90
+    report = await service.open_report(channel="sms", ref="SM1", sender="13900000000", at=T0 - 90, source="sms",
+                                       text="有人打架")
+    await service.open_report(channel="app", ref="a2", sender="13900000001", at=T0 - 30, source="app", text="x")
+    await service.take(report.number, by="taker-1")  # taken: no longer waiting
+    await service.open_report(channel="app", ref="a3", sender="13900000002", at=T0 - 45, source="app", text="y")
     clock.now = T0
     snap = board.snapshot()
     assert snap["waiting"]["count"] == 2
@@ -45,12 +51,15 @@ async def test_snapshot_counts_waiting_calls_and_the_answer_target(
     assert [c["number"] for c in snap["waiting"]["calls"]] == ["110-20261129-000005", "110-20261129-000006"]
     assert snap["answered_within_target"]["today"] == {"answered_fast": 2, "counted": 5, "share": 0.4}
     assert snap["answered_within_target"]["last_hour"] == {"answered_fast": 1, "counted": 4, "share": 0.25}
+    # Text reports are not calls: not in the answer target, shown apart.
+    assert snap["reports_waiting"] == {"count": 2, "longest_s": 45.0}
 
     # After a restart the same figures come from the store.
     again = Wallboard(engine, SeatBoard(engine, clock=clock), clock=clock)
     await again.prime()
     assert again.snapshot()["answered_within_target"] == snap["answered_within_target"]
     assert again.snapshot()["waiting"]["count"] == 2
+    assert again.snapshot()["reports_waiting"] == snap["reports_waiting"]
 
 
 async def test_open_alerts_are_shown(service: TicketService, engine: AsyncEngine, clock: FakeClock) -> None:

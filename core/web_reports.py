@@ -1,0 +1,84 @@
+"""HTTP API of text reports: the 110 app's gateway posts reports, call-takers take them.
+
+Thin views over ``core.reports.ReportIntake`` (found at ``app[REPORTS]``).
+Waiting reports are listed by ``GET /api/tickets?status=reported``; a
+report is closed like any ticket (``POST /api/tickets/{n}/close``). SMS
+reports come in through Twilio's webhook (``core.web_quality``), which
+hands every message that is not a survey answer to the same intake.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from core.lifecycle import IllegalTransition
+from core.reports import ATTACHMENT_KINDS, ATTACHMENTS_MAX, REPORT_TEXT_MAX, URL_MAX, ReportIntake, parse_report
+from core.tickets import UnknownTicket
+from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body
+from core.web_triage import _number
+
+REPORTS = web.AppKey("report_intake", ReportIntake)
+
+REPORT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["ref", "sender", "text"],
+    "additionalProperties": False,
+    "properties": {
+        "channel": {"type": "string", "enum": ["app", "sms"], "description": "default app"},
+        "ref": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$",
+                "description": "the report's id at the gateway: a second post with it is answered, not repeated"},
+        "sender": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
+        "text": {"type": "string", "minLength": 1, "maxLength": REPORT_TEXT_MAX, "pattern": r"\S"},
+        "lat": {"type": "number", "minimum": -90, "maximum": 90},
+        "lon": {"type": "number", "minimum": -180, "maximum": 180},
+        "address": {"type": "string", "maxLength": 500},
+        "attachments": {
+            "type": "array", "maxItems": ATTACHMENTS_MAX,
+            "items": {
+                "type": "object", "required": ["kind", "url"], "additionalProperties": False,
+                "properties": {"kind": {"type": "string", "enum": list(ATTACHMENT_KINDS)},
+                               "url": {"type": "string", "maxLength": URL_MAX, "pattern": "^https?://"}},
+            },
+        },
+    },
+}
+TAKE_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"seat": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}},
+}
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=_dumps)
+
+
+async def post_report(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    try:
+        report = parse_report(body, channel=body.get("channel", "app"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    result = await request.app[REPORTS].receive(report)
+    return _json(result, 200 if result["duplicate"] else 201)
+
+
+async def post_take(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    number = _number(request)
+    principal = request[PRINCIPAL]
+    try:
+        ticket = await request.app[SERVICE].take(number, by=principal.username, seat=body.get("seat"))
+    except UnknownTicket:
+        return _json({"error": "no such ticket"}, 404)
+    except IllegalTransition as exc:  # taken by another call-taker already, or not a text report
+        return _json({"error": str(exc)}, 409)
+    return _json(ticket.to_json())
+
+
+def add_report_routes(app: web.Application, intake: ReportIntake) -> None:
+    app[REPORTS] = intake
+    app.router.add_post("/api/reports", post_report)
+    app.router.add_post("/api/tickets/{number}/take", post_take)

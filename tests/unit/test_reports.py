@@ -1,0 +1,203 @@
+"""Text reports: the app's gateway and Twilio's SMS webhook open tickets; keywords alert at once; call-takers take them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import func, select
+
+from core import web_quality
+from core.auth import Role
+from core.complaints import Complaints
+from core.events import StepBroadcaster
+from core.lifecycle import State, Step
+from core.outbox import Outbox
+from core.quality_store import Alert, SurveyResponse, WebhookReceipt
+from core.reports import ReportIntake, TextReport, parse_report
+from core.store import Ticket
+from core.survey import Survey
+from core.tickets import TicketService
+from core.web import make_app
+from tests.dispatch_city import CENTER, load, officer, point_in
+from tests.triage_setup import desk_client, make_desk, planner_for
+from tests.unit.conftest import T0, FakeClock
+from tests.unit.test_survey import TOKEN, URL, _closed_call, _reply, _signed
+from tests.web_login import login_headers
+
+
+async def _alerts(service: TicketService) -> list[Any]:
+    async with service.engine.connect() as conn:
+        return list((await conn.execute(select(Alert).where(Alert.kind == "major_incident"))).all())
+
+
+async def _tickets(service: TicketService) -> int:
+    async with service.engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(Ticket))).scalar_one()
+
+
+async def test_an_app_report_is_a_located_ticket_and_its_keywords_alert_within_a_second(
+    service: TicketService, clock: FakeClock
+) -> None:
+    planner = planner_for(service, clock)
+    await load(planner.officers, officer("e1", "east", point_in(CENTER, 50)))
+    desk = make_desk(service, planner, clock)
+    broadcaster = StepBroadcaster()
+    bureau = broadcaster.subscribe(None)
+    lat, lon = point_in(CENTER)
+    report = {"ref": "app-7f3a", "sender": "13800000000", "lat": lat, "lon": lon, "address": "人民大道200号",
+              "text": "我被绑架了 kidnapped, 在一辆白色面包车里",
+              "attachments": [{"kind": "photo", "url": "https://app.example.gov.cn/media/7f3a/1.jpg"}]}
+    async with desk_client(service, planner, desk, broadcaster) as client:
+        gateway = await login_headers(service.engine, Role.GATEWAY)
+        started = time.monotonic()
+        resp = await client.post("/api/reports", json=report, headers=gateway)
+        body = await resp.json()
+        assert resp.status == 201, body
+        assert body["keywords"] == ["绑架", "kidnapped"] and body["major_incident"] is True
+        assert (body["state"], body["station"], body["duplicate"]) == ("reported", "east", False)
+        while not await _alerts(service):
+            assert time.monotonic() - started < 1.0, "no major-incident alert within 1 s"
+            await asyncio.sleep(0.01)
+        [alert] = await _alerts(service)
+        assert alert.ref == body["number"] and "绑架" in alert.message and "app report" in alert.message
+        pushed = [json.loads(bureau._queue.get_nowait()) for _ in range(bureau.pending())]
+        [briefing] = [m for m in pushed if m["type"] == "briefing"]
+        assert briefing["number"] == body["number"] and briefing["station"] == "east"
+
+        # The gateway retries after a timeout: the same ticket, no second alert.
+        again = await client.post("/api/reports", json=report, headers=gateway)
+        assert again.status == 200 and (await again.json())["number"] == body["number"]
+        assert (await again.json())["duplicate"] is True
+        await desk.alerts.flush()
+        assert len(await _alerts(service)) == 1 and await _tickets(service) == 1
+
+        ticket = await service.get(body["number"])
+        assert ticket is not None and ticket.state is State.REPORTED and ticket.caller_id == "13800000000"
+        first = ticket.steps[0]
+        assert (first.step, first.source) == (Step.REPORTED, "app")
+        assert first.detail["text"] == report["text"] and first.detail["keywords"] == ["绑架", "kidnapped"]
+        assert first.detail["attachments"] == report["attachments"]
+        assert ticket.steps[1].step is Step.LOCATED and ticket.steps[1].detail["station"] == "east"
+
+        # Call-takers see it waiting, one takes it, the other is told, it is closed.
+        taker = await login_headers(service.engine, Role.CALL_TAKER, username="taker-1")
+        other = await login_headers(service.engine, Role.CALL_TAKER, username="taker-2")
+        await desk.index.flush()
+        waiting = await (await client.get("/api/tickets", params={"status": "reported"}, headers=taker)).json()
+        assert [(t["number"], t["station"]) for t in waiting["tickets"]] == [(body["number"], "east")]
+        took = await client.post(f"/api/tickets/{body['number']}/take", json={"seat": "seat-07"}, headers=taker)
+        assert took.status == 200 and (await took.json())["state"] == "taken"
+        assert (await took.json())["seat"] == "seat-07"
+        late = await client.post(f"/api/tickets/{body['number']}/take", json={}, headers=other)
+        assert late.status == 409
+        classified = await client.post(f"/api/tickets/{body['number']}/classify", json={"type": "person",
+                                                                                     "priority": 1}, headers=taker)
+        assert classified.status == 200, await classified.text()
+        closed = await client.post(f"/api/tickets/{body['number']}/close", json={"disposition": "已派警", "by": "taker-1"},
+                                   headers=taker)
+        assert closed.status == 200, await closed.text()
+        final = await service.get(body["number"])
+        assert final is not None and final.state is State.CLOSED
+        assert [s.step for s in final.steps] == [Step.REPORTED, Step.LOCATED, Step.TAKEN, Step.CLASSIFIED,
+                                                 Step.CLOSED]
+        stats = await (await client.get("/api/stats", params={"from": str(T0 - 3600), "to": str(T0 + 3600)},
+                                        headers=await login_headers(service.engine, Role.SUPERVISOR))).json()
+        assert [(s["type"], s["station"], s["total"]) for s in stats["series"]] == [("person", "east", 1)]
+
+
+async def test_report_bodies_are_checked_and_roles_kept_apart(service: TicketService, clock: FakeClock) -> None:
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    good = {"ref": "r1", "sender": "+8613800000000", "text": "门口有人打架"}
+    async with desk_client(service, planner, desk) as client:
+        gateway = await login_headers(service.engine, Role.GATEWAY)
+        taker = await login_headers(service.engine, Role.CALL_TAKER)
+        for bad in ({**good, "text": ""}, {**good, "text": "   "}, {**good, "text": "x" * 2001},
+                    {**good, "sender": "<script>"}, {**good, "sender": "1" * 21}, {**good, "ref": "a b"},
+                    {**good, "ref": "x" * 65}, {**good, "lat": 31.2}, {**good, "lat": 91, "lon": 121},
+                    {**good, "channel": "fax"}, {**good, "attachments": [{"kind": "pdf", "url": "https://a/b"}]},
+                    {**good, "attachments": [{"kind": "photo", "url": "javascript:alert(1)"}]},
+                    {**good, "extra": 1}, {"ref": "r1", "sender": "138"}):
+            resp = await client.post("/api/reports", json=bad, headers=gateway)
+            assert resp.status == 400, (bad, await resp.text())
+        not_json = await client.post("/api/reports", data=b"\xff\xfe{", headers=gateway)
+        assert not_json.status == 400
+        assert await _tickets(service) == 0  # nothing half-made
+        assert (await client.post("/api/reports", json=good, headers=taker)).status == 403
+        assert (await client.get("/api/tickets", headers=gateway)).status == 403  # a gateway reads nothing
+        assert (await client.post("/api/reports", json=good)).status == 401
+        far = await client.post("/api/reports", json={**good, "ref": "r2", "lat": -33.9, "lon": 18.4},
+                                headers=gateway)
+        body = await far.json()
+        # A place far outside the city: located, in no station's cells (jurisdiction unclear), kept.
+        assert far.status == 201 and body["station"] is None and body["cell"] and body["location_error"] is None
+        a_call = await service.open_call(uniqueid="9.9", caller_id="1", at=T0, source="agi")
+        assert (await client.post(f"/api/tickets/{a_call.number}/take", json={}, headers=taker)).status == 409
+        assert (await client.post("/api/tickets/110-20261129-999999/take", json={}, headers=taker)).status == 404
+
+
+def test_parse_report_keeps_what_it_was_given() -> None:
+    report = parse_report({"ref": "SMabc", "sender": "+8613800000000", "text": "有人抢劫"}, channel="sms")
+    assert report == TextReport("sms", "SMabc", "+8613800000000", "有人抢劫")
+    with pytest.raises(ValueError, match="channel"):
+        parse_report({"ref": "a", "sender": "138", "text": "x"}, channel="wechat")
+
+
+async def test_the_service_refuses_a_bad_report_key(service: TicketService) -> None:
+    for channel, ref in (("s m s", "a"), ("sms", ""), ("sms", "a\nb")):
+        with pytest.raises(ValueError):
+            await service.open_report(channel=channel, ref=ref, sender="138", at=T0, source="sms", text="x")
+    assert await _tickets(service) == 0
+
+
+async def test_sms_that_is_not_a_survey_answer_becomes_a_report(
+    service: TicketService, engine: Any, clock: FakeClock
+) -> None:
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    outbox = Outbox(engine, None, clock=clock)
+    complaints = Complaints(engine, clock=clock)
+    survey = Survey(engine, outbox, complaints, auth_token=TOKEN, webhook_url=URL, clock=clock)
+    surveyed = await _closed_call(service, "1.1", caller="+8613800000000")
+    await survey.catch_up()
+    app = make_app(service, health={}, dispatch=planner, triage=desk)
+    web_quality.add_routes(app, survey=survey, complaints=complaints)
+    async with TestClient(TestServer(app)) as client:
+        async def sms(sid: str, text: str, sender: str = "+8613800000000") -> web.Response:
+            params = _reply(sid, text, sender)
+            return await client.post("/api/twilio/sms", data=params, headers=_signed(params))
+
+        # An answer to the survey stays one.
+        assert (await sms("SM" + "1" * 32, "5 5")).status == 200
+        # A stranger writes to 110.
+        assert (await sms("SM" + "2" * 32, "救命 有人抢劫 robbery", sender="+8613900000000")).status == 200
+        # The surveyed caller writes again, and it is no rating: a person must read it.
+        assert (await sms("SM" + "3" * 32, "他又来了，在砸门")).status == 200
+        # Twilio retries the stranger's message: refused as a replay, no second ticket.
+        assert (await sms("SM" + "2" * 32, "救命 有人抢劫 robbery", sender="+8613900000000")).status == 409
+        empty = await sms("SM" + "4" * 32, "")
+        assert empty.status == 200  # genuine, kept as a receipt, nothing to act on
+    await desk.alerts.flush()
+    async with engine.connect() as conn:
+        answers = (await conn.execute(select(SurveyResponse.ticket_number, SurveyResponse.intake_rating))).all()
+        receipts = (await conn.execute(select(func.count()).select_from(WebhookReceipt))).scalar_one()
+    assert [tuple(a) for a in answers] == [(surveyed, 5)] and receipts == 4
+    reports = {(t.caller_id, t.steps[0].detail["text"], t.state) for t in await service.list_recent(10)
+               if t.steps[0].step is Step.REPORTED}
+    assert reports == {("+8613900000000", "救命 有人抢劫 robbery", State.REPORTED),
+                       ("+8613800000000", "他又来了，在砸门", State.REPORTED)}
+    [alert] = await _alerts(service)
+    assert "抢劫" in alert.message and "sms report" in alert.message
+
+
+async def test_an_intake_without_triage_still_opens_tickets(service: TicketService, clock: FakeClock) -> None:
+    intake = ReportIntake(service, clock=clock)
+    result = await intake.receive(TextReport("app", "a1", "13800000000", "有人抢劫", lat=31.2, lon=121.4))
+    assert result["state"] == "reported" and result["keywords"] == [] and result["station"] is None
+    assert (await intake.receive(TextReport("app", "a1", "13800000000", "有人抢劫")))["duplicate"] is True
