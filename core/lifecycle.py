@@ -29,8 +29,8 @@ on the way, and a re-classification is a new step, never an overwrite.
 Text reports. A report by SMS or the 110 app opens a ticket with
 ``reported`` instead of ``received``: there is no call, so its states
 (``reported``, ``taken``) are not live and reconciliation with Asterisk never
-touches them. A call-taker ``taken`` it, may locate, classify and annotate
-it like any ticket, and closes it.
+touches them. A call-taker takes it (``taken``), may locate, classify and
+annotate it like any ticket, and closes it.
 """
 
 from __future__ import annotations

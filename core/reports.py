@@ -36,11 +36,10 @@ from core.tickets import Source, TicketService, TicketView
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHANNELS", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "parse_report"]
+__all__ = ["CHANNELS", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "media_attachments", "parse_report"]
 
 CHANNELS = ("app", "sms")
 REPORT_TEXT_MAX = 2000  # an app form; a long SMS is 10 parts of 70 Chinese characters
-REF_MAX = 64
 ATTACHMENTS_MAX = 10
 URL_MAX = 1000
 ATTACHMENT_KINDS = ("photo", "video", "audio")
@@ -60,6 +59,33 @@ class TextReport:
     attachments: tuple[Mapping[str, str], ...] = field(default_factory=tuple)  # {"kind", "url"}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _check_characters(value: str, name: str) -> None:
+    # JSON lets a lone surrogate ("\ud800") or a NUL through; neither can be stored
+    # (UTF-8, PostgreSQL text), and the ticket must not fail after it was numbered.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} holds a lone surrogate, not text") from None
+    if _CONTROL.search(value):
+        raise ValueError(f"{name} holds control characters")
+
+
+def media_attachments(params: Mapping[str, str]) -> list[dict[str, str]]:
+    """Twilio's ``MediaUrl0…`` / ``MediaContentType0…`` of an MMS as report attachments (unknown types: photo)."""
+    kinds = {"image": "photo", "video": "video", "audio": "audio"}
+    found = []
+    for i in range(ATTACHMENTS_MAX):
+        url = params.get(f"MediaUrl{i}")
+        if not url:
+            break
+        kind = kinds.get(params.get(f"MediaContentType{i}", "").partition("/")[0], "photo")
+        found.append({"kind": kind, "url": url})
+    return found
+
+
 def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
     """A ``TextReport`` from a JSON body already checked against its schema; ``ValueError`` names what is wrong."""
     if channel not in CHANNELS:
@@ -71,12 +97,15 @@ def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
         raise ValueError("sender must be a phone number: 3-20 digits, optionally after +")
     if not isinstance(text, str) or not text.strip() or len(text) > REPORT_TEXT_MAX:
         raise ValueError(f"text must be a non-empty text of at most {REPORT_TEXT_MAX} characters")
+    _check_characters(text, "text")
     lat, lon = body.get("lat"), body.get("lon")
     if (lat is None) != (lon is None):
         raise ValueError("give both lat and lon, or neither")
     address = body.get("address")
-    if address is not None and not isinstance(address, str):
-        raise ValueError("address must be a string")
+    if address is not None:
+        if not isinstance(address, str):
+            raise ValueError("address must be a string")
+        _check_characters(address, "address")
     attachments = body.get("attachments") or []
     if not isinstance(attachments, list) or len(attachments) > ATTACHMENTS_MAX:
         raise ValueError(f"attachments must be a list of at most {ATTACHMENTS_MAX}")
@@ -87,6 +116,7 @@ def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
         url = item.get("url")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > URL_MAX:
             raise ValueError(f"each attachment needs an http(s) url of at most {URL_MAX} characters")
+        _check_characters(url, "an attachment's url")
         checked.append({"kind": item["kind"], "url": url})
     return TextReport(channel, ref, sender, text, lat, lon, address, tuple(checked))
 
@@ -95,9 +125,9 @@ class ReportIntake:
     """Turns text reports into tickets: number, ``reported`` step, location, keyword alert and briefing.
 
     ``locate(number, lat=, lon=, address=)`` is the dispatch planner's (a
-    location outside the city's grid is refused there and the report kept
-    without one); ``desk`` is the triage desk whose keyword watch raises the
-    alert. Both may be None in a backend without dispatch or triage.
+    position in no station's cells is located with station None:
+    jurisdiction unclear); ``desk`` is the triage desk whose keyword watch
+    raises the alert. Both may be None in a backend without dispatch or triage.
     """
 
     def __init__(
@@ -114,37 +144,63 @@ class ReportIntake:
         self._clock = clock
         self._lock = asyncio.Lock()
 
+    def urgent(self, text: str) -> bool:
+        """Whether ``text`` holds a major-incident keyword (an SMS survey answer that does is a report too)."""
+        return self._desk is not None and bool(self._desk.watch.scan(text))
+
     async def receive(self, report: TextReport) -> dict[str, Any]:
-        """Open (or find) the report's ticket; the answer says what was done."""
+        """Open (or find) the report's ticket and see its alert and location through; the answer says what was done.
+
+        A report delivered again finds its ticket and finishes what the first
+        delivery may have left undone if it failed after the ticket was
+        stored: the alert is raised again (one alert per ticket: the board
+        keeps the first) and a position not yet located is located.
+        """
         source = Source.SMS if report.channel == "sms" else Source.APP
         watch = None if self._desk is None else self._desk.watch
-        found = [] if watch is None else watch.scan(report.text)
         async with self._lock:
-            known = await self._tickets.find_by_uniqueid(f"{report.channel}:{report.ref}")
-            if known is not None:
-                log.info("text report %s:%s delivered again; ticket %s", report.channel, report.ref, known.number)
-                return self._answer(known, duplicate=True)
-            detail: dict[str, Any] = {"text": report.text}
-            if report.attachments:
-                detail["attachments"] = [dict(a) for a in report.attachments]
-            if found:
-                detail["keywords"] = found
-            ticket = await self._tickets.open_report(
-                channel=report.channel, ref=report.ref, sender=report.sender, at=self._clock(), source=source,
-                **detail,
-            )
+            ticket = await self._tickets.find_by_uniqueid(f"{report.channel}:{report.ref}")
+            duplicate = ticket is not None
+            if ticket is None:
+                detail: dict[str, Any] = {"text": report.text}
+                # The place as the reporter gave it stays on the step, located or not.
+                detail.update({k: v for k, v in (("lat", report.lat), ("lon", report.lon),
+                                                 ("address", report.address)) if v is not None})
+                if report.attachments:
+                    detail["attachments"] = [dict(a) for a in report.attachments]
+                found = [] if watch is None else watch.scan(report.text)
+                if found:
+                    detail["keywords"] = found
+                ticket = await self._tickets.open_report(
+                    channel=report.channel, ref=report.ref, sender=report.sender, at=self._clock(), source=source,
+                    **detail,
+                )
+            else:
+                log.info("text report %s:%s delivered again; ticket %s", report.channel, report.ref, ticket.number)
+        found = list(ticket.steps[0].detail.get("keywords", ()))
+        # The ticket is stored: from here on nothing fails the request. The alert goes first.
+        if found and watch is not None:
+            watch.alert(ticket, [*found, f"({report.channel} report)"], address=report.address)
         location_error = None
-        if report.lat is not None and report.lon is not None and self._locate is not None:
+        newly_located = False
+        located = any(s.step is Step.LOCATED for s in ticket.steps)
+        if report.lat is not None and report.lon is not None and self._locate is not None and not located:
             try:
                 ticket, _ = await self._locate(ticket.number, lat=report.lat, lon=report.lon, address=report.address)
-            except ValueError as exc:  # outside the grid, a bad coordinate: the report stands without a place
-                location_error = str(exc)
-                log.warning("text report %s: location not used: %s", ticket.number, exc)
-        if found and self._desk is not None:
-            await self._desk.report_keywords(ticket, [*found, f"({report.channel} report)"], address=report.address)
-        log.info("text report %s:%s from %s is ticket %s%s", report.channel, report.ref, report.sender,
-                 ticket.number, f" (keywords: {', '.join(found)})" if found else "")
-        return self._answer(ticket, duplicate=False, location_error=location_error)
+                newly_located = True
+            except Exception:  # the report stands, with the position on its step; a call-taker can set it
+                location_error = "the position could not be stored as the incident location; it is on the report"
+                log.exception("text report %s: location not stored", ticket.number)
+        if found and watch is not None and (newly_located or not duplicate):
+            try:
+                await watch.push_briefing(ticket)
+            except Exception:
+                log.exception("text report %s: briefing not pushed; GET /api/tickets/%s/briefing has it",
+                              ticket.number, ticket.number)
+        if not duplicate:
+            log.info("text report %s:%s from %s is ticket %s%s", report.channel, report.ref, report.sender,
+                     ticket.number, f" (keywords: {', '.join(found)})" if found else "")
+        return self._answer(ticket, duplicate=duplicate, location_error=location_error)
 
     @staticmethod
     def _answer(ticket: TicketView, *, duplicate: bool, location_error: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Retention: tickets and recordings older than the retention period are deleted, and the deletion is journaled.
 
-Only tickets whose call is over and whose every step is journaled expire, and
+Only tickets whose call is over (text reports: closed) and whose every step is journaled expire, and
 never the ticket holding the newest step or recording (see ``expire``). Each
 batch writes one ``expiry`` journal entry — the ticket numbers, and each
 recording's id, path and sha256 — in the same transaction that deletes the
@@ -10,7 +10,8 @@ the leftover files are named in the entry (and verification does not look
 for them again). The caller's
 number leaves with the ticket row, and with it the rows that name the ticket:
 its incident location, query copy (and its place in the hourly counts, so
-``/api/stats`` counts the tickets on record), repeat-caller link and pushes.
+``/api/stats`` counts the tickets on record), its own repeat-caller link
+and its pushes (a later ticket's link to it keeps the expired number).
 Outbox messages of expired tickets lose their recipient.
 
 ``RetentionSchedule`` runs ``expire`` once a day in a background task it
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.dispatch import IncidentRow
 from core.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
-from core.lifecycle import CALL_LIVE_STATES
+from core.lifecycle import CALL_LIVE_STATES, State
 from core.push import PushRow
 from core.quality_store import JournalEntry, OutboxMessage
 from core.repeat import TicketLinkRow
@@ -72,7 +73,8 @@ async def expire(
     cutoff = now_us - older_than_days * _DAY_US
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     result = ExpiryResult()
-    live = [str(s) for s in CALL_LIVE_STATES]
+    # Calls still up, and text reports nobody has closed yet (however old: they wait for a call-taker).
+    live = [str(s) for s in (*CALL_LIVE_STATES, State.REPORTED, State.TAKEN)]
     unjournaled = exists().where(
         TicketStep.ticket_id == Ticket.id,
         ~exists().where(and_(JournalEntry.kind == KIND_STEP, JournalEntry.ref_id == TicketStep.id)),

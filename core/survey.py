@@ -80,6 +80,19 @@ def parse_reply(body: str) -> Ratings:
     return Ratings(intake, officer, "投诉" in text)
 
 
+# What an answer to the survey looks like: ratings ("5 4", "５，３", "接警5分，民警3分"), a complaint
+# ("投诉：…"), or a word of (dis)satisfaction. Anything else, even from a surveyed number, is somebody
+# writing to 110 — "我在3号楼，有人持刀" holds a digit but is no rating.
+_ANSWER = re.compile(r"(?:接警)?\s*[1-5]\s*分?\s*(?:[,、;/ ]?\s*(?:民警)?\s*[1-5]\s*分?)?")
+_WORDS = frozenset({"满意", "很满意", "非常满意", "基本满意", "不满意", "很不满意", "非常不满意", "一般",
+                    "谢谢", "好", "好的"})
+
+
+def is_survey_answer(body: str) -> bool:
+    text = unicodedata.normalize("NFKC", body).strip().rstrip("。.!！~～")
+    return bool(_ANSWER.fullmatch(text)) or text.startswith("投诉") or text in _WORDS
+
+
 class WebhookVerdict(StrEnum):
     ACCEPTED = "accepted"
     FORGED = "forged"
@@ -178,16 +191,19 @@ class Survey:
 
     async def receive(
         self, url: str, params: Mapping[str, str], signature: str | None,
-        *, report: Callable[[str, str, str], Awaitable[object]] | None = None,
+        *, report: Callable[[Mapping[str, str]], Awaitable[object]] | None = None,
+        urgent: Callable[[str], bool] | None = None,
     ) -> WebhookVerdict:
         """Check and store one webhook request; every refusal is logged with its reason.
 
-        Every genuine message that is not a survey answer (no rating, no
-        complaint, or no survey awaiting one from that number) is somebody
-        writing to 110: with ``report`` given it is handed over as
-        ``report(message_sid, sender, body)`` — a text report — before its
-        receipt is stored, so a crash in between ends in Twilio's retry, which
-        the report's own key answers without a second ticket.
+        With ``report`` given, every genuine message that is not an answer to
+        a survey awaiting one from that number (``is_survey_answer``), and
+        every answer that ``urgent`` finds alarming (major-incident keywords),
+        is somebody writing to 110: it is handed over as ``report(params)`` — a
+        text report — before its receipt is stored, so a
+        crash in between ends in Twilio's retry, which the report's own key
+        answers without a second ticket. Without ``report`` every reply from
+        a surveyed number is taken as its answer.
         """
         if not signature or not self._validator.validate(url, dict(params), signature):
             log.warning("SMS webhook: refused a request with a bad signature (MessageSid %r, From %r)",
@@ -204,11 +220,12 @@ class Survey:
                 return WebhookVerdict.REPLAYED
         number, seat = await self._match(sender, now)
         response = None
-        ratings = parse_reply(body) if number is not None else None
-        if report is not None and (ratings is None or (ratings.intake is None and not ratings.complaint)):
-            await report(sid, sender, body)
-            number = None
-        if number is not None and ratings is not None:
+        answer = number is not None and (report is None or is_survey_answer(body))
+        if report is not None and (not answer or (urgent is not None and urgent(body))):
+            await report(params)
+        if answer:
+            assert number is not None
+            ratings = parse_reply(body)
             day_match = _DAY.search(number)
             day = day_match.group(1) if day_match else datetime.fromtimestamp(now / 1e6, self._tz).strftime("%Y%m%d")
             response = SurveyResponse(
@@ -225,7 +242,7 @@ class Survey:
         except IntegrityError:
             log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
             return WebhookVerdict.REPLAYED
-        if number is None or response is None:
+        if response is None:
             if report is not None:
                 return WebhookVerdict.REPORTED
             log.info("SMS webhook: reply %s from %s matches no open survey", sid, sender)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ColumnElement,
+    CompoundSelect,
     ForeignKey,
     Index,
     Integer,
@@ -33,13 +34,16 @@ from sqlalchemy import (
     String,
     Table,
     case,
+    cast,
     delete,
     func,
     insert,
     literal,
     literal_column,
+    null,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -203,7 +207,7 @@ def or_none(column: ColumnElement[str | None]) -> ColumnElement[str]:
     return func.coalesce(column, literal_column("''", String))  # NONE
 
 
-def _by_day(rows: Select[Any]) -> Select[Any]:
+def _by_day(rows: Select[Any] | CompoundSelect[Any]) -> Select[Any]:
     """(hour_us, station, type, count) rows as (day_us, station, type, h00 … h23) rows, one per day, station, type."""
     src = rows.subquery()
     hour_us, station, kind, count = src.c
@@ -218,10 +222,13 @@ def _by_day(rows: Select[Any]) -> Select[Any]:
         ))
         .where(hour_us.is_not(None))  # also keeps SQLite's upsert-after-SELECT parse unambiguous
         .group_by(day_us, station, kind)
+        # Every writer locks count rows in this one order, so two moves in opposite
+        # directions wait for each other instead of deadlocking (PostgreSQL).
+        .order_by(day_us, station, kind)
     )
 
 
-async def upsert_counts(conn: AsyncConnection, rows: Select[Any]) -> None:
+async def upsert_counts(conn: AsyncConnection, rows: Select[Any] | CompoundSelect[Any]) -> None:
     """Add (hour_us, station, type, count) rows to the counts already there (``INSERT … SELECT … ON CONFLICT``)."""
     table = HOURLY_COUNTS
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
@@ -256,6 +263,23 @@ async def _count_ticket(conn: AsyncConnection, number: str, delta: int) -> None:
     ).where(copy.number == number))  # the WHERE also keeps SQLite's upsert-after-SELECT parse unambiguous
 
 
+def _move(number: str, values: dict[str, Any]) -> CompoundSelect[Any]:
+    """The ticket's count rows before (-1) and after (+1) ``values`` are set on its query copy."""
+    copy = TriageRow
+
+    def after(name: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        if name not in values:
+            return column
+        return null() if values[name] is None else cast(literal(values[name], String), String)
+
+    hour = hour_of(copy.created_at_us)
+    return union_all(
+        select(hour, or_none(copy.station_id), or_none(copy.type), literal(-1, Integer)).where(copy.number == number),
+        select(hour, or_none(after("station_id", copy.station_id)), or_none(after("type", copy.type)),
+               literal(1, Integer)).where(copy.number == number),
+    )
+
+
 # Query-copy columns that decide which hourly count a ticket is in (its creation time never changes).
 _COUNTED = frozenset({"type", "station_id"})
 
@@ -268,9 +292,11 @@ async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int
     second round updates the row that is now there.
 
     A change of type or station takes the ticket's count out of its old
-    (type, station) before the row changes and adds it to the new one after,
-    both in this transaction. Its first statement writes, so SQLite holds the
-    write lock before the old values are read; on PostgreSQL every writer of
+    (type, station) and adds it to the new one, in one statement before the
+    row changes, in this transaction. That statement writes, so SQLite holds
+    the write lock before the old values are read, and it locks the two count
+    rows in key order, as every writer does, so opposite moves cannot
+    deadlock on PostgreSQL; on PostgreSQL every writer of
     one ticket's copy first takes a transaction-scoped advisory lock on the
     ticket number — a row lock is not enough, as the row may not exist yet
     (a PostgreSQL test found a ticket counted twice that way).
@@ -283,13 +309,12 @@ async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int
                 if conn.dialect.name == "postgresql":
                     # Serialises the writers of this ticket's copy, whether the row exists or not.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:number))"), {"number": number})
-                if moves:
-                    await _count_ticket(conn, number, -1)  # nothing yet if the row does not exist
+                if moves:  # out of the old count and into the new one in one statement (nothing if no row yet)
+                    await upsert_counts(conn, _move(number, values))
                 result = await conn.execute(update(table).where(table.c.number == number).values(**values))
                 created = not result.rowcount
                 if created:
                     await conn.execute(insert(table).values(number=number, created_at_us=created_at_us, **values))
-                if moves or created:
                     await _count_ticket(conn, number, +1)
             return
         except IntegrityError:
@@ -340,7 +365,13 @@ async def rebuild_hourly_counts(engine: AsyncEngine) -> int:
 
 
 async def ensure_hourly_counts(engine: AsyncEngine) -> bool:
-    """Rebuild the hourly counts when there are none but there are tickets; True when it did."""
+    """Rebuild the hourly counts when there are none but there are tickets; True when it did.
+
+    A database from before the counts were kept a day per row still has the
+    old rollup (one row per hour): derived data, dropped here at start.
+    """
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS ticket_hourly_counts"))
     async with engine.connect() as conn:
         if (await conn.execute(select(HOURLY_COUNTS.c.day_us).limit(1))).first() is not None:
             return False

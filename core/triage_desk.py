@@ -246,7 +246,16 @@ class TriageDesk:
     async def hand_over(
         self, ticket: TicketView, decision: RoutingDecision
     ) -> tuple[dict[str, Any], TicketView]:
-        """Have the telephony side conference or transfer, then stamp ``handed_over`` on the ticket."""
+        """Have the telephony side conference or transfer, then stamp ``handed_over`` on the ticket.
+
+        A text report has no call: its hand-over is the ticket data the rule
+        pushes (enqueued by ``classify``), stamped as mode ``push``.
+        """
+        if ticket.steps and ticket.steps[0].step is Step.REPORTED:
+            if decision.push is None:
+                return {"done": False, "error": "a text report has no call to conference or transfer and this "
+                                                "rule pushes no data: hand it over by hand"}, ticket
+            return {"done": True, "mode": "push"}, await self.record_handover(ticket.number, decision, mode="push")
         if self.port is None:
             return {"done": False, "error": "no telephony port registered; hand over by hand"}, ticket
         try:
@@ -260,11 +269,16 @@ class TriageDesk:
         view = await self.record_handover(ticket.number, decision)
         return {"done": True}, view
 
-    async def record_handover(self, number: str, decision: RoutingDecision, *, at: float | None = None) -> TicketView:
-        """Stamp a hand-over the telephony side carried out (also for ones it did on its own)."""
+    async def record_handover(
+        self, number: str, decision: RoutingDecision, *, at: float | None = None, mode: str | None = None
+    ) -> TicketView:
+        """Stamp a hand-over the telephony side carried out (also for ones it did on its own), or a data push."""
         ticket = await self.triage.ticket(number)
-        detail: dict[str, Any] = {"to": str(decision.target), "mode": str(decision.mode),
-                                  "endpoint": decision.endpoint, "recording": "kept"}
+        if mode == "push":
+            detail: dict[str, Any] = {"to": str(decision.target), "mode": mode, "push": decision.push}
+        else:
+            detail = {"to": str(decision.target), "mode": str(decision.mode), "endpoint": decision.endpoint,
+                      "recording": "kept"}
         if decision.station is not None:
             detail["station"] = decision.station
         return await self.tickets.record_step(
@@ -286,16 +300,10 @@ class TriageDesk:
         briefing = None
         if found:
             incident = await self.incident(number)
-            briefing = await self.report_keywords(ticket, [*found, *([] if source == "note" else [f"({source})"])],
-                                                  address=None if incident is None else incident.address)
+            self.watch.alert(ticket, [*found, *([] if source == "note" else [f"({source})"])],
+                             address=None if incident is None else incident.address)
+            briefing = await self.watch.push_briefing(ticket)
         return {"ticket": ticket.to_json(), "keywords": found, "major_incident": bool(found), "briefing": briefing}
-
-    async def report_keywords(
-        self, ticket: TicketView, found: list[str], *, address: str | None = None
-    ) -> dict[str, Any]:
-        """The major-incident alert to supervisors (at once), then the briefing pushed to the station; the briefing."""
-        self.watch.alert(ticket, found, address=address)
-        return await self.watch.push_briefing(ticket)
 
     async def briefing(self, number: str) -> dict[str, Any]:
         return await self.watch.brief(await self.triage.ticket(number))

@@ -37,6 +37,8 @@ ALERTS_EVERY_S = 5.0
 WAITING_STATES = frozenset({State.RECEIVED, State.QUEUED, State.RINGING})
 CONFERENCE_STATES = frozenset({State.DISPATCHING, State.DISPATCHED, State.DISPATCHING_ENDED})
 WAITING_SHOWN = 20  # the longest waits listed by caller
+# Followed however old they are: waiting calls, conferences, text reports nobody has taken.
+TRACKED_STATES = WAITING_STATES | CONFERENCE_STATES | {State.REPORTED}
 
 
 @dataclass(slots=True)
@@ -106,7 +108,7 @@ class Wallboard:
         """Today's calls and every call still waiting or in conference, from the store."""
         now = self._clock()
         since_us = self._day_start_us(now)
-        tracked = [s.value for s in WAITING_STATES | CONFERENCE_STATES | {State.REPORTED}]
+        tracked = [s.value for s in TRACKED_STATES]
         async with self._engine.connect() as conn:
             tickets = (
                 await conn.execute(
@@ -171,7 +173,7 @@ class Wallboard:
 
     def _prune(self) -> None:
         cutoff = self._day_start_us(self._clock()) - 24 * 3600 * 1_000_000
-        for number in [n for n, c in self._calls.items() if c.received_us < cutoff and c.state not in WAITING_STATES]:
+        for number in [n for n, c in self._calls.items() if c.received_us < cutoff and c.state not in TRACKED_STATES]:
             del self._calls[number]
 
     # -- reading ---------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from core.complaints import AlreadyAnswered, Complaints, UnknownFollowUp
 from core.journal_status import JournalWatch
 from core.numbering import looks_like_number
 from core.quality import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
-from core.reports import parse_report
+from core.reports import media_attachments, parse_report
 from core.survey import Survey, WebhookVerdict
 from core.web import BadRequest, _dumps, _json_body
 from core.web_reports import REPORTS
@@ -214,16 +215,22 @@ async def twilio_sms(request: web.Request) -> web.Response:
     url = survey.webhook_url or str(request.url)
     intake = request.app.get(REPORTS)
 
-    async def as_report(sid: str, sender: str, body: str) -> None:
+    async def as_report(message: Mapping[str, str]) -> None:
+        sid, sender, body = message["MessageSid"], message["From"], message.get("Body", "")
+        attachments = media_attachments(message)
+        if not body.strip() and attachments:
+            body = "（彩信，无文字 MMS without text）"
         try:
-            report = parse_report({"ref": sid, "sender": sender, "text": body}, channel="sms")
+            report = parse_report({"ref": sid, "sender": sender, "text": body, "attachments": attachments},
+                                  channel="sms")
         except ValueError as exc:  # an empty message, an alphanumeric sender: nothing a call-taker could act on
             log.warning("SMS webhook: message %s from %r is not a text report: %s", sid, sender, exc)
             return
         await intake.receive(report)  # a failure answers 500 before the receipt: Twilio retries
 
     verdict = await survey.receive(url, params, request.headers.get("X-Twilio-Signature"),
-                                   report=None if intake is None else as_report)
+                                   report=None if intake is None else as_report,
+                                   urgent=None if intake is None else intake.urgent)
     status = _VERDICT_STATUS[verdict]
     if status != 200:
         return _error(status, f"request {verdict}")

@@ -16,8 +16,8 @@ from aiohttp import web
 from core.lifecycle import IllegalTransition
 from core.reports import ATTACHMENT_KINDS, ATTACHMENTS_MAX, REPORT_TEXT_MAX, URL_MAX, ReportIntake, parse_report
 from core.tickets import UnknownTicket
-from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body
-from core.web_triage import _number
+from core.web import PRINCIPAL, SERVICE, BadRequest, _json_body
+from core.web_triage import _error, _json, _number
 
 REPORTS = web.AppKey("report_intake", ReportIntake)
 
@@ -26,7 +26,6 @@ REPORT_BODY: dict[str, Any] = {
     "required": ["ref", "sender", "text"],
     "additionalProperties": False,
     "properties": {
-        "channel": {"type": "string", "enum": ["app", "sms"], "description": "default app"},
         "ref": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$",
                 "description": "the report's id at the gateway: a second post with it is answered, not repeated"},
         "sender": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
@@ -51,14 +50,10 @@ TAKE_BODY: dict[str, Any] = {
 }
 
 
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
-
-
 async def post_report(request: web.Request) -> web.Response:
     body = await _json_body(request)
     try:
-        report = parse_report(body, channel=body.get("channel", "app"))
+        report = parse_report(body, channel="app")  # a gateway posts app reports; SMS comes through Twilio
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     result = await request.app[REPORTS].receive(report)
@@ -66,15 +61,15 @@ async def post_report(request: web.Request) -> web.Response:
 
 
 async def post_take(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await _json_body(request) if request.body_exists else {}  # the seat is optional, so is the body
     number = _number(request)
     principal = request[PRINCIPAL]
     try:
         ticket = await request.app[SERVICE].take(number, by=principal.username, seat=body.get("seat"))
     except UnknownTicket:
-        return _json({"error": "no such ticket"}, 404)
+        return _error(404, "no such ticket")
     except IllegalTransition as exc:  # taken by another call-taker already, or not a text report
-        return _json({"error": str(exc)}, 409)
+        return _error(409, str(exc))
     return _json(ticket.to_json())
 
 

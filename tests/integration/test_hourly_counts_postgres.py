@@ -52,3 +52,11 @@ async def test_retention_takes_copies_and_counts_on_postgresql(pg: AsyncEngine):
 
 async def test_ranges_across_days_on_postgresql(pg: AsyncEngine):
     await rollup.test_ranges_across_days_and_stations(pg, 4)
+
+
+async def test_upgrade_from_the_hourly_rollup_on_postgresql(pg: AsyncEngine):
+    await rollup.test_the_old_rollup_of_an_upgraded_database_is_dropped_and_rebuilt_by_day(pg)
+
+
+async def test_opposite_moves_do_not_deadlock_on_postgresql(pg: AsyncEngine):
+    await rollup.test_opposite_moves_of_one_day_do_not_deadlock(pg)

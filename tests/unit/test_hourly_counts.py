@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.dispatch import IncidentRow
@@ -234,3 +234,37 @@ async def test_classify_and_relocate_through_the_services(service: TicketService
     finally:
         remove()
         await index.stop()
+
+
+async def test_the_old_rollup_of_an_upgraded_database_is_dropped_and_rebuilt_by_day(engine: AsyncEngine) -> None:
+    numbers = await _add_tickets(engine, [H0 + 10, H0 + HOUR_US + 20])
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE ticket_hourly_counts (hour_us BIGINT, type TEXT, station TEXT, "
+                                "count INTEGER, PRIMARY KEY (hour_us, type, station))"))
+        await conn.execute(insert(TriageRow), [{"number": n, "created_at_us": c, "updated_at_us": c}
+                                               for n, c in zip(numbers, [H0 + 10, H0 + HOUR_US + 20], strict=True)])
+    assert await ensure_hourly_counts(engine)
+    async with engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+    assert "ticket_hourly_counts" not in tables and "ticket_daily_counts" in tables
+    assert await _rollup(engine) == Counter({(H0, "", ""): 1, (H0 + HOUR_US, "", ""): 1})
+
+
+async def test_opposite_moves_of_one_day_do_not_deadlock(engine: AsyncEngine) -> None:
+    """Two tickets of one day re-classified in opposite directions at once, many times over.
+
+    Each move takes one count out of a row and adds one to another; on
+    PostgreSQL two such moves that locked their rows in opposite orders
+    deadlocked and one was aborted (found by the concurrent rollup test).
+    """
+    created = [H0 + i for i in range(20)]
+    numbers = await _add_tickets(engine, created)
+    kinds = ["fraud", "dispute"]
+    for i, (number, at) in enumerate(zip(numbers, created, strict=True)):
+        await upsert_query_copy(engine, number, at, updated_at_us=at, station_id="east", type=kinds[i % 2])
+    for round_ in range(6):
+        await asyncio.gather(*(
+            upsert_query_copy(engine, number, at, updated_at_us=round_, type=kinds[(i + round_ + 1) % 2])
+            for i, (number, at) in enumerate(zip(numbers, created, strict=True))))
+    assert await _rollup(engine) == await _direct(engine) == Counter({(H0, "east", "fraud"): 10,
+                                                                       (H0, "east", "dispute"): 10})

@@ -19,9 +19,10 @@ from core.events import StepBroadcaster
 from core.lifecycle import State, Step
 from core.outbox import Outbox
 from core.quality_store import Alert, SurveyResponse, WebhookReceipt
-from core.reports import ReportIntake, TextReport, parse_report
+from core.reports import ReportIntake, TextReport, media_attachments, parse_report
+from core.routing import Mode, RoutingDecision, Target
 from core.store import Ticket
-from core.survey import Survey
+from core.survey import Survey, is_survey_answer
 from core.tickets import TicketService
 from core.web import make_app
 from tests.dispatch_city import CENTER, load, officer, point_in
@@ -121,7 +122,7 @@ async def test_report_bodies_are_checked_and_roles_kept_apart(service: TicketSer
         for bad in ({**good, "text": ""}, {**good, "text": "   "}, {**good, "text": "x" * 2001},
                     {**good, "sender": "<script>"}, {**good, "sender": "1" * 21}, {**good, "ref": "a b"},
                     {**good, "ref": "x" * 65}, {**good, "lat": 31.2}, {**good, "lat": 91, "lon": 121},
-                    {**good, "channel": "fax"}, {**good, "attachments": [{"kind": "pdf", "url": "https://a/b"}]},
+                    {**good, "channel": "sms"}, {**good, "attachments": [{"kind": "pdf", "url": "https://a/b"}]},
                     {**good, "attachments": [{"kind": "photo", "url": "javascript:alert(1)"}]},
                     {**good, "extra": 1}, {"ref": "r1", "sender": "138"}):
             resp = await client.post("/api/reports", json=bad, headers=gateway)
@@ -165,6 +166,8 @@ async def test_sms_that_is_not_a_survey_answer_becomes_a_report(
     complaints = Complaints(engine, clock=clock)
     survey = Survey(engine, outbox, complaints, auth_token=TOKEN, webhook_url=URL, clock=clock)
     surveyed = await _closed_call(service, "1.1", caller="+8613800000000")
+    await _closed_call(service, "1.2", caller="+8613700000000")
+    await _closed_call(service, "1.3", caller="+8613600000000")
     await survey.catch_up()
     app = make_app(service, health={}, dispatch=planner, triage=desk)
     web_quality.add_routes(app, survey=survey, complaints=complaints)
@@ -179,6 +182,9 @@ async def test_sms_that_is_not_a_survey_answer_becomes_a_report(
         assert (await sms("SM" + "2" * 32, "救命 有人抢劫 robbery", sender="+8613900000000")).status == 200
         # The surveyed caller writes again, and it is no rating: a person must read it.
         assert (await sms("SM" + "3" * 32, "他又来了，在砸门")).status == 200
+        # Surveyed callers who write with a digit in it, or rate and name a crime, reach a person.
+        assert (await sms("SM" + "5" * 32, "救命 我在3号楼 有人持刀砍人", sender="+8613700000000")).status == 200
+        assert (await sms("SM" + "6" * 32, "投诉：民警没来，现在又有人杀人了", sender="+8613600000000")).status == 200
         # Twilio retries the stranger's message: refused as a replay, no second ticket.
         assert (await sms("SM" + "2" * 32, "救命 有人抢劫 robbery", sender="+8613900000000")).status == 409
         empty = await sms("SM" + "4" * 32, "")
@@ -187,13 +193,17 @@ async def test_sms_that_is_not_a_survey_answer_becomes_a_report(
     async with engine.connect() as conn:
         answers = (await conn.execute(select(SurveyResponse.ticket_number, SurveyResponse.intake_rating))).all()
         receipts = (await conn.execute(select(func.count()).select_from(WebhookReceipt))).scalar_one()
-    assert [tuple(a) for a in answers] == [(surveyed, 5)] and receipts == 4
+    complaint = next(n for n in answers if n[0] != surveyed)[0]
+    assert sorted(tuple(a) for a in answers) == sorted([(surveyed, 5), (complaint, None)]) and receipts == 6
     reports = {(t.caller_id, t.steps[0].detail["text"], t.state) for t in await service.list_recent(10)
                if t.steps[0].step is Step.REPORTED}
     assert reports == {("+8613900000000", "救命 有人抢劫 robbery", State.REPORTED),
-                       ("+8613800000000", "他又来了，在砸门", State.REPORTED)}
-    [alert] = await _alerts(service)
-    assert "抢劫" in alert.message and "sms report" in alert.message
+                       ("+8613800000000", "他又来了，在砸门", State.REPORTED),
+                       ("+8613700000000", "救命 我在3号楼 有人持刀砍人", State.REPORTED),
+                       ("+8613600000000", "投诉：民警没来，现在又有人杀人了", State.REPORTED)}
+    alerts = sorted(a.message for a in await _alerts(service))
+    assert len(alerts) == 2 and all("sms report" in m for m in alerts)
+    assert any("抢劫" in m for m in alerts) and any("杀人" in m for m in alerts)
 
 
 async def test_an_intake_without_triage_still_opens_tickets(service: TicketService, clock: FakeClock) -> None:
@@ -201,3 +211,98 @@ async def test_an_intake_without_triage_still_opens_tickets(service: TicketServi
     result = await intake.receive(TextReport("app", "a1", "13800000000", "有人抢劫", lat=31.2, lon=121.4))
     assert result["state"] == "reported" and result["keywords"] == [] and result["station"] is None
     assert (await intake.receive(TextReport("app", "a1", "13800000000", "有人抢劫")))["duplicate"] is True
+
+
+async def test_a_failure_after_the_ticket_is_stored_loses_neither_report_nor_alert(
+    service: TicketService, clock: FakeClock
+) -> None:
+    """Once the ticket exists, the rest must not fail the request, and a retry finishes what was left undone."""
+    planner = planner_for(service, clock)
+    await load(planner.officers, officer("e1", "east", point_in(CENTER, 50)))
+    desk = make_desk(service, planner, clock)
+
+    async def broken_locate(number: str, **_: Any) -> Any:
+        raise RuntimeError("database went away")
+
+    lat, lon = point_in(CENTER)
+    report = TextReport("app", "b1", "13800000000", "他要引爆炸弹 bomb", lat=lat, lon=lon, address="人民大道1号")
+    await desk.start()
+    try:
+        result = await ReportIntake(service, desk=desk, locate=broken_locate, clock=clock).receive(report)
+        assert result["state"] == "reported" and result["major_incident"] is True
+        assert result["location_error"] and "database" not in result["location_error"]  # no internals out
+        assert result["station"] is None
+        await desk.alerts.flush()
+        # The gateway's retry, the database back: the same ticket, now located, still one alert.
+        again = await ReportIntake(service, desk=desk, locate=planner.locate, clock=clock).receive(report)
+        assert again["number"] == result["number"] and again["duplicate"] is True
+        assert again["station"] == "east" and again["location_error"] is None
+        await desk.alerts.flush()
+    finally:
+        await desk.stop()
+    [alert] = await _alerts(service)
+    assert alert.ref == result["number"]
+    ticket = await service.get(result["number"])
+    assert ticket is not None
+    assert {k: ticket.steps[0].detail[k] for k in ("lat", "lon", "address")} == {
+        "lat": lat, "lon": lon, "address": "人民大道1号"}  # the place as given stays on the report
+    assert [s.step for s in ticket.steps] == [Step.REPORTED, Step.LOCATED]
+
+
+@pytest.mark.parametrize("field", ["text", "address"])
+@pytest.mark.parametrize("bad", [r"\ud800", r"有人\u0000抢劫", r"\u001b[31m"])  # JSON escapes
+async def test_text_that_cannot_be_stored_is_refused_before_a_number_is_taken(
+    service: TicketService, clock: FakeClock, field: str, bad: str
+) -> None:
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    body = {"ref": "r1", "sender": "13800000000", "text": "门口有人打架", field: json.loads(f'"{bad}"')}
+    async with desk_client(service, planner, desk) as client:
+        gateway = await login_headers(service.engine, Role.GATEWAY)
+        resp = await client.post("/api/reports", data=json.dumps(body), headers={
+            **gateway, "Content-Type": "application/json"})
+        assert resp.status == 400, await resp.text()
+        assert field in (await resp.json())["error"]
+    assert await _tickets(service) == 0
+
+
+def test_what_a_survey_answer_looks_like() -> None:
+    for answer in ("5 5", "５，３", "接警5分，民警2分", "4", "55", "满意", "非常满意。", "投诉：民警一直没到"):
+        assert is_survey_answer(answer), answer
+    for writing in ("救命 我在3号楼 有人持刀砍人", "我在5栋楼下，有人抢劫", "10 55", "他又来了", "6 6", ""):
+        assert not is_survey_answer(writing), writing
+
+
+async def test_an_mms_without_text_is_a_report_with_its_pictures(service: TicketService, clock: FakeClock) -> None:
+    params = {"MessageSid": "MM1", "From": "+8613900000000", "Body": "", "NumMedia": "2",
+              "MediaUrl0": "https://api.twilio.example/Media/ME1", "MediaContentType0": "image/jpeg",
+              "MediaUrl1": "https://api.twilio.example/Media/ME2", "MediaContentType1": "video/mp4"}
+    assert media_attachments(params) == [{"kind": "photo", "url": "https://api.twilio.example/Media/ME1"},
+                                         {"kind": "video", "url": "https://api.twilio.example/Media/ME2"}]
+
+
+async def test_a_text_report_is_handed_over_by_its_pushed_data(service: TicketService, clock: FakeClock) -> None:
+    """No call to conference or transfer: the anti-fraud centre and 12345 get the ticket data, stamped as such."""
+    planner = planner_for(service, clock)
+    await load(planner.officers, officer("e1", "east", point_in(CENTER, 50)))
+    desk = make_desk(service, planner, clock)
+    intake = ReportIntake(service, desk=desk, locate=planner.locate, clock=clock)
+    lat, lon = point_in(CENTER)
+    fraud = await intake.receive(TextReport("app", "f1", "13800000000", "刚被冒充公检法骗了五万", lat=lat, lon=lon))
+    hotline = await intake.receive(TextReport("app", "h1", "13800000001", "小区路灯坏了一个月", lat=lat, lon=lon))
+    other = await intake.receive(TextReport("app", "u1", "13800000002", "有人打架", lat=lat, lon=lon))
+    done = await desk.classify(fraud["number"], "fraud", 1)
+    assert done["handover"] == {"done": True, "mode": "push"} and done["push"] is not None
+    step = done["ticket"]["steps"][-1]
+    assert step["step"] == "handed_over" and step["detail"]["to"] == "anti_fraud"
+    assert step["detail"]["mode"] == "push" and step["detail"]["push"].endswith("/fraud")
+    assert (await desk.classify(hotline["number"], "public_service", 4))["handover"]["done"] is True
+    # A rule that pushes nothing (the local station's, as shipped): a person hands the report over.
+    ticket = await service.get(other["number"])
+    assert ticket is not None
+    decision = RoutingDecision(ticket.number, Target.LOCAL_STATION, Mode.CONFERENCE, "PJSIP/desk-east", None,
+                               "east", "jurisdiction unclear", 1)
+    outcome, unchanged = await desk.hand_over(ticket, decision)
+    assert outcome["done"] is False and "by hand" in outcome["error"] and unchanged is ticket
+    pushed = {p.target for n in (fraud["number"], hotline["number"]) for p in await desk.pusher.for_ticket(n)}
+    assert pushed == {"anti_fraud", "hotline_12345"}
