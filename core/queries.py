@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Index, Select, and_, func, insert, null, or_, select
+from sqlalchemy import Index, Select, and_, func, insert, null, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.dispatch import IncidentRow
@@ -379,6 +379,10 @@ class QueryIndex:
             .group_by(hour, place)
         )
         async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Writers of copies and counts wait until the missing copies are in and counted
+                # (they take the copies' write lock before touching counts, see core.triage).
+                await conn.execute(text("LOCK TABLE ticket_triage IN EXCLUSIVE MODE"))
             # Counted first, while the rows are still missing; the write also takes SQLite's lock
             # before the insert's SELECT reads.
             await upsert_counts(conn, uncounted)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -36,12 +37,14 @@ from core.tickets import Source, TicketService, TicketView
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHANNELS", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "media_attachments", "parse_report"]
+__all__ = ["CHANNELS", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "clean_text", "media_attachments",
+           "parse_report"]
 
 CHANNELS = ("app", "sms")
 REPORT_TEXT_MAX = 2000  # an app form; a long SMS is 10 parts of 70 Chinese characters
 ATTACHMENTS_MAX = 10
 URL_MAX = 1000
+ALERT_WRITE_S = 1.0  # how long a report's answer waits for its alert to be stored (the alert bound)
 ATTACHMENT_KINDS = ("photo", "video", "audio")
 _REF = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _SENDER = re.compile(r"\+?[0-9]{3,20}")
@@ -73,14 +76,27 @@ def _check_characters(value: str, name: str) -> None:
         raise ValueError(f"{name} holds control characters")
 
 
+def clean_text(value: str) -> str:
+    """``value`` with what cannot be stored replaced: for an SMS, whose sender nobody can ask to resend."""
+    value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
+    return _CONTROL.sub(" ", value)
+
+
 def media_attachments(params: Mapping[str, str]) -> list[dict[str, str]]:
-    """Twilio's ``MediaUrl0…`` / ``MediaContentType0…`` of an MMS as report attachments (unknown types: photo)."""
+    """Twilio's ``MediaUrl0…`` / ``MediaContentType0…`` of an MMS as report attachments (unknown types: photo).
+
+    A URL that is not one Twilio would give (http(s), printable, not too
+    long) is left out on its own; the message and its other media stay.
+    """
     kinds = {"image": "photo", "video": "video", "audio": "audio"}
     found = []
     for i in range(ATTACHMENTS_MAX):
         url = params.get(f"MediaUrl{i}")
         if not url:
             break
+        if not url.startswith(("https://", "http://")) or len(url) > URL_MAX or clean_text(url) != url:
+            log.warning("MMS media %d not kept: not a usable URL", i)
+            continue
         kind = kinds.get(params.get(f"MediaContentType{i}", "").partition("/")[0], "photo")
         found.append({"kind": kind, "url": url})
     return found
@@ -101,6 +117,9 @@ def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
     lat, lon = body.get("lat"), body.get("lon")
     if (lat is None) != (lon is None):
         raise ValueError("give both lat and lon, or neither")
+    if lat is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                   for v in (lat, lon)):
+        raise ValueError("lat and lon must be finite numbers")
     address = body.get("address")
     if address is not None:
         if not isinstance(address, str):
@@ -151,47 +170,57 @@ class ReportIntake:
     async def receive(self, report: TextReport) -> dict[str, Any]:
         """Open (or find) the report's ticket and see its alert and location through; the answer says what was done.
 
-        A report delivered again finds its ticket and finishes what the first
-        delivery may have left undone if it failed after the ticket was
-        stored: the alert is raised again (one alert per ticket: the board
-        keeps the first) and a position not yet located is located.
+        The whole of it runs under one lock (a center gets about a thousand
+        text reports a day): two deliveries of one report at once make one
+        ticket, one location, one briefing. A report delivered again finds
+        its ticket and finishes what the first delivery may have left undone
+        if it failed after the ticket was stored: the alert is raised again
+        (one alert per ticket: the board keeps the first), the briefing pushed
+        again, and a position not yet located is located. The alert is in the
+        store before the answer goes back, so an SMS's receipt, stored after
+        it, never outlives a lost alert.
         """
+        async with self._lock:
+            return await self._receive(report)
+
+    async def _receive(self, report: TextReport) -> dict[str, Any]:
         source = Source.SMS if report.channel == "sms" else Source.APP
         watch = None if self._desk is None else self._desk.watch
-        async with self._lock:
-            ticket = await self._tickets.find_by_uniqueid(f"{report.channel}:{report.ref}")
-            duplicate = ticket is not None
-            if ticket is None:
-                detail: dict[str, Any] = {"text": report.text}
-                # The place as the reporter gave it stays on the step, located or not.
-                detail.update({k: v for k, v in (("lat", report.lat), ("lon", report.lon),
-                                                 ("address", report.address)) if v is not None})
-                if report.attachments:
-                    detail["attachments"] = [dict(a) for a in report.attachments]
-                found = [] if watch is None else watch.scan(report.text)
-                if found:
-                    detail["keywords"] = found
-                ticket = await self._tickets.open_report(
-                    channel=report.channel, ref=report.ref, sender=report.sender, at=self._clock(), source=source,
-                    **detail,
-                )
-            else:
-                log.info("text report %s:%s delivered again; ticket %s", report.channel, report.ref, ticket.number)
+        ticket = await self._tickets.find_by_uniqueid(f"{report.channel}:{report.ref}")
+        duplicate = ticket is not None
+        if ticket is None:
+            detail: dict[str, Any] = {"text": report.text}
+            # The place as the reporter gave it stays on the step, located or not.
+            detail.update({k: v for k, v in (("lat", report.lat), ("lon", report.lon),
+                                             ("address", report.address)) if v is not None})
+            if report.attachments:
+                detail["attachments"] = [dict(a) for a in report.attachments]
+            found = [] if watch is None else watch.scan(report.text)
+            if found:
+                detail["keywords"] = found
+            ticket = await self._tickets.open_report(
+                channel=report.channel, ref=report.ref, sender=report.sender, at=self._clock(), source=source,
+                **detail,
+            )
+        else:
+            log.info("text report %s:%s delivered again; ticket %s", report.channel, report.ref, ticket.number)
         found = list(ticket.steps[0].detail.get("keywords", ()))
         # The ticket is stored: from here on nothing fails the request. The alert goes first.
         if found and watch is not None:
             watch.alert(ticket, [*found, f"({report.channel} report)"], address=report.address)
+            try:
+                await asyncio.wait_for(self._desk.alerts.flush(), ALERT_WRITE_S)
+            except Exception:
+                log.exception("text report %s: the alert is not yet stored", ticket.number)
         location_error = None
-        newly_located = False
         located = any(s.step is Step.LOCATED for s in ticket.steps)
         if report.lat is not None and report.lon is not None and self._locate is not None and not located:
             try:
                 ticket, _ = await self._locate(ticket.number, lat=report.lat, lon=report.lon, address=report.address)
-                newly_located = True
             except Exception:  # the report stands, with the position on its step; a call-taker can set it
                 location_error = "the position could not be stored as the incident location; it is on the report"
                 log.exception("text report %s: location not stored", ticket.number)
-        if found and watch is not None and (newly_located or not duplicate):
+        if found and watch is not None:
             try:
                 await watch.push_briefing(ticket)
             except Exception:

@@ -80,17 +80,27 @@ def parse_reply(body: str) -> Ratings:
     return Ratings(intake, officer, "投诉" in text)
 
 
-# What an answer to the survey looks like: ratings ("5 4", "５，３", "接警5分，民警3分"), a complaint
-# ("投诉：…"), or a word of (dis)satisfaction. Anything else, even from a surveyed number, is somebody
-# writing to 110 — "我在3号楼，有人持刀" holds a digit but is no rating.
-_ANSWER = re.compile(r"(?:接警)?\s*[1-5]\s*分?\s*(?:[,、;/ ]?\s*(?:民警)?\s*[1-5]\s*分?)?")
-_WORDS = frozenset({"满意", "很满意", "非常满意", "基本满意", "不满意", "很不满意", "非常不满意", "一般",
-                    "谢谢", "好", "好的"})
+# What an answer to the survey looks like: ratings ("5 4", "５，３", "接警5分，民警3分", "5-5", "5星"),
+# words of (dis)satisfaction or thanks around them ("满意，谢谢", "5 5 谢谢"), or a complaint ("投诉：…").
+# Anything else, even from a surveyed number, is somebody writing to 110 — "我在3号楼，有人持刀" holds a
+# digit but is no rating, "满意 但是又有人来砸门" is more than thanks.
+_ANSWER = re.compile(
+    r"(?:接警)?\s*[1-5]\s*[分星]?(?:(?:\s*[,、;/.\-]\s*|\s+|(?<=[分星])\s*)(?:民警)?\s*[1-5]\s*[分星]?)?"
+)
+_WORDS = ("非常满意", "很满意", "基本满意", "非常不满意", "很不满意", "不满意", "满意", "一般", "谢谢你们",
+          "谢谢", "感谢", "好的", "好")
 
 
 def is_survey_answer(body: str) -> bool:
-    text = unicodedata.normalize("NFKC", body).strip().rstrip("。.!！~～")
-    return bool(_ANSWER.fullmatch(text)) or text.startswith("投诉") or text in _WORDS
+    """Whether a reply reads as an answer to the survey: ratings and courtesy words, or a complaint."""
+    text = unicodedata.normalize("NFKC", body).strip()
+    if text.startswith("投诉"):
+        return True
+    # Ratings and words of (dis)satisfaction or thanks, before or after, and nothing else.
+    for word in _WORDS:
+        text = text.replace(word, " ")
+    text = text.strip(" ,、;.。!！~～")
+    return not text or bool(_ANSWER.fullmatch(text))
 
 
 class WebhookVerdict(StrEnum):

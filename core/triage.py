@@ -16,6 +16,7 @@ step records which keywords matched.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.lifecycle import Step, advance
 from core.store import Base, Ticket
 from core.tickets import Source, TicketService, TicketView, UnknownTicket
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "NOTE_MAX",
@@ -263,6 +266,17 @@ async def _count_ticket(conn: AsyncConnection, number: str, delta: int) -> None:
     ).where(copy.number == number))  # the WHERE also keeps SQLite's upsert-after-SELECT parse unambiguous
 
 
+async def _lock_copies_for_writing(conn: AsyncConnection) -> None:
+    """PostgreSQL: the copies' write lock before any count row is touched, as the rebuild takes it first too.
+
+    ``ROW EXCLUSIVE`` is what the UPDATE of the copy would take anyway; taken
+    before the counts, a writer waits for a running rebuild or backfill
+    (``EXCLUSIVE``) instead of holding count rows they need while waiting for
+    the table (a deadlock).
+    """
+    await conn.execute(text("LOCK TABLE ticket_triage IN ROW EXCLUSIVE MODE"))
+
+
 def _move(number: str, values: dict[str, Any]) -> CompoundSelect[Any]:
     """The ticket's count rows before (-1) and after (+1) ``values`` are set on its query copy."""
     copy = TriageRow
@@ -309,6 +323,7 @@ async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int
                 if conn.dialect.name == "postgresql":
                     # Serialises the writers of this ticket's copy, whether the row exists or not.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:number))"), {"number": number})
+                    await _lock_copies_for_writing(conn)
                 if moves:  # out of the old count and into the new one in one statement (nothing if no row yet)
                     await upsert_counts(conn, _move(number, values))
                 result = await conn.execute(update(table).where(table.c.number == number).values(**values))
@@ -335,6 +350,7 @@ async def forget_query_copies(conn: AsyncConnection, numbers: Sequence[str]) -> 
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(n)) FROM unnest(CAST(:numbers AS text[])) AS n"),
                            {"numbers": list(numbers)})
+        await _lock_copies_for_writing(conn)
     hour, station, kind = hour_of(copy.created_at_us), or_none(copy.station_id), or_none(copy.type)
     await upsert_counts(conn, select(hour, station, kind, -func.count())
                         .where(copy.number.in_(numbers)).group_by(hour, station, kind))
@@ -370,8 +386,11 @@ async def ensure_hourly_counts(engine: AsyncEngine) -> bool:
     A database from before the counts were kept a day per row still has the
     old rollup (one row per hour): derived data, dropped here at start.
     """
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS ticket_hourly_counts"))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TABLE IF EXISTS ticket_hourly_counts"))
+    except Exception:  # e.g. owned by another database user: harmless where it is, the new counts go on
+        log.warning("the old hourly counts table could not be dropped", exc_info=True)
     async with engine.connect() as conn:
         if (await conn.execute(select(HOURLY_COUNTS.c.day_us).limit(1))).first() is not None:
             return False

@@ -249,13 +249,11 @@ class TriageDesk:
         """Have the telephony side conference or transfer, then stamp ``handed_over`` on the ticket.
 
         A text report has no call: its hand-over is the ticket data the rule
-        pushes (enqueued by ``classify``), stamped as mode ``push``.
+        pushes (enqueued by ``classify``, or here if that target has none
+        yet), stamped as mode ``push`` with the push's id.
         """
         if ticket.steps and ticket.steps[0].step is Step.REPORTED:
-            if decision.push is None:
-                return {"done": False, "error": "a text report has no call to conference or transfer and this "
-                                                "rule pushes no data: hand it over by hand"}, ticket
-            return {"done": True, "mode": "push"}, await self.record_handover(ticket.number, decision, mode="push")
+            return await self._hand_over_report(ticket, decision)
         if self.port is None:
             return {"done": False, "error": "no telephony port registered; hand over by hand"}, ticket
         try:
@@ -269,13 +267,32 @@ class TriageDesk:
         view = await self.record_handover(ticket.number, decision)
         return {"done": True}, view
 
+    async def _hand_over_report(
+        self, ticket: TicketView, decision: RoutingDecision
+    ) -> tuple[dict[str, Any], TicketView]:
+        if decision.push is None:
+            return {"done": False, "by_hand": True, "error": "a text report has no call to conference or transfer "
+                                                             "and this rule pushes no data: hand it over by hand"}, ticket
+        if _handed_over_to(ticket, decision):
+            return {"done": True, "mode": "push", "already": True}, ticket
+        pushes = [p for p in await self.pusher.for_ticket(ticket.number) if p.target == str(decision.target)]
+        if pushes:
+            push_id = pushes[-1].id
+        else:
+            classification = current_classification(ticket)
+            assert classification is not None  # a decision comes from a classification
+            push_id = await self.push(ticket, classification, decision)
+        view = await self.record_handover(ticket.number, decision, mode="push", push_id=push_id)
+        return {"done": True, "mode": "push", "push_id": push_id}, view
+
     async def record_handover(
-        self, number: str, decision: RoutingDecision, *, at: float | None = None, mode: str | None = None
+        self, number: str, decision: RoutingDecision, *, at: float | None = None, mode: str | None = None,
+        push_id: int | None = None,
     ) -> TicketView:
         """Stamp a hand-over the telephony side carried out (also for ones it did on its own), or a data push."""
         ticket = await self.triage.ticket(number)
-        if mode == "push":
-            detail: dict[str, Any] = {"to": str(decision.target), "mode": mode, "push": decision.push}
+        if mode == "push":  # the push's id, not its address: the step is shown and pushed on to others
+            detail: dict[str, Any] = {"to": str(decision.target), "mode": mode, "push_id": push_id}
         else:
             detail = {"to": str(decision.target), "mode": str(decision.mode), "endpoint": decision.endpoint,
                       "recording": "kept"}

@@ -210,7 +210,14 @@ async def close_ticket(request: web.Request) -> web.Response:
     return web.json_response((await _with_triage(request, [ticket]))[0], dumps=_dumps)
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    # Python's JSON reader takes NaN and Infinity, which no schema range check stops
+    # and neither the store nor a coordinate can use.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object, checked against the route's schema; ``optional``: an empty body is ``{}``."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadRequest(f"body larger than {MAX_BODY} bytes")
     # Read with our own cap: chunked bodies carry no Content-Length to check.
@@ -223,10 +230,14 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         chunks.append(chunk)
     raw = b"".join(chunks)
     request[BODY_SHA256] = hashlib.sha256(raw).hexdigest()
+    if not raw and optional:
+        return {}
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadRequest("body must be a JSON object in UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     schema = request.get(BODY_SCHEMA)

@@ -18,7 +18,7 @@ from core.complaints import AlreadyAnswered, Complaints, UnknownFollowUp
 from core.journal_status import JournalWatch
 from core.numbering import looks_like_number
 from core.quality import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
-from core.reports import media_attachments, parse_report
+from core.reports import clean_text, media_attachments, parse_report
 from core.survey import Survey, WebhookVerdict
 from core.web import BadRequest, _dumps, _json_body
 from core.web_reports import REPORTS
@@ -216,14 +216,15 @@ async def twilio_sms(request: web.Request) -> web.Response:
     intake = request.app.get(REPORTS)
 
     async def as_report(message: Mapping[str, str]) -> None:
-        sid, sender, body = message["MessageSid"], message["From"], message.get("Body", "")
+        sid, sender = message["MessageSid"], message["From"]
+        body = clean_text(message.get("Body", ""))  # nobody can be asked to resend an SMS: mend, do not refuse
         attachments = media_attachments(message)
         if not body.strip() and attachments:
             body = "（彩信，无文字 MMS without text）"
         try:
             report = parse_report({"ref": sid, "sender": sender, "text": body, "attachments": attachments},
                                   channel="sms")
-        except ValueError as exc:  # an empty message, an alphanumeric sender: nothing a call-taker could act on
+        except ValueError as exc:  # an empty message, a sender that is no number: nothing to call back
             log.warning("SMS webhook: message %s from %r is not a text report: %s", sid, sender, exc)
             return
         await intake.receive(report)  # a failure answers 500 before the receipt: Twilio retries

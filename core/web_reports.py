@@ -61,7 +61,7 @@ async def post_report(request: web.Request) -> web.Response:
 
 
 async def post_take(request: web.Request) -> web.Response:
-    body = await _json_body(request) if request.body_exists else {}  # the seat is optional, so is the body
+    body = await _json_body(request, optional=True)  # the seat is optional, so is the body
     number = _number(request)
     principal = request[PRINCIPAL]
     try:

@@ -193,7 +193,10 @@ async def post_handover(request: web.Request) -> web.Response:
         return _error(404, "no such ticket")
     except IllegalTransition as exc:
         return _error(409, str(exc))
-    status = 200 if outcome["done"] else 502 if desk.port is not None else 503
+    if outcome.get("by_hand"):
+        status = 409  # nothing the system can do: a person hands it over
+    else:
+        status = 200 if outcome["done"] else 502 if desk.port is not None else 503
     return _json({"decision": decision.to_json(), "handover": outcome, "ticket": ticket.to_json()}, status)
 
 

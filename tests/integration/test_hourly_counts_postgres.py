@@ -60,3 +60,7 @@ async def test_upgrade_from_the_hourly_rollup_on_postgresql(pg: AsyncEngine):
 
 async def test_opposite_moves_do_not_deadlock_on_postgresql(pg: AsyncEngine):
     await rollup.test_opposite_moves_of_one_day_do_not_deadlock(pg)
+
+
+async def test_rebuild_while_tickets_move_on_postgresql(pg: AsyncEngine):
+    await rollup.test_a_rebuild_while_tickets_move_keeps_every_count(pg)

@@ -22,7 +22,7 @@ from core.quality_store import Alert, SurveyResponse, WebhookReceipt
 from core.reports import ReportIntake, TextReport, media_attachments, parse_report
 from core.routing import Mode, RoutingDecision, Target
 from core.store import Ticket
-from core.survey import Survey, is_survey_answer
+from core.survey import Survey, is_survey_answer, parse_reply
 from core.tickets import TicketService
 from core.web import make_app
 from tests.dispatch_city import CENTER, load, officer, point_in
@@ -138,6 +138,8 @@ async def test_report_bodies_are_checked_and_roles_kept_apart(service: TicketSer
         body = await far.json()
         # A place far outside the city: located, in no station's cells (jurisdiction unclear), kept.
         assert far.status == 201 and body["station"] is None and body["cell"] and body["location_error"] is None
+        bare = await client.post(f"/api/tickets/{body['number']}/take", headers=taker)  # no body: no seat
+        assert bare.status == 200 and (await bare.json())["state"] == "taken"
         a_call = await service.open_call(uniqueid="9.9", caller_id="1", at=T0, source="agi")
         assert (await client.post(f"/api/tickets/{a_call.number}/take", json={}, headers=taker)).status == 409
         assert (await client.post("/api/tickets/110-20261129-999999/take", json={}, headers=taker)).status == 404
@@ -267,9 +269,12 @@ async def test_text_that_cannot_be_stored_is_refused_before_a_number_is_taken(
 
 
 def test_what_a_survey_answer_looks_like() -> None:
-    for answer in ("5 5", "５，３", "接警5分，民警2分", "4", "55", "满意", "非常满意。", "投诉：民警一直没到"):
+    for answer in ("5 5", "５，３", "接警5分，民警2分", "4", "5-5", "5星", "满意", "非常满意。", "满意，谢谢",
+                   "5 5 谢谢", "好的，谢谢", "投诉：民警一直没到"):
         assert is_survey_answer(answer), answer
-    for writing in ("救命 我在3号楼 有人持刀砍人", "我在5栋楼下，有人抢劫", "10 55", "他又来了", "6 6", ""):
+        assert parse_reply(answer).intake is not None or not any(c.isdigit() for c in answer), answer
+    for writing in ("救命 我在3号楼 有人持刀砍人", "我在5栋楼下，有人抢劫", "10 55", "55", "他又来了", "6 6",
+                    "好 有人打我", "满意 但是又有人来砸门"):
         assert not is_survey_answer(writing), writing
 
 
@@ -292,10 +297,19 @@ async def test_a_text_report_is_handed_over_by_its_pushed_data(service: TicketSe
     hotline = await intake.receive(TextReport("app", "h1", "13800000001", "小区路灯坏了一个月", lat=lat, lon=lon))
     other = await intake.receive(TextReport("app", "u1", "13800000002", "有人打架", lat=lat, lon=lon))
     done = await desk.classify(fraud["number"], "fraud", 1)
-    assert done["handover"] == {"done": True, "mode": "push"} and done["push"] is not None
+    assert done["handover"] == {"done": True, "mode": "push", "push_id": done["push"]} and done["push"]
     step = done["ticket"]["steps"][-1]
     assert step["step"] == "handed_over" and step["detail"]["to"] == "anti_fraud"
-    assert step["detail"]["mode"] == "push" and step["detail"]["push"].endswith("/fraud")
+    assert step["detail"]["mode"] == "push" and step["detail"]["push_id"] == done["push"]
+    assert "fraud_url" not in json.dumps(done["ticket"]) and "127.0.0.1" not in json.dumps(done["ticket"])
+    # Asked again (POST …/handover): nothing pushed twice, no second stamp.
+    ticket = await service.get(fraud["number"])
+    assert ticket is not None
+    decision = await desk.current_decision(fraud["number"])
+    assert decision is not None
+    again, same = await desk.hand_over(ticket, decision)
+    assert again["already"] is True and len(same.steps) == len(ticket.steps)
+    assert len(await desk.pusher.for_ticket(fraud["number"])) == 1
     assert (await desk.classify(hotline["number"], "public_service", 4))["handover"]["done"] is True
     # A rule that pushes nothing (the local station's, as shipped): a person hands the report over.
     ticket = await service.get(other["number"])
@@ -306,3 +320,61 @@ async def test_a_text_report_is_handed_over_by_its_pushed_data(service: TicketSe
     assert outcome["done"] is False and "by hand" in outcome["error"] and unchanged is ticket
     pushed = {p.target for n in (fraud["number"], hotline["number"]) for p in await desk.pusher.for_ticket(n)}
     assert pushed == {"anti_fraud", "hotline_12345"}
+
+
+async def test_nan_coordinates_are_refused_not_a_server_error(service: TicketService, clock: FakeClock) -> None:
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    async with desk_client(service, planner, desk) as client:
+        gateway = await login_headers(service.engine, Role.GATEWAY)
+        for raw in ('{"ref":"n1","sender":"13800000000","text":"help","lat":NaN,"lon":NaN}',
+                    '{"ref":"n2","sender":"13800000000","text":"help","lat":Infinity,"lon":1}'):
+            resp = await client.post("/api/reports", data=raw, headers={**gateway, "Content-Type": "application/json"})
+            assert resp.status == 400 and "not a JSON number" in (await resp.json())["error"]
+    assert await _tickets(service) == 0
+    with pytest.raises(ValueError, match="finite"):
+        parse_report({"ref": "n3", "sender": "138", "text": "x", "lat": float("nan"), "lon": 1.0}, channel="app")
+
+
+async def test_an_sms_is_mended_not_refused(service: TicketService, engine: Any, clock: FakeClock) -> None:
+    """Nobody can ask an SMS's sender to resend: what cannot be stored is replaced, bad media left out."""
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    outbox = Outbox(engine, None, clock=clock)
+    complaints = Complaints(engine, clock=clock)
+    survey = Survey(engine, outbox, complaints, auth_token=TOKEN, webhook_url=URL, clock=clock)
+    app = make_app(service, health={}, dispatch=planner, triage=desk)
+    web_quality.add_routes(app, survey=survey, complaints=complaints)
+    async with TestClient(TestServer(app)) as client:
+        params = _reply("SM" + "7" * 32, "救命 有人抢劫\x0b在3号楼\x00", "+8613900000000")
+        params.update({"NumMedia": "2", "MediaUrl0": "javascript:alert(1)", "MediaContentType0": "image/png",
+                       "MediaUrl1": "https://api.twilio.example/Media/ME9", "MediaContentType1": "image/jpeg"})
+        resp = await client.post("/api/twilio/sms", data=params, headers=_signed(params))
+        assert resp.status == 200
+    [ticket] = [t for t in await service.list_recent(5) if t.steps[0].step is Step.REPORTED]
+    first = ticket.steps[0].detail
+    assert first["text"] == "救命 有人抢劫 在3号楼 " and first["keywords"] == ["抢劫"]
+    assert first["attachments"] == [{"kind": "photo", "url": "https://api.twilio.example/Media/ME9"}]
+
+
+async def test_two_deliveries_at_once_make_one_ticket_one_location_one_alert(
+    service: TicketService, clock: FakeClock
+) -> None:
+    planner = planner_for(service, clock)
+    await load(planner.officers, officer("e1", "east", point_in(CENTER, 50)))
+    desk = make_desk(service, planner, clock)
+    briefings: list[Any] = []
+    desk.set_publisher(lambda message, station, badge=None: briefings.append(message))
+    intake = ReportIntake(service, desk=desk, locate=planner.locate, clock=clock)
+    lat, lon = point_in(CENTER)
+    report = TextReport("app", "twice", "13800000000", "有人抢劫", lat=lat, lon=lon)
+    await desk.start()
+    try:
+        first, second = await asyncio.gather(intake.receive(report), intake.receive(report))
+    finally:
+        await desk.stop()
+    assert first["number"] == second["number"] and {first["duplicate"], second["duplicate"]} == {False, True}
+    ticket = await service.get(first["number"])
+    assert ticket is not None and [s.step for s in ticket.steps] == [Step.REPORTED, Step.LOCATED]
+    assert len(await _alerts(service)) == 1
+    assert len([b for b in briefings if b.get("type") == "briefing"]) == 2  # the retry pushes it again, on purpose
