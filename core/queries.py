@@ -10,7 +10,7 @@ its two ends, so they are exact to the microsecond. ``QueryIndex`` keeps the cop
 ``received`` (or a text report's ``reported``) step creates the row, a ``located`` step sets the place — and
 fills in rows missing after a crash or an upgrade when it starts.
 
-A list is newest first and pages by a keyset cursor (the last row's creation
+A list is newest first (``oldest``: oldest first, for a waiting list) and pages by a keyset cursor (the last row's creation
 time and number), so page 500 costs what page 1 costs; an offset ``page`` is
 accepted too, bounded, for screens that number their pages.
 
@@ -94,17 +94,20 @@ class BadCursor(ValueError):
     """A cursor this server did not hand out."""
 
 
-def encode_cursor(created_at_us: int, number: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at_us}:{number}".encode()).decode().rstrip("=")
+def encode_cursor(created_at_us: int, number: str, *, oldest: bool = False) -> str:
+    raw = f"{created_at_us}:{number}" + (":oldest" if oldest else "")
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def decode_cursor(cursor: str) -> tuple[int, str, bool]:
+    """(creation time, number, whether the list runs oldest first) of the last row of a page."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        created, sep, number = raw.partition(":")
-        if not sep or not number:
+        created, sep, rest = raw.partition(":")
+        number, _, order = rest.partition(":")
+        if not sep or not number or order not in ("", "oldest"):
             raise ValueError(raw)
-        return int(created), number
+        return int(created), number, order == "oldest"
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadCursor("cursor is not one this server handed out") from None
 
@@ -121,11 +124,13 @@ class TicketQuery:
     limit: int = 50
     cursor: str | None = None
     page: int = 1  # offset paging, when no cursor is given
+    oldest: bool = False  # oldest first: a waiting list (text reports) is worked from its oldest end
 
     @property
     def filters(self) -> bool:
         return any(v is not None for v in (self.from_us, self.to_us, self.station, self.cell, self.type,
-                                           self.priority, self.cursor)) or bool(self.states) or self.page > 1
+                                           self.priority, self.cursor)) or bool(self.states) or self.page > 1 \
+            or self.oldest
 
 
 def _select(query: TicketQuery) -> Select[Any]:
@@ -162,8 +167,15 @@ def _select(query: TicketQuery) -> Select[Any]:
     if query.states:
         where.append(Ticket.state.in_(query.states))
     if query.cursor is not None:
-        at, last = decode_cursor(query.cursor)
-        where.append(or_(created < at, and_(created == at, number < last)))
+        at, last, oldest = decode_cursor(query.cursor)
+        if oldest != query.oldest:
+            raise BadCursor("the cursor belongs to a list in the other order")
+        if oldest:
+            where.append(or_(created > at, and_(created == at, number > last)))
+        else:
+            where.append(or_(created < at, and_(created == at, number < last)))
+    if query.oldest:
+        return statement.where(*where).order_by(created.asc(), number.asc())
     return statement.where(*where).order_by(created.desc(), number.desc())
 
 
@@ -196,7 +208,8 @@ async def search(engine: AsyncEngine, query: TicketQuery) -> dict[str, Any]:
         rows: Sequence[Any] = (await conn.execute(statement)).all()
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    next_cursor = encode_cursor(rows[-1].created_at_us, rows[-1].number) if more and rows else None
+    next_cursor = (encode_cursor(rows[-1].created_at_us, rows[-1].number, oldest=query.oldest)
+                   if more and rows else None)
     return {"tickets": [_summary(r) for r in rows], "next_cursor": next_cursor, "limit": query.limit,
             "page": None if query.cursor is not None else query.page}
 

@@ -2,8 +2,8 @@
 
 A report is not a call: its ticket opens with a ``reported`` step (channel,
 sender, text, attachments, the keywords found) and waits in state
-``reported`` until a call-taker takes it (``GET /api/tickets?status=reported``
-lists them, oldest last; ``POST /api/tickets/{n}/take``). Everything else is
+``reported`` until a call-taker takes it (``GET /api/tickets?status=reported&order=oldest``
+lists them, the longest waiting first; ``POST /api/tickets/{n}/take``). Everything else is
 the same as for a call: the ticket number, the time-stamped steps and their
 journal, location (the app's position becomes a ``located`` step, so the
 incident's cell and station are known at once), classification, notes,

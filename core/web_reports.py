@@ -1,7 +1,7 @@
 """HTTP API of text reports: the 110 app's gateway posts reports, call-takers take them.
 
 Thin views over ``core.reports.ReportIntake`` (found at ``app[REPORTS]``).
-Waiting reports are listed by ``GET /api/tickets?status=reported``; a
+Waiting reports are listed by ``GET /api/tickets?status=reported&order=oldest``; a
 report is closed like any ticket (``POST /api/tickets/{n}/close``). SMS
 reports come in through Twilio's webhook (``core.web_quality``), which
 hands every message that is not a survey answer to the same intake.

@@ -99,6 +99,8 @@ TICKETS_QUERY: dict[str, dict[str, Any]] = {
     "status": {"type": "string", "description": "ticket state, or several separated by commas"},
     "page": {"type": "string", "pattern": "^[0-9]{1,4}$", "description": f"1-{PAGE_MAX}, offset paging"},
     "cursor": {"type": "string", "maxLength": 64, "description": "next_cursor of the previous page"},
+    "order": {"type": "string", "enum": ["newest", "oldest"],
+              "description": "newest first (default), or oldest first: waiting text reports"},
 }
 STATS_QUERY: dict[str, dict[str, Any]] = {
     "from": {**_TIME, "description": "start (default: 24 h before to)"},
@@ -353,7 +355,10 @@ def ticket_query(request: web.Request) -> TicketQuery:
     cursor = q.get("cursor")
     if cursor is not None and (len(cursor) > 64 or "page" in q):
         raise BadRequest("give either a cursor or a page, and a cursor as handed out")
-    return TicketQuery(from_us, to_us, station, cell, kind, priority, states, limit, cursor, page)
+    order = q.get("order", "newest")
+    if order not in ("newest", "oldest"):
+        raise BadRequest('order must be "newest" or "oldest"')
+    return TicketQuery(from_us, to_us, station, cell, kind, priority, states, limit, cursor, page, order == "oldest")
 
 
 async def search_tickets(request: web.Request) -> web.Response:

@@ -90,7 +90,8 @@ async def test_an_app_report_is_a_located_ticket_and_its_keywords_alert_within_a
         taker = await login_headers(service.engine, Role.CALL_TAKER, username="taker-1")
         other = await login_headers(service.engine, Role.CALL_TAKER, username="taker-2")
         await desk.index.flush()
-        waiting = await (await client.get("/api/tickets", params={"status": "reported"}, headers=taker)).json()
+        waiting = await (await client.get("/api/tickets", params={"status": "reported", "order": "oldest"},
+                                          headers=taker)).json()
         assert [(t["number"], t["station"]) for t in waiting["tickets"]] == [(body["number"], "east")]
         took = await client.post(f"/api/tickets/{body['number']}/take", json={"seat": "seat-07"}, headers=taker)
         assert took.status == 200 and (await took.json())["state"] == "taken"
