@@ -3,8 +3,8 @@
 A report is not a call: its ticket opens with a ``reported`` step (channel,
 sender, text, attachments, the keywords found) and waits in state
 ``reported`` until a call-taker takes it (``GET /api/tickets?status=reported&order=oldest``
-lists them, the longest waiting first; ``POST /api/tickets/{n}/take``). Everything else is
-the same as for a call: the ticket number, the time-stamped steps and their
+lists them, the longest waiting first; ``POST /api/tickets/{n}/take``).
+Everything else is the same as for a call: the ticket number, the time-stamped steps and their
 journal, location (the app's position becomes a ``located`` step, so the
 incident's cell and station are known at once), classification, notes,
 counts in ``/api/stats``.
@@ -172,7 +172,7 @@ class ReportIntake:
 
         The whole of it runs under one lock (a center gets about a thousand
         text reports a day): two deliveries of one report at once make one
-        ticket, one location, one briefing. A report delivered again finds
+        ticket, one location, one alert. A report delivered again finds
         its ticket and finishes what the first delivery may have left undone
         if it failed after the ticket was stored: the alert is raised again
         (one alert per ticket: the board keeps the first), the briefing pushed
