@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
+from core.quality_store import Alert
+from siplab import storm
 from tests.web_login import login_headers
 
-from .test_dispatch import answered_ticket, steps_until
+from .test_dispatch import answered_ticket, dispatch_backend, steps_until  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.lab
 
@@ -71,3 +75,27 @@ async def test_public_service_request_is_transferred_to_12345_and_stays_traceabl
     log = (lab_paths.root / "var/log/asterisk/full").read_text(errors="replace")
     assert f"hand-over of {ticket.number} to PJSIP/hotline-12345" in log
     assert "PJSIP/hotline-12345" in log.split(f"hand-over of {ticket.number}")[1].split("\n", 3)[1]
+
+
+async def test_a_day_s_mix_through_the_lab(dispatch_backend, lab_paths):
+    """`jiejing lab storm --dispatch --mix`, small: calls classified over the API, fraud and 12345 handed over,
+    the rest dispatched, and app text reports posted (each twice), taken and closed — all with no API error."""
+    backend = dispatch_backend  # the lab city: officers to dispatch
+    opts = storm.StormOptions(calls=16, rate=1, talk_s=10, dispatch=True, mix=True, settings=backend.settings,
+                              paths=lab_paths)
+    opts.out = io.StringIO()
+    report = await storm.run_async(opts)
+    assert (report["answered"], report["failed"], report["tickets"], report["recordings"]) == (16, 0, 16, 16)
+    triage, reports = report["triage"], report["triage"]["text_reports"]
+    assert triage["errors"] == [] and report["dispatch"]["errors"] == []
+    assert sum(triage["classified"].values()) == 16
+    handed = triage["handed_over"]
+    assert handed.get("anti_fraud", 0) == triage["classified"].get("fraud", 0)
+    assert handed.get("hotline_12345", 0) == triage["classified"].get("public_service", 0)
+    assert report["dispatch"]["officer_joined"] == 16 - handed.get("anti_fraud", 0) - handed.get("hotline_12345", 0)
+    # 16 calls: two app reports, the first naming a robbery; each posted twice (the gateway's retry).
+    assert (reports["posted"], reports["tickets"], reports["duplicates"]) == (4, 2, 2)
+    assert (reports["keyword_alerts"], reports["taken"], reports["closed"]) == (1, 2, 2)
+    async with backend.service.engine.connect() as conn:
+        rows = (await conn.execute(select(Alert.message).where(Alert.kind == "major_incident"))).scalars().all()
+    assert len(rows) == 1 and "app report" in rows[0] and "抢劫" in rows[0]
