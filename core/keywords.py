@@ -319,16 +319,6 @@ def dispatched_badges(ticket: TicketView) -> list[str]:
     return badges
 
 
-def joined_badges(ticket: TicketView) -> list[str]:
-    badges: list[str] = []
-    for step in ticket.steps:
-        if step.step in (Step.OFFICER_JOINED, Step.ARRIVED):
-            badge = step.detail.get("badge")
-            if isinstance(badge, str) and badge not in badges:
-                badges.append(badge)
-    return badges
-
-
 def _keywords_of(ticket: TicketView) -> list[str]:
     found: list[str] = []
     for step in ticket.steps:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from core.repeat import PHONE
 from core.web_auth import RouteSpec, registered, routes
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
@@ -25,7 +26,7 @@ _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "seat": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
     "username": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"},
     "name": {"type": "string", "maxLength": 64},
-    "phone": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
+    "phone": {"type": "string", "pattern": f"^{PHONE.pattern}$"},
 }
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

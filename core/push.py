@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.store import TEXT_MAX, Base, _Id
+from core.tasks import stop_task
 
 __all__ = ["PushFailed", "PushRow", "Poster", "TicketPusher"]
 
@@ -125,11 +126,8 @@ class TicketPusher:
         self._task = asyncio.create_task(self._run(), name="ticket-pushes")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
         close = getattr(self._poster, "close", None)
         if close is not None:
             await close()  # the HTTP poster's client session

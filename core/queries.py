@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from core.dispatch import IncidentRow
 from core.lifecycle import Step
 from core.repeat import TICKETS_CALLER_INDEX, TicketLinkRow
 from core.store import Ticket
+from core.tasks import stop_task
 from core.tickets import StepView, TicketView, iso_utc
 from core.triage import (
     DAY_US,
@@ -357,10 +357,8 @@ class QueryIndex:
     async def stop(self) -> None:
         if self._task is not None:
             await self.flush()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def flush(self) -> None:
         await self._pending.join()

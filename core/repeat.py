@@ -34,14 +34,14 @@ from core.store import TEXT_MAX, Base, Ticket
 from core.tickets import Source, StepView, TicketService, TicketView, iso_utc
 from core.tasks import stop_task
 
-__all__ = ["PrankNumber", "RepeatCallers", "TicketLinkRow", "PrankNumberRow", "normalise_phone"]
+__all__ = ["PHONE", "PrankNumber", "RepeatCallers", "TicketLinkRow", "PrankNumberRow", "normalise_phone"]
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 600.0
 PHONE_MAX = 32
 REASON_MAX = 500
-_PHONE = re.compile(r"\+?[0-9]{3,20}")
+PHONE = re.compile(r"\+?[0-9]{3,20}")  # a phone number as the API takes it
 
 # Repeat look-ups go by caller and time; the tickets table has no such index of its own.
 TICKETS_CALLER_INDEX = Index("ix_tickets_caller_created", Ticket.caller_id, Ticket.created_at_us)
@@ -83,14 +83,14 @@ def normalise_phone(phone: str) -> str:
     if not isinstance(phone, str):
         raise ValueError("phone must be a string")
     compact = re.sub(r"[\s().-]", "", phone)
-    if not _PHONE.fullmatch(compact):
+    if not PHONE.fullmatch(compact):
         raise ValueError(f"not a phone number: {phone!r}")
     return compact
 
 
 def _linkable(caller_id: str) -> bool:
     # Withheld, "anonymous", "unknown" or empty caller ids would link strangers.
-    return bool(caller_id) and _PHONE.fullmatch(caller_id) is not None
+    return bool(caller_id) and PHONE.fullmatch(caller_id) is not None
 
 
 class RepeatCallers:

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.lifecycle import Step
+from core.repeat import PHONE
 from core.tickets import Source, TicketService, TicketView
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHANNELS", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "clean_text", "media_attachments",
+__all__ = ["CHANNELS", "REF", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "clean_text", "media_attachments",
            "parse_report"]
 
 CHANNELS = ("app", "sms")
@@ -46,8 +47,7 @@ ATTACHMENTS_MAX = 10
 URL_MAX = 1000
 ALERT_WRITE_S = 1.0  # how long a report's answer waits for its alert to be stored (the alert bound)
 ATTACHMENT_KINDS = ("photo", "video", "audio")
-_REF = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_SENDER = re.compile(r"\+?[0-9]{3,20}")
+REF = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # a report's id at its gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,13 @@ def _check_characters(value: str, name: str) -> None:
         raise ValueError(f"{name} holds control characters")
 
 
+def _check_url(url: Any, name: str) -> str:
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > URL_MAX:
+        raise ValueError(f"{name} must be an http(s) url of at most {URL_MAX} characters")
+    _check_characters(url, name)
+    return url
+
+
 def clean_text(value: str) -> str:
     """``value`` with what cannot be stored replaced: for an SMS, whose sender nobody can ask to resend."""
     value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
@@ -94,8 +101,10 @@ def media_attachments(params: Mapping[str, str]) -> list[dict[str, str]]:
         url = params.get(f"MediaUrl{i}")
         if not url:
             break
-        if not url.startswith(("https://", "http://")) or len(url) > URL_MAX or clean_text(url) != url:
-            log.warning("MMS media %d not kept: not a usable URL", i)
+        try:
+            _check_url(url, f"MMS media {i}")
+        except ValueError as exc:
+            log.warning("%s not kept", exc)
             continue
         kind = kinds.get(params.get(f"MediaContentType{i}", "").partition("/")[0], "photo")
         found.append({"kind": kind, "url": url})
@@ -107,9 +116,9 @@ def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
     if channel not in CHANNELS:
         raise ValueError(f"channel must be one of {', '.join(CHANNELS)}")
     ref, sender, text = body.get("ref"), body.get("sender"), body.get("text")
-    if not isinstance(ref, str) or not _REF.fullmatch(ref):
+    if not isinstance(ref, str) or not REF.fullmatch(ref):
         raise ValueError("ref must be the report's id at its gateway: 1-64 letters, digits or _ . : -")
-    if not isinstance(sender, str) or not _SENDER.fullmatch(sender):
+    if not isinstance(sender, str) or not PHONE.fullmatch(sender):
         raise ValueError("sender must be a phone number: 3-20 digits, optionally after +")
     if not isinstance(text, str) or not text.strip() or len(text) > REPORT_TEXT_MAX:
         raise ValueError(f"text must be a non-empty text of at most {REPORT_TEXT_MAX} characters")
@@ -132,11 +141,7 @@ def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
     for item in attachments:
         if not isinstance(item, Mapping) or item.get("kind") not in ATTACHMENT_KINDS:
             raise ValueError(f"each attachment needs a kind: {', '.join(ATTACHMENT_KINDS)}")
-        url = item.get("url")
-        if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > URL_MAX:
-            raise ValueError(f"each attachment needs an http(s) url of at most {URL_MAX} characters")
-        _check_characters(url, "an attachment's url")
-        checked.append({"kind": item["kind"], "url": url})
+        checked.append({"kind": item["kind"], "url": _check_url(item.get("url"), "an attachment's url")})
     return TextReport(channel, ref, sender, text, lat, lon, address, tuple(checked))
 
 

@@ -19,7 +19,6 @@ web application's cleanup context.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -47,6 +46,7 @@ from core.routing import (
     load_rules,
 )
 from core.surge import SurgeConfig, SurgeWatch, load_surge_config
+from core.tasks import stop_task
 from core.tickets import Source, StepView, TicketService, TicketView
 from core.triage import (
     Classification,
@@ -149,11 +149,8 @@ class TriageDesk:
         for remove in self._removers:
             remove()
         self._removers = []
-        if self._join_task is not None:
-            self._join_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._join_task
-            self._join_task = None
+        task, self._join_task = self._join_task, None
+        await stop_task(task)
         await self.surge.stop()
         await self.repeat.stop()
         await self.pusher.stop()

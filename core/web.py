@@ -79,8 +79,24 @@ class BadRequest(Exception):
     """Input the API refuses; its message is safe to show to the client."""
 
 
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=_dumps)
+
+
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return web.json_response({"error": message}, status=status, headers=headers, dumps=_dumps)
+
+
+def _text(body: dict[str, Any], name: str, limit: int = 2000, *, required: bool = True) -> str | None:
+    """A body's text field: a non-empty string of at most ``limit`` characters (None if absent and not required)."""
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f'"{name}" must be a non-empty string')
+    if len(value) > limit:
+        raise BadRequest(f'"{name}" must be at most {limit} characters')
+    return value
 
 
 @web.middleware
@@ -160,7 +176,7 @@ async def list_tickets(request: web.Request) -> web.Response:
         from core.web_ops import station_tickets
 
         tickets = await station_tickets(request.app[SERVICE], station, limit)
-    return web.json_response({"tickets": await _with_triage(request, tickets)}, dumps=_dumps)
+    return _json({"tickets": await _with_triage(request, tickets)})
 
 
 async def get_ticket(request: web.Request) -> web.Response:
@@ -169,7 +185,7 @@ async def get_ticket(request: web.Request) -> web.Response:
     ticket = await request.app[SERVICE].get(number) if looks_like_number(number) else None
     if ticket is None:
         return _error(404, "no such ticket")
-    return web.json_response((await _with_triage(request, [ticket]))[0], dumps=_dumps)
+    return _json((await _with_triage(request, [ticket]))[0])
 
 
 async def _with_triage(request: web.Request, tickets: list[TicketView]) -> list[dict[str, Any]]:
@@ -207,7 +223,7 @@ async def close_ticket(request: web.Request) -> web.Response:
         return _error(404, "no such ticket")
     except IllegalTransition as exc:
         return _error(409, str(exc))
-    return web.json_response((await _with_triage(request, [ticket]))[0], dumps=_dumps)
+    return _json((await _with_triage(request, [ticket]))[0])
 
 
 def _no_constant(name: str) -> Any:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from core.auth import PASSWORD_MAX, AuthService, BadCredentials, Principal, Role, UserExists
 from core.numbering import looks_like_number
-from core.web import BODY_SCHEMA, BODY_SHA256, PRINCIPAL, BadRequest, _dumps, _json_body
+from core.web import BODY_SCHEMA, BODY_SHA256, PRINCIPAL, BadRequest, _error, _json, _json_body
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,6 @@ def unlisted(app: web.Application) -> list[tuple[str, str]]:
 # -- the middleware ------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers, dumps=_dumps)
-
-
 def _token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
@@ -421,10 +417,6 @@ async def _audit(request: web.Request, status: int) -> None:
 
 
 # -- views ---------------------------------------------------------------------------------
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
 
 
 async def login(request: web.Request) -> web.Response:

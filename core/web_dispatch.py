@@ -38,7 +38,7 @@ from core.officers import (
     UnknownOfficer,
 )
 from core.tickets import UnknownTicket
-from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body
+from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _error, _json, _json_body, _text
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +51,6 @@ _STATION = re.compile(rf"[A-Za-z0-9_.:-]{{1,{STATION_ID_MAX}}}")
 # A socket that will not take our close frame is cut without one after this long.
 CLOSE_TIMEOUT_S = 2.0
 HEARTBEAT_S = 30.0
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, dumps=_dumps)
-
-
-def _text(body: dict[str, Any], name: str, limit: int, *, required: bool = True) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f'"{name}" must be a non-empty string')
-    if len(value) > limit:
-        raise BadRequest(f'"{name}" must be at most {limit} characters')
-    return value
 
 
 def _point(body: dict[str, Any]) -> tuple[float, float]:

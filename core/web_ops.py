@@ -26,7 +26,7 @@ from core.metrics import CallMetrics, MetricsProvider, header, render
 from core.seats import SeatBoard, UnknownSeat, WrongSeatState, check_seat
 from core.tickets import TicketService, TicketView
 from core.wallboard import Wallboard
-from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body, parse_instant
+from core.web import PRINCIPAL, SERVICE, BadRequest, parse_instant, _dumps, _error, _json, _json_body
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,6 @@ HEATMAP_QUERY: dict[str, dict[str, Any]] = {
     "type": {"type": "string", "description": "only incidents of this type"},
     "cold_km": {"type": "string", "description": "a cell with no available officer this near is cold (default 3)"},
 }
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, dumps=_dumps)
 
 
 # -- pages, spec, metrics ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from core.numbering import looks_like_number
 from core.quality import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
 from core.reports import clean_text, media_attachments, parse_report
 from core.survey import Survey, WebhookVerdict
-from core.web import BadRequest, _dumps, _json_body
+from core.web import BadRequest, _error, _json, _json_body, _text
 from core.web_reports import REPORTS
 
 log = logging.getLogger(__name__)
@@ -83,25 +83,6 @@ ANSWER_BODY: dict[str, Any] = {
         "caller": {**_TEXT, "type": ["string", "null"], "maxLength": 32},
     },
 }
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, dumps=_dumps)
-
-
-def _text(body: dict[str, Any], name: str, *, required: bool = True, limit: int = 2000) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f'"{name}" must be a non-empty string')
-    if len(value) > limit:
-        raise BadRequest(f'"{name}" must be at most {limit} characters')
-    return value
 
 
 def _day(request: web.Request, value: Any = None) -> str:

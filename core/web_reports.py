@@ -14,10 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from core.lifecycle import IllegalTransition
-from core.reports import ATTACHMENT_KINDS, ATTACHMENTS_MAX, REPORT_TEXT_MAX, URL_MAX, ReportIntake, parse_report
+from core.repeat import PHONE
+from core.reports import (
+    ATTACHMENT_KINDS, ATTACHMENTS_MAX, REF, REPORT_TEXT_MAX, URL_MAX, ReportIntake, parse_report,
+)
 from core.tickets import UnknownTicket
-from core.web import PRINCIPAL, SERVICE, BadRequest, _json_body
-from core.web_triage import _error, _json, _number
+from core.web import PRINCIPAL, SERVICE, BadRequest, _error, _json, _json_body
+from core.web_triage import _number
 
 REPORTS = web.AppKey("report_intake", ReportIntake)
 
@@ -26,9 +29,9 @@ REPORT_BODY: dict[str, Any] = {
     "required": ["ref", "sender", "text"],
     "additionalProperties": False,
     "properties": {
-        "ref": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$",
+        "ref": {"type": "string", "pattern": f"^{REF.pattern}$",
                 "description": "the report's id at the gateway: a second post with it is answered, not repeated"},
-        "sender": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
+        "sender": {"type": "string", "pattern": f"^{PHONE.pattern}$"},
         "text": {"type": "string", "minLength": 1, "maxLength": REPORT_TEXT_MAX, "pattern": r"\S"},
         "lat": {"type": "number", "minimum": -90, "maximum": 90},
         "lon": {"type": "number", "minimum": -180, "maximum": 180},

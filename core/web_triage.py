@@ -31,11 +31,11 @@ from core.queries import (
     hourly_series,
     search,
 )
-from core.repeat import REASON_MAX, normalise_phone
+from core.repeat import PHONE, REASON_MAX, normalise_phone
 from core.tickets import TicketView, UnknownTicket
 from core.triage import NOTE_MAX, IncidentType
 from core.triage_desk import TriageDesk
-from core.web import PRINCIPAL, SERVICE, BadRequest, _dumps, _json_body, parse_instant
+from core.web import PRINCIPAL, SERVICE, BadRequest, parse_instant, _error, _json, _json_body
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ WARNING_BODY: dict[str, Any] = {
         "text": {"type": "string", "minLength": 1, "maxLength": WARNING_TEXT_MAX, "pattern": r"\S"},
         "cell": {"type": ["string", "null"], "pattern": "^[0-9a-f]{15}$"},
         "address": {"type": ["string", "null"], "minLength": 1, "maxLength": 500, "pattern": r"\S"},
-        "phone": {"type": ["string", "null"], "pattern": r"^\+?[0-9]{3,20}$"},
+        "phone": {"type": ["string", "null"], "pattern": f"^{PHONE.pattern}$"},
     },
 }
 PRANK_BODY: dict[str, Any] = {
@@ -83,7 +83,7 @@ PRANK_BODY: dict[str, Any] = {
     "required": ["phone", "reason"],
     "additionalProperties": False,
     "properties": {
-        "phone": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
+        "phone": {"type": "string", "pattern": f"^{PHONE.pattern}$"},
         "reason": {"type": "string", "minLength": 1, "maxLength": REASON_MAX, "pattern": r"\S"},
     },
 }
@@ -110,18 +110,10 @@ STATS_QUERY: dict[str, dict[str, Any]] = {
 WARNINGS_QUERY: dict[str, dict[str, Any]] = {
     "cell": {"type": "string", "pattern": "^[0-9a-f]{15}$"},
     "address": {"type": "string", "maxLength": 500},
-    "phone": {"type": "string", "pattern": r"^\+?[0-9]{3,20}$"},
+    "phone": {"type": "string", "pattern": f"^{PHONE.pattern}$"},
 }
 # Query parameters that turn GET /api/tickets into a filtered search.
 FILTERS = frozenset(TICKETS_QUERY) - {"limit"}
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=_dumps)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, dumps=_dumps)
 
 
 def _number(request: web.Request) -> str:

@@ -24,6 +24,7 @@ from core.routing import Mode, RoutingDecision, Target
 from core.store import Ticket
 from core.survey import Survey, is_survey_answer, parse_reply
 from core.tickets import TicketService
+from core.triage_desk import TriageDesk
 from core.web import make_app
 from tests.dispatch_city import CENTER, load, officer, point_in
 from tests.triage_setup import desk_client, make_desk, planner_for
@@ -160,20 +161,26 @@ async def test_the_service_refuses_a_bad_report_key(service: TicketService) -> N
     assert await _tickets(service) == 0
 
 
+def _sms_app(service: TicketService, clock: FakeClock) -> tuple[web.Application, Survey, TriageDesk]:
+    """The API with triage (so the text-report intake) and the survey's SMS webhook."""
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    complaints = Complaints(service.engine, clock=clock)
+    survey = Survey(service.engine, Outbox(service.engine, None, clock=clock), complaints, auth_token=TOKEN,
+                    webhook_url=URL, clock=clock)
+    app = make_app(service, health={}, dispatch=planner, triage=desk)
+    web_quality.add_routes(app, survey=survey, complaints=complaints)
+    return app, survey, desk
+
+
 async def test_sms_that_is_not_a_survey_answer_becomes_a_report(
     service: TicketService, engine: Any, clock: FakeClock
 ) -> None:
-    planner = planner_for(service, clock)
-    desk = make_desk(service, planner, clock)
-    outbox = Outbox(engine, None, clock=clock)
-    complaints = Complaints(engine, clock=clock)
-    survey = Survey(engine, outbox, complaints, auth_token=TOKEN, webhook_url=URL, clock=clock)
+    app, survey, desk = _sms_app(service, clock)
     surveyed = await _closed_call(service, "1.1", caller="+8613800000000")
     await _closed_call(service, "1.2", caller="+8613700000000")
     await _closed_call(service, "1.3", caller="+8613600000000")
     await survey.catch_up()
-    app = make_app(service, health={}, dispatch=planner, triage=desk)
-    web_quality.add_routes(app, survey=survey, complaints=complaints)
     async with TestClient(TestServer(app)) as client:
         async def sms(sid: str, text: str, sender: str = "+8613800000000") -> web.Response:
             params = _reply(sid, text, sender)
@@ -337,15 +344,9 @@ async def test_nan_coordinates_are_refused_not_a_server_error(service: TicketSer
         parse_report({"ref": "n3", "sender": "138", "text": "x", "lat": float("nan"), "lon": 1.0}, channel="app")
 
 
-async def test_an_sms_is_mended_not_refused(service: TicketService, engine: Any, clock: FakeClock) -> None:
+async def test_an_sms_is_mended_not_refused(service: TicketService, clock: FakeClock) -> None:
     """Nobody can ask an SMS's sender to resend: what cannot be stored is replaced, bad media left out."""
-    planner = planner_for(service, clock)
-    desk = make_desk(service, planner, clock)
-    outbox = Outbox(engine, None, clock=clock)
-    complaints = Complaints(engine, clock=clock)
-    survey = Survey(engine, outbox, complaints, auth_token=TOKEN, webhook_url=URL, clock=clock)
-    app = make_app(service, health={}, dispatch=planner, triage=desk)
-    web_quality.add_routes(app, survey=survey, complaints=complaints)
+    app, _survey, _desk = _sms_app(service, clock)
     async with TestClient(TestServer(app)) as client:
         params = _reply("SM" + "7" * 32, "救命 有人抢劫\x0b在3号楼\x00", "+8613900000000")
         params.update({"NumMedia": "2", "MediaUrl0": "javascript:alert(1)", "MediaContentType0": "image/png",
