@@ -322,7 +322,8 @@ def dispatched_badges(ticket: TicketView) -> list[str]:
 def _keywords_of(ticket: TicketView) -> list[str]:
     found: list[str] = []
     for step in ticket.steps:
-        for word in step.detail.get("keywords", ()) if step.step is Step.NOTE_ADDED else ():
+        # Found in call-takers' notes, or in a text report's own words.
+        for word in step.detail.get("keywords", ()) if step.step in (Step.NOTE_ADDED, Step.REPORTED) else ():
             if word not in found:
                 found.append(word)
     return found

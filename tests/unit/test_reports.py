@@ -71,6 +71,7 @@ async def test_an_app_report_is_a_located_ticket_and_its_keywords_alert_within_a
         pushed = [json.loads(bureau._queue.get_nowait()) for _ in range(bureau.pending())]
         [briefing] = [m for m in pushed if m["type"] == "briefing"]
         assert briefing["number"] == body["number"] and briefing["station"] == "east"
+        assert briefing["keywords"] == ["绑架", "kidnapped"]  # what the report said, for the officers
 
         # The gateway retries after a timeout: the same ticket, no second alert.
         again = await client.post("/api/reports", json=report, headers=gateway)
