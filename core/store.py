@@ -1,4 +1,4 @@
-"""The ticket store: tables, the async engine, and the health probe.
+"""The store: the declarative base every capability's tables register on, the async engine, the health probe.
 
 Portable across SQLite (aiosqlite, the lab and small sites) and PostgreSQL
 (asyncpg): no dialect-specific SQL, times kept as integer epoch microseconds so
@@ -13,21 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    CHAR,
-    JSON,
     BigInteger,
-    Float,
-    ForeignKey,
     Integer,
     MetaData,
-    String,
-    UniqueConstraint,
     event,
     text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -48,70 +42,6 @@ TEXT_MAX = 255
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=_NAMING)
-
-
-class Ticket(Base):
-    __tablename__ = "tickets"
-
-    id: Mapped[int] = mapped_column(_Id, primary_key=True)
-    number: Mapped[str] = mapped_column(String(32), unique=True)
-    uniqueid: Mapped[str] = mapped_column(String(UNIQUEID_MAX), unique=True)
-    caller_id: Mapped[str] = mapped_column(String(TEXT_MAX))
-    caller_name: Mapped[str | None] = mapped_column(String(TEXT_MAX))
-    # Plain strings, not a database enum: new lifecycle states need no migration.
-    state: Mapped[str] = mapped_column(String(32), index=True)
-    queue: Mapped[str | None] = mapped_column(String(TEXT_MAX))
-    priority: Mapped[int | None] = mapped_column(Integer)
-    seat: Mapped[str | None] = mapped_column(String(TEXT_MAX))  # the seat that answered
-    created_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
-    updated_at_us: Mapped[int] = mapped_column(BigInteger)
-
-    # lazy="raise": under asyncio an implicit lazy load would fail far from its cause.
-    steps: Mapped[list[TicketStep]] = relationship(
-        back_populates="ticket", order_by="TicketStep.seq", lazy="raise"
-    )
-    recordings: Mapped[list[Recording]] = relationship(
-        back_populates="ticket", order_by="Recording.id", lazy="raise"
-    )
-
-
-class TicketStep(Base):
-    __tablename__ = "ticket_steps"
-    # The unique index on (ticket_id, seq) also serves lookups by ticket_id.
-    __table_args__ = (UniqueConstraint("ticket_id", "seq"),)
-
-    id: Mapped[int] = mapped_column(_Id, primary_key=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
-    seq: Mapped[int] = mapped_column(Integer)  # 1..n within the ticket
-    step: Mapped[str] = mapped_column(String(32))
-    state_after: Mapped[str] = mapped_column(String(32))
-    at_us: Mapped[int] = mapped_column(BigInteger)  # epoch microseconds
-    source: Mapped[str] = mapped_column(String(16))  # agi / ami / api / resync
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-    ticket: Mapped[Ticket] = relationship(back_populates="steps", lazy="raise")
-
-
-class Recording(Base):
-    __tablename__ = "recordings"
-    __table_args__ = (UniqueConstraint("ticket_id", "path"),)
-
-    id: Mapped[int] = mapped_column(_Id, primary_key=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
-    path: Mapped[str] = mapped_column(String(1024))
-    duration_s: Mapped[float | None] = mapped_column(Float)
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(CHAR(64))
-    bound_at_us: Mapped[int] = mapped_column(BigInteger)
-
-    ticket: Mapped[Ticket] = relationship(back_populates="recordings", lazy="raise")
-
-
-class TicketCounter(Base):
-    __tablename__ = "ticket_counters"
-
-    day: Mapped[str] = mapped_column(String(8), primary_key=True)  # YYYYMMDD, center time
-    last: Mapped[int] = mapped_column(Integer)
 
 
 _SQLITE_PRAGMAS = (
@@ -155,11 +85,11 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 
 async def init_schema(engine: AsyncEngine) -> None:
-    """Create missing tables and indexes; existing ones are left as they are."""
-    # Modules that keep their own tables on Base register them when imported;
-    # importing them here, not at the top, keeps store free of import cycles.
-    from core import auth, dispatch, keywords, officers, push, quality_store, queries, repeat, seats, triage  # noqa: F401
+    """Create missing tables and indexes of every table registered on ``Base``; existing ones are left as they are.
 
+    The store knows no capability: whoever assembles the process imports the capabilities it runs (their
+    table modules register on ``Base`` when imported) before calling this.
+    """
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
 

@@ -32,9 +32,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from core.lifecycle import Step
-from core.store import init_schema, make_engine
-from core.tickets import TicketService
+from core.calls.lifecycle import Step
+from core.tables import init_schema
+from core.store import make_engine
+from core.calls.tickets import TicketService
 from telephony import channel_vars
 from telephony.agi.routes import intake
 from telephony.agi.server import FastAGIServer

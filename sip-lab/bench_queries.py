@@ -5,7 +5,7 @@ a day) with their incident locations, classifications and query copies
 (``ticket_triage``, one row per ticket, and its hourly rollup
 ``ticket_daily_counts``, filled by ``rebuild_hourly_counts``) into a temporary
 SQLite file created by the backend's own schema code, then times the
-queries ``GET /api/tickets`` and ``GET /api/stats`` run (``core.queries``, and for stats the JSON encoding)
+queries ``GET /api/tickets`` and ``GET /api/stats`` run (``core.triage.queries``, and for stats the JSON encoding)
 through the same async engine the backend uses.
 
 Generation is fast because it bypasses the ticket service: the secondary
@@ -32,10 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.queries import HOUR_US, TicketQuery, hourly_series, search  # noqa: E402
-from core.store import init_schema, make_engine  # noqa: E402
-from core.triage import IncidentType, rebuild_hourly_counts  # noqa: E402
-from core.web import _dumps  # noqa: E402
+from core.triage.queries import HOUR_US, TicketQuery, hourly_series, search  # noqa: E402
+from core.tables import init_schema
+from core.store import make_engine# noqa: E402
+from core.triage.classify import IncidentType, rebuild_hourly_counts  # noqa: E402
+from core.web.app import _dumps  # noqa: E402
 
 DAY_US = 24 * HOUR_US
 START_US = 1_793_491_200 * 1_000_000  # 2026-11-01 00:00 UTC

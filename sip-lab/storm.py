@@ -22,8 +22,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from core.config import Settings
-from core.lifecycle import CALL_LIVE_STATES
-from core.store import Recording, Ticket, make_engine
+from core.calls.lifecycle import CALL_LIVE_STATES
+from core.calls.tables import Recording, Ticket
+from core.store import make_engine
 
 from . import asterisk, lab, sipp
 
@@ -229,7 +230,7 @@ class DispatchDriver:
            ("public_service", 10), ("other", 5))
 
     async def _login(self, http, role: str = "supervisor") -> str:
-        from core.auth import AuthService, Role
+        from core.auth.users import AuthService, Role
 
         engine = make_engine(self.opts.settings.db_url)
         try:

@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.lifecycle import CALL_CONNECTED_STATES, IllegalTransition, State, Step
-from core.tickets import TicketService, UnknownCall
+from core.calls.lifecycle import CALL_CONNECTED_STATES, IllegalTransition, State, Step
+from core.calls.tickets import TicketService, UnknownCall
 from telephony.channel_vars import recording_name
 
 log = logging.getLogger("jiejing.call_events")

@@ -72,7 +72,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from core.journal_cli import verify_command
+    from core.quality.journal_cli import verify_command
 
     return verify_command(
         Settings.from_env(), recordings=not args.no_recordings, as_json=args.json, out=sys.stdout
@@ -150,8 +150,9 @@ def cmd_users(args: argparse.Namespace) -> int:
     import asyncio
     import getpass
 
-    from core.auth import AuthService, UserExists
-    from core.store import init_schema, make_engine
+    from core.auth.users import AuthService, UserExists
+    from core.tables import init_schema
+    from core.store import make_engine
 
     settings = Settings.from_env()
 

@@ -25,9 +25,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from core.dispatch import DispatchPlanner, NotLocated, Rung
-from core.lifecycle import IllegalTransition
-from core.tickets import TicketService, UnknownTicket
+from core.dispatch.planner import DispatchPlanner, NotLocated, Rung
+from core.calls.lifecycle import IllegalTransition
+from core.calls.tickets import TicketService, UnknownTicket
 from telephony.ami.client import AMIClientError
 from telephony.ami.codec import dialplan_escape
 

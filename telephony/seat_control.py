@@ -1,4 +1,4 @@
-"""Queue membership of seats over AMI: the ``QueuePort`` of ``core.seats``.
+"""Queue membership of seats over AMI: the ``QueuePort`` of ``core.seats.board``.
 
 QueueAdd/QueueRemove/QueuePause on the call-takers' queue. A refusal by
 Asterisk (``Response: Error``) becomes ``QueueControlError`` with Asterisk's
@@ -8,7 +8,7 @@ message, so the seat board leaves the seat as it was; "already there" and
 
 from __future__ import annotations
 
-from core.seats import QueueControlError
+from core.seats.board import QueueControlError
 from telephony.ami.client import AMIClient
 
 DEFAULT_QUEUE = "emergency-110"

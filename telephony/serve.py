@@ -16,20 +16,21 @@ from pathlib import Path
 
 from aiohttp import web
 
-from core.auth import AuthService
+from core.auth.users import AuthService
 from core.config import Settings
-from core.metrics import header, histogram_lines
-from core.quality_config import QualitySettings
-from core.store import init_schema, make_engine
-from core.supervision import build as build_supervision
-from core.seats import SeatBoard
-from core.tickets import TicketService
-from core.web import make_app
-from core.alerts import AlertBoard
-from core.dispatch import DispatchPlanner
-from core.officers import OfficerService, load_city_file
-from core.push_http import HttpPoster
-from core.triage_desk import TriageDesk
+from core.calls.metrics import header, histogram_lines
+from core.quality.config import QualitySettings
+from core.tables import init_schema
+from core.store import make_engine
+from core.quality.supervision import build as build_supervision
+from core.seats.board import SeatBoard
+from core.calls.tickets import TicketService
+from core.web.app import make_app
+from core.alerts.board import AlertBoard
+from core.dispatch.planner import DispatchPlanner
+from core.dispatch.officers import OfficerService, load_city_file
+from core.triage.push_http import HttpPoster
+from core.triage.desk import TriageDesk
 from telephony import dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.routes import intake

@@ -11,13 +11,13 @@ from dataclasses import replace
 import h3
 from aiohttp import web
 
-from core import web as core_web
-from core.dispatch import DispatchPlanner
-from core.events import StepBroadcaster
-from core.lifecycle import Step
-from core.officers import City, OfficerService, OfficerSpec, OfficerStatus, StationSpec
-from core.tickets import TicketService, TicketView
-from core.web_dispatch import add_dispatch_routes
+from core.web import app as core_web
+from core.dispatch.planner import DispatchPlanner
+from core.calls.events import StepBroadcaster
+from core.calls.lifecycle import Step
+from core.dispatch.officers import City, OfficerService, OfficerSpec, OfficerStatus, StationSpec
+from core.calls.tickets import TicketService, TicketView
+from core.dispatch.views import add_dispatch_routes
 
 LAT0, LON0 = 31.2304, 121.4737
 RES = 8

@@ -9,17 +9,17 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.alerts import AlertBoard
-from core.dispatch import DispatchPlanner
-from core.events import StepBroadcaster
-from core.keywords import parse_keywords
-from core.officers import OfficerService
-from core.push import Poster
-from core.routing import HandoverFailed, RuleBook, parse_rules
-from core.surge import SurgeConfig, SurgeSettings
-from core.tickets import TicketService
-from core.triage_desk import TriageDesk, default_files
-from core.web import make_app
+from core.alerts.board import AlertBoard
+from core.dispatch.planner import DispatchPlanner
+from core.calls.events import StepBroadcaster
+from core.triage.keywords import parse_keywords
+from core.dispatch.officers import OfficerService
+from core.triage.push import Poster
+from core.triage.routing import HandoverFailed, RuleBook, parse_rules
+from core.triage.surge import SurgeConfig, SurgeSettings
+from core.calls.tickets import TicketService
+from core.triage.desk import TriageDesk, default_files
+from core.web.app import make_app
 from tests.unit.conftest import FakeClock
 
 RULES = """
@@ -118,7 +118,7 @@ async def desk_client(
 ) -> AsyncIterator[TestClient]:
     app = make_app(service, health={}, dispatch=planner, triage=desk)
     if broadcaster is not None:
-        from core.web_dispatch import BROADCASTER
+        from core.dispatch.views import BROADCASTER
 
         # The stream the desk publishes on must be the one the test subscribes to.
         app[BROADCASTER].close_all()

@@ -6,7 +6,7 @@ import itertools
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.auth import AuthService, Role
+from core.auth.users import AuthService, Role
 
 # Cheap scrypt for tests: the cost parameter is stored with each hash, so
 # the app (with the default cost) still checks these passwords correctly.

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.store import init_schema, make_engine
+from core.tables import init_schema
+
+from core.store import make_engine
 from tests.browser.cdp import Browser, chromium_path
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"

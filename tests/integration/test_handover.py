@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from core.quality_store import Alert
+from core.alerts.board import Alert
 from siplab import storm
 from tests.web_login import login_headers
 

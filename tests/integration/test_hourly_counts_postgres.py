@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.store import init_schema
+from core.tables import init_schema
 from tests.integration.test_store_postgres import PG_URL, _engine, pg_schema  # noqa: F401  (fixture)
 from tests.unit import test_hourly_counts as rollup
 
@@ -44,7 +44,7 @@ async def test_backfilled_copies_are_counted_on_postgresql(pg: AsyncEngine):
 async def test_retention_takes_copies_and_counts_on_postgresql(pg: AsyncEngine):
     from tests.unit import test_retention as retention
     from tests.unit.conftest import FakeClock
-    from core.tickets import TicketService
+    from core.calls.tickets import TicketService
 
     clock = FakeClock()
     await retention.test_expiry_takes_the_tickets_copies_and_counts_with_it(TicketService(pg, clock=clock), pg, clock)

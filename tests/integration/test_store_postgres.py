@@ -20,9 +20,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.lifecycle import IllegalTransition, State, Step
-from core.store import Ticket, TicketStep, check, init_schema, make_engine
-from core.tickets import TicketService
+from core.calls.lifecycle import IllegalTransition, State, Step
+from core.calls.tables import Ticket, TicketStep
+from core.tables import init_schema
+from core.store import check, make_engine
+from core.calls.tickets import TicketService
 
 PG_URL = os.environ.get("JIEJING_TEST_PG_URL")
 if not PG_URL and os.environ.get("CI"):

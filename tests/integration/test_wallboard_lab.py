@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.auth import AuthService, Role
+from core.auth.users import AuthService, Role
 from tests.browser.cdp import Browser, chromium_path
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from core.lifecycle import State
-from core.tickets import TicketService
+from core.calls.lifecycle import State
+from core.calls.tickets import TicketService
 from telephony.ami.codec import NEED_DATA, AMIProtocol, Closed, Event
 from telephony.call_events import CallEvents
 from telephony.channel_vars import recording_name

@@ -9,7 +9,7 @@ import h3
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch import (
+from core.dispatch.planner import (
     DispatchPlanner,
     DispatchSettings,
     NotLocated,
@@ -17,9 +17,9 @@ from core.dispatch import (
     choose_officer,
     ladder,
 )
-from core.lifecycle import CALL_CONNECTED_STATES, CALL_LIVE_STATES, IllegalTransition, State, Step, advance
-from core.officers import OfficerBusy, OfficerService, OfficerStatus
-from core.tickets import TicketService, TicketView
+from core.calls.lifecycle import CALL_CONNECTED_STATES, CALL_LIVE_STATES, IllegalTransition, State, Step, advance
+from core.dispatch.officers import OfficerBusy, OfficerService, OfficerStatus
+from core.calls.tickets import TicketService, TicketView
 from tests.dispatch_city import CENTER, T0, answered_call, load, officer, point_in, ring_cell
 from tests.unit.conftest import FakeClock
 

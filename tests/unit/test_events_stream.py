@@ -13,12 +13,12 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.dispatch import DispatchPlanner
-from core.events import StepBroadcaster
-from core.lifecycle import Step
-from core.officers import OfficerService
-from core.tickets import TicketService
-from core.web_dispatch import BROADCASTER, SOCKETS
+from core.dispatch.planner import DispatchPlanner
+from core.calls.events import StepBroadcaster
+from core.calls.lifecycle import Step
+from core.dispatch.officers import OfficerService
+from core.calls.tickets import TicketService
+from core.dispatch.views import BROADCASTER, SOCKETS
 from tests.dispatch_city import CENTER, T0, answered_call, dispatch_app, load, officer, point_in, ring_cell
 from tests.unit.conftest import FakeClock
 

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch import IncidentRow
-from core.queries import QueryIndex, hourly_series
-from core.store import Ticket
-from core.tickets import TicketService
-from core.triage import (
+from core.dispatch.planner import IncidentRow
+from core.triage.queries import QueryIndex, hourly_series
+from core.calls.tables import Ticket
+from core.calls.tickets import TicketService
+from core.triage.classify import (
     HOUR_US,
     DAY_US,
     HOURLY_COUNTS,

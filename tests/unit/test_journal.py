@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.journal import (
+from core.quality.journal import (
     GENESIS,
     KIND_RECORDING,
     Journaler,
@@ -19,10 +19,12 @@ from core.journal import (
     link_hash,
     verify,
 )
-from core.lifecycle import Step
-from core.quality_store import JournalEntry
-from core.store import Recording, TicketStep, init_schema, make_engine
-from core.tickets import TicketService
+from core.calls.lifecycle import Step
+from core.quality.tables import JournalEntry
+from core.calls.tables import Recording, TicketStep
+from core.tables import init_schema
+from core.store import make_engine
+from core.calls.tickets import TicketService
 from telephony import cli
 
 T0 = 1_795_951_800.0

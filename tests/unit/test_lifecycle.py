@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from core import lifecycle
-from core.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
+from core.calls import lifecycle
+from core.calls.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
 
 # Written out independently of the module's rules, as the specification lists them.
 LEGAL = {

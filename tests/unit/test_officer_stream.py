@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from core.auth import Role
-from core.events import StepBroadcaster
-from core.lifecycle import Step
-from core.tickets import TicketService
+from core.auth.users import Role
+from core.calls.events import StepBroadcaster
+from core.calls.lifecycle import Step
+from core.calls.tickets import TicketService
 from tests.dispatch_city import CENTER, T0, answered_call, load, officer, point_in, ring_cell
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import FakeClock

@@ -10,7 +10,7 @@ import h3
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.officers import (
+from core.dispatch.officers import (
     CityError,
     OfficerBusy,
     OfficerService,

@@ -12,11 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.auth import Role
-from core.openapi import build_spec
-from core.store import init_schema, make_engine
-from core.tickets import TicketService
-from core.web_auth import registered, routes
+from core.auth.users import Role
+from core.web.openapi import build_spec
+from core.tables import init_schema
+from core.store import make_engine
+from core.calls.tickets import TicketService
+from core.web.auth import registered, routes
 from tests.unit.conftest import FakeClock
 from tests.unit.test_web_auth import full_app
 from tests.web_login import login_headers

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.outbox import FAILED, PENDING, SENDING, SENT, UNKNOWN, Outbox
-from core.quality_store import OutboxMessage
-from core.twilio_sms import RelayHttpClient, TwilioMessenger
+from core.quality.outbox import FAILED, PENDING, SENDING, SENT, UNKNOWN, Outbox
+from core.quality.tables import OutboxMessage
+from core.quality.twilio_sms import RelayHttpClient, TwilioMessenger
 from tests.twilio_standin import ACCOUNT_SID, AUTH_TOKEN, TwilioStandin
 
 FROM = "+8610000110"

@@ -8,12 +8,12 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core import web_quality
-from core.lifecycle import Step
-from core.quality import CRITERIA, Call, SpotChecks, draw_sample, shift_of
-from core.tickets import TicketService
-from core.auth import Role
-from core.web import make_app
+from core.quality import views as web_quality
+from core.calls.lifecycle import Step
+from core.quality.spot_checks import CRITERIA, Call, SpotChecks, draw_sample, shift_of
+from core.calls.tickets import TicketService
+from core.auth.users import Role
+from core.web.app import make_app
 from tests.web_login import login_headers
 
 T0 = 1_795_951_800.0  # 19:30 in Shanghai on 2026-11-29

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.auth import Role
-from core.dispatch import IncidentRow
-from core.queries import HOUR_US, BadCursor, TicketQuery, ensure_indexes, hourly_series, search
-from core.store import Ticket
-from core.tickets import TicketService, iso_utc
-from core.triage import IncidentType, TriageRow, rebuild_hourly_counts
+from core.auth.users import Role
+from core.dispatch.planner import IncidentRow
+from core.triage.queries import HOUR_US, BadCursor, TicketQuery, ensure_indexes, hourly_series, search
+from core.calls.tables import Ticket
+from core.calls.tickets import TicketService, iso_utc
+from core.triage.classify import IncidentType, TriageRow, rebuild_hourly_counts
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
@@ -196,7 +196,7 @@ async def test_the_api_filters_validates_and_keeps_stations_to_their_own(
 async def test_the_query_copy_follows_new_tickets_and_fills_in_missing_ones(
     service: TicketService, clock: FakeClock
 ) -> None:
-    from core.queries import QueryIndex
+    from core.triage.queries import QueryIndex
     from tests.dispatch_city import CENTER, answered_call, load, point_in
 
     planner = planner_for(service, clock)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import recordings
-from core.recordings import RecordingInfo, inspect_recording
+from core.calls import recordings
+from core.calls.recordings import RecordingInfo, inspect_recording
 
 
 def test_pcm_wav(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from core.auth import Role
-from core.lifecycle import Step
-from core.repeat import RepeatCallers
-from core.tickets import TicketService, TicketView
+from core.auth.users import Role
+from core.calls.lifecycle import Step
+from core.triage.repeat import RepeatCallers
+from core.calls.tickets import TicketService, TicketView
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import FakeClock
 from tests.web_login import login_headers

@@ -12,20 +12,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 
-from core import web_quality
-from core.auth import Role
-from core.complaints import Complaints
-from core.events import StepBroadcaster
-from core.lifecycle import State, Step
-from core.outbox import Outbox
-from core.quality_store import Alert, SurveyResponse, WebhookReceipt
-from core.reports import ReportIntake, TextReport, media_attachments, parse_report
-from core.routing import Mode, RoutingDecision, Target
-from core.store import Ticket
-from core.survey import Survey, is_survey_answer, parse_reply
-from core.tickets import TicketService
-from core.triage_desk import TriageDesk
-from core.web import make_app
+from core.quality import views as web_quality
+from core.auth.users import Role
+from core.quality.complaints import Complaints
+from core.calls.events import StepBroadcaster
+from core.calls.lifecycle import State, Step
+from core.quality.outbox import Outbox
+from core.alerts.board import Alert
+from core.quality.tables import SurveyResponse, WebhookReceipt
+from core.triage.reports import ReportIntake, TextReport, media_attachments, parse_report
+from core.triage.routing import Mode, RoutingDecision, Target
+from core.calls.tables import Ticket
+from core.quality.survey import Survey, is_survey_answer, parse_reply
+from core.calls.tickets import TicketService
+from core.triage.desk import TriageDesk
+from core.web.app import make_app
 from tests.dispatch_city import CENTER, load, officer, point_in
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock

@@ -12,18 +12,18 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.dispatch import IncidentRow
-from core.journal import KIND_EXPIRY, Journaler, verify
-from core.journal_status import JournalWatch
-from core.lifecycle import Step
-from core.push import PushRow
-from core.queries import hourly_series
-from core.quality_store import JournalEntry
-from core.repeat import TicketLinkRow
-from core.retention import RetentionSchedule, expire
-from core.store import Recording, Ticket, TicketStep
-from core.tickets import TicketService
-from core.triage import TriageRow, read_hourly_counts, rebuild_hourly_counts, upsert_query_copy
+from core.dispatch.planner import IncidentRow
+from core.quality.journal import KIND_EXPIRY, Journaler, verify
+from core.quality.journal_status import JournalWatch
+from core.calls.lifecycle import Step
+from core.triage.push import PushRow
+from core.triage.queries import hourly_series
+from core.quality.tables import JournalEntry
+from core.triage.repeat import TicketLinkRow
+from core.quality.retention import RetentionSchedule, expire
+from core.calls.tables import Recording, Ticket, TicketStep
+from core.calls.tickets import TicketService
+from core.triage.classify import TriageRow, read_hourly_counts, rebuild_hourly_counts, upsert_query_copy
 
 T0 = 1_795_951_800.0
 DAY = 86400.0
@@ -125,7 +125,7 @@ async def test_the_daily_task_expires_once_a_day_and_spares_newer_tickets(
     journaler = Journaler(engine, clock=clock)
     schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, poll_s=0.01)
     assert schedule.status()["last_run_at"] is None
-    with caplog.at_level(logging.INFO, logger="core.retention"):
+    with caplog.at_level(logging.INFO, logger="core.quality.retention"):
         await schedule.start()
         try:
             # The first run comes at start: only the ticket older than 180 days goes.

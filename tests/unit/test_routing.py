@@ -8,11 +8,11 @@ import h3
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch import Incident
-from core.officers import OfficerService
-from core.push import TicketPusher
-from core.push_http import HttpPoster
-from core.routing import (
+from core.dispatch.planner import Incident
+from core.dispatch.officers import OfficerService
+from core.triage.push import TicketPusher
+from core.triage.push_http import HttpPoster
+from core.triage.routing import (
     Jurisdiction,
     Mode,
     RuleBook,
@@ -23,9 +23,9 @@ from core.routing import (
     load_rules,
     parse_rules,
 )
-from core.tickets import TicketService
-from core.triage import Classification, IncidentType, Priority
-from core.triage_desk import default_files
+from core.calls.tickets import TicketService
+from core.triage.classify import Classification, IncidentType, Priority
+from core.triage.desk import default_files
 from tests.dispatch_city import CENTER, LAT0, LON0, answered_call, load, ring_cell
 from tests.triage_setup import RULES, PushStandIn
 from tests.unit.conftest import FakeClock

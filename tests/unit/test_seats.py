@@ -8,11 +8,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.auth import Role
-from core.lifecycle import Step
-from core.seats import QueueControlError, SeatBoard, SeatState, WrongSeatState
-from core.tickets import TicketService
-from core.web import make_app
+from core.auth.users import Role
+from core.calls.lifecycle import Step
+from core.seats.board import QueueControlError, SeatBoard, SeatState, WrongSeatState
+from core.calls.tickets import TicketService
+from core.web.app import make_app
 from telephony.ami.client import AMIClient
 from telephony.seat_control import AMIQueuePort
 from tests.ami_fake import FakeAsterisk

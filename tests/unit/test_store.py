@@ -11,8 +11,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.numbering import TicketNumbering, format_number, looks_like_number
-from core.store import Ticket, TicketCounter, TicketStep, check, init_schema, make_engine
+from core.calls.numbering import TicketNumbering, format_number, looks_like_number
+from core.calls.tables import Ticket, TicketCounter, TicketStep
+from core.tables import init_schema
+from core.store import check, make_engine
 
 # 2026-11-29 11:30:00 UTC, 19:30 in Shanghai.
 T0 = 1_795_951_800.0

@@ -14,15 +14,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from twilio.request_validator import RequestValidator
 
-from core import web_quality
-from core.complaints import Complaints
-from core.lifecycle import Step
-from core.outbox import Outbox
-from core.quality_store import FollowUp, OutboxMessage, SurveyResponse, WebhookReceipt
-from core.survey import Survey, parse_reply, to_e164
-from core.tickets import TicketService
-from core.auth import Role
-from core.web import make_app
+from core.quality import views as web_quality
+from core.quality.complaints import Complaints
+from core.calls.lifecycle import Step
+from core.quality.outbox import Outbox
+from core.quality.tables import FollowUp, OutboxMessage, SurveyResponse, WebhookReceipt
+from core.quality.survey import Survey, parse_reply, to_e164
+from core.calls.tickets import TicketService
+from core.auth.users import Role
+from core.web.app import make_app
 from tests.web_login import login_headers
 
 T0 = 1_795_951_800.0
@@ -128,7 +128,7 @@ async def test_webhook_valid_forged_and_replayed(
         assert resp.status == 200
         assert "<Response>" in await resp.text()
 
-        with caplog.at_level(logging.WARNING, logger="core.survey"):
+        with caplog.at_level(logging.WARNING, logger="core.quality.survey"):
             replay = await client.post("/api/twilio/sms", data=params, headers=_signed(params))
             assert replay.status == 409
             tampered = dict(params, Body="1 1")  # signature of the original body
@@ -189,7 +189,7 @@ async def test_unsatisfied_rating_opens_a_follow_up_and_rates_are_computed(
 
 
 async def _numbers(engine: AsyncEngine) -> list[str]:
-    from core.store import Ticket
+    from core.calls.tables import Ticket
 
     async with async_sessionmaker(engine)() as session:
         return list((await session.scalars(select(Ticket.number).order_by(Ticket.id))).all())

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import event, false, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-import core.tickets
-from core.lifecycle import IllegalTransition, State, Step
-from core.store import TicketStep
-from core.tickets import TicketService, TicketView
+import core.calls.tickets
+from core.calls.lifecycle import IllegalTransition, State, Step
+from core.calls.tables import TicketStep
+from core.calls.tickets import TicketService, TicketView
 
 T0 = 1_795_951_800.0  # 2026-11-29 11:30:00 UTC
 
@@ -146,7 +146,7 @@ async def test_a_step_another_process_wrote_is_noticed_and_built_upon(
     await other.record_step("1.1", Step.SEAT_RINGING, at=T0 + 2, source="ami", seat="seat-01")
     clock.now += 1
     # This process still sees "queued": its UPDATE matches no row, it re-reads and appends after.
-    with caplog.at_level(logging.WARNING, logger="core.tickets"):
+    with caplog.at_level(logging.WARNING, logger="core.calls.tickets"):
         answered = await service.record_step("1.1", Step.ANSWERED, at=T0 + 3, source="ami", seat="seat-01")
     assert [s.step for s in answered.steps] == [Step.RECEIVED, Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED]
     assert answered == await _stored(engine)
@@ -207,7 +207,7 @@ async def test_a_ticket_that_keeps_changing_fails_after_one_reread(
     heard = []
     service.add_listener(lambda t, s: heard.append(s))
     # An UPDATE that never matches: as if another writer always got there first.
-    monkeypatch.setattr(core.tickets, "_ADVANCE", core.tickets._ADVANCE.where(false()))
+    monkeypatch.setattr(core.calls.tickets, "_ADVANCE", core.calls.tickets._ADVANCE.where(false()))
     with pytest.raises(RuntimeError, match="changed since it was read"):
         await service.record_step("1.1", Step.QUEUED, at=T0 + 1, source="ami")
     assert await _seqs(engine) == [1]

@@ -12,9 +12,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.lifecycle import IllegalTransition, State, Step
-from core.store import Recording, Ticket, TicketStep, init_schema, make_engine
-from core.tickets import StepView, TicketService, TicketView, UnknownCall, UnknownTicket, iso_utc
+from core.calls.lifecycle import IllegalTransition, State, Step
+from core.calls.tables import Recording, Ticket, TicketStep
+from core.tables import init_schema
+from core.store import make_engine
+from core.calls.tickets import StepView, TicketService, TicketView, UnknownCall, UnknownTicket, iso_utc
 
 T0 = 1_795_951_800.0  # 2026-11-29 11:30:00 UTC, 19:30 in Shanghai
 DAY = "20261129"
@@ -392,7 +394,7 @@ async def test_failing_listener_is_logged_and_others_still_run(
     service.add_listener(broken)
     service.add_listener(not_synchronous)
     service.add_listener(lambda t, s: heard.append(s.step))
-    with caplog.at_level(logging.ERROR, logger="core.tickets"):
+    with caplog.at_level(logging.ERROR, logger="core.calls.tickets"):
         ticket = await _open(service, "1.1")
     assert ticket.state is State.RECEIVED  # the call goes on
     assert heard == [Step.RECEIVED]

@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.auth import Role
-from core.lifecycle import IllegalTransition, Step
-from core.tickets import TicketService
-from core.triage import IncidentType, Priority, TriageRow, TriageService, current_classification
+from core.auth.users import Role
+from core.calls.lifecycle import IllegalTransition, Step
+from core.calls.tickets import TicketService
+from core.triage.classify import IncidentType, Priority, TriageRow, TriageService, current_classification
 from tests.dispatch_city import CENTER, answered_call, load, point_in
 from tests.triage_setup import PushStandIn, RecordingPort, desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock
@@ -97,7 +97,7 @@ async def test_classify_api_roles_and_validation(service: TicketService, clock: 
 async def test_fraud_conferences_the_desk_pushes_the_ticket_and_stamps_the_handover(
     service: TicketService, clock: FakeClock
 ) -> None:
-    from core.push_http import HttpPoster
+    from core.triage.push_http import HttpPoster
 
     planner = planner_for(service, clock)
     await load(planner.officers)

@@ -7,13 +7,13 @@ import re
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.auth import Role
-from core.lifecycle import Step
-from core.quality_store import Alert
-from core.seats import SeatBoard
-from core.tickets import TicketService
-from core.wallboard import Wallboard
-from core.web import make_app
+from core.auth.users import Role
+from core.calls.lifecycle import Step
+from core.alerts.board import Alert
+from core.seats.board import SeatBoard
+from core.calls.tickets import TicketService
+from core.seats.wallboard import Wallboard
+from core.web.app import make_app
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
 

@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from core import web as core_web
-from core.auth import Role
-from core.lifecycle import State, Step
-from core.tickets import TicketService, TicketView
-from core.web import make_app
+from core.web import app as core_web
+from core.auth.users import Role
+from core.calls.lifecycle import State, Step
+from core.calls.tickets import TicketService, TicketView
+from core.web.app import make_app
 from tests.web_login import login_headers
 
 T0 = 1_795_951_800.0  # 2026-11-29 11:30:00 UTC

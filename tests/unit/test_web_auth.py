@@ -11,19 +11,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core import web_quality
-from core.auth import AuthService, Role
-from core.complaints import Complaints
-from core.dispatch import IncidentRow
-from core.journal import Journaler
-from core.journal_status import JournalWatch
-from core.outbox import Outbox
-from core.quality import SpotChecks
-from core.retention import RetentionSchedule
-from core.survey import Survey
-from core.tickets import TicketService
-from core.web import make_app
-from core.web_auth import registered, routes, unlisted
+from core.quality import views as web_quality
+from core.auth.users import AuthService, Role
+from core.quality.complaints import Complaints
+from core.dispatch.planner import IncidentRow
+from core.quality.journal import Journaler
+from core.quality.journal_status import JournalWatch
+from core.quality.outbox import Outbox
+from core.quality.spot_checks import SpotChecks
+from core.quality.retention import RetentionSchedule
+from core.quality.survey import Survey
+from core.calls.tickets import TicketService
+from core.web.app import make_app
+from core.web.auth import registered, routes, unlisted
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import PASSWORD, TEST_SCRYPT_N, login_headers
 
@@ -166,7 +166,7 @@ async def test_tokens_expire_and_disabled_users_are_out(engine: AsyncEngine, clo
 async def test_passwords_are_stored_hashed_and_salted(engine: AsyncEngine) -> None:
     from sqlalchemy import select
 
-    from core.auth import TokenRow, UserRow
+    from core.auth.users import TokenRow, UserRow
 
     auth = AuthService(engine, scrypt_n=TEST_SCRYPT_N)
     await auth.add_user("a", PASSWORD, Role.ADMIN)

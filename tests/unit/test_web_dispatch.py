@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.dispatch import DispatchPlanner
-from core.lifecycle import State, Step
-from core.officers import OfficerService, OfficerStatus
-from core.tickets import TicketService
+from core.dispatch.planner import DispatchPlanner
+from core.calls.lifecycle import State, Step
+from core.dispatch.officers import OfficerService, OfficerStatus
+from core.calls.tickets import TicketService
 from tests.dispatch_city import CENTER, T0, answered_call, dispatch_app, load, officer, point_in, ring_cell
 from tests.unit.conftest import FakeClock
 

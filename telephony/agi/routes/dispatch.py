@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from core.tickets import TicketService
+from core.calls.tickets import TicketService
 from telephony.agi.codec import Request
 from telephony.agi.server import AGISession, Route
 from telephony.dispatcher import Dispatcher, DispatchError

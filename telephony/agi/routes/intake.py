@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
-from core.tickets import TicketService
+from core.calls.tickets import TicketService
 from telephony import channel_vars
 from telephony.agi.codec import Request
 from telephony.agi.server import AGISession, Route

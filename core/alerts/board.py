@@ -1,0 +1,88 @@
+"""Supervisor alerts raised by the call path (dispatch ladder exhausted, …).
+
+Raising must never hold up a call: ``raise_alert`` is synchronous (it is
+called from ticket listeners and hooks), queues the write, and one owned task
+stores it in the ``alerts`` table (one open alert per kind and reference;
+raising it again keeps the first). The event stream already carries the step
+that caused it to every supervisor; this row is what stays open until
+someone resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import BigInteger, String, Text, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.store import TEXT_MAX, Base, _Id
+
+log = logging.getLogger(__name__)
+
+
+class Alert(Base):
+    """A small alert row; a general alert system may later take these over."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("kind", "ref"),)  # one alert per overdue thing
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(String(TEXT_MAX))
+    message: Mapped[str] = mapped_column(Text)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    resolved_at_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AlertBoard:
+    def __init__(self, engine: AsyncEngine, clock=time.time) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._clock = clock
+        self._pending: asyncio.Queue[tuple[str, str, str, int]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alerts")
+
+    async def stop(self) -> None:
+        await self._pending.join()
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def raise_alert(self, kind: str, ref: str, message: str) -> None:
+        log.warning("alert %s %s: %s", kind, ref, message)
+        self._pending.put_nowait((kind, ref, message, round(self._clock() * 1_000_000)))
+
+    async def _run(self) -> None:
+        while True:
+            kind, ref, message, at_us = await self._pending.get()
+            try:
+                async with self._sessions() as session, session.begin():
+                    session.add(Alert(kind=kind, ref=ref, message=message, created_at_us=at_us))
+            except IntegrityError:
+                pass  # already open for this kind and reference
+            except Exception:
+                log.exception("alert %s %s not stored", kind, ref)
+            finally:
+                self._pending.task_done()
+
+    async def flush(self) -> None:
+        await self._pending.join()
+
+    async def raised(self, kind: str, ref: str) -> bool:
+        """Whether an alert of ``kind`` for ``ref`` was stored, resolved or not (queued ones not yet)."""
+        async with self._sessions() as session:
+            found = await session.scalar(select(Alert.id).where(Alert.kind == kind, Alert.ref == ref).limit(1))
+            return found is not None
+
+    async def open_alerts(self) -> list[dict[str, Any]]:
+        async with self._sessions() as session:
+            rows = await session.scalars(select(Alert).where(Alert.resolved_at_us.is_(None)).order_by(Alert.id))
+            return [{"kind": a.kind, "ref": a.ref, "message": a.message, "created_at_us": a.created_at_us}
+                    for a in rows]

@@ -1,0 +1,304 @@
+"""Who may use the operations web: users, roles, bearer tokens, and the audit log.
+
+Passwords are kept as scrypt hashes with a per-user salt; tokens are 32 random
+bytes handed out once and kept only as their SHA-256, so a copy of the
+database lets nobody log in. Tokens expire after a fixed time (12 h, one long
+shift, by default) and are dropped at log-out. Every mutating request is
+written to ``audit_log`` with who made it and how it ended.
+
+This module knows nothing of HTTP; ``core.web.auth`` puts it in front of the
+routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.store import TEXT_MAX, Base
+
+__all__ = [
+    "AuditEntry",
+    "AuthService",
+    "BadCredentials",
+    "Principal",
+    "Role",
+    "UserExists",
+    "UserView",
+]
+
+USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+PASSWORD_MIN = 8
+PASSWORD_MAX = 256
+STATION_ID_MAX = 32  # as core.dispatch.officers; not imported, auth must not depend on dispatch
+DEFAULT_TOKEN_TTL_S = 12 * 3600
+# scrypt cost: ~16 MiB and a few tens of ms per check, too slow to guess at scale.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+
+class Role(StrEnum):
+    CALL_TAKER = "call_taker"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+    OFFICER = "officer"  # username is the officer's badge
+    STATION = "station"  # a police station's desk: its own incidents only
+    GATEWAY = "gateway"  # a report channel's server (the 110 app's back end): posts text reports, nothing else
+
+
+class BadCredentials(Exception):
+    """Unknown user, wrong password, or a disabled account; deliberately not told apart."""
+
+
+class UserExists(Exception):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    station_id: Mapped[str | None] = mapped_column(String(STATION_ID_MAX))
+    # "scrypt$n$r$p$salt_hex$hash_hex": the parameters travel with the hash.
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class TokenRow(Base):
+    __tablename__ = "auth_tokens"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    expires_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    who: Mapped[str] = mapped_column(String(64))  # username, or "-" when nobody was recognised
+    role: Mapped[str | None] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(TEXT_MAX))
+    status: Mapped[int] = mapped_column(Integer)
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The user behind a request."""
+
+    username: str
+    role: Role
+    station: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"username": self.username, "role": str(self.role), "station": self.station}
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    username: str
+    role: Role
+    station: str | None
+    disabled: bool
+    created_at_us: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"username": self.username, "role": str(self.role), "station": self.station,
+                "disabled": self.disabled, "created_at_us": self.created_at_us}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at_us: int
+    who: str
+    role: str | None
+    method: str
+    path: str
+    status: int
+    body_sha256: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "at_us": self.at_us, "who": self.who, "role": self.role, "method": self.method,
+                "path": self.path, "status": self.status, "body_sha256": self.body_sha256}
+
+
+def hash_password(password: str, *, salt: bytes | None = None, n: int = SCRYPT_N) -> str:
+    salt = secrets.token_bytes(16) if salt is None else salt
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=_SCRYPT_MAXMEM, dklen=32)
+    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        computed = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), n=int(n), r=int(r),
+                                  p=int(p), maxmem=_SCRYPT_MAXMEM, dklen=32)
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed.hex(), digest)
+
+
+def _token_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_user_fields(username: Any, role: Any, station: Any) -> tuple[str, Role, str | None]:
+    """The checked fields, or ValueError naming the bad one."""
+    if not isinstance(username, str) or not USERNAME.fullmatch(username):
+        raise ValueError("username must be 1-64 letters, digits or _.@-")
+    try:
+        checked_role = Role(role)
+    except ValueError:
+        raise ValueError(f"role must be one of {', '.join(Role)}") from None
+    if checked_role is Role.STATION:
+        if not isinstance(station, str) or not 1 <= len(station) <= STATION_ID_MAX:
+            raise ValueError("a station user needs its station id")
+    elif station is not None:
+        raise ValueError("only station users belong to a station")
+    return username, checked_role, station
+
+
+class AuthService:
+    """Users, log-in and tokens, and the audit log, in the ticket store."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        token_ttl_s: float = DEFAULT_TOKEN_TTL_S,
+        clock: Callable[[], float] = time.time,
+        scrypt_n: int = SCRYPT_N,
+    ) -> None:
+        if not token_ttl_s > 0:
+            raise ValueError("token lifetime must be positive")
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._clock = clock
+        self.token_ttl_s = token_ttl_s
+        self._scrypt_n = scrypt_n
+        # A wrong password costs the same scrypt as a right one, so the answer
+        # time does not tell whether a username exists.
+        self._dummy_hash = hash_password(secrets.token_hex(8), n=scrypt_n)
+
+    def _now_us(self) -> int:
+        return round(self._clock() * 1_000_000)
+
+    # -- users -----------------------------------------------------------------
+
+    async def add_user(self, username: str, password: str, role: Role | str, station: str | None = None) -> UserView:
+        username, role, station = check_user_fields(username, role, station)
+        if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+            raise ValueError(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
+        # scrypt is CPU-bound for tens of ms: keep it off the event loop.
+        hashed = await asyncio.to_thread(hash_password, password, n=self._scrypt_n)
+        async with self._sessions.begin() as session:
+            if await session.scalar(select(UserRow.id).where(UserRow.username == username)) is not None:
+                raise UserExists(f"user {username!r} exists")
+            row = UserRow(username=username, role=role.value, station_id=station, password_hash=hashed,
+                          disabled=False, created_at_us=self._now_us())
+            session.add(row)
+        return _user_view(row)
+
+    async def set_disabled(self, username: str, disabled: bool) -> UserView:
+        async with self._sessions.begin() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.username == username))
+            if row is None:
+                raise LookupError(f"no user {username!r}")
+            row.disabled = disabled
+            if disabled:
+                await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id))
+        return _user_view(row)
+
+    async def users(self) -> list[UserView]:
+        async with self._sessions() as session:
+            return [_user_view(r) for r in await session.scalars(select(UserRow).order_by(UserRow.username))]
+
+    async def has_admin(self) -> bool:
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(UserRow).where(UserRow.role == Role.ADMIN, UserRow.disabled.is_(False))
+            )
+            return bool(count)
+
+    # -- tokens ----------------------------------------------------------------
+
+    async def login(self, username: str, password: str) -> tuple[str, int, Principal]:
+        """A new token, its expiry (epoch µs) and the user; ``BadCredentials`` otherwise."""
+        async with self._sessions() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.username == username))
+        stored = self._dummy_hash if row is None else row.password_hash
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        if row is None or row.disabled or not ok:
+            raise BadCredentials("unknown user or wrong password")
+        token = secrets.token_urlsafe(32)
+        now_us = self._now_us()
+        expires_us = now_us + round(self.token_ttl_s * 1_000_000)
+        async with self._sessions.begin() as session:
+            # Expired tokens are swept at each log-in; nothing else needs a timer.
+            await session.execute(delete(TokenRow).where(TokenRow.expires_at_us <= now_us))
+            session.add(TokenRow(token_sha256=_token_key(token), user_id=row.id, created_at_us=now_us,
+                                 expires_at_us=expires_us))
+        return token, expires_us, Principal(row.username, Role(row.role), row.station_id)
+
+    async def resolve(self, token: str) -> Principal | None:
+        """The user a live token belongs to, or None (unknown, expired, or the user disabled)."""
+        if not token or len(token) > 512:
+            return None
+        async with self._sessions() as session:
+            found = (
+                await session.execute(
+                    select(UserRow.username, UserRow.role, UserRow.station_id, UserRow.disabled,
+                           TokenRow.expires_at_us)
+                    .join(TokenRow, TokenRow.user_id == UserRow.id)
+                    .where(TokenRow.token_sha256 == _token_key(token))
+                )
+            ).one_or_none()
+        if found is None or found.disabled or found.expires_at_us <= self._now_us():
+            return None
+        return Principal(found.username, Role(found.role), found.station_id)
+
+    async def logout(self, token: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(delete(TokenRow).where(TokenRow.token_sha256 == _token_key(token)))
+
+    # -- audit -----------------------------------------------------------------
+
+    async def audit(
+        self, *, who: str, role: str | None, method: str, path: str, status: int, body_sha256: str | None
+    ) -> None:
+        async with self._sessions.begin() as session:
+            session.add(AuditRow(at_us=self._now_us(), who=who[:64], role=role, method=method[:8],
+                                 path=path[:TEXT_MAX], status=status, body_sha256=body_sha256))
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditEntry]:
+        async with self._sessions() as session:
+            rows = await session.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))
+            return [AuditEntry(r.id, r.at_us, r.who, r.role, r.method, r.path, r.status, r.body_sha256)
+                    for r in rows]
+
+
+def _user_view(row: UserRow) -> UserView:
+    return UserView(row.username, Role(row.role), row.station_id, bool(row.disabled), row.created_at_us)

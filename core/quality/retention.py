@@ -1,0 +1,237 @@
+"""Retention: tickets and recordings older than the retention period are deleted, and the deletion is journaled.
+
+Only tickets whose call is over (text reports: closed) and whose every step is journaled expire, and
+never the ticket holding the newest step or recording (see ``expire``). Each
+batch writes one ``expiry`` journal entry — the ticket numbers, and each
+recording's id, path and sha256 — in the same transaction that deletes the
+rows, so verification knows these rows are gone by rule, not by tampering.
+Recording files are removed after the commit; if the process dies in between,
+the leftover files are named in the entry (and verification does not look
+for them again). The caller's
+number leaves with the ticket row, and with it the rows that name the ticket:
+its incident location, query copy (and its place in the hourly counts, so
+``/api/stats`` counts the tickets on record), its own repeat-caller link
+and its pushes (a later ticket's link to it keeps the expired number).
+Outbox messages of expired tickets lose their recipient.
+
+``RetentionSchedule`` runs ``expire`` once a day in a background task it
+owns, for the retention period of the settings (0: keep forever, nothing
+runs), and keeps its last run for the journal status endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.dispatch.planner import IncidentRow
+from core.quality.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
+from core.calls.lifecycle import CALL_LIVE_STATES, State
+from core.triage.push import PushRow
+from core.quality.tables import JournalEntry, OutboxMessage
+from core.triage.repeat import TicketLinkRow
+from core.calls.tables import Recording, Ticket, TicketStep
+from core.tasks import every, stop_task
+from core.calls.tickets import iso_utc
+from core.triage.classify import forget_query_copies
+
+log = logging.getLogger(__name__)
+
+_DAY_US = 86_400_000_000
+DAY_S = 86_400.0
+
+
+@dataclass(slots=True)
+class ExpiryResult:
+    tickets: int = 0
+    recordings: int = 0
+    files_removed: int = 0
+    entries: list[int] = field(default_factory=list)  # journal seqs of the expiry entries
+
+
+async def expire(
+    engine: AsyncEngine,
+    journaler: Journaler,
+    *,
+    older_than_days: int,
+    clock: Callable[[], float] = time.time,
+    batch: int = 1000,
+) -> ExpiryResult:
+    """Delete tickets created more than ``older_than_days`` ago, with their steps and recordings."""
+    if older_than_days < 1:
+        raise ValueError("older_than_days must be at least 1")
+    await journaler.catch_up()  # steps not yet journaled would otherwise block their tickets
+    now_us = round(clock() * 1_000_000)
+    cutoff = now_us - older_than_days * _DAY_US
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    result = ExpiryResult()
+    # Calls still up, and text reports nobody has closed yet (however old: they wait for a call-taker).
+    live = [str(s) for s in (*CALL_LIVE_STATES, State.REPORTED, State.TAKEN)]
+    unjournaled = exists().where(
+        TicketStep.ticket_id == Ticket.id,
+        ~exists().where(and_(JournalEntry.kind == KIND_STEP, JournalEntry.ref_id == TicketStep.id)),
+    )
+    # SQLite hands out max(id)+1, so deleting the newest row would let a new
+    # step or recording reuse an id the journal already names; the ticket
+    # holding the newest one waits for a later run.
+    newest_step = select(func.max(TicketStep.id)).scalar_subquery()
+    newest_recording = select(func.max(Recording.id)).scalar_subquery()
+    holds_newest = or_(
+        exists().where(TicketStep.ticket_id == Ticket.id, TicketStep.id == newest_step),
+        exists().where(Recording.ticket_id == Ticket.id, Recording.id == newest_recording),
+    )
+    while True:
+        async with journaler.lock, sessions() as session, session.begin():
+            tickets = (
+                await session.execute(
+                    select(Ticket.id, Ticket.number)
+                    .where(Ticket.created_at_us < cutoff, Ticket.state.not_in(live), ~unjournaled, ~holds_newest)
+                    .order_by(Ticket.id)
+                    .limit(batch)
+                )
+            ).all()
+            if not tickets:
+                break
+            ids = [t.id for t in tickets]
+            numbers = [t.number for t in tickets]
+            recordings = (
+                await session.scalars(select(Recording).where(Recording.ticket_id.in_(ids)).order_by(Recording.id))
+            ).all()
+            files = [r.path for r in recordings]
+            payload = {
+                "kind": KIND_EXPIRY,
+                "before_us": cutoff,
+                "retention_days": older_than_days,
+                "tickets": numbers,
+                "recordings": [{"id": r.id, "path": r.path, "sha256": r.sha256} for r in recordings],
+            }
+            (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
+            # The rows that name these tickets go first (foreign keys), the query copies with their counts.
+            await forget_query_copies(await session.connection(), numbers)
+            for table in (IncidentRow, TicketLinkRow, PushRow):
+                await session.execute(delete(table).where(table.number.in_(numbers)))
+            await session.execute(delete(Recording).where(Recording.ticket_id.in_(ids)))
+            await session.execute(delete(TicketStep).where(TicketStep.ticket_id.in_(ids)))
+            await session.execute(delete(Ticket).where(Ticket.id.in_(ids)))
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.ticket_number.in_(numbers)).values(to="")
+            )
+        result.tickets += len(ids)
+        result.recordings += len(files)
+        result.entries.append(entry.seq)
+        result.files_removed += await asyncio.to_thread(_remove, files)
+        log.info("retention: expired %d tickets and %d recordings (journal entry %d)",
+                 len(ids), len(files), entry.seq)
+    return result
+
+
+def _remove(paths: list[str]) -> int:
+    removed = 0
+    for path in paths:
+        try:
+            os.remove(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class RetentionSchedule:
+    """Runs ``expire`` for ``days`` once every ``every_s`` (a day) in an owned task; ``days`` 0: never.
+
+    The task wakes every ``poll_s`` and compares the injected clock with the
+    last run rather than sleeping a whole day: a clock stepped forward (or a
+    fake one in tests) is noticed within one poll, and stopping never waits.
+    The first run comes right after start, so a backend restarted daily
+    still expires. A failed run is logged and retried at the next poll.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        journaler: Journaler,
+        *,
+        days: int,
+        clock: Callable[[], float] = time.time,
+        every_s: float = DAY_S,
+        poll_s: float = 600.0,
+    ) -> None:
+        if days < 0:
+            raise ValueError("retention days must not be negative")
+        self._engine = engine
+        self._journaler = journaler
+        self.days = days
+        self._clock = clock
+        self._every_s = every_s
+        self._poll_s = poll_s
+        self._last_run: float | None = None
+        self._last_result: ExpiryResult | None = None
+        self._last_error: str | None = None
+        self._runs = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.days >= 1
+
+    def due(self) -> bool:
+        return self.enabled and (self._last_run is None or self._clock() - self._last_run >= self._every_s)
+
+    async def run_due(self) -> ExpiryResult | None:
+        """Run ``expire`` if a day has passed since the last run; the result, or None when not due."""
+        if not self.due():
+            return None
+        started = self._clock()
+        try:
+            result = await expire(self._engine, self._journaler, older_than_days=self.days, clock=self._clock)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self._last_run, self._last_result, self._last_error = started, result, None
+        self._runs += 1
+        log.info("retention: daily run expired %d tickets, %d recordings (%d files removed) older than %d days; "
+                 "journal entries %s", result.tickets, result.recordings, result.files_removed, self.days,
+                 result.entries or "none")
+        return result
+
+    async def start(self) -> None:
+        if not self.enabled:
+            log.info("retention: JIEJING_RETENTION_DAYS is 0 or unset: tickets and recordings are kept forever")
+            return
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await stop_task(task)
+
+    async def _run(self) -> None:
+        await every(self._poll_s, self.run_due, what="retention run", log=log)
+
+    def status(self) -> dict[str, Any]:
+        def at(seconds: float | None) -> str | None:
+            return None if seconds is None else iso_utc(round(seconds * 1_000_000))
+
+        result = self._last_result
+        return {
+            "enabled": self.enabled,
+            "retention_days": self.days,
+            "runs": self._runs,
+            "last_run_at": at(self._last_run),
+            "next_run_at": at(None if not self.enabled or self._last_run is None else self._last_run + self._every_s),
+            "last_error": self._last_error,
+            "last_result": None if result is None else {
+                "tickets": result.tickets, "recordings": result.recordings,
+                "files_removed": result.files_removed, "journal_entries": list(result.entries),
+            },
+        }

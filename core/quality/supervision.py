@@ -1,0 +1,98 @@
+"""Supervision and quality, assembled: the journal, retention, the SMS outbox, the survey, spot checks, follow-ups.
+
+``build`` wires the parts to a TicketService from the settings; ``cleanup_ctx``
+starts their background tasks after the store is ready and stops them in
+reverse; ``add_routes`` puts their HTTP API on the application. Without
+Twilio settings the outbox keeps messages pending (nothing is lost) and the
+webhook is not mounted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from core.quality.complaints import Complaints
+from core.config import Settings
+from core.quality.journal import Journaler, read_key
+from core.quality.journal_status import JournalWatch
+from core.quality.outbox import Outbox
+from core.quality.spot_checks import SpotChecks
+from core.quality.config import QualitySettings
+from core.quality.retention import RetentionSchedule
+from core.quality.survey import Survey
+from core.calls.tickets import TicketService
+from core.quality.twilio_sms import TwilioMessenger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Supervision:
+    journaler: Journaler
+    outbox: Outbox
+    messenger: TwilioMessenger | None
+    complaints: Complaints
+    spot_checks: SpotChecks
+    survey: Survey | None
+    _removers: list[Any]
+    retention: RetentionSchedule | None = None
+    journal_watch: JournalWatch | None = None
+
+    async def cleanup_ctx(self, _app: Any) -> AsyncIterator[None]:
+        await self.journaler.start()
+        await self.outbox.start()
+        await self.complaints.start()
+        if self.survey is not None:
+            await self.survey.start()
+        if self.retention is not None:
+            await self.retention.start()
+        yield
+        if self.retention is not None:
+            await self.retention.stop()  # before the journaler: an expiry run appends to its chain
+        for remove in self._removers:
+            remove()
+        if self.survey is not None:
+            await self.survey.stop()
+        await self.complaints.stop()
+        await self.outbox.stop()
+        await self.journaler.stop()
+        if self.messenger is not None:
+            self.messenger.close()
+
+    def add_routes(self, app: Any) -> None:
+        from core.quality import views as web_quality
+
+        web_quality.add_routes(app, spot_checks=self.spot_checks, survey=self.survey, complaints=self.complaints,
+                               journal=self.journal_watch)
+
+
+def build(service: TicketService, settings: Settings, quality: QualitySettings) -> Supervision:
+    engine = service.engine
+    anchor_key = read_key(quality.journal_key_file) if quality.journal_key_file else None
+    anchor_file = quality.journal_anchor_file or None
+    if (anchor_key is None) != (anchor_file is None):
+        log.warning("journal anchors need both JIEJING_JOURNAL_KEY_FILE and JIEJING_JOURNAL_ANCHOR_FILE; none written")
+        anchor_key, anchor_file = None, None
+    journaler = Journaler(engine, anchor_key=anchor_key, anchor_file=anchor_file,
+                          anchor_interval_s=quality.journal_anchor_interval_s)
+    messenger = None
+    if quality.twilio_account_sid and quality.twilio_auth_token and quality.twilio_from:
+        messenger = TwilioMessenger(quality.twilio_account_sid, quality.twilio_auth_token, quality.twilio_from,
+                                    base_url=quality.twilio_base_url)
+    outbox = Outbox(engine, messenger)
+    complaints = Complaints(engine, deadline_hours=quality.follow_up_hours, outbox=outbox)
+    spot_checks = SpotChecks(engine, tz=settings.timezone, shift_starts=quality.shift_starts,
+                             default_size=quality.spot_check_size)
+    removers = [journaler.attach(service)]
+    survey = None
+    if quality.survey_enabled:
+        survey = Survey(engine, outbox, complaints, auth_token=quality.twilio_auth_token,
+                        webhook_url=quality.twilio_webhook_url, tz=settings.timezone)
+        removers.append(survey.attach(service))
+    retention = RetentionSchedule(engine, journaler, days=quality.retention_days)
+    journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
+    return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,
+                       retention=retention, journal_watch=journal_watch)

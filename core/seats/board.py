@@ -1,0 +1,320 @@
+"""Call-taker seats: log-in, pauses with reasons, wrap-up after each call, and the state of every seat.
+
+A seat is one position in the room (its member name in the queue, e.g.
+``seat-05``). Its state follows two sources: what the call-taker does in the
+web (log in or out, pause, unpause) and what the calls do (a seat rings,
+answers, the call ends), read from ticket steps. After a call ends the seat
+is in wrap-up for a configured time, paused in the queue so no call rings
+while the call-taker finishes the ticket, then available again by itself.
+
+Queue membership follows through a ``QueuePort``: the telephony side
+implements it with AMI QueueAdd/QueueRemove/QueuePause
+(``telephony.seat_control``). A port error leaves the seat as it was, so the
+board never shows a state the queue does not have.
+
+Pauses are stored with their reason and start and end, so their durations
+can be reported. The live state is held in memory: after a restart seats
+reappear as their calls ring, or when their call-takers log in again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+from sqlalchemy import BigInteger, Integer, String, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.calls.lifecycle import Step
+from core.store import Base
+from core.calls.tickets import StepView, TicketView
+
+__all__ = ["NoQueue", "QueuePort", "SeatBoard", "SeatState", "SeatView", "UnknownSeat", "WrongSeatState"]
+
+log = logging.getLogger(__name__)
+
+SEAT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+REASON_MAX = 100
+DEFAULT_WRAP_UP_S = 10.0
+WRAP_UP_REASON = "wrap-up"
+
+
+class SeatState(StrEnum):
+    LOGGED_OUT = "logged_out"
+    AVAILABLE = "available"
+    RINGING = "ringing"
+    ON_CALL = "on_call"
+    WRAP_UP = "wrap_up"
+    PAUSED = "paused"
+
+
+class UnknownSeat(LookupError):
+    pass
+
+
+class WrongSeatState(Exception):
+    """The seat is not in a state that allows what was asked (e.g. pausing a logged-out seat)."""
+
+
+class QueueControlError(Exception):
+    """The queue refused or did not confirm a membership change."""
+
+
+class QueuePort(Protocol):
+    """Queue membership of seats; ``interface`` is the seat's channel, e.g. ``PJSIP/seat-05``."""
+
+    async def add(self, interface: str, member_name: str) -> None: ...
+
+    async def remove(self, interface: str) -> None: ...
+
+    async def pause(self, interface: str, reason: str) -> None: ...
+
+    async def unpause(self, interface: str) -> None: ...
+
+
+class NoQueue:
+    """A port that changes nothing: for a backend without AMI, and for tests."""
+
+    async def add(self, interface: str, member_name: str) -> None:
+        return None
+
+    async def remove(self, interface: str) -> None:
+        return None
+
+    async def pause(self, interface: str, reason: str) -> None:
+        return None
+
+    async def unpause(self, interface: str) -> None:
+        return None
+
+
+class SeatPauseRow(Base):
+    __tablename__ = "seat_pauses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seat: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(REASON_MAX))
+    by: Mapped[str | None] = mapped_column(String(64))
+    started_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    ended_at_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+@dataclass(frozen=True, slots=True)
+class SeatView:
+    seat: str
+    state: SeatState
+    since_us: int
+    operator: str | None = None  # who is logged in
+    reason: str | None = None  # of the pause
+    ticket: str | None = None  # the call it rings for or is on
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seat": self.seat, "state": str(self.state), "since_us": self.since_us, "operator": self.operator,
+                "reason": self.reason, "ticket": self.ticket}
+
+
+def check_seat(seat: Any) -> str:
+    if not isinstance(seat, str) or not SEAT_ID.fullmatch(seat):
+        raise UnknownSeat(f"not a seat name: {seat!r}")
+    return seat
+
+
+class SeatBoard:
+    """The state of every seat; tells listeners of each change."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        queue: QueuePort | None = None,
+        *,
+        wrap_up_s: float = DEFAULT_WRAP_UP_S,
+        interface_of: Callable[[str], str] = lambda seat: f"PJSIP/{seat}",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not wrap_up_s >= 0:
+            raise ValueError("wrap-up time must be zero or more seconds")
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._queue: QueuePort = queue if queue is not None else NoQueue()
+        self.wrap_up_s = wrap_up_s
+        self._interface_of = interface_of
+        self._clock = clock
+        self._seats: dict[str, SeatView] = {}
+        self._wrap_ups: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[Callable[[SeatView], object]] = []
+
+    def _now_us(self) -> int:
+        return round(self._clock() * 1_000_000)
+
+    def add_listener(self, listener: Callable[[SeatView], object]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _set(self, view: SeatView) -> SeatView:
+        self._seats[view.seat] = view
+        for listener in tuple(self._listeners):
+            try:
+                listener(view)
+            except Exception:
+                log.exception("seat listener %r failed", listener)
+        return view
+
+    def _lock(self, seat: str) -> asyncio.Lock:
+        return self._locks.setdefault(seat, asyncio.Lock())
+
+    # -- reads -------------------------------------------------------------------
+
+    def seats(self) -> list[SeatView]:
+        return [self._seats[s] for s in sorted(self._seats)]
+
+    def get(self, seat: str) -> SeatView:
+        return self._seats.get(seat) or SeatView(check_seat(seat), SeatState.LOGGED_OUT, 0)
+
+    def by_state(self) -> dict[str, int]:
+        counts = {str(s): 0 for s in SeatState}
+        for view in self._seats.values():
+            counts[str(view.state)] += 1
+        return counts
+
+    async def pauses(self, seat: str, *, limit: int = 200) -> list[dict[str, Any]]:
+        """The seat's pauses, newest first, with reason and duration (ongoing ones up to now)."""
+        check_seat(seat)
+        now_us = self._now_us()
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(SeatPauseRow).where(SeatPauseRow.seat == seat).order_by(SeatPauseRow.id.desc()).limit(limit)
+            )
+            return [
+                {"reason": r.reason, "by": r.by, "started_at_us": r.started_at_us, "ended_at_us": r.ended_at_us,
+                 "duration_s": round(((r.ended_at_us or now_us) - r.started_at_us) / 1e6, 3),
+                 "ongoing": r.ended_at_us is None}
+                for r in rows
+            ]
+
+    # -- what the call-taker does -----------------------------------------------
+
+    async def login(self, seat: str, operator: str) -> SeatView:
+        check_seat(seat)
+        async with self._lock(seat):
+            current = self.get(seat)
+            if current.state is not SeatState.LOGGED_OUT:
+                raise WrongSeatState(f"seat {seat} is already logged in ({current.state})")
+            await self._queue.add(self._interface_of(seat), seat)
+            return self._set(SeatView(seat, SeatState.AVAILABLE, self._now_us(), operator=operator))
+
+    async def logout(self, seat: str) -> SeatView:
+        check_seat(seat)
+        async with self._lock(seat):
+            current = self.get(seat)
+            if current.state is SeatState.LOGGED_OUT:
+                raise WrongSeatState(f"seat {seat} is not logged in")
+            if current.state in (SeatState.RINGING, SeatState.ON_CALL):
+                raise WrongSeatState(f"seat {seat} is {current.state}; log out after the call")
+            await self._queue.remove(self._interface_of(seat))
+            self._cancel_wrap_up(seat)
+            await self._end_pause(seat)
+            return self._set(SeatView(seat, SeatState.LOGGED_OUT, self._now_us()))
+
+    async def pause(self, seat: str, reason: str, *, by: str | None = None) -> SeatView:
+        check_seat(seat)
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
+            raise ValueError(f"a pause needs a reason of 1-{REASON_MAX} characters")
+        async with self._lock(seat):
+            current = self.get(seat)
+            if current.state not in (SeatState.AVAILABLE, SeatState.WRAP_UP):
+                raise WrongSeatState(f"seat {seat} is {current.state}; only an available seat or one in wrap-up pauses")
+            await self._queue.pause(self._interface_of(seat), reason)
+            self._cancel_wrap_up(seat)
+            now_us = self._now_us()
+            async with self._sessions.begin() as session:
+                session.add(SeatPauseRow(seat=seat, reason=reason, by=by, started_at_us=now_us))
+            return self._set(replace(current, state=SeatState.PAUSED, since_us=now_us, reason=reason, ticket=None))
+
+    async def unpause(self, seat: str) -> SeatView:
+        check_seat(seat)
+        async with self._lock(seat):
+            current = self.get(seat)
+            # Unpausing in wrap-up ends it early: the call-taker is ready sooner.
+            if current.state not in (SeatState.PAUSED, SeatState.WRAP_UP):
+                raise WrongSeatState(f"seat {seat} is not paused")
+            await self._queue.unpause(self._interface_of(seat))
+            self._cancel_wrap_up(seat)
+            await self._end_pause(seat)
+            return self._set(replace(current, state=SeatState.AVAILABLE, since_us=self._now_us(), reason=None))
+
+    async def _end_pause(self, seat: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(SeatPauseRow)
+                .where(SeatPauseRow.seat == seat, SeatPauseRow.ended_at_us.is_(None))
+                .values(ended_at_us=self._now_us())
+            )
+
+    # -- what the calls do ---------------------------------------------------------
+
+    def on_step(self, ticket: TicketView, step: StepView) -> None:
+        """Ticket listener (``TicketService.add_listener``): seats ring, answer, hang up."""
+        seat = step.detail.get("seat") if step.step is not Step.HUNG_UP else ticket.seat
+        if not isinstance(seat, str) or not SEAT_ID.fullmatch(seat):
+            return
+        current = self._seats.get(seat)
+        at_us = step.at_us
+        if step.step is Step.SEAT_RINGING:
+            if current is None or current.state in (SeatState.AVAILABLE, SeatState.LOGGED_OUT):
+                self._set(SeatView(seat, SeatState.RINGING, at_us, current and current.operator, None, ticket.number))
+        elif step.step is Step.SEAT_NO_ANSWER:
+            if current is not None and current.state is SeatState.RINGING and current.ticket == ticket.number:
+                self._set(replace(current, state=SeatState.AVAILABLE, since_us=at_us, ticket=None))
+        elif step.step is Step.ANSWERED:
+            self._cancel_wrap_up(seat)
+            operator = current.operator if current is not None else None
+            self._set(SeatView(seat, SeatState.ON_CALL, at_us, operator, None, ticket.number))
+        elif step.step is Step.HUNG_UP:
+            if current is not None and current.state is SeatState.ON_CALL and current.ticket == ticket.number:
+                self._start_wrap_up(replace(current, state=SeatState.WRAP_UP, since_us=at_us))
+
+    def _start_wrap_up(self, view: SeatView) -> None:
+        self._set(view)
+        self._cancel_wrap_up(view.seat)
+        self._wrap_ups[view.seat] = asyncio.get_running_loop().create_task(
+            self._wrap_up(view), name=f"wrap-up {view.seat}"
+        )
+
+    async def _wrap_up(self, view: SeatView) -> None:
+        interface = self._interface_of(view.seat)
+        try:
+            await self._queue.pause(interface, WRAP_UP_REASON)
+        except Exception:
+            log.exception("seat %s: could not pause for wrap-up; the next call may ring at once", view.seat)
+        await asyncio.sleep(self.wrap_up_s)
+        async with self._lock(view.seat):
+            current = self._seats.get(view.seat)
+            if current is None or current.state is not SeatState.WRAP_UP:
+                return
+            # From here the task is finishing; a cancel would only interrupt the unpause.
+            self._wrap_ups.pop(view.seat, None)
+            try:
+                await self._queue.unpause(interface)
+            except Exception:
+                log.exception("seat %s: could not unpause after wrap-up", view.seat)
+                return
+            self._set(replace(current, state=SeatState.AVAILABLE, since_us=self._now_us(), ticket=None))
+
+    def _cancel_wrap_up(self, seat: str) -> None:
+        task = self._wrap_ups.pop(seat, None)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self) -> None:
+        tasks = list(self._wrap_ups.values())
+        self._wrap_ups.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

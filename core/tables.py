@@ -1,0 +1,28 @@
+"""Every table of the center, for whoever creates or migrates the whole schema.
+
+The store knows no capability; each capability's tables register on ``core.store.Base``
+when their module is imported. This module imports them all, so that ``Base.metadata``
+is the whole schema: the process assembly, the CLI and the migrations use it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core import store
+from core.alerts import board as _alerts  # noqa: F401
+from core.auth import users as _users  # noqa: F401
+from core.calls import tables as _calls  # noqa: F401
+from core.dispatch import officers as _officers, planner as _planner  # noqa: F401
+from core.quality import tables as _quality  # noqa: F401
+from core.seats import board as _seats  # noqa: F401
+from core.triage import classify as _classify, keywords as _keywords, push as _push  # noqa: F401
+from core.triage import queries as _queries, repeat as _repeat  # noqa: F401
+
+metadata: MetaData = store.Base.metadata
+
+
+async def init_schema(engine: AsyncEngine) -> None:
+    """Create every missing table and index of the center (see ``core.store.init_schema``)."""
+    await store.init_schema(engine)
