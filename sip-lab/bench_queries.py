@@ -33,10 +33,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.triage.queries import HOUR_US, TicketQuery, hourly_series, search  # noqa: E402
-from core.tables import init_schema
-from core.store import make_engine# noqa: E402
+from core.store import make_engine  # noqa: E402
+from core.tables import init_schema  # noqa: E402
 from core.triage.classify import IncidentType, rebuild_hourly_counts  # noqa: E402
-from core.web.app import _dumps  # noqa: E402
+from core.http.replies import dumps  # noqa: E402
 
 DAY_US = 24 * HOUR_US
 START_US = 1_793_491_200 * 1_000_000  # 2026-11-01 00:00 UTC
@@ -178,7 +178,7 @@ async def bench(path: Path, tickets: int, repeats: int) -> list[tuple[str, float
                 async def run_stats(start: int = start, stop: int = stop, station: str | None = station) -> Any:
                     # What GET /api/stats does: count, then encode the body.
                     series = await hourly_series(engine, start, stop, station=station)
-                    return series, _dumps(series.to_json())
+                    return series, dumps(series.to_json())
 
                 p50, p95, (series, body) = await _time(run_stats, max(5, repeats // 3))
                 groups = sum(1 for counts in series.counts.values() for n in counts if n)

@@ -2,30 +2,31 @@
 
 A thin view over the telephony Dispatcher (core cannot reach Asterisk): it
 starts the dispatch task and answers 202 at once with who will be rung; the
-steps of the ladder reach the ticket and the event stream as they happen.
+steps of the ladder reach the ticket and the event stream as they happen. A
+refusal (``DispatchError``: not answered, no location, already dispatching)
+is answered 409 by the error middleware with its ``error_id``.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from telephony.dispatcher import Dispatcher, DispatchError
+from core.http.replies import json_reply, who
+from core.http.routes import DESK, RouteTable
+from telephony.dispatcher import Dispatcher
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
+routes = RouteTable("dispatch")
 
+
+@routes.post("/api/tickets/{number}/dispatch", DESK, "Dispatch an officer to the incident")
 async def dispatch(request: web.Request) -> web.Response:
     number = request.match_info["number"]
-    dispatcher = request.app[DISPATCHER]
-    user = request.get("user")
-    by = getattr(user, "username", None) or "api"
-    try:
-        await dispatcher.dispatch(number, by=by)
-    except DispatchError as exc:
-        return web.json_response({"error": str(exc)}, status=409)
-    return web.json_response({"number": number, "status": "dispatching"}, status=202)
+    await request.app[DISPATCHER].dispatch(number, by=who(request) or "api")
+    return json_reply({"number": number, "status": "dispatching"}, 202)
 
 
 def add_routes(app: web.Application, dispatcher: Dispatcher) -> None:
     app[DISPATCHER] = dispatcher
-    app.router.add_post("/api/tickets/{number}/dispatch", dispatch)
+    routes.add_to(app)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from core.errors import DomainError
 from core.dispatch.planner import DispatchPlanner, NotLocated, Rung
 from core.calls.lifecycle import IllegalTransition
 from core.calls.tickets import TicketService, UnknownTicket
@@ -39,8 +40,11 @@ JOIN_TIMEOUT_S = 5.0
 ORIGINATE_OUTCOMES = {3: "no_answer", 5: "busy", 8: "unreachable", 1: "unreachable", 0: "failed"}
 
 
-class DispatchError(Exception):
+class DispatchError(DomainError):
     """The call cannot be dispatched now (not answered, already dispatching, no channels)."""
+
+    status = 409
+    error_id = "dispatch-refused"
 
 
 class _Waiters:

@@ -11,6 +11,7 @@ from dataclasses import replace
 import h3
 from aiohttp import web
 
+from core.calls.views import add_call_routes
 from core.web import app as core_web
 from core.dispatch.planner import DispatchPlanner
 from core.calls.events import StepBroadcaster
@@ -97,6 +98,6 @@ def dispatch_app(
 ) -> web.Application:
     """The dispatch routes alone, behind the API's JSON error middleware."""
     app = web.Application(middlewares=[core_web._errors_as_json])
-    app[core_web.SERVICE] = service
+    add_call_routes(app, service)
     add_dispatch_routes(app, planner=planner, broadcaster=broadcaster)
     return app

@@ -27,6 +27,7 @@ from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, delete,
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.errors import DomainError
 from core.store import TEXT_MAX, Base
 
 __all__ = [
@@ -58,12 +59,16 @@ class Role(StrEnum):
     GATEWAY = "gateway"  # a report channel's server (the 110 app's back end): posts text reports, nothing else
 
 
-class BadCredentials(Exception):
+class BadCredentials(DomainError):
     """Unknown user, wrong password, or a disabled account; deliberately not told apart."""
 
+    status = 401
+    error_id = "bad-credentials"
 
-class UserExists(Exception):
-    pass
+
+class UserExists(DomainError):
+    status = 409
+    error_id = "user-exists"
 
 
 class UserRow(Base):

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
+from core.errors import DomainError
 
 
 class State(StrEnum):
@@ -176,8 +177,11 @@ def _expand(
 TRANSITIONS: Mapping[tuple[State | None, Step], State] = _expand(_RULES)
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(DomainError):
     """A step that the lifecycle does not allow from the ticket's current state."""
+
+    status = 409
+    error_id = "illegal-transition"
 
     def __init__(self, state: State | None, step: Step) -> None:
         self.state = state
@@ -185,7 +189,8 @@ class IllegalTransition(Exception):
         allowed = sorted(str(s) for (src, s) in TRANSITIONS if src == state)
         where = "a new ticket" if state is None else f"a ticket in state {state!s}"
         super().__init__(
-            f"step {step!s} is not allowed for {where}; allowed steps: {', '.join(allowed) or 'none'}"
+            f"step {step!s} is not allowed for {where}; allowed steps: {', '.join(allowed) or 'none'}",
+            details={"state": None if state is None else str(state), "step": str(step), "allowed": allowed},
         )
 
 

@@ -38,6 +38,7 @@ from sqlalchemy import Executable, Row, Table, bindparam, insert, or_, select, u
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from core.errors import DomainError
 from core.calls.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
 from core.calls.numbering import TicketNumbering
 from core.calls.recordings import RecordingInfo, inspect_recording
@@ -156,12 +157,18 @@ class Source(StrEnum):
     APP = "app"  # the 110 app's report API (text report)
 
 
-class UnknownTicket(LookupError):
+class UnknownTicket(DomainError, LookupError):
     """No ticket with that number (or uniqueid)."""
+
+    status = 404
+    error_id = "unknown-ticket"
 
 
 class UnknownCall(UnknownTicket):
     """No ticket for that Asterisk uniqueid."""
+
+    status = 404
+    error_id = "unknown-call"
 
 
 class _StaleView(RuntimeError):

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import h3
+from core.errors import DomainError
 
 __all__ = [
     "DEFAULT_RESOLUTION",
@@ -42,8 +43,11 @@ DEFAULT_SPEED_KMH = 30.0
 DEFAULT_DETOUR = 1.3
 
 
-class GeoError(ValueError):
+class GeoError(DomainError, ValueError):
     """A coordinate, cell or grid parameter that is out of range."""
+
+    status = 400
+    error_id = "invalid-position"
 
 
 def check_lat_lon(lat: float, lon: float) -> tuple[float, float]:

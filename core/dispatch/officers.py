@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import JSON
 
+from core.errors import DomainError
 from core.dispatch.geo import DEFAULT_RESOLUTION, GeoError, Grid, check_lat_lon
 from core.store import TEXT_MAX, Base, _Id
 
@@ -74,16 +75,21 @@ class OfficerStatus(StrEnum):
 BUSY_STATUSES = frozenset({OfficerStatus.RINGING, OfficerStatus.DISPATCHED, OfficerStatus.ON_SCENE})
 
 
-class UnknownOfficer(LookupError):
-    pass
+class UnknownOfficer(DomainError, LookupError):
+    status = 404
+    error_id = "unknown-officer"
 
 
-class UnknownStation(LookupError):
-    pass
+class UnknownStation(DomainError, LookupError):
+    status = 404
+    error_id = "unknown-station"
 
 
-class OfficerBusy(Exception):
+class OfficerBusy(DomainError):
     """The officer is held by a dispatch; the change asked for would undo it."""
+
+    status = 409
+    error_id = "officer-busy"
 
 
 class CityError(ValueError):

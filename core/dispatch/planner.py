@@ -38,6 +38,7 @@ from sqlalchemy import BigInteger, Float, ForeignKey, String, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.errors import DomainError
 from core.dispatch.geo import DEFAULT_DETOUR, DEFAULT_SPEED_KMH, Grid, check_lat_lon, eta_s, haversine_m
 from core.calls.lifecycle import State, Step, advance
 from core.dispatch.officers import (
@@ -75,8 +76,11 @@ DISPOSITION_MAX = 500
 NO_ANSWER_OUTCOMES = frozenset({"no_answer", "busy", "unreachable", "failed"})
 
 
-class NotLocated(Exception):
+class NotLocated(DomainError):
     """The ticket has no incident location yet; dispatch needs one."""
+
+    status = 409
+    error_id = "not-located"
 
 
 # -- the incident location ---------------------------------------------------------------

@@ -18,27 +18,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from core.auth.users import Role
-from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner, NotLocated
 from core.calls.events import StepBroadcaster, Subscription
-from core.dispatch.geo import GeoError, check_lat_lon
-from core.calls.lifecycle import IllegalTransition
-from core.calls.numbering import looks_like_number
-from core.dispatch.officers import (
-    BADGE_MAX,
-    STATION_ID_MAX,
-    OfficerBusy,
-    OfficerService,
-    OfficerStatus,
-    UnknownOfficer,
-)
-from core.calls.tickets import UnknownTicket
-from core.web.app import PRINCIPAL, SERVICE, BadRequest, _dumps, _error, _json, _json_body, _text
+from core.calls.views import SERVICE, TICKET_STATION, station_ticket, ticket_number
+from core.dispatch.geo import check_lat_lon
+from core.dispatch.heatmap import DEFAULT_COLD_KM, HeatmapQuery, heatmap
+from core.dispatch.officers import BADGE_MAX, STATION_ID_MAX, OfficerService, OfficerStatus, UnknownOfficer
+from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner
+from core.errors import BadRequest
+from core.http.replies import PRINCIPAL, dumps, error_reply, json_body, json_reply, parse_instant, text_field
+from core.http.routes import DESK, SUPERVISORS, RouteTable
+
+if TYPE_CHECKING:
+    from core.auth.users import Principal
 
 log = logging.getLogger(__name__)
 
@@ -51,89 +49,124 @@ _STATION = re.compile(rf"[A-Za-z0-9_.:-]{{1,{STATION_ID_MAX}}}")
 # A socket that will not take our close frame is cut without one after this long.
 CLOSE_TIMEOUT_S = 2.0
 HEARTBEAT_S = 30.0
+WINDOW_MAX_S = 366 * 24 * 3600
+
+routes = RouteTable("dispatch")
+
+# -- body schemas ----------------------------------------------------------------------------
+
+_TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}
+_LAT = {"type": "number", "minimum": -90, "maximum": 90}
+_LON = {"type": "number", "minimum": -180, "maximum": 180}
+_STATION_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,32}$"}
+LOCATION_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["lat", "lon"],
+    "properties": {"lat": _LAT, "lon": _LON, "address": {**_TEXT, "type": ["string", "null"], "maxLength": 500}},
+}
+ARRIVED_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["badge", "lat", "lon"],
+    "properties": {"badge": {**_TEXT, "maxLength": 32}, "lat": _LAT, "lon": _LON},
+}
+CLEAR_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["disposition"],
+    "properties": {"disposition": {**_TEXT, "maxLength": 500}, "by": {**_TEXT, "type": ["string", "null"], "maxLength": 255}},
+}
+OFFICER_LOCATION_BODY: dict[str, Any] = {"type": "object", "required": ["lat", "lon"], "properties": {"lat": _LAT, "lon": _LON}}
+OFFICER_STATUS_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": ["available", "off_duty"]}},
+}
+HEATMAP_QUERY: dict[str, dict[str, Any]] = {
+    "from": {"type": "string", "description": "start of the window: epoch seconds or ISO 8601 (default: 24 h ago)"},
+    "to": {"type": "string", "description": "end of the window: epoch seconds or ISO 8601 (default: now)"},
+    "type": {"type": "string", "description": "only incidents of this type"},
+    "cold_km": {"type": "string", "description": "a cell with no available officer this near is cold (default 3)"},
+}
+
+
+# -- scopes: what a station user and an officer may reach ------------------------------------
+
+
+async def station_query(request: web.Request, principal: Principal) -> web.Response | None:
+    if principal.role is Role.STATION and request.query.get("station") != principal.station:
+        return error_reply(403, f"a station user sees its own station only: add ?station={principal.station}",
+                           error_id="own-station-only")
+    return None
+
+
+async def own_badge(request: web.Request, principal: Principal) -> web.Response | None:
+    if principal.role is Role.OFFICER and request.match_info.get("badge") != principal.username:
+        return error_reply(403, "an officer reports for himself only", error_id="own-badge-only")
+    return None
+
+
+async def event_stream(request: web.Request, principal: Principal) -> web.Response | None:
+    # An officer's stream is filtered by his badge (his username), never by a station he names.
+    if principal.role is Role.OFFICER and "station" in request.query:
+        return error_reply(403, "an officer's stream carries his own tickets only: leave out ?station",
+                           error_id="own-tickets-only")
+    return await station_query(request, principal)
+
 
 
 def _point(body: dict[str, Any]) -> tuple[float, float]:
     for name in ("lat", "lon"):
         if name not in body:
-            raise BadRequest(f'"{name}" is required')
-    try:
-        return check_lat_lon(body["lat"], body["lon"])
-    except GeoError as exc:
-        raise BadRequest(str(exc)) from None
-
-
-def _number(request: web.Request) -> str:
-    number = request.match_info["number"]
-    if not looks_like_number(number):
-        raise web.HTTPNotFound(reason="no such ticket")
-    return number
+            raise BadRequest(f'"{name}" is required', error_id="invalid-body", details={"field": name})
+    return check_lat_lon(body["lat"], body["lon"])
 
 
 def _badge(request: web.Request) -> str:
     badge = request.match_info["badge"]
     if not 1 <= len(badge) <= BADGE_MAX:
-        raise web.HTTPNotFound(reason="no such officer")
+        raise UnknownOfficer("no such officer", details={"badge": badge[:64]})
     return badge
-
-
-def _domain_error(exc: Exception) -> web.Response:
-    if isinstance(exc, UnknownOfficer):
-        return _error(404, "no such officer")
-    if isinstance(exc, UnknownTicket):
-        return _error(404, "no such ticket")
-    return _error(409, str(exc))
-
-
-_CONFLICTS = (UnknownTicket, UnknownOfficer, IllegalTransition, NotLocated, OfficerBusy)
 
 
 # -- tickets -------------------------------------------------------------------------------
 
 
+@routes.put("/api/tickets/{number}/location", DESK, "Set or correct the incident location", body=LOCATION_BODY)
 async def put_location(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     lat, lon = _point(body)
-    address = _text(body, "address", ADDRESS_MAX, required=False)
-    number = _number(request)
-    try:
-        ticket, incident = await request.app[PLANNER].locate(number, lat=lat, lon=lon, address=address)
-    except _CONFLICTS as exc:
-        return _domain_error(exc)
-    return _json({"number": ticket.number, "state": str(ticket.state), "incident": incident.to_json()})
+    address = text_field(body, "address", ADDRESS_MAX, required=False)
+    number = ticket_number(request)
+    ticket, incident = await request.app[PLANNER].locate(number, lat=lat, lon=lon, address=address)
+    return json_reply({"number": ticket.number, "state": str(ticket.state), "incident": incident.to_json()})
 
 
+@routes.post("/api/tickets/{number}/arrived", SUPERVISORS | {Role.OFFICER, Role.STATION}, "The officer arrived on scene",
+             body=ARRIVED_BODY, scope=station_ticket)
 async def post_arrived(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    badge = _text(body, "badge", BADGE_MAX)
+    body = await json_body(request)
+    badge = text_field(body, "badge", BADGE_MAX)
     lat, lon = _point(body)
-    number = _number(request)
-    try:
-        ticket = await request.app[PLANNER].arrived(number, badge=badge or "", lat=lat, lon=lon)
-    except _CONFLICTS as exc:
-        return _domain_error(exc)
-    return _json(ticket.to_json())
+    number = ticket_number(request)
+    ticket = await request.app[PLANNER].arrived(number, badge=badge or "", lat=lat, lon=lon)
+    return json_reply(ticket.to_json())
 
 
+@routes.post("/api/tickets/{number}/clear", SUPERVISORS | {Role.OFFICER, Role.STATION},
+             "The officer cleared the incident", body=CLEAR_BODY, scope=station_ticket)
 async def post_clear(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    disposition = _text(body, "disposition", DISPOSITION_MAX)
-    by = _text(body, "by", BY_MAX, required=False)
-    number = _number(request)
-    try:
-        ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=by)
-    except _CONFLICTS as exc:
-        return _domain_error(exc)
-    return _json(ticket.to_json())
+    body = await json_body(request)
+    disposition = text_field(body, "disposition", DISPOSITION_MAX)
+    by = text_field(body, "by", BY_MAX, required=False)
+    number = ticket_number(request)
+    ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=by)
+    return json_reply(ticket.to_json())
 
 
+@routes.get("/api/dispatch/preview/{number}", DESK, "Whom a dispatch would ring")
 async def get_preview(request: web.Request) -> web.Response:
-    number = _number(request)
-    try:
-        plan = await request.app[PLANNER].preview(number)
-    except _CONFLICTS as exc:
-        return _domain_error(exc)
-    return _json(plan.to_json())
+    number = ticket_number(request)
+    plan = await request.app[PLANNER].preview(number)
+    return json_reply(plan.to_json())
 
 
 # -- officers ------------------------------------------------------------------------------
@@ -143,49 +176,52 @@ def _officers(request: web.Request) -> OfficerService:
     return request.app[PLANNER].officers
 
 
+@routes.get("/api/officers", DESK | {Role.STATION}, "Officers (a station's: its own)", query={"station": _STATION_ID},
+            scope=station_query)
 async def list_officers(request: web.Request) -> web.Response:
     station = request.query.get("station")
     if station is not None and not _STATION.fullmatch(station):
-        raise BadRequest("station must be a station id")
+        raise BadRequest("station must be a station id", error_id="invalid-station")
     officers = await _officers(request).list(station=station)
-    return _json({"officers": [o.to_json() for o in officers]})
+    return json_reply({"officers": [o.to_json() for o in officers]})
 
 
+@routes.post("/api/officers/{badge}/location", SUPERVISORS | {Role.OFFICER}, "An officer's position",
+             body=OFFICER_LOCATION_BODY, scope=own_badge)
 async def post_officer_location(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     lat, lon = _point(body)
     badge = _badge(request)
-    try:
-        officer = await _officers(request).update_location(badge, lat, lon)
-    except _CONFLICTS as exc:
-        return _domain_error(exc)
-    return _json(officer.to_json())
+    officer = await _officers(request).update_location(badge, lat, lon)
+    return json_reply(officer.to_json())
 
 
+@routes.post("/api/officers/{badge}/status", SUPERVISORS | {Role.OFFICER}, "An officer signs on or off",
+             body=OFFICER_STATUS_BODY, scope=own_badge)
 async def post_officer_status(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     status = body.get("status")
     allowed = (OfficerStatus.AVAILABLE, OfficerStatus.OFF_DUTY)
     if status not in allowed:
-        raise BadRequest(f'"status" must be one of {", ".join(allowed)}')
+        raise BadRequest(f'"status" must be one of {", ".join(allowed)}', error_id="invalid-body", details={"field": "status"})
     badge = _badge(request)
-    try:
-        officer = await _officers(request).set_status(badge, status)
-    except _CONFLICTS as exc:
-        return _domain_error(exc)
-    return _json(officer.to_json())
+    officer = await _officers(request).set_status(badge, status)
+    return json_reply(officer.to_json())
 
 
 # -- the step stream -----------------------------------------------------------------------
 
 
+@routes.get("/api/events", DESK | {Role.STATION, Role.OFFICER},
+            "WebSocket of ticket steps (an officer: his own tickets' steps and briefings)",
+            query={"station": _STATION_ID}, scope=event_stream, websocket=True)
 async def events(request: web.Request) -> web.StreamResponse:
     station = request.query.get("station")
     if station is not None and not _STATION.fullmatch(station):
-        raise BadRequest("station must be a station id")
+        raise BadRequest("station must be a station id", error_id="invalid-station")
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
     if not ws.can_prepare(request).ok:
-        raise BadRequest("this endpoint is a WebSocket; send an Upgrade request")
+        raise BadRequest("this endpoint is a WebSocket; send an Upgrade request", error_id="websocket-only")
     await ws.prepare(request)
     principal = request.get(PRINCIPAL)
     badge = principal.username if principal is not None and principal.role is Role.OFFICER else None
@@ -199,7 +235,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         asyncio.create_task(subscription.closed.wait(), name="events-closed"),
     ]
     try:
-        await ws.send_str(_dumps({"type": "hello", "station": station, "badge": badge}))
+        await ws.send_str(dumps({"type": "hello", "station": station, "badge": badge}))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
@@ -239,7 +275,47 @@ async def _close(request: web.Request, ws: web.WebSocketResponse, subscription: 
             request.transport.close()
 
 
+# -- heat map ------------------------------------------------------------------------------
+
+
+def _instant(raw: str | None, default: float, name: str) -> float:
+    value = parse_instant(raw, name)
+    return default if value is None else value
+
+
+@routes.get("/api/heatmap", SUPERVISORS | {Role.STATION}, "Incident counts per cell, officers, cold cells",
+            tag="heatmap", query=HEATMAP_QUERY)
+async def get_heatmap(request: web.Request) -> web.Response:
+    now = time.time()
+    start = _instant(request.query.get("from"), now - 24 * 3600, "from")
+    end = _instant(request.query.get("to"), now, "to")
+    if not start < end or end - start > WINDOW_MAX_S:
+        raise BadRequest('"from" must be before "to", at most a year apart', error_id="invalid-heatmap-query")
+    kind = request.query.get("type") or None
+    if kind is not None and len(kind) > 500:
+        raise BadRequest('"type" is too long', error_id="invalid-heatmap-query")
+    try:
+        cold_km = float(request.query.get("cold_km", DEFAULT_COLD_KM))
+    except ValueError:
+        raise BadRequest('"cold_km" must be a number of km', error_id="invalid-heatmap-query") from None
+    if not 0 < cold_km <= 100:
+        raise BadRequest('"cold_km" must be more than 0 and at most 100', error_id="invalid-heatmap-query")
+    principal = request[PRINCIPAL]
+    station = principal.station if principal.role is Role.STATION else None
+    query = HeatmapQuery(round(start * 1e6), round(end * 1e6), kind, station, cold_km)
+    planner = request.app[PLANNER]
+    return json_reply(await heatmap(request.app[SERVICE].engine, planner.officers, query, planner.officers.now()))
+
+
 # -- registration --------------------------------------------------------------------------
+
+
+def planner_station(planner: DispatchPlanner) -> Callable[[str], Awaitable[str | None]]:
+    async def station(number: str) -> str | None:
+        incident = await planner.incident(number)
+        return None if incident is None else incident.station
+
+    return station
 
 
 def add_dispatch_routes(
@@ -294,11 +370,5 @@ def add_dispatch_routes(
 
     app.cleanup_ctx.append(stream_ctx)
     app.on_shutdown.append(close_sockets)
-    app.router.add_put("/api/tickets/{number}/location", put_location)
-    app.router.add_post("/api/tickets/{number}/arrived", post_arrived)
-    app.router.add_post("/api/tickets/{number}/clear", post_clear)
-    app.router.add_get("/api/dispatch/preview/{number}", get_preview)
-    app.router.add_get("/api/officers", list_officers)
-    app.router.add_post("/api/officers/{badge}/location", post_officer_location)
-    app.router.add_post("/api/officers/{badge}/status", post_officer_status)
-    app.router.add_get("/api/events", events)
+    app[TICKET_STATION] = planner_station(planner)
+    routes.add_to(app)

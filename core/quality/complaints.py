@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.errors import DomainError
 from core.quality.outbox import Outbox
 from core.alerts.board import Alert
 from core.quality.tables import FollowUp
@@ -32,12 +33,14 @@ OVERDUE = "follow_up_overdue"
 _HOUR_US = 3_600_000_000
 
 
-class UnknownFollowUp(LookupError):
-    pass
+class UnknownFollowUp(DomainError, LookupError):
+    status = 404
+    error_id = "unknown-follow-up"
 
 
-class AlreadyAnswered(Exception):
-    pass
+class AlreadyAnswered(DomainError):
+    status = 409
+    error_id = "already-answered"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.errors import DomainError
 from core.quality.tables import PublishedReport, SpotCheckDraw, SpotCheckItem
 from core.calls.tables import Ticket
 from core.calls.tickets import iso_utc
@@ -35,16 +36,19 @@ CRITERIA = ("speed", "attitude", "classification", "dispatch", "script")
 _DAY = re.compile(r"[0-9]{8}")
 
 
-class AlreadyDrawn(Exception):
-    pass
+class AlreadyDrawn(DomainError):
+    status = 409
+    error_id = "already-drawn"
 
 
-class NotDrawn(LookupError):
-    pass
+class NotDrawn(DomainError, LookupError):
+    status = 404
+    error_id = "not-drawn"
 
 
-class NotInSample(LookupError):
-    pass
+class NotInSample(DomainError, LookupError):
+    status = 404
+    error_id = "not-in-sample"
 
 
 @dataclass(frozen=True, slots=True, order=True)

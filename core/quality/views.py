@@ -14,13 +14,15 @@ from typing import Any
 
 from aiohttp import web
 
-from core.quality.complaints import AlreadyAnswered, Complaints, UnknownFollowUp
+from core.quality.complaints import Complaints
 from core.quality.journal_status import JournalWatch
 from core.calls.numbering import looks_like_number
-from core.quality.spot_checks import CRITERIA, AlreadyDrawn, NotDrawn, NotInSample, SpotChecks
+from core.quality.spot_checks import CRITERIA, SpotChecks
 from core.triage.reports import clean_text, media_attachments, parse_report
 from core.quality.survey import Survey, WebhookVerdict
-from core.web.app import BadRequest, _error, _json, _json_body, _text
+from core.errors import BadRequest
+from core.http.replies import error_reply, json_body, json_reply, text_field
+from core.http.routes import DESK, PUBLIC, SUPERVISORS, RouteTable
 from core.triage.report_views import REPORTS
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,17 @@ SPOT_CHECKS = web.AppKey("spot_checks", SpotChecks)
 SURVEY = web.AppKey("survey", Survey)
 COMPLAINTS = web.AppKey("complaints", Complaints)
 JOURNAL = web.AppKey("journal_watch", JournalWatch)
+
+def _day_query(name: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": "^[0-9]{8}$", "description": f"{name} day, YYYYMMDD"}
+
+
+# One table per part: the assembly mounts only the parts it has.
+spot_check_routes = RouteTable("quality")
+survey_routes = RouteTable("quality")
+complaint_routes = RouteTable("quality")
+journal_routes = RouteTable("quality")
+TABLES = (spot_check_routes, survey_routes, complaint_routes, journal_routes)
 
 _DAY = re.compile(r"[0-9]{8}")
 _ID = re.compile(r"[0-9]{1,12}")
@@ -95,10 +108,11 @@ def _day(request: web.Request, value: Any = None) -> str:
 # -- spot checks -----------------------------------------------------------------------
 
 
+@spot_check_routes.route("POST", "/api/quality/draws", SUPERVISORS, "Draw the day's spot-check sample", tag="quality", body=DRAW_BODY)
 async def draw_sample(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     day = _day(request, body.get("day"))
-    by = _text(body, "by", limit=255)
+    by = text_field(body, "by", limit=255)
     size, seed = body.get("size"), body.get("seed")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= SIZE_MAX):
         raise BadRequest(f'"size" must be an integer from 1 to {SIZE_MAX}')
@@ -106,59 +120,51 @@ async def draw_sample(request: web.Request) -> web.Response:
         raise BadRequest('"seed" must be a non-negative integer below 2**62')
     try:
         sample = await request.app[SPOT_CHECKS].draw(day, by=by or "", size=size, seed=seed)
-    except AlreadyDrawn as exc:
-        return _error(409, str(exc))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(sample, 201)
+    return json_reply(sample, 201)
 
 
+@spot_check_routes.route("GET", "/api/quality/draws/{day}", SUPERVISORS, "A day's sample", tag="quality")
 async def get_sample(request: web.Request) -> web.Response:
     try:
-        return _json(await request.app[SPOT_CHECKS].sample(_day(request)))
-    except NotDrawn as exc:
-        return _error(404, str(exc))
+        return json_reply(await request.app[SPOT_CHECKS].sample(_day(request)))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
 
 
+@spot_check_routes.route("POST", "/api/quality/draws/{day}/scores", SUPERVISORS, "Score a sampled call", tag="quality", body=SCORE_BODY)
 async def score_call(request: web.Request) -> web.Response:
     day = _day(request)
-    body = await _json_body(request)
-    ticket = _text(body, "ticket", limit=32)
-    by = _text(body, "by", limit=255)
-    comment = _text(body, "comment", required=False)
+    body = await json_body(request)
+    ticket = text_field(body, "ticket", limit=32)
+    by = text_field(body, "by", limit=255)
+    comment = text_field(body, "comment", required=False)
     scores = body.get("scores")
     if not isinstance(scores, dict):
         raise BadRequest('"scores" must be an object of criterion: 1-5')
     try:
         result = await request.app[SPOT_CHECKS].score(day, ticket or "", scores=scores, by=by or "", comment=comment)
-    except (NotDrawn, NotInSample) as exc:
-        return _error(404, str(exc))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(result)
+    return json_reply(result)
 
 
+@spot_check_routes.route("GET", "/api/quality/reports/{day}", SUPERVISORS, "A day's spot-check report", tag="quality")
 async def get_report(request: web.Request) -> web.Response:
     try:
-        return _json(await request.app[SPOT_CHECKS].report(_day(request)))
-    except NotDrawn as exc:
-        return _error(404, str(exc))
+        return json_reply(await request.app[SPOT_CHECKS].report(_day(request)))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
 
 
+@spot_check_routes.route("POST", "/api/quality/reports/{day}/publish", SUPERVISORS, "Publish a day's report", tag="quality", body=PUBLISH_BODY)
 async def publish_report(request: web.Request) -> web.Response:
     day = _day(request)
-    body = await _json_body(request)
-    by = _text(body, "by", limit=255)
+    body = await json_body(request)
+    by = text_field(body, "by", limit=255)
     try:
-        return _json(await request.app[SPOT_CHECKS].publish(day, by=by or ""), 201)
-    except NotDrawn as exc:
-        return _error(404, str(exc))
-    except AlreadyDrawn as exc:
-        return _error(409, str(exc))
+        return json_reply(await request.app[SPOT_CHECKS].publish(day, by=by or ""), 201)
     except ValueError as exc:  # a day that does not exist, e.g. 20261340
         raise BadRequest(str(exc)) from None
 
@@ -166,6 +172,7 @@ async def publish_report(request: web.Request) -> web.Response:
 # -- survey --------------------------------------------------------------------------------
 
 
+@survey_routes.route("GET", "/api/survey/rates", SUPERVISORS, "Survey satisfaction rates", tag="quality", query={"from": _day_query("first"), "to": _day_query("last"), "by": {"type": "string", "description": "comma-separated subset of day, station, seat"}})
 async def survey_rates(request: web.Request) -> web.Response:
     day_from = _day(request, request.query.get("from"))
     day_to = _day(request, request.query.get("to", day_from))
@@ -173,7 +180,7 @@ async def survey_rates(request: web.Request) -> web.Response:
     if not by or any(p not in ("day", "station", "seat") for p in by) or len(set(by)) != len(by):
         raise BadRequest('"by" must be a comma-separated subset of day, station, seat')
     rates = await request.app[SURVEY].rates(day_from, day_to, by=by)
-    return _json({"from": day_from, "to": day_to, "by": list(by), "rates": rates})
+    return json_reply({"from": day_from, "to": day_to, "by": list(by), "rates": rates})
 
 
 _VERDICT_STATUS = {
@@ -186,6 +193,7 @@ _VERDICT_STATUS = {
 }
 
 
+@survey_routes.route("POST", "/api/twilio/sms", PUBLIC, "Twilio's SMS webhook (authenticated by its signature)", tag="quality", content="text/xml")
 async def twilio_sms(request: web.Request) -> web.Response:
     survey = request.app[SURVEY]
     if request.content_type != "application/x-www-form-urlencoded":
@@ -215,55 +223,54 @@ async def twilio_sms(request: web.Request) -> web.Response:
                                    urgent=None if intake is None else intake.urgent)
     status = _VERDICT_STATUS[verdict]
     if status != 200:
-        return _error(status, f"request {verdict}")
+        return error_reply(status, f"request {verdict}")
     return web.Response(text=_TWIML_EMPTY, content_type="text/xml")
 
 
 # -- complaints and alerts ----------------------------------------------------------------------
 
 
+@complaint_routes.route("GET", "/api/complaints", SUPERVISORS, "Follow-ups of complaints and bad survey answers", tag="quality", query={"state": {"type": "string", "enum": ["all", "open", "overdue", "answered"]}})
 async def list_follow_ups(request: web.Request) -> web.Response:
     complaints = request.app[COMPLAINTS]
     state = request.query.get("state", "all")
     if state not in ("all", "open", "overdue", "answered"):
         raise BadRequest('"state" must be all, open, overdue or answered')
     now = complaints.now_us()
-    return _json({"follow_ups": [f.to_json(now) for f in await complaints.list(state=state)]})
+    return json_reply({"follow_ups": [f.to_json(now) for f in await complaints.list(state=state)]})
 
 
+@complaint_routes.route("POST", "/api/complaints", DESK, "Open a complaint follow-up", tag="quality", body=COMPLAINT_BODY)
 async def open_complaint(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    ticket = _text(body, "ticket", limit=32) or ""
+    body = await json_body(request)
+    ticket = text_field(body, "ticket", limit=32) or ""
     if not looks_like_number(ticket):
         raise BadRequest('"ticket" must be a ticket number')
-    reason = _text(body, "reason") or ""
-    station = _text(body, "station", required=False, limit=255)
+    reason = text_field(body, "reason") or ""
+    station = text_field(body, "station", required=False, limit=255)
     complaints = request.app[COMPLAINTS]
     view = await complaints.open(ticket, origin="complaint", reason=reason, station=station)
-    return _json(view.to_json(complaints.now_us()), 201)
+    return json_reply(view.to_json(complaints.now_us()), 201)
 
 
+@complaint_routes.route("POST", "/api/complaints/{id}/answer", SUPERVISORS, "Answer a follow-up", tag="quality", body=ANSWER_BODY)
 async def answer_follow_up(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not _ID.fullmatch(raw):
-        return _error(404, "no such follow-up")
-    body = await _json_body(request)
-    answer = _text(body, "answer") or ""
-    by = _text(body, "by", limit=255) or ""
-    caller = _text(body, "caller", required=False, limit=32)
+        return error_reply(404, "no such follow-up")
+    body = await json_body(request)
+    answer = text_field(body, "answer") or ""
+    by = text_field(body, "by", limit=255) or ""
+    caller = text_field(body, "caller", required=False, limit=32)
     complaints = request.app[COMPLAINTS]
-    try:
-        view = await complaints.answer(int(raw), answer=answer, by=by, caller=caller)
-    except UnknownFollowUp:
-        return _error(404, "no such follow-up")
-    except AlreadyAnswered as exc:
-        return _error(409, str(exc))
-    return _json(view.to_json(complaints.now_us()))
+    view = await complaints.answer(int(raw), answer=answer, by=by, caller=caller)
+    return json_reply(view.to_json(complaints.now_us()))
 
 
+@complaint_routes.route("GET", "/api/alerts", DESK, "Open alerts (all with ?all)", tag="quality", query={"all": {"type": "string"}})
 async def list_alerts(request: web.Request) -> web.Response:
     alerts = await request.app[COMPLAINTS].alerts(open_only=request.query.get("all") is None)
-    return _json({"alerts": [
+    return json_reply({"alerts": [
         {"id": a.id, "kind": a.kind, "ref": a.ref, "message": a.message, "created_at_us": a.created_at_us,
          "resolved_at_us": a.resolved_at_us} for a in alerts
     ]})
@@ -272,13 +279,14 @@ async def list_alerts(request: web.Request) -> web.Response:
 # -- the journal -------------------------------------------------------------------------------
 
 
+@journal_routes.route("GET", "/api/journal/status", SUPERVISORS, "The latest journal verification (files not re-hashed; at most one walk a minute) and retention's last run", tag="quality")
 async def journal_status(request: web.Request) -> web.Response:
     try:
-        return _json(await request.app[JOURNAL].status())
+        return json_reply(await request.app[JOURNAL].status())
     except Exception as exc:
         # The store is unreachable or the walk failed: say so rather than claim anything about the chain.
         log.exception("journal verification for the status endpoint failed")
-        return _error(503, f"journal verification failed: {type(exc).__name__}")
+        return error_reply(503, f"journal verification failed: {type(exc).__name__}")
 
 
 def add_routes(
@@ -292,21 +300,13 @@ def add_routes(
     """Register the routes of the parts given on ``app`` (the application from ``core.web.make_app``)."""
     if spot_checks is not None:
         app[SPOT_CHECKS] = spot_checks
-        app.router.add_post("/api/quality/draws", draw_sample)
-        app.router.add_get("/api/quality/draws/{day}", get_sample)
-        app.router.add_post("/api/quality/draws/{day}/scores", score_call)
-        app.router.add_get("/api/quality/reports/{day}", get_report)
-        app.router.add_post("/api/quality/reports/{day}/publish", publish_report)
+        spot_check_routes.add_to(app)
     if survey is not None:
         app[SURVEY] = survey
-        app.router.add_get("/api/survey/rates", survey_rates)
-        app.router.add_post("/api/twilio/sms", twilio_sms)
+        survey_routes.add_to(app)
     if complaints is not None:
         app[COMPLAINTS] = complaints
-        app.router.add_get("/api/complaints", list_follow_ups)
-        app.router.add_post("/api/complaints", open_complaint)
-        app.router.add_post("/api/complaints/{id}/answer", answer_follow_up)
-        app.router.add_get("/api/alerts", list_alerts)
+        complaint_routes.add_to(app)
     if journal is not None:
         app[JOURNAL] = journal
-        app.router.add_get("/api/journal/status", journal_status)
+        journal_routes.add_to(app)

@@ -32,6 +32,7 @@ from sqlalchemy import BigInteger, Integer, String, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.errors import DomainError
 from core.calls.lifecycle import Step
 from core.store import Base
 from core.calls.tickets import StepView, TicketView
@@ -55,16 +56,23 @@ class SeatState(StrEnum):
     PAUSED = "paused"
 
 
-class UnknownSeat(LookupError):
-    pass
+class UnknownSeat(DomainError, LookupError):
+    status = 404
+    error_id = "unknown-seat"
 
 
-class WrongSeatState(Exception):
+class WrongSeatState(DomainError):
     """The seat is not in a state that allows what was asked (e.g. pausing a logged-out seat)."""
 
+    status = 409
+    error_id = "wrong-seat-state"
 
-class QueueControlError(Exception):
+
+class QueueControlError(DomainError):
     """The queue refused or did not confirm a membership change."""
+
+    status = 503
+    error_id = "queue-not-confirmed"
 
 
 class QueuePort(Protocol):

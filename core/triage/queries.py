@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Index, Select, and_, func, insert, null, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.errors import DomainError
 from core.dispatch.planner import IncidentRow
 from core.calls.lifecycle import Step
 from core.triage.repeat import TICKETS_CALLER_INDEX, TicketLinkRow
@@ -90,8 +91,11 @@ async def ensure_indexes(engine: AsyncEngine) -> None:
         await conn.run_sync(create)
 
 
-class BadCursor(ValueError):
+class BadCursor(DomainError, ValueError):
     """A cursor this server did not hand out."""
+
+    status = 400
+    error_id = "bad-cursor"
 
 
 def encode_cursor(created_at_us: int, number: str, *, oldest: bool = False) -> str:

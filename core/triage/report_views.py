@@ -13,16 +13,19 @@ from typing import Any
 
 from aiohttp import web
 
-from core.calls.lifecycle import IllegalTransition
+from core.auth.users import Role
+from core.calls.views import SERVICE, ticket_number
+from core.errors import BadRequest
+from core.http.replies import PRINCIPAL, json_body, json_reply
+from core.http.routes import ADMINS, DESK, RouteTable
 from core.triage.repeat import PHONE
 from core.triage.reports import (
     ATTACHMENT_KINDS, ATTACHMENTS_MAX, REF, REPORT_TEXT_MAX, URL_MAX, ReportIntake, parse_report,
 )
-from core.calls.tickets import UnknownTicket
-from core.web.app import PRINCIPAL, SERVICE, BadRequest, _error, _json, _json_body
-from core.triage.views import _number
 
 REPORTS = web.AppKey("report_intake", ReportIntake)
+
+routes = RouteTable("reports")
 
 REPORT_BODY: dict[str, Any] = {
     "type": "object",
@@ -53,30 +56,26 @@ TAKE_BODY: dict[str, Any] = {
 }
 
 
+@routes.route("POST", "/api/reports", ADMINS | {Role.GATEWAY}, "A text report from the 110 app's gateway: a ticket at once, major-incident keywords alerted", tag="reports", body=REPORT_BODY)
 async def post_report(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     try:
         report = parse_report(body, channel="app")  # a gateway posts app reports; SMS comes through Twilio
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     result = await request.app[REPORTS].receive(report)
-    return _json(result, 200 if result["duplicate"] else 201)
+    return json_reply(result, 200 if result["duplicate"] else 201)
 
 
+@routes.route("POST", "/api/tickets/{number}/take", DESK, "Take a waiting text report", tag="reports", body=TAKE_BODY)
 async def post_take(request: web.Request) -> web.Response:
-    body = await _json_body(request, optional=True)  # the seat is optional, so is the body
-    number = _number(request)
+    body = await json_body(request, optional=True)  # the seat is optional, so is the body
+    number = ticket_number(request)
     principal = request[PRINCIPAL]
-    try:
-        ticket = await request.app[SERVICE].take(number, by=principal.username, seat=body.get("seat"))
-    except UnknownTicket:
-        return _error(404, "no such ticket")
-    except IllegalTransition as exc:  # taken by another call-taker already, or not a text report
-        return _error(409, str(exc))
-    return _json(ticket.to_json())
+    ticket = await request.app[SERVICE].take(number, by=principal.username, seat=body.get("seat"))
+    return json_reply(ticket.to_json())
 
 
 def add_report_routes(app: web.Application, intake: ReportIntake) -> None:
     app[REPORTS] = intake
-    app.router.add_post("/api/reports", post_report)
-    app.router.add_post("/api/tickets/{number}/take", post_take)
+    routes.add_to(app)

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import h3
 
+from core.errors import DomainError
 from core.dispatch.geo import EARTH_RADIUS_M
 from core.triage.classify import Classification, IncidentType
 
@@ -164,8 +165,11 @@ class RoutingDecision:
         }
 
 
-class HandoverFailed(Exception):
+class HandoverFailed(DomainError):
     """The desk could not be reached or the transfer was refused; the call stays with the call-taker."""
+
+    status = 502
+    error_id = "handover-failed"
 
 
 class HandoverPort(Protocol):

@@ -1,7 +1,7 @@
 """HTTP API of triage: classification, notes, hand-overs, briefings, danger warnings, prank numbers, queries, stats.
 
 Thin views in the manner of ``core.web.app`` over ``core.triage_desk.TriageDesk``
-(found at ``app[DESK]``). Filtered ticket lists (``GET /api/tickets`` with
+(found at ``app[TRIAGE_DESK]``). Filtered ticket lists (``GET /api/tickets`` with
 any filter) are answered here too; ``core.web.app`` hands them over. A station
 user's lists and stats are limited to its own station whatever it asks for.
 """
@@ -15,37 +15,45 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
 
-from core.auth.users import Role
-from core.triage.keywords import WARNING_TEXT_MAX, WarningKind
-from core.calls.lifecycle import IllegalTransition, State
+from core.auth.users import Principal, Role
+from core.calls.lifecycle import State
 from core.calls.numbering import looks_like_number
+from core.calls.tables import Ticket
+from core.calls.tickets import TicketService, TicketView, UnknownTicket
+from core.calls.views import SERVICE, TICKET_EXTRAS, station_ticket, ticket_json, ticket_number
+from core.dispatch.planner import IncidentRow
+from core.dispatch.views import BROADCASTER, PLANNER
+from core.errors import BadRequest
+from core.http.replies import PRINCIPAL, error_reply, json_body, json_reply, parse_instant, who
+from core.http.routes import ADMINS, DESK, SUPERVISORS, RouteTable
+from core.triage.classify import NOTE_MAX, IncidentType
+from core.triage.desk import TriageDesk
+from core.triage.keywords import WARNING_TEXT_MAX, WarningKind, dispatched_badges
 from core.triage.queries import (
     HOUR_US,
     LIMIT_MAX,
     PAGE_MAX,
     STATS_HOURS_MAX,
     UNCLASSIFIED,
-    BadCursor,
     TicketQuery,
     hourly_series,
     search,
 )
 from core.triage.repeat import PHONE, REASON_MAX, normalise_phone
-from core.calls.tickets import TicketView, UnknownTicket
-from core.triage.classify import NOTE_MAX, IncidentType
-from core.triage.desk import TriageDesk
-from core.web.app import PRINCIPAL, SERVICE, BadRequest, parse_instant, _error, _json, _json_body
 
 log = logging.getLogger(__name__)
 
-DESK = web.AppKey("triage_desk", TriageDesk)
+TRIAGE_DESK = web.AppKey("triage_desk", TriageDesk)
+
+routes = RouteTable("triage")
 
 _STATION = re.compile(r"[A-Za-z0-9_.:-]{1,32}")
 _CELL = re.compile(r"[0-9a-f]{15}")
 _DIGITS = re.compile(r"[0-9]{1,7}")
 
-# -- body and query schemas (listed in core.web.auth's route table) ---------------------------
+# -- body and query schemas ----------------------------------------------------------------------
 
 CLASSIFY_BODY: dict[str, Any] = {
     "type": "object",
@@ -114,18 +122,7 @@ WARNINGS_QUERY: dict[str, dict[str, Any]] = {
 }
 # Query parameters that turn GET /api/tickets into a filtered search.
 FILTERS = frozenset(TICKETS_QUERY) - {"limit"}
-
-
-def _number(request: web.Request) -> str:
-    number = request.match_info["number"]
-    if not looks_like_number(number):
-        raise web.HTTPNotFound(reason="no such ticket")
-    return number
-
-
-def _who(request: web.Request) -> str | None:
-    principal = request.get(PRINCIPAL)
-    return None if principal is None else principal.username
+LIST_DEFAULT = 50
 
 
 def _own_station(request: web.Request) -> str | None | bool:
@@ -141,78 +138,119 @@ def instant(raw: str | None, name: str) -> int | None:
     return None if value is None else round(value * 1_000_000)
 
 
+async def ticket_officer(request: web.Request, principal: Principal) -> web.Response | None:
+    """Scope: an officer reaches only the tickets he was sent to."""
+    if principal.role is not Role.OFFICER:
+        return None
+    number = request.match_info.get("number", "")
+    ticket = await request.app[SERVICE].get(number) if looks_like_number(number) else None
+    if ticket is None or principal.username not in dispatched_badges(ticket):
+        # Not 403: tickets an officer was not sent to are not there for him.
+        return error_reply(404, "no such ticket", error_id=UnknownTicket.error_id)
+    return None
+
+
+# -- ticket lists ------------------------------------------------------------------------------
+
+
+async def station_tickets(service: TicketService, station: str | None, limit: int) -> list[TicketView]:
+    """The newest tickets whose incident is in ``station``'s area; none for a station-less user."""
+    if station is None:
+        return []
+    async with service.engine.connect() as conn:
+        numbers = (
+            await conn.execute(
+                select(Ticket.number)
+                .join(IncidentRow, IncidentRow.number == Ticket.number)
+                .where(IncidentRow.station_id == station)
+                .order_by(Ticket.created_at_us.desc(), Ticket.id.desc())
+                .limit(limit)
+            )
+        ).scalars().all()
+    tickets = [await service.get(number) for number in numbers]
+    return [t for t in tickets if t is not None]
+
+
+@routes.get("/api/tickets", DESK | {Role.STATION},
+            "Newest tickets, or a filtered page with any filter (a station's: its own)", tag="tickets",
+            query=TICKETS_QUERY)
+async def list_tickets(request: web.Request) -> web.Response:
+    if FILTERS.intersection(request.query):
+        # Filtered searches over the whole history page by cursor and answer summaries.
+        return await search_tickets(request)
+    raw = request.query.get("limit")
+    if raw is None:
+        limit = LIST_DEFAULT
+    else:
+        if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= LIMIT_MAX:
+            raise BadRequest(f"limit must be an integer from 1 to {LIMIT_MAX}", error_id="invalid-limit")
+        limit = int(raw)
+    station = _own_station(request)
+    if station is False:
+        tickets = await request.app[SERVICE].list_recent(limit)
+    else:
+        tickets = await station_tickets(request.app[SERVICE], station, limit)
+    return json_reply({"tickets": await ticket_json(request.app, tickets)})
+
+
 # -- classification, notes, hand-overs ------------------------------------------------------
 
 
+@routes.route("POST", "/api/tickets/{number}/classify", DESK, "Classify: incident type and priority; routes it", tag="triage", body=CLASSIFY_BODY)
 async def post_classify(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    number = _number(request)
+    body = await json_body(request)
+    number = ticket_number(request)
     try:
-        result = await request.app[DESK].classify(number, body["type"], body["priority"], by=_who(request))
-    except UnknownTicket:
-        return _error(404, "no such ticket")
-    except IllegalTransition as exc:
-        return _error(409, str(exc))
+        result = await request.app[TRIAGE_DESK].classify(number, body["type"], body["priority"], by=who(request))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(result)
+    return json_reply(result)
 
 
+@routes.route("POST", "/api/tickets/{number}/notes", DESK, "Add a note (scanned for major-incident keywords)", tag="triage", body=NOTE_BODY)
 async def post_note(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    number = _number(request)
+    body = await json_body(request)
+    number = ticket_number(request)
     try:
-        result = await request.app[DESK].add_note(number, body["text"], by=_who(request),
+        result = await request.app[TRIAGE_DESK].add_note(number, body["text"], by=who(request),
                                                   source=body.get("source", "note"))
-    except UnknownTicket:
-        return _error(404, "no such ticket")
-    except IllegalTransition as exc:
-        return _error(409, str(exc))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(result, 201)
+    return json_reply(result, 201)
 
 
+@routes.route("POST", "/api/tickets/{number}/handover", DESK, "Carry out the routing decision again (after a failure)", tag="triage", body=HANDOVER_BODY)
 async def post_handover(request: web.Request) -> web.Response:
-    await _json_body(request)
-    number = _number(request)
-    desk = request.app[DESK]
-    try:
-        decision = await desk.current_decision(number)
-        if decision is None:
-            return _error(409, "no routing rule applies to this ticket's classification")
-        ticket = await desk.triage.ticket(number)
-        outcome, ticket = await desk.hand_over(ticket, decision)
-    except UnknownTicket:
-        return _error(404, "no such ticket")
-    except IllegalTransition as exc:
-        return _error(409, str(exc))
+    await json_body(request)
+    number = ticket_number(request)
+    desk = request.app[TRIAGE_DESK]
+    decision = await desk.current_decision(number)
+    if decision is None:
+        return error_reply(409, "no routing rule applies to this ticket's classification", error_id="no-routing-rule")
+    ticket = await desk.triage.ticket(number)
+    outcome, ticket = await desk.hand_over(ticket, decision)
     if outcome.get("by_hand"):
         status = 409  # nothing the system can do: a person hands it over
     else:
         status = 200 if outcome["done"] else 502 if desk.port is not None else 503
-    return _json({"decision": decision.to_json(), "handover": outcome, "ticket": ticket.to_json()}, status)
+    return json_reply({"decision": decision.to_json(), "handover": outcome, "ticket": ticket.to_json()}, status)
 
 
+@routes.route("GET", "/api/tickets/{number}/briefing", SUPERVISORS | {Role.OFFICER}, "The briefing for the officers sent (an officer: his own tickets)", tag="triage", scope=ticket_officer)
 async def get_briefing(request: web.Request) -> web.Response:
-    number = _number(request)
-    try:
-        return _json(await request.app[DESK].briefing(number))
-    except UnknownTicket:
-        return _error(404, "no such ticket")
+    number = ticket_number(request)
+    return json_reply(await request.app[TRIAGE_DESK].briefing(number))
 
 
+@routes.route("GET", "/api/tickets/{number}/triage", DESK | {Role.STATION}, "Classification history, routing decision, links, flags and pushes", tag="triage", scope=station_ticket)
 async def get_ticket_triage(request: web.Request) -> web.Response:
-    number = _number(request)
-    desk = request.app[DESK]
-    try:
-        ticket = await desk.triage.ticket(number)
-        decision = await desk.current_decision(number)
-    except UnknownTicket:
-        return _error(404, "no such ticket")
+    number = ticket_number(request)
+    desk = request.app[TRIAGE_DESK]
+    ticket = await desk.triage.ticket(number)
+    decision = await desk.current_decision(number)
     annotation = (await desk.annotate([ticket]))[number]
     pushes = await desk.pusher.for_ticket(number)
-    return _json({
+    return json_reply({
         "number": number,
         **annotation,
         "history": [s.to_json() for s in ticket.steps if s.step.value in
@@ -225,6 +263,7 @@ async def get_ticket_triage(request: web.Request) -> web.Response:
 # -- danger warnings and prank numbers ------------------------------------------------------
 
 
+@routes.route("GET", "/api/danger-warnings", DESK | {Role.STATION}, "Danger warnings for a place or a phone", tag="triage", query=WARNINGS_QUERY)
 async def list_warnings(request: web.Request) -> web.Response:
     query = request.query
     cell, address, phone = query.get("cell"), query.get("address"), query.get("phone")
@@ -237,66 +276,73 @@ async def list_warnings(request: web.Request) -> web.Response:
             phone = normalise_phone(phone)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-    found = await request.app[DESK].warnings.matching(cell=cell, address=address, phone=phone)
-    return _json({"warnings": [w.to_json() for w in found]})
+    found = await request.app[TRIAGE_DESK].warnings.matching(cell=cell, address=address, phone=phone)
+    return json_reply({"warnings": [w.to_json() for w in found]})
 
 
+@routes.route("POST", "/api/danger-warnings", DESK | {Role.STATION}, "Record a danger warning", tag="triage", body=WARNING_BODY)
 async def add_warning(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     try:
-        warning = await request.app[DESK].warnings.add(
-            body["kind"], body["text"], by=_who(request) or "-", cell=body.get("cell"),
+        warning = await request.app[TRIAGE_DESK].warnings.add(
+            body["kind"], body["text"], by=who(request) or "-", cell=body.get("cell"),
             address=body.get("address"), phone=body.get("phone"),
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(warning.to_json(), 201)
+    return json_reply(warning.to_json(), 201)
 
 
+@routes.route("POST", "/api/danger-warnings/{id}/retire", SUPERVISORS, "Retire a danger warning", tag="triage", body=HANDOVER_BODY)
 async def retire_warning(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not re.fullmatch(r"[0-9]{1,12}", raw):
-        return _error(404, "no such warning")
+        return error_reply(404, "no such warning", error_id="unknown-warning")
     try:
-        warning = await request.app[DESK].warnings.retire(int(raw))
+        warning = await request.app[TRIAGE_DESK].warnings.retire(int(raw))
     except LookupError:
-        return _error(404, "no such warning")
-    return _json(warning.to_json())
+        return error_reply(404, "no such warning", error_id="unknown-warning")
+    return json_reply(warning.to_json())
 
 
+@routes.route("GET", "/api/prank-numbers", SUPERVISORS, "Known prank numbers (flagged, still answered)", tag="triage")
 async def list_pranks(request: web.Request) -> web.Response:
-    return _json({"numbers": [p.to_json() for p in await request.app[DESK].repeat.prank_numbers()]})
+    return json_reply({"numbers": [p.to_json() for p in await request.app[TRIAGE_DESK].repeat.prank_numbers()]})
 
 
+@routes.route("POST", "/api/prank-numbers", SUPERVISORS, "Add a known prank number", tag="triage", body=PRANK_BODY)
 async def add_prank(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     try:
-        entry = await request.app[DESK].repeat.add_prank(body["phone"], reason=body["reason"],
-                                                          by=_who(request) or "-")
+        entry = await request.app[TRIAGE_DESK].repeat.add_prank(body["phone"], reason=body["reason"],
+                                                          by=who(request) or "-")
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(entry.to_json(), 201)
+    return json_reply(entry.to_json(), 201)
 
 
+@routes.route("DELETE", "/api/prank-numbers/{phone}", SUPERVISORS, "Remove a prank number", tag="triage")
 async def remove_prank(request: web.Request) -> web.Response:
     try:
-        removed = await request.app[DESK].repeat.remove_prank(request.match_info["phone"])
+        removed = await request.app[TRIAGE_DESK].repeat.remove_prank(request.match_info["phone"])
     except ValueError:
-        return _error(404, "no such number on the list")
-    return _json({"removed": True}) if removed else _error(404, "no such number on the list")
+        return error_reply(404, "no such number on the list", error_id="unknown-prank-number")
+    return json_reply({"removed": True}) if removed else error_reply(404, "no such number on the list", error_id="unknown-prank-number")
 
 
 # -- rules -------------------------------------------------------------------------------------
 
 
+@routes.route("GET", "/api/routing", SUPERVISORS, "Routing rules, keyword lists and surges in force", tag="triage")
 async def get_routing(request: web.Request) -> web.Response:
-    return _json(request.app[DESK].config_json())
+    return json_reply(request.app[TRIAGE_DESK].config_json())
 
 
+@routes.route("POST", "/api/routing/reload", ADMINS, "Reload routing.toml, keywords.toml and surge.toml (a bad file keeps its running version)", tag="triage", body=HANDOVER_BODY)
 async def reload_routing(request: web.Request) -> web.Response:
-    await _json_body(request)
-    result = request.app[DESK].reload()
-    return _json({**result, **request.app[DESK].config_json()}, 200 if result["ok"] else 422)
+    await json_body(request)
+    result = request.app[TRIAGE_DESK].reload()
+    return json_reply({**result, **request.app[TRIAGE_DESK].config_json()}, 200 if result["ok"] else 422)
 
 
 # -- queries -----------------------------------------------------------------------------------
@@ -356,13 +402,11 @@ def ticket_query(request: web.Request) -> TicketQuery:
 async def search_tickets(request: web.Request) -> web.Response:
     """``GET /api/tickets`` with filters (``core.web.list_tickets`` hands these over)."""
     query = ticket_query(request)
-    try:
-        result = await search(request.app[SERVICE].engine, query)
-    except BadCursor as exc:
-        raise BadRequest(str(exc)) from None
-    return _json(result)
+    result = await search(request.app[SERVICE].engine, query)
+    return json_reply(result)
 
 
+@routes.route("GET", "/api/stats", SUPERVISORS | {Role.STATION}, "Ticket counts by type × station × hour", tag="triage", query=STATS_QUERY)
 async def get_stats(request: web.Request) -> web.Response:
     q = request.query
     to_us = instant(q.get("to"), "to") or round(time.time() * 1_000_000)
@@ -378,35 +422,36 @@ async def get_stats(request: web.Request) -> web.Response:
     if own is not False:
         station = own or "-"
     series = await hourly_series(request.app[SERVICE].engine, from_us, to_us, station=station)
-    return _json({"from_us": from_us, "to_us": to_us, "station": station, **series.to_json()})
+    return json_reply({"from_us": from_us, "to_us": to_us, "station": station, **series.to_json()})
 
 
 # -- registration ------------------------------------------------------------------------------
 
 
 async def annotate(app: web.Application, tickets: list[TicketView]) -> dict[str, dict[str, Any]]:
-    """The triage block of each ticket's JSON (``core.web.app`` merges it in)."""
-    desk = app.get(DESK)
+    """The ``triage`` block of each ticket's JSON (classification, repeat link, prank flag)."""
+    desk = app.get(TRIAGE_DESK)
     if desk is None or not tickets:
         return {}
-    return await desk.annotate(tickets)
+    return {number: {"triage": block} for number, block in (await desk.annotate(tickets)).items()}
 
 
 def add_triage_routes(app: web.Application, *, desk: TriageDesk | None = None) -> None:
-    """Register the triage routes on an app from ``core.web.make_app``; the desk starts and stops with the app.
+    """Register the triage routes and text reports on an app from ``core.web.make_app``; the desk starts and stops with it.
 
     Without a desk, one is built on the app's ticket service with the
     dispatch planner's officers, its own alert board, the dialplan's rule
     files and no push transport (pushes are stored, not sent).
     """
-    from core.dispatch.views import BROADCASTER, PLANNER
+    from core.alerts.board import AlertBoard
+    from core.triage.report_views import add_report_routes
+    from core.triage.reports import ReportIntake
 
+    service = app[SERVICE]
     if desk is None:
-        from core.alerts.board import AlertBoard
-
-        service = app[SERVICE]
         desk = TriageDesk(service, app[PLANNER].officers, AlertBoard(service.engine), owns_alerts=True)
-    app[DESK] = desk
+    app[TRIAGE_DESK] = desk
+    app[TICKET_EXTRAS].append(annotate)
     broadcaster = app.get(BROADCASTER)
     if broadcaster is not None:
         desk.set_publisher(broadcaster.publish)
@@ -418,22 +463,5 @@ def add_triage_routes(app: web.Application, *, desk: TriageDesk | None = None) -
 
     app.cleanup_ctx.append(desk_ctx)
     # Text reports share the desk's keyword watch and the planner's locating.
-    from core.triage.reports import ReportIntake
-    from core.triage.report_views import add_report_routes
-
-    add_report_routes(app, ReportIntake(app[SERVICE], desk=desk, locate=app[PLANNER].locate,
-                                        clock=app[SERVICE].clock))
-    app.router.add_post("/api/tickets/{number}/classify", post_classify)
-    app.router.add_post("/api/tickets/{number}/notes", post_note)
-    app.router.add_post("/api/tickets/{number}/handover", post_handover)
-    app.router.add_get("/api/tickets/{number}/briefing", get_briefing)
-    app.router.add_get("/api/tickets/{number}/triage", get_ticket_triage)
-    app.router.add_get("/api/stats", get_stats)
-    app.router.add_get("/api/danger-warnings", list_warnings)
-    app.router.add_post("/api/danger-warnings", add_warning)
-    app.router.add_post("/api/danger-warnings/{id}/retire", retire_warning)
-    app.router.add_get("/api/prank-numbers", list_pranks)
-    app.router.add_post("/api/prank-numbers", add_prank)
-    app.router.add_delete("/api/prank-numbers/{phone}", remove_prank)
-    app.router.add_get("/api/routing", get_routing)
-    app.router.add_post("/api/routing/reload", reload_routing)
+    add_report_routes(app, ReportIntake(service, desk=desk, locate=app[PLANNER].locate, clock=service.clock))
+    routes.add_to(app)

@@ -1,4 +1,4 @@
-"""The OpenAPI 3 description of the HTTP API, built from the route table in ``core.web.auth``.
+"""The OpenAPI 3.1 description of the HTTP API, built from the routes each capability declares (``core.http.routes``).
 
 Only routes registered on the running application are described, each with
 its roles (in the description and ``x-roles``), its body schema, its query
@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from core.triage.repeat import PHONE
-from core.web.auth import RouteSpec, registered, routes
+from core.http.routes import ROUTE_SPECS, RouteSpec, registered
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
@@ -75,7 +75,7 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
 
 
 def build_spec(app: web.Application) -> dict[str, Any]:
-    table = routes()
+    table = app.get(ROUTE_SPECS, {})
     paths: dict[str, dict[str, Any]] = {}
     for key in sorted(set(registered(app))):
         spec = table.get(key)
@@ -94,7 +94,15 @@ def build_spec(app: web.Application) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "error_id"],
+                    "properties": {
+                        "error": {"type": "string", "description": "for people; may be reworded"},
+                        "error_id": {"type": "string", "description": "stable: what clients branch on"},
+                        "details": {"type": "object"},
+                    },
+                }
             },
         },
     }

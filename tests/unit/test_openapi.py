@@ -17,7 +17,8 @@ from core.web.openapi import build_spec
 from core.tables import init_schema
 from core.store import make_engine
 from core.calls.tickets import TicketService
-from core.web.auth import registered, routes
+from core.http.routes import registered
+from core.web.app import declared_routes as routes
 from tests.unit.conftest import FakeClock
 from tests.unit.test_web_auth import full_app
 from tests.web_login import login_headers

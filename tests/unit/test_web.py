@@ -301,7 +301,7 @@ async def test_unexpected_error_is_500_without_traceback(
         resp = await client.get("/api/tickets/110-20261129-000001")
         assert resp.status == 500
         text = await resp.text()
-    assert json.loads(text) == {"error": "internal error"}
+    assert json.loads(text) == {"error": "internal error", "error_id": "internal-error"}
     assert "hunter2" not in text
     assert "Traceback" not in text
     # The operator still gets the whole story in the log.

@@ -23,7 +23,8 @@ from core.quality.retention import RetentionSchedule
 from core.quality.survey import Survey
 from core.calls.tickets import TicketService
 from core.web.app import make_app
-from core.web.auth import registered, routes, unlisted
+from core.http.routes import registered, unlisted
+from core.web.app import declared_routes as routes
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import PASSWORD, TEST_SCRYPT_N, login_headers
 
@@ -272,17 +273,20 @@ async def test_a_websocket_may_carry_the_token_in_the_query_but_nothing_else_may
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"disposition": "x"}, "$.by: is required"),
-        ({"disposition": 5, "by": "y"}, "$.disposition: must be a string"),
-        ({"disposition": "x", "by": "   "}, "$.by: does not match"),
+        ({"disposition": "x"}, ("$", "required")),
+        ({"disposition": 5, "by": "y"}, ("$.disposition", "type")),
+        ({"disposition": "x", "by": "   "}, ("$.by", "pattern")),
     ],
 )
 async def test_bodies_are_checked_against_the_schema_with_clear_errors(
-    client: TestClient, headers: dict[Role, dict[str, str]], body: dict, message: str
+    client: TestClient, headers: dict[Role, dict[str, str]], body: dict, message: tuple[str, str]
 ) -> None:
     resp = await client.post(f"/api/tickets/{NUMBER}/close", json=body, headers=headers[Role.CALL_TAKER])
     assert resp.status == 400
-    assert message in (await resp.json())["error"]
+    answer = await resp.json()
+    assert answer["error_id"] == "invalid-body"
+    assert (answer["details"]["path"], answer["details"]["rule"]) == message
+    assert answer["error"].startswith(f"invalid body: {message[0]}: ")
 
 
 async def test_the_app_jiejing_serve_builds_lists_every_route(tmp_path: Any) -> None:

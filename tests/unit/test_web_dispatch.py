@@ -44,6 +44,10 @@ async def _error(resp: Any, status: int) -> str:
     return (await _json(resp, status))["error"]
 
 
+async def _error_id(resp: Any, status: int) -> str:
+    return (await _json(resp, status))["error_id"]
+
+
 # -- incident location and preview ---------------------------------------------------------
 
 
@@ -93,9 +97,9 @@ async def test_location_body_is_validated(client: TestClient, service: TicketSer
 
 async def test_unknown_and_unlocated_tickets(client: TestClient, service: TicketService) -> None:
     ok = {"lat": 31.0, "lon": 121.0}
-    assert await _error(await client.put(f"/api/tickets/{NO_SUCH}/location", json=ok), 404) == "no such ticket"
-    assert (await _json(await client.put("/api/tickets/garbage/location", json=ok), 404))["error"] == "no such ticket"
-    assert (await _json(await client.get(f"/api/dispatch/preview/{NO_SUCH}"), 404))["error"] == "no such ticket"
+    assert await _error_id(await client.put(f"/api/tickets/{NO_SUCH}/location", json=ok), 404) == "unknown-ticket"
+    assert (await _json(await client.put("/api/tickets/garbage/location", json=ok), 404))["error_id"] == "unknown-ticket"
+    assert (await _json(await client.get(f"/api/dispatch/preview/{NO_SUCH}"), 404))["error_id"] == "unknown-ticket"
     ticket = await answered_call(service)
     body = await _json(await client.get(f"/api/dispatch/preview/{ticket.number}"), 409)
     assert "no incident location" in body["error"]
@@ -125,14 +129,14 @@ async def test_officers_list_location_and_status(client: TestClient) -> None:
     bad = await client.post("/api/officers/e1/location", json={"lat": 100, "lon": 0})
     assert await _error(bad, 400) == "lat must be between -90 and 90, got 100"
     unknown = await client.post("/api/officers/nobody/location", json={"lat": 1, "lon": 1})
-    assert await _error(unknown, 404) == "no such officer"
+    assert await _error_id(unknown, 404) == "unknown-officer"
 
     off = await _json(await client.post("/api/officers/e1/status", json={"status": "off_duty"}), 200)
     assert off["status"] == "off_duty"
     refused = await _json(await client.post("/api/officers/e1/status", json={"status": "on_scene"}), 400)
     assert refused["error"] == '"status" must be one of available, off_duty'
     unknown = await client.post("/api/officers/nobody/status", json={"status": "available"})
-    assert await _error(unknown, 404) == "no such officer"
+    assert await _error_id(unknown, 404) == "unknown-officer"
 
 
 async def test_status_change_of_a_ringing_officer_is_a_conflict(
@@ -184,13 +188,13 @@ async def test_arrival_for_an_unknown_officer_or_ticket(
     client: TestClient, service: TicketService, planner: DispatchPlanner
 ) -> None:
     body = {"badge": "e1", "lat": 31.0, "lon": 121.0}
-    assert await _error(await client.post(f"/api/tickets/{NO_SUCH}/arrived", json=body), 404) == "no such ticket"
+    assert await _error_id(await client.post(f"/api/tickets/{NO_SUCH}/arrived", json=body), 404) == "unknown-ticket"
     ticket = await answered_call(service)
     await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])
     plan = await planner.begin(ticket.number)
     await planner.joined(ticket.number, plan.rungs[0])
     stranger = await client.post(f"/api/tickets/{ticket.number}/arrived", json={**body, "badge": "nobody"})
-    assert (await _json(stranger, 404))["error"] == "no such officer"
+    assert (await _json(stranger, 404))["error_id"] == "unknown-officer"
 
 
 async def test_bodies_must_be_json_objects(client: TestClient, service: TicketService) -> None:

@@ -1,0 +1,118 @@
+"""HTTP API of accounts: log-in and log-out, who am I, users (admins), the audit log (admins)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from core.auth.users import PASSWORD_MAX, AuthService, Role
+from core.errors import BadRequest, NotFound
+from core.http.replies import BODY_SHA256, PRINCIPAL, json_body, json_reply
+from core.http.routes import ADMINS, ALL, PUBLIC, RouteTable
+
+AUTH = web.AppKey("auth", AuthService)
+# Who tried to log in, for the audit row of a refused log-in.
+AUDIT_WHO = web.RequestKey("audit_who", str)
+
+routes = RouteTable("auth")
+
+_STATION_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,32}$"}
+LOGIN_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["username", "password"],
+    "properties": {
+        "username": {"type": "string", "minLength": 1, "maxLength": 64},
+        "password": {"type": "string", "minLength": 1, "maxLength": PASSWORD_MAX},
+    },
+}
+USER_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["username", "password", "role"],
+    "properties": {
+        "username": {"type": "string", "pattern": r"^[A-Za-z0-9_.@-]{1,64}$"},
+        "password": {"type": "string", "minLength": 8, "maxLength": PASSWORD_MAX},
+        "role": {"type": "string", "enum": [str(r) for r in Role]},
+        "station": {**_STATION_ID, "type": ["string", "null"]},
+    },
+}
+DISABLED_BODY: dict[str, Any] = {"type": "object", "required": ["disabled"], "properties": {"disabled": {"type": "boolean"}}}
+_LIMIT = re.compile(r"[0-9]{1,7}")
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The request's bearer token; a WebSocket upgrade may carry it as ``?access_token=`` (browsers set no headers)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return request.query.get("access_token") or None
+    return None
+
+
+@routes.post("/api/login", PUBLIC, "Log in; returns a bearer token", body=LOGIN_BODY)
+async def login(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    # The password's digest is not audited: it could be tested offline.
+    request[BODY_SHA256] = None
+    username, password = body["username"], body["password"]
+    request[AUDIT_WHO] = username[:64]
+    auth = request.app[AUTH]
+    token, expires_us, principal = await auth.login(username, password)
+    return json_reply({"token": token, "expires_at_us": expires_us, "expires_in_s": auth.token_ttl_s,
+                       **principal.to_json()})
+
+
+@routes.post("/api/logout", ALL, "Log out: the token stops working")
+async def logout(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    if token is not None:
+        await request.app[AUTH].logout(token)
+    return json_reply({"ok": True})
+
+
+@routes.get("/api/me", ALL, "The logged-in user")
+async def me(request: web.Request) -> web.Response:
+    return json_reply(request[PRINCIPAL].to_json())
+
+
+@routes.get("/api/users", ADMINS, "Every user")
+async def list_users(request: web.Request) -> web.Response:
+    return json_reply({"users": [u.to_json() for u in await request.app[AUTH].users()]})
+
+
+@routes.post("/api/users", ADMINS, "Create a user", body=USER_BODY)
+async def add_user(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    try:
+        user = await request.app[AUTH].add_user(body["username"], body["password"], body["role"],
+                                                body.get("station"))
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_id="invalid-user") from None
+    return json_reply(user.to_json(), 201)
+
+
+@routes.post("/api/users/{username}/disabled", ADMINS, "Disable or re-enable a user", body=DISABLED_BODY)
+async def set_disabled(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    try:
+        user = await request.app[AUTH].set_disabled(request.match_info["username"], body["disabled"])
+    except LookupError:
+        raise NotFound("no such user", error_id="unknown-user") from None
+    return json_reply(user.to_json())
+
+
+@routes.get("/api/audit", ADMINS, "The newest audit-log entries",
+            query={"limit": {"type": "string", "pattern": "^[0-9]{1,7}$", "description": "1-1000, default 100"}})
+async def audit_log(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "100")
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= 1000:
+        raise BadRequest("limit must be an integer from 1 to 1000", error_id="invalid-limit")
+    return json_reply({"entries": [e.to_json() for e in await request.app[AUTH].audit_log(limit=int(raw))]})
+
+
+def add_auth_routes(app: web.Application, auth: AuthService) -> None:
+    app[AUTH] = auth
+    routes.add_to(app)

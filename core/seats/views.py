@@ -1,0 +1,193 @@
+"""HTTP API of seats and the wallboard: log-in, pause and wrap-up of seats, the wallboard figures and their WebSocket.
+
+The wallboard socket sends a snapshot at each change and every second for the
+wait clocks; sockets are kept in a registry and closed when the application
+shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from core.calls.views import SERVICE
+from core.errors import BadRequest, DomainError
+from core.http.replies import PRINCIPAL, dumps, error_reply, json_body, json_reply
+from core.http.routes import DESK, SUPERVISORS, RouteTable
+from core.seats.board import QueueControlError, SeatBoard, UnknownSeat, check_seat
+from core.seats.wallboard import Wallboard
+
+log = logging.getLogger(__name__)
+
+SEATS = web.AppKey("seats", SeatBoard)
+WALLBOARD = web.AppKey("wallboard", Wallboard)
+WALLBOARD_SOCKETS = web.AppKey("wallboard_sockets", set[web.WebSocketResponse])
+
+PUSH_EVERY_S = 1.0
+HEARTBEAT_S = 30.0
+
+routes = RouteTable("seats")
+
+EMPTY_BODY: dict[str, Any] = {"type": "object"}
+SEAT_LOGIN_BODY: dict[str, Any] = {
+    "type": "object",
+    "properties": {"operator": {"type": "string", "minLength": 1, "maxLength": 64}},
+}
+PAUSE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["reason"],
+    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S"}},
+}
+
+
+# -- seats ---------------------------------------------------------------------------------
+
+
+def _seat(request: web.Request) -> str:
+    try:
+        return check_seat(request.match_info["seat"])
+    except UnknownSeat:
+        raise UnknownSeat("no such seat") from None
+
+
+@routes.get("/api/seats", DESK, "Every seat's state")
+async def list_seats(request: web.Request) -> web.Response:
+    board = request.app[SEATS]
+    return json_reply({"seats": [s.to_json() for s in board.seats()], "by_state": board.by_state(),
+                  "wrap_up_s": board.wrap_up_s})
+
+
+async def _seat_change(request: web.Request, change: Any) -> web.Response:
+    try:
+        view = await change
+    except DomainError:
+        raise
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_id="invalid-seat-change") from None
+    except Exception as exc:
+        # The queue (AMI) refused or is unreachable: nothing changed.
+        log.warning("seat change %s failed: %s", request.path, exc)
+        return error_reply(503, f"the queue did not confirm: {type(exc).__name__}",
+                           error_id=QueueControlError.error_id)
+    return json_reply(view.to_json())
+
+
+@routes.post("/api/seats/{seat}/login", DESK, "Log a call-taker into a seat (joins the queue)", body=SEAT_LOGIN_BODY)
+async def seat_login(request: web.Request) -> web.Response:
+    seat = _seat(request)
+    body = await json_body(request)
+    operator = body.get("operator") or request[PRINCIPAL].username
+    return await _seat_change(request, request.app[SEATS].login(seat, operator))
+
+
+@routes.post("/api/seats/{seat}/logout", DESK, "Log a seat out (leaves the queue)", body=EMPTY_BODY)
+async def seat_logout(request: web.Request) -> web.Response:
+    seat = _seat(request)
+    await json_body(request)
+    return await _seat_change(request, request.app[SEATS].logout(seat))
+
+
+@routes.post("/api/seats/{seat}/pause", DESK, "Pause a seat with a reason", body=PAUSE_BODY)
+async def seat_pause(request: web.Request) -> web.Response:
+    seat = _seat(request)
+    body = await json_body(request)
+    return await _seat_change(request, request.app[SEATS].pause(seat, body["reason"], by=request[PRINCIPAL].username))
+
+
+@routes.post("/api/seats/{seat}/unpause", DESK, "End a seat's pause", body=EMPTY_BODY)
+async def seat_unpause(request: web.Request) -> web.Response:
+    seat = _seat(request)
+    await json_body(request)
+    return await _seat_change(request, request.app[SEATS].unpause(seat))
+
+
+@routes.get("/api/seats/{seat}/pauses", SUPERVISORS, "A seat's pauses with reasons and durations")
+async def seat_pauses(request: web.Request) -> web.Response:
+    seat = _seat(request)
+    return json_reply({"seat": seat, "pauses": await request.app[SEATS].pauses(seat)})
+
+
+# -- wallboard -----------------------------------------------------------------------------
+
+
+@routes.get("/api/wallboard", DESK, "The wallboard figures, once", tag="wallboard")
+async def wallboard_once(request: web.Request) -> web.Response:
+    return json_reply(request.app[WALLBOARD].snapshot())
+
+
+@routes.get("/api/wallboard/ws", DESK, "WebSocket of wallboard figures (?access_token=)", tag="wallboard",
+            websocket=True)
+async def wallboard_ws(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("this endpoint is a WebSocket; send an Upgrade request", error_id="websocket-only")
+    await ws.prepare(request)
+    board = request.app[WALLBOARD]
+    sockets = request.app[WALLBOARD_SOCKETS]
+    changed = board.waiter()
+    sockets.add(ws)
+    reader = asyncio.create_task(_drain(ws), name="wallboard-read")
+    try:
+        while not ws.closed and not reader.done():
+            changed.clear()
+            await ws.send_str(dumps({"type": "wallboard", **board.snapshot()}))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), PUSH_EVERY_S)
+    except ConnectionError:
+        pass  # the screen went away between two pushes
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        board.forget(changed)
+        sockets.discard(ws)
+        await ws.close()
+    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    # Screens have nothing to say; reading lets aiohttp answer pings and see the close.
+    async for message in ws:
+        if message.type is WSMsgType.ERROR:
+            return
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, timezone: str = "Asia/Shanghai") -> None:
+    """Seats and the wallboard; without a seat board, one that drives no queue. The wallboard's day is ``timezone``'s."""
+    service = app[SERVICE]
+    board = seats if seats is not None else SeatBoard(service.engine)
+    wallboard = Wallboard(service.engine, board, tz=timezone)
+    app[SEATS] = board
+    app[WALLBOARD] = wallboard
+    app[WALLBOARD_SOCKETS] = set()
+
+    async def seats_ctx(app: web.Application) -> AsyncIterator[None]:
+        removers = [service.add_listener(board.on_step), service.add_listener(wallboard.on_step)]
+        try:
+            await wallboard.prime()
+        except Exception:
+            # A store not ready must not keep the API down; steps fill the board as they come.
+            log.exception("could not read today's calls for the wallboard")
+        task = asyncio.create_task(wallboard.run(), name="wallboard-alerts")
+        yield
+        for remove in removers:
+            remove()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await board.stop()
+
+    async def close_sockets(app: web.Application) -> None:
+        for ws in list(app[WALLBOARD_SOCKETS]):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=1001, message=b"server shutting down"), 2.0)
+
+    app.cleanup_ctx.append(seats_ctx)
+    app.on_shutdown.append(close_sockets)
+    routes.add_to(app)
