@@ -30,9 +30,10 @@ from core.store import check as check_database
 from core.calls.tickets import TicketService, TicketView, UnknownTicket
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from core.auth.users import AuthService, Principal
     from core.dispatch.planner import DispatchPlanner
-    from core.calls.metrics import MetricsProvider
     from core.seats.board import SeatBoard
     from core.triage.desk import TriageDesk
 
@@ -282,7 +283,7 @@ def make_app(
     dispatch: DispatchPlanner | None = None,
     auth: AuthService | None = None,
     seats: SeatBoard | None = None,
-    metrics: Iterable[MetricsProvider] = (),
+    metrics: Iterable[Collector] = (),
     timezone: str = "Asia/Shanghai",
     triage: TriageDesk | None = None,
 ) -> web.Application:
@@ -291,10 +292,11 @@ def make_app(
     ``dispatch`` is the planner behind the dispatch routes; by default one is
     built on ``service``'s store. ``auth`` holds users and tokens (by default
     on the same store); ``seats`` is the seat board (by default one that
-    drives no queue); ``metrics`` are extra providers of ``/metrics`` lines,
-    e.g. the AMI and FastAGI figures from the telephony side; ``timezone``
-    is the center's, where the wallboard's "today" begins; ``triage`` is the
-    triage desk (by default one on the same store with the dialplan's rule files).
+    drives no queue); ``metrics`` are extra prometheus-client collectors for
+    ``/metrics`` (see ``core.web.metrics``), e.g. the AMI and FastAGI figures
+    from the telephony side; ``timezone`` is the center's, where the
+    wallboard's "today" begins; ``triage`` is the triage desk (by default one
+    on the same store with the dialplan's rule files).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')

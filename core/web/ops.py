@@ -18,22 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import select
 
 from core.auth.users import Role
 from core.dispatch.heatmap import DEFAULT_COLD_KM, HeatmapQuery, heatmap
-from core.calls.metrics import CallMetrics, MetricsProvider, header, render
+from core.calls.metrics import CallMetrics
 from core.seats.board import SeatBoard, UnknownSeat, WrongSeatState, check_seat
 from core.calls.tickets import TicketService, TicketView
 from core.seats.wallboard import Wallboard
 from core.web.app import PRINCIPAL, SERVICE, BadRequest, parse_instant, _dumps, _error, _json, _json_body
+from core.web.metrics import FunctionCollector, metrics_response, registry_of
 
 log = logging.getLogger(__name__)
 
 SEATS = web.AppKey("seats", SeatBoard)
 WALLBOARD = web.AppKey("wallboard", Wallboard)
 CALL_METRICS = web.AppKey("call_metrics", CallMetrics)
-METRICS = web.AppKey("metrics_providers", list[MetricsProvider])
+METRICS = web.AppKey("metrics_registry", CollectorRegistry)
 WALLBOARD_SOCKETS = web.AppKey("wallboard_sockets", set[web.WebSocketResponse])
 
 STATIC = Path(__file__).with_name("static")
@@ -85,19 +88,18 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    return web.Response(text=render(request.app[METRICS]), content_type="text/plain",
-                        headers={"X-Content-Format": "prometheus-0.0.4"})
+    return metrics_response(request.app[METRICS])
 
 
-def _gauges(app: web.Application) -> Iterable[str]:
+def _gauges(app: web.Application) -> Iterable[Metric]:
     waiting, longest = app[WALLBOARD].waiting_figures()
-    yield from header("jiejing_queue_calls_waiting", "gauge", "Calls received and not yet answered.")
-    yield f"jiejing_queue_calls_waiting {waiting}"
-    yield from header("jiejing_queue_longest_wait_seconds", "gauge", "How long the longest-waiting call has waited.")
-    yield f"jiejing_queue_longest_wait_seconds {longest:.3f}"
-    yield from header("jiejing_seats", "gauge", "Seats by state.")
+    yield GaugeMetricFamily("jiejing_queue_calls_waiting", "Calls received and not yet answered.", value=waiting)
+    yield GaugeMetricFamily("jiejing_queue_longest_wait_seconds", "How long the longest-waiting call has waited.",
+                            value=round(longest, 3))
+    seats = GaugeMetricFamily("jiejing_seats", "Seats by state.", labels=["state"])
     for state, count in app[SEATS].by_state().items():
-        yield f'jiejing_seats{{state="{state}"}} {count}'
+        seats.add_metric([state], count)
+    yield seats
 
 
 # -- seats ---------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def add_ops_routes(
     app: web.Application,
     *,
     seats: SeatBoard | None = None,
-    metrics: Iterable[MetricsProvider] = (),
+    metrics: Iterable[Collector] = (),
     timezone: str = "Asia/Shanghai",
 ) -> None:
     """Seats, wallboard, heat map, /metrics, the spec and the pages, on an app from ``core.web.make_app``."""
@@ -275,7 +277,7 @@ def add_ops_routes(
     app[SEATS] = board
     app[WALLBOARD] = wallboard
     app[CALL_METRICS] = calls
-    app[METRICS] = [calls.lines, lambda: _gauges(app), *metrics]
+    app[METRICS] = registry_of([calls, FunctionCollector("queue", lambda: _gauges(app)), *metrics])
     app[WALLBOARD_SOCKETS] = set()
 
     async def ops_ctx(app: web.Application) -> AsyncIterator[None]:
