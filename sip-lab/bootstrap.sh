@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-PACKAGES=(debootstrap sip-tester baresip-core postgresql python3-venv ca-certificates chromium fonts-noto-cjk)
+PACKAGES=(debootstrap sip-tester baresip-core postgresql python3-venv ca-certificates chromium fonts-noto-cjk prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

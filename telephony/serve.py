@@ -10,15 +10,17 @@ core never imports from here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    Metric)
 
 from core.auth.users import AuthService
 from core.config import Settings
-from core.calls.metrics import header, histogram_lines
+from core.calls.metrics import buckets
 from core.quality.config import QualitySettings
 from core.tables import init_schema
 from core.store import make_engine
@@ -93,6 +95,35 @@ def build(settings: Settings) -> Backend:
     return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake_route)
 
 
+class TelephonyMetrics:
+    """The AMI connection and the FastAGI requests and latency in /metrics: a prometheus-client collector."""
+
+    name = "telephony"  # in jiejing_metrics_collector_errors_total
+
+    def __init__(self, ami: AMIClient, agi: FastAGIServer) -> None:
+        self._ami = ami
+        self._agi = agi
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._ami.status()
+        yield GaugeMetricFamily("jiejing_ami_connected", "1 while logged in to Asterisk's AMI.",
+                                value=1 if status.get("connected") else 0)
+        yield CounterMetricFamily("jiejing_ami_reconnects_total", "AMI log-ins after the first.",
+                                  value=status.get("reconnects", 0))
+        routes = self._agi.stats.routes
+        requests = CounterMetricFamily("jiejing_fastagi_requests_total", "FastAGI requests by route and outcome.",
+                                       labels=["route", "outcome"])
+        durations = HistogramMetricFamily("jiejing_fastagi_duration_seconds", "FastAGI handler durations by route.",
+                                          labels=["route"])
+        for name, r in routes.items():
+            for outcome, n in (("all", r.requests), ("failed", r.failures), ("timed_out", r.timeouts)):
+                requests.add_metric([name, outcome], n)
+            rows = [(bound / 1000, n) for bound, n in r.durations.cumulative()]
+            durations.add_metric([name], buckets(rows), r.durations.sum_ms / 1000)
+        yield requests
+        yield durations
+
+
 def make_web_app(backend: Backend) -> web.Application:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await init_schema(backend.service.engine)
@@ -137,23 +168,6 @@ def make_web_app(backend: Backend) -> web.Application:
             },
         }
 
-    def telephony_metrics() -> list[str]:
-        status = backend.ami.status()
-        lines = header("jiejing_ami_connected", "gauge", "1 while logged in to Asterisk's AMI.")
-        lines.append(f"jiejing_ami_connected {1 if status.get('connected') else 0}")
-        lines += header("jiejing_ami_reconnects_total", "counter", "AMI log-ins after the first.")
-        lines.append(f"jiejing_ami_reconnects_total {status.get('reconnects', 0)}")
-        stats = backend.agi.stats
-        lines += header("jiejing_fastagi_requests_total", "counter", "FastAGI requests by route and outcome.")
-        for name, r in stats.routes.items():
-            for outcome, n in (("all", r.requests), ("failed", r.failures), ("timed_out", r.timeouts)):
-                lines.append(f'jiejing_fastagi_requests_total{{route="{name}",outcome="{outcome}"}} {n}')
-        lines += header("jiejing_fastagi_duration_seconds", "histogram", "FastAGI handler durations by route.")
-        for name, r in stats.routes.items():
-            rows = [(bound / 1000, n) for bound, n in r.durations.cumulative()]
-            lines += histogram_lines("jiejing_fastagi_duration_seconds", rows, r.durations.sum_ms / 1000, route=name)
-        return lines
-
     settings = backend.settings
     seats = SeatBoard(backend.service.engine, AMIQueuePort(backend.ami, settings.seat_queue),
                       wrap_up_s=settings.wrap_up_s)
@@ -168,7 +182,7 @@ def make_web_app(backend: Backend) -> web.Application:
         cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,
-        metrics=[telephony_metrics],
+        metrics=[TelephonyMetrics(backend.ami, backend.agi)],
         dispatch=backend.planner,
         timezone=settings.timezone,
         triage=triage,

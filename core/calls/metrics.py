@@ -1,42 +1,43 @@
-"""``/metrics`` in the Prometheus text format (version 0.0.4), written by hand: no client library needed.
+"""The call figures of ``/metrics``: calls by outcome and the answer-time histogram.
 
-The call figures are counted here from ticket steps (since the process
-started, as Prometheus counters are); the queue and seat gauges are read
-from the wallboard and the seat board when scraped. The telephony side adds
-its own lines (AMI connection, FastAGI latency) through ``MetricsProvider``
-callables handed to ``core.web.make_app``: core does not import telephony.
+Counted here from ticket steps (since the process started, as Prometheus
+counters are) and handed to prometheus-client as metric families when
+scraped: ``CallMetrics`` is a collector (``collect()``), registered with the
+others on the application's registry by ``core.web.metrics``.
+
+The buckets are counted here rather than by prometheus-client's own
+``Histogram`` so that the series keep their label values (``le="3"``, not
+``"3.0"`` as the library's ``Histogram`` writes it) and gain no ``_created``
+series. ``telephony.serve`` writes the FastAGI latency buckets with ``buckets``.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from core.calls.lifecycle import Step
 from core.calls.tickets import StepView, TicketView
 
-__all__ = ["CallMetrics", "Histogram", "MetricsProvider", "histogram_lines", "render"]
-
-# Lines of the exposition format, without trailing newlines.
-MetricsProvider = Callable[[], Iterable[str]]
+__all__ = ["CallMetrics", "Histogram", "buckets"]
 
 # Answer times cluster around the 3 s target; the tail shows overload.
 ANSWER_BUCKETS_S = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 
-def _number(value: float) -> str:
+def _bound(value: float) -> str:
+    """A bucket's ``le`` value: ``"3"``, ``"0.5"``, ``"+Inf"``."""
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def labels(**pairs: str) -> str:
-    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in pairs.items()) + "}" if pairs else ""
+def buckets(cumulative: Iterable[tuple[float, int]]) -> list[tuple[str, float]]:
+    """(upper bound, observations ≤ bound) rows, ending with +Inf, as ``HistogramMetricFamily`` takes them."""
+    return [(_bound(bound), n) for bound, n in cumulative]
 
 
 class Histogram:
@@ -59,21 +60,10 @@ class Histogram:
         return rows
 
 
-def histogram_lines(name: str, cumulative: Iterable[tuple[float, int]], total: float, **label_pairs: str) -> list[str]:
-    """The bucket, sum and count lines of one histogram series (HELP/TYPE once per name: see ``header``)."""
-    rows = list(cumulative)
-    lines = [f"{name}_bucket{labels(**label_pairs, le=_number(b))} {n}" for b, n in rows]
-    lines.append(f"{name}_sum{labels(**label_pairs)} {_number(total)}")
-    lines.append(f"{name}_count{labels(**label_pairs)} {rows[-1][1] if rows else 0}")
-    return lines
-
-
-def header(name: str, kind: str, help_text: str) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-
 class CallMetrics:
-    """Counters of calls and the answer-time histogram, fed by ticket steps."""
+    """Counters of calls and the answer-time histogram, fed by ticket steps; a prometheus-client collector."""
+
+    name = "calls"  # in jiejing_metrics_collector_errors_total
 
     def __init__(self) -> None:
         self.received = 0
@@ -91,24 +81,12 @@ class CallMetrics:
         elif step.step is Step.ABANDONED:
             self.abandoned += 1
 
-    def lines(self) -> list[str]:
-        out = header("jiejing_calls_total", "counter", "Calls by outcome since the backend started.")
-        out += [
-            f'jiejing_calls_total{{outcome="received"}} {self.received}',
-            f'jiejing_calls_total{{outcome="answered"}} {self.answered}',
-            f'jiejing_calls_total{{outcome="abandoned"}} {self.abandoned}',
-        ]
-        out += header("jiejing_answer_seconds", "histogram", "Time from a call's arrival to a seat answering it.")
-        out += histogram_lines("jiejing_answer_seconds", self.answer_time.cumulative(), self.answer_time.sum)
-        return out
-
-
-def render(providers: Iterable[MetricsProvider]) -> str:
-    """The exposition text; a failing provider is reported in a comment, the rest still scraped."""
-    lines: list[str] = []
-    for provider in providers:
-        try:
-            lines.extend(provider())
-        except Exception as exc:  # noqa: BLE001 - one broken source must not blank the scrape
-            lines.append(f"# provider {getattr(provider, '__name__', provider)!s} failed: {type(exc).__name__}")
-    return "\n".join(lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily("jiejing_calls_total", "Calls by outcome since the backend started.",
+                                    labels=["outcome"])
+        calls.add_metric(["received"], self.received)
+        calls.add_metric(["answered"], self.answered)
+        calls.add_metric(["abandoned"], self.abandoned)
+        yield calls
+        yield HistogramMetricFamily("jiejing_answer_seconds", "Time from a call's arrival to a seat answering it.",
+                                    buckets=buckets(self.answer_time.cumulative()), sum_value=self.answer_time.sum)

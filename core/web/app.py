@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from core.auth import views as auth_views
 from core.auth.users import AuthService
 from core.calls import views as call_views
-from core.calls.metrics import MetricsProvider
 from core.calls.tickets import TicketService
 from core.dispatch import views as dispatch_views
 from core.dispatch.planner import DispatchPlanner
@@ -124,7 +124,7 @@ def make_app(
     dispatch: DispatchPlanner | None = None,
     auth: AuthService | None = None,
     seats: SeatBoard | None = None,
-    metrics: Iterable[MetricsProvider] = (),
+    metrics: Iterable[Collector] = (),
     timezone: str = "Asia/Shanghai",
     triage: TriageDesk | None = None,
 ) -> web.Application:
@@ -133,10 +133,11 @@ def make_app(
     ``dispatch`` is the planner behind the dispatch routes; by default one is
     built on ``service``'s store. ``auth`` holds users and tokens (by default
     on the same store); ``seats`` is the seat board (by default one that
-    drives no queue); ``metrics`` are extra providers of ``/metrics`` lines,
-    e.g. the AMI and FastAGI figures from the telephony side; ``timezone``
-    is the center's, where the wallboard's "today" begins; ``triage`` is the
-    triage desk (by default one on the same store with the dialplan's rule files).
+    drives no queue); ``metrics`` are extra prometheus-client collectors for
+    ``/metrics`` (see ``core.web.metrics``), e.g. the AMI and FastAGI figures
+    from the telephony side; ``timezone`` is the center's, where the
+    wallboard's "today" begins; ``triage`` is the triage desk (by default one
+    on the same store with the dialplan's rule files).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')

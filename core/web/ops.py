@@ -10,15 +10,18 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
-from core.calls.metrics import CallMetrics, MetricsProvider, header, render
+from core.calls.metrics import CallMetrics
 from core.calls.views import SERVICE
 from core.http.replies import error_reply, json_reply
 from core.http.routes import PUBLIC, RouteTable
 from core.seats.views import SEATS, WALLBOARD
+from core.web.metrics import FunctionCollector, metrics_response, registry_of
 
 CALL_METRICS = web.AppKey("call_metrics", CallMetrics)
-METRICS = web.AppKey("metrics_providers", list[MetricsProvider])
+METRICS = web.AppKey("metrics_registry", CollectorRegistry)
 
 STATIC = Path(__file__).with_name("static")
 # path: (file, summary)
@@ -59,19 +62,18 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 @routes.get("/metrics", PUBLIC, "Prometheus metrics", content="text/plain")
 async def metrics_text(request: web.Request) -> web.Response:
-    return web.Response(text=render(request.app[METRICS]), content_type="text/plain",
-                        headers={"X-Content-Format": "prometheus-0.0.4"})
+    return metrics_response(request.app[METRICS])
 
 
-def _gauges(app: web.Application) -> Iterable[str]:
+def _gauges(app: web.Application) -> Iterable[Metric]:
     waiting, longest = app[WALLBOARD].waiting_figures()
-    yield from header("jiejing_queue_calls_waiting", "gauge", "Calls received and not yet answered.")
-    yield f"jiejing_queue_calls_waiting {waiting}"
-    yield from header("jiejing_queue_longest_wait_seconds", "gauge", "How long the longest-waiting call has waited.")
-    yield f"jiejing_queue_longest_wait_seconds {longest:.3f}"
-    yield from header("jiejing_seats", "gauge", "Seats by state.")
+    yield GaugeMetricFamily("jiejing_queue_calls_waiting", "Calls received and not yet answered.", value=waiting)
+    yield GaugeMetricFamily("jiejing_queue_longest_wait_seconds", "How long the longest-waiting call has waited.",
+                            value=round(longest, 3))
+    seats = GaugeMetricFamily("jiejing_seats", "Seats by state.", labels=["state"])
     for state, count in app[SEATS].by_state().items():
-        yield f'jiejing_seats{{state="{state}"}} {count}'
+        seats.add_metric([state], count)
+    yield seats
 
 
 for _path, (_file, _summary) in PAGES.items():
@@ -81,12 +83,12 @@ for _path, (_file, _summary) in PAGES.items():
 # -- registration --------------------------------------------------------------------------
 
 
-def add_ops_routes(app: web.Application, *, metrics: Iterable[MetricsProvider] = ()) -> None:
+def add_ops_routes(app: web.Application, *, metrics: Iterable[Collector] = ()) -> None:
     """The pages, the spec and /metrics (calls counted from ticket steps, plus ``metrics`` from elsewhere)."""
     service = app[SERVICE]
     calls = CallMetrics()
     app[CALL_METRICS] = calls
-    app[METRICS] = [calls.lines, lambda: _gauges(app), *metrics]
+    app[METRICS] = registry_of([calls, FunctionCollector("queue", lambda: _gauges(app)), *metrics])
 
     async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         remove = service.add_listener(calls.on_step)

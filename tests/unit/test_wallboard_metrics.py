@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.auth.users import Role
@@ -78,16 +82,22 @@ def _sample(text: str, name: str) -> float:
     return float(found.group(1))
 
 
-async def test_metrics_are_public_prometheus_text(service: TicketService, engine: AsyncEngine, clock: FakeClock) -> None:
-    seats = SeatBoard(engine, clock=clock)
+class Telephony:
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("jiejing_ami_connected", "1 while logged in to Asterisk's AMI.", value=1)
 
-    def telephony() -> list[str]:
-        return ["# TYPE jiejing_ami_connected gauge", "jiejing_ami_connected 1"]
 
-    def broken() -> list[str]:
+class Broken:
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("jiejing_half_done", "Never seen: the collector fails after it.", value=1)
         raise RuntimeError("no")
 
-    app = make_app(service, health={}, seats=seats, metrics=[telephony, broken])
+
+async def test_metrics_are_public_prometheus_text(
+    service: TicketService, engine: AsyncEngine, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seats = SeatBoard(engine, clock=clock)
+    app = make_app(service, health={}, seats=seats, metrics=[Telephony(), Broken()])
     async with TestClient(TestServer(app)) as client:
         await seats.login("seat-01", "王")
         await _call(service, "1.1", T0, 2.5)
@@ -98,6 +108,7 @@ async def test_metrics_are_public_prometheus_text(service: TicketService, engine
         assert resp.status == 200
         assert resp.content_type == "text/plain"
         text = await resp.text()
+        again = await (await client.get("/metrics")).text()
     assert _sample(text, 'jiejing_calls_total{outcome="received"}') == 4
     assert _sample(text, 'jiejing_calls_total{outcome="answered"}') == 2
     assert _sample(text, 'jiejing_calls_total{outcome="abandoned"}') == 1
@@ -107,7 +118,15 @@ async def test_metrics_are_public_prometheus_text(service: TicketService, engine
     assert _sample(text, "jiejing_queue_calls_waiting") == 1
     assert _sample(text, 'jiejing_seats{state="available"}') == 0  # seat-01 took a call: on_call/wrap-up
     assert _sample(text, "jiejing_ami_connected") == 1
-    assert "# provider broken failed: RuntimeError" in text
+    # One broken collector does not blank the scrape: left out, logged and counted.
+    assert "jiejing_half_done" not in text
+    assert _sample(text, 'jiejing_metrics_collector_errors_total{collector="Broken"}') == 1
+    assert _sample(text, 'jiejing_metrics_collector_errors_total{collector="Telephony"}') == 0
+    assert _sample(again, 'jiejing_metrics_collector_errors_total{collector="Broken"}') == 2
+    failures = [r for r in caplog.records if r.name == "core.web.metrics"]
+    message = "metrics collector Broken failed; its metrics are left out of this scrape"
+    assert [r.getMessage() for r in failures] == [message] * 2
+    assert all(r.levelno == logging.ERROR and r.exc_info for r in failures)
     # Every sample line is name{labels} value.
     for line in text.splitlines():
         assert line.startswith("#") or re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+', line), line
