@@ -84,16 +84,6 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
-async def init_schema(engine: AsyncEngine) -> None:
-    """Create missing tables and indexes of every table registered on ``Base``; existing ones are left as they are.
-
-    The store knows no capability: whoever assembles the process imports the capabilities it runs (their
-    table modules register on ``Base`` when imported) before calling this.
-    """
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-
-
 async def check(engine: AsyncEngine) -> dict[str, Any]:
     """Health probe: ``SELECT 1`` and its round trip. Never raises; failures are reported."""
     started = time.perf_counter()

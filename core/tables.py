@@ -2,7 +2,8 @@
 
 The store knows no capability; each capability's tables register on ``core.store.Base``
 when their module is imported. This module imports them all, so that ``Base.metadata``
-is the whole schema: the process assembly, the CLI and the migrations use it.
+is the whole schema: the migrations compare it with the database (``jiejing db revision``,
+and a test that the revisions build exactly this schema).
 """
 
 from __future__ import annotations
@@ -24,5 +25,11 @@ metadata: MetaData = store.Base.metadata
 
 
 async def init_schema(engine: AsyncEngine) -> None:
-    """Create every missing table and index of the center (see ``core.store.init_schema``)."""
-    await store.init_schema(engine)
+    """Bring the database to this release's schema by the migrations (``core.migrate.upgrade``).
+
+    An empty database gets every table (tests and benchmarks make theirs so, the same way a fresh
+    install does); a current one is left as it is.
+    """
+    from core import migrate
+
+    await migrate.upgrade(engine)

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 bash sip-lab/bootstrap.sh
 .venv/bin/jiejing lab up "$@"
 trap '.venv/bin/jiejing lab down' EXIT
+.venv/bin/jiejing db upgrade    # a database of an earlier release gets this release's schema (a lab: no backup)
 if ! .venv/bin/jiejing users list 2>/dev/null | grep -q "^lab[[:space:]]"; then
     printf '%s\n' "${JIEJING_LAB_PASSWORD:-lab-110-jiejing}" | .venv/bin/jiejing users add lab --role supervisor
 fi

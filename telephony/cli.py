@@ -146,12 +146,34 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from core import migrate
+    from core.store import make_engine
+
+    if args.db_cmd == "revision":
+        path = asyncio.run(migrate.new_revision(args.message, args.url))
+        print(f"wrote {path}: review it (and test it on SQLite and PostgreSQL) before committing it")
+        return 0
+    settings = Settings.from_env()  # the database `jiejing serve` uses
+
+    async def run() -> int:
+        engine = make_engine(settings.db_url)
+        try:
+            return await migrate.db_command(args.db_cmd, engine, sys.stdout)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     import asyncio
     import getpass
 
     from core.auth.users import AuthService, UserExists
-    from core.tables import init_schema
+    from core.migrate import ensure_ready
     from core.store import make_engine
 
     settings = Settings.from_env()
@@ -159,7 +181,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     async def run() -> int:
         engine = make_engine(settings.db_url)
         try:
-            await init_schema(engine)
+            await ensure_ready(engine)
             auth = AuthService(engine)
             if args.users_cmd == "list":
                 for user in await auth.users():
@@ -247,6 +269,16 @@ def parser() -> argparse.ArgumentParser:
     jv.add_argument("--json", action="store_true", help="print the report as JSON")
     journal.set_defaults(func=cmd_journal)
 
+    db = sub.add_parser("db", help="the database's schema: status, upgrade (settings as for serve)")
+    db_sub = db.add_subparsers(dest="db_cmd", required=True)
+    db_sub.add_parser("status", help="empty, current, behind, unversioned or unknown (exit 0 only when current)")
+    db_sub.add_parser("upgrade", help="bring the schema to this release's (back up the database first)")
+    rev = db_sub.add_parser("revision", help="for developers: draft the next migration from the models")
+    rev.add_argument("-m", "--message", required=True, help="what changes, e.g. 'tickets get a language'")
+    rev.add_argument("--url", default=None,
+                     help="compare with this database, upgraded to head first (default: a throw-away SQLite)")
+    db.set_defaults(func=cmd_db)
+
     users = sub.add_parser("users", help="users of the operations web: add, list, disable")
     users_sub = users.add_subparsers(dest="users_cmd", required=True)
     ua = users_sub.add_parser("add", help="add a user; the password is read from stdin or asked for")
@@ -274,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jiejing: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A schema this release cannot run on: core.migrate is imported (it loads alembic) only by the
+        # commands that open the database, so it is looked up rather than imported for every command.
+        migrate = sys.modules.get("core.migrate")
+        if migrate is None or not isinstance(exc, migrate.SchemaError):
+            raise
+        print(f"jiejing: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

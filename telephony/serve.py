@@ -22,7 +22,7 @@ from core.auth.users import AuthService
 from core.config import Settings
 from core.calls.metrics import buckets
 from core.quality.config import QualitySettings
-from core.tables import init_schema
+from core.migrate import State, ensure_ready
 from core.store import make_engine
 from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard
@@ -126,7 +126,15 @@ class TelephonyMetrics:
 
 def make_web_app(backend: Backend) -> web.Application:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        await init_schema(backend.service.engine)
+        # Before anything listens: an empty database gets the schema, an older one stops the start
+        # (SchemaError, which `jiejing serve` reports with what to run).
+        try:
+            found = await ensure_ready(backend.service.engine)
+        except BaseException:
+            await backend.service.engine.dispose()
+            raise
+        if found.state is State.EMPTY:
+            log.info("empty database: schema created by the migrations")
         if backend.settings.city_file:
             counts = await backend.officers.load_city(load_city_file(backend.settings.city_file))
             log.info("city loaded from %s: %s", backend.settings.city_file, counts)

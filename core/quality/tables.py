@@ -1,7 +1,7 @@
 """Tables of supervision and quality: the journal, the SMS outbox, surveys, spot checks, follow-ups.
 
-Kept apart from the ticket tables in ``core.store`` but on the same metadata,
-so ``init_schema`` creates them once this module is imported. Ticket numbers
+Kept apart from the ticket tables but on the same metadata, so they are part of the
+center's schema (``core.tables``, the migrations) like every other table. Ticket numbers
 are plain strings here, not foreign keys: retention deletes expired tickets,
 while their survey answers, scores and follow-ups stay as statistics.
 """
