@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.registry import Collector
 
-from core.auth import views as auth_views
+from core.web import accounts as auth_views
 from core.auth.users import AuthService
 from core.calls import views as call_views
 from core.calls.tickets import TicketService
