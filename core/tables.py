@@ -15,11 +15,15 @@ from core import store
 from core.alerts import board as _alerts  # noqa: F401
 from core.auth import users as _users  # noqa: F401
 from core.calls import tables as _calls  # noqa: F401
-from core.dispatch import officers as _officers, planner as _planner  # noqa: F401
+from core.dispatch import officers as _officers  # noqa: F401
+from core.dispatch import planner as _planner  # noqa: F401
 from core.quality import tables as _quality  # noqa: F401
 from core.seats import board as _seats  # noqa: F401
-from core.triage import classify as _classify, keywords as _keywords, push as _push  # noqa: F401
-from core.triage import queries as _queries, repeat as _repeat  # noqa: F401
+from core.triage import classify as _classify  # noqa: F401
+from core.triage import keywords as _keywords  # noqa: F401
+from core.triage import push as _push  # noqa: F401
+from core.triage import queries as _queries  # noqa: F401
+from core.triage import repeat as _repeat  # noqa: F401
 
 metadata: MetaData = store.Base.metadata
 

@@ -33,9 +33,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from core.calls.lifecycle import Step
-from core.tables import init_schema
-from core.store import make_engine
 from core.calls.tickets import TicketService
+from core.store import make_engine
+from core.tables import init_schema
 from telephony import channel_vars
 from telephony.agi.routes import intake
 from telephony.agi.server import FastAGIServer

@@ -32,11 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.triage.queries import HOUR_US, TicketQuery, hourly_series, search  # noqa: E402
+from core.http.replies import dumps  # noqa: E402
 from core.store import make_engine  # noqa: E402
 from core.tables import init_schema  # noqa: E402
 from core.triage.classify import IncidentType, rebuild_hourly_counts  # noqa: E402
-from core.http.replies import dumps  # noqa: E402
+from core.triage.queries import HOUR_US, TicketQuery, hourly_series, search  # noqa: E402
 
 DAY_US = 24 * HOUR_US
 START_US = 1_793_491_200 * 1_000_000  # 2026-11-01 00:00 UTC

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from . import asterisk, sipp
 
-
 OFFICER_TALK_MS = 24 * 3600 * 1000
 
 

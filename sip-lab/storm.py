@@ -21,9 +21,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from core.config import Settings
 from core.calls.lifecycle import CALL_LIVE_STATES
 from core.calls.tables import Recording, Ticket
+from core.config import Settings
 from core.store import make_engine
 
 from . import asterisk, lab, sipp

@@ -25,10 +25,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from core.errors import DomainError
-from core.dispatch.planner import DispatchPlanner, NotLocated, Rung
 from core.calls.lifecycle import IllegalTransition
 from core.calls.tickets import TicketService, UnknownTicket
+from core.dispatch.planner import DispatchPlanner, NotLocated, Rung
+from core.errors import DomainError
 from telephony.ami.client import AMIClientError
 from telephony.ami.codec import dialplan_escape
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 
-from core.triage.routing import HandoverFailed
 from core.calls.tickets import TicketService
+from core.triage.routing import HandoverFailed
 from telephony import channel_vars
 from telephony.dispatcher import Dispatcher
 

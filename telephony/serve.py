@@ -15,32 +15,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                    Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
+from core.alerts.board import AlertBoard
 from core.auth.users import AuthService
-from core.config import Settings
 from core.calls.metrics import buckets
-from core.quality.config import QualitySettings
+from core.calls.tickets import TicketService
+from core.config import Settings
+from core.dispatch.officers import OfficerService, load_city_file
+from core.dispatch.planner import DispatchPlanner
 from core.migrate import State, ensure_ready
-from core.store import make_engine
+from core.quality.config import QualitySettings
 from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard
-from core.calls.tickets import TicketService
-from core.web.app import make_app
-from core.alerts.board import AlertBoard
-from core.dispatch.planner import DispatchPlanner
-from core.dispatch.officers import OfficerService, load_city_file
-from core.triage.push_http import HttpPoster
+from core.store import make_engine
 from core.triage.desk import TriageDesk
+from core.triage.push_http import HttpPoster
+from core.web.app import make_app
 from telephony import dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.routes import intake
-from telephony.dispatcher import Dispatcher
-from telephony.handover import AsteriskHandover
 from telephony.agi.server import FastAGIServer
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
+from telephony.dispatcher import Dispatcher
+from telephony.handover import AsteriskHandover
 from telephony.seat_control import AMIQueuePort
 
 log = logging.getLogger("jiejing.serve")

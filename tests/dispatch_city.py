@@ -11,14 +11,20 @@ from dataclasses import replace
 import h3
 from aiohttp import web
 
-from core.calls.views import add_call_routes
-from core.web import app as core_web
-from core.dispatch.planner import DispatchPlanner
 from core.calls.events import StepBroadcaster
 from core.calls.lifecycle import Step
-from core.dispatch.officers import City, OfficerService, OfficerSpec, OfficerStatus, StationSpec
 from core.calls.tickets import TicketService, TicketView
+from core.calls.views import add_call_routes
+from core.dispatch.officers import (
+    City,
+    OfficerService,
+    OfficerSpec,
+    OfficerStatus,
+    StationSpec,
+)
+from core.dispatch.planner import DispatchPlanner
 from core.dispatch.views import add_dispatch_routes
+from core.web import app as core_web
 
 LAT0, LON0 = 31.2304, 121.4737
 RES = 8

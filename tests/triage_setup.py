@@ -10,15 +10,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from core.alerts.board import AlertBoard
-from core.dispatch.planner import DispatchPlanner
 from core.calls.events import StepBroadcaster
-from core.triage.keywords import parse_keywords
+from core.calls.tickets import TicketService
 from core.dispatch.officers import OfficerService
+from core.dispatch.planner import DispatchPlanner
+from core.triage.desk import TriageDesk, default_files
+from core.triage.keywords import parse_keywords
 from core.triage.push import Poster
 from core.triage.routing import HandoverFailed, RuleBook, parse_rules
 from core.triage.surge import SurgeConfig, SurgeSettings
-from core.calls.tickets import TicketService
-from core.triage.desk import TriageDesk, default_files
 from core.web.app import make_app
 from tests.unit.conftest import FakeClock
 

@@ -38,12 +38,19 @@ from sqlalchemy import Executable, Row, Table, bindparam, insert, or_, select, u
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.errors import DomainError
-from core.calls.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
+from core.calls.lifecycle import (
+    CALL_LIVE_STATES,
+    TRANSITIONS,
+    IllegalTransition,
+    State,
+    Step,
+    advance,
+)
 from core.calls.numbering import TicketNumbering
 from core.calls.recordings import RecordingInfo, inspect_recording
-from core.store import TEXT_MAX, UNIQUEID_MAX
 from core.calls.tables import Recording, Ticket, TicketStep
+from core.errors import DomainError
+from core.store import TEXT_MAX, UNIQUEID_MAX
 
 __all__ = [
     "IllegalTransition",

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import h3
+
 from core.errors import DomainError
 
 __all__ = [

@@ -23,11 +23,16 @@ import h3
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch.planner import IncidentRow
-from core.dispatch.geo import haversine_m
 from core.calls.lifecycle import Step
-from core.dispatch.officers import CellStationRow, OfficerService, OfficerStatus, OfficerView
 from core.calls.tables import Ticket, TicketStep
+from core.dispatch.geo import haversine_m
+from core.dispatch.officers import (
+    CellStationRow,
+    OfficerService,
+    OfficerStatus,
+    OfficerView,
+)
+from core.dispatch.planner import IncidentRow
 
 DEFAULT_COLD_KM = 3.0
 AREA_MAX = 20_000  # cells; a city at resolution 8 is a few thousand

@@ -27,13 +27,23 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, and_, delete, select, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    and_,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import JSON
 
-from core.errors import DomainError
 from core.dispatch.geo import DEFAULT_RESOLUTION, GeoError, Grid, check_lat_lon
+from core.errors import DomainError
 from core.store import TEXT_MAX, Base, _Id
 
 __all__ = [

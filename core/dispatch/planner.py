@@ -38,9 +38,17 @@ from sqlalchemy import BigInteger, Float, ForeignKey, String, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.errors import DomainError
-from core.dispatch.geo import DEFAULT_DETOUR, DEFAULT_SPEED_KMH, Grid, check_lat_lon, eta_s, haversine_m
 from core.calls.lifecycle import State, Step, advance
+from core.calls.tables import Ticket
+from core.calls.tickets import Source, TicketService, TicketView, UnknownTicket
+from core.dispatch.geo import (
+    DEFAULT_DETOUR,
+    DEFAULT_SPEED_KMH,
+    Grid,
+    check_lat_lon,
+    eta_s,
+    haversine_m,
+)
 from core.dispatch.officers import (
     STATION_ID_MAX,
     OfficerBusy,
@@ -50,9 +58,8 @@ from core.dispatch.officers import (
     StationView,
     UnknownStation,
 )
+from core.errors import DomainError
 from core.store import Base
-from core.calls.tables import Ticket
-from core.calls.tickets import Source, TicketService, TicketView, UnknownTicket
 
 __all__ = [
     "Candidate",

@@ -29,10 +29,24 @@ from core.calls.events import StepBroadcaster, Subscription
 from core.calls.views import SERVICE, TICKET_STATION, station_ticket, ticket_number
 from core.dispatch.geo import check_lat_lon
 from core.dispatch.heatmap import DEFAULT_COLD_KM, HeatmapQuery, heatmap
-from core.dispatch.officers import BADGE_MAX, STATION_ID_MAX, OfficerService, OfficerStatus, UnknownOfficer
+from core.dispatch.officers import (
+    BADGE_MAX,
+    STATION_ID_MAX,
+    OfficerService,
+    OfficerStatus,
+    UnknownOfficer,
+)
 from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner
 from core.errors import BadRequest
-from core.http.replies import PRINCIPAL, dumps, error_reply, json_body, json_reply, parse_instant, text_field
+from core.http.replies import (
+    PRINCIPAL,
+    dumps,
+    error_reply,
+    json_body,
+    json_reply,
+    parse_instant,
+    text_field,
+)
 from core.http.routes import DESK, SUPERVISORS, RouteTable
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.alerts.board import Alert
+from core.calls.tickets import iso_utc
 from core.errors import DomainError
 from core.quality.outbox import Outbox
-from core.alerts.board import Alert
 from core.quality.tables import FollowUp
 from core.tasks import every, stop_task
-from core.calls.tickets import iso_utc
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.calls.lifecycle import IllegalTransition, State, Step, advance
-from core.quality.tables import JournalEntry
 from core.calls.tables import Recording, Ticket, TicketStep
+from core.quality.tables import JournalEntry
 from core.tasks import stop_task
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import json
 from typing import TextIO
 
 from core.config import Settings
-from core.quality.journal import Report, read_key, verify
 from core.quality.config import QualitySettings
+from core.quality.journal import Report, read_key, verify
 from core.store import make_engine
 
 

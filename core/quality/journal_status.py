@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.calls.tickets import iso_utc
 from core.quality.journal import verify
 from core.quality.retention import RetentionSchedule
-from core.calls.tickets import iso_utc
 
 # A page shows a few findings; the CLI lists them all.
 FINDINGS_SHOWN = 20

@@ -32,16 +32,16 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.calls.lifecycle import CALL_LIVE_STATES, State
+from core.calls.tables import Recording, Ticket, TicketStep
+from core.calls.tickets import iso_utc
 from core.dispatch.planner import IncidentRow
 from core.quality.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
-from core.calls.lifecycle import CALL_LIVE_STATES, State
-from core.triage.push import PushRow
 from core.quality.tables import JournalEntry, OutboxMessage
-from core.triage.repeat import TicketLinkRow
-from core.calls.tables import Recording, Ticket, TicketStep
 from core.tasks import every, stop_task
-from core.calls.tickets import iso_utc
 from core.triage.classify import forget_query_copies
+from core.triage.push import PushRow
+from core.triage.repeat import TicketLinkRow
 
 log = logging.getLogger(__name__)
 

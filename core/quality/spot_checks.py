@@ -27,10 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.errors import DomainError
-from core.quality.tables import PublishedReport, SpotCheckDraw, SpotCheckItem
 from core.calls.tables import Ticket
 from core.calls.tickets import iso_utc
+from core.errors import DomainError
+from core.quality.tables import PublishedReport, SpotCheckDraw, SpotCheckItem
 
 CRITERIA = ("speed", "attitude", "classification", "dispatch", "script")
 _DAY = re.compile(r"[0-9]{8}")

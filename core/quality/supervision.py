@@ -14,16 +14,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.quality.complaints import Complaints
+from core.calls.tickets import TicketService
 from core.config import Settings
+from core.quality.complaints import Complaints
+from core.quality.config import QualitySettings
 from core.quality.journal import Journaler, read_key
 from core.quality.journal_status import JournalWatch
 from core.quality.outbox import Outbox
-from core.quality.spot_checks import SpotChecks
-from core.quality.config import QualitySettings
 from core.quality.retention import RetentionSchedule
+from core.quality.spot_checks import SpotChecks
 from core.quality.survey import Survey
-from core.calls.tickets import TicketService
 from core.quality.twilio_sms import TwilioMessenger
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from twilio.request_validator import RequestValidator
 
-from core.quality.complaints import Complaints
 from core.calls.lifecycle import State, Step
+from core.calls.tables import Ticket
+from core.quality.complaints import Complaints
 from core.quality.outbox import Outbox
 from core.quality.tables import OutboxMessage, SurveyResponse, WebhookReceipt
-from core.calls.tables import Ticket
 from core.tasks import stop_task
 
 log = logging.getLogger(__name__)

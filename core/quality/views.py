@@ -14,16 +14,16 @@ from typing import Any
 
 from aiohttp import web
 
-from core.quality.complaints import Complaints
-from core.quality.journal_status import JournalWatch
 from core.calls.numbering import looks_like_number
-from core.quality.spot_checks import CRITERIA, SpotChecks
-from core.triage.reports import clean_text, media_attachments, parse_report
-from core.quality.survey import Survey, WebhookVerdict
 from core.errors import BadRequest
 from core.http.replies import error_reply, json_body, json_reply, text_field
 from core.http.routes import DESK, PUBLIC, SUPERVISORS, RouteTable
+from core.quality.complaints import Complaints
+from core.quality.journal_status import JournalWatch
+from core.quality.spot_checks import CRITERIA, SpotChecks
+from core.quality.survey import Survey, WebhookVerdict
 from core.triage.report_views import REPORTS
+from core.triage.reports import clean_text, media_attachments, parse_report
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from sqlalchemy import BigInteger, Integer, String, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.errors import DomainError
 from core.calls.lifecycle import Step
-from core.store import Base
 from core.calls.tickets import StepView, TicketView
+from core.errors import DomainError
+from core.store import Base
 
 __all__ = ["NoQueue", "QueuePort", "SeatBoard", "SeatState", "SeatView", "UnknownSeat", "WrongSeatState"]
 

@@ -26,9 +26,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.calls.lifecycle import State, Step
-from core.seats.board import SeatBoard
 from core.calls.tables import Ticket, TicketStep
 from core.calls.tickets import StepView, TicketView
+from core.seats.board import SeatBoard
 
 log = logging.getLogger(__name__)
 

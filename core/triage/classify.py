@@ -53,9 +53,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.calls.lifecycle import Step, advance
-from core.store import Base
 from core.calls.tables import Ticket
 from core.calls.tickets import Source, TicketService, TicketView, UnknownTicket
+from core.store import Base
 
 log = logging.getLogger(__name__)
 

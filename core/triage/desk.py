@@ -28,10 +28,20 @@ from typing import Any
 from sqlalchemy import select
 
 from core.alerts.board import AlertBoard
-from core.dispatch.planner import Incident, IncidentRow
-from core.triage.keywords import DangerWarnings, KeywordSet, KeywordWatch, load_keywords
 from core.calls.lifecycle import Step
+from core.calls.tickets import Source, StepView, TicketService, TicketView
 from core.dispatch.officers import OfficerService
+from core.dispatch.planner import Incident, IncidentRow
+from core.tasks import stop_task
+from core.triage.classify import (
+    Classification,
+    IncidentType,
+    Priority,
+    TriageService,
+    classification_history,
+    current_classification,
+)
+from core.triage.keywords import DangerWarnings, KeywordSet, KeywordWatch, load_keywords
 from core.triage.push import Poster, TicketPusher
 from core.triage.queries import QueryIndex, ensure_indexes
 from core.triage.repeat import RepeatCallers
@@ -46,16 +56,6 @@ from core.triage.routing import (
     load_rules,
 )
 from core.triage.surge import SurgeConfig, SurgeWatch, load_surge_config
-from core.tasks import stop_task
-from core.calls.tickets import Source, StepView, TicketService, TicketView
-from core.triage.classify import (
-    Classification,
-    IncidentType,
-    Priority,
-    TriageService,
-    classification_history,
-    current_classification,
-)
 
 __all__ = ["DIALPLAN", "TriageDesk", "default_files"]
 

@@ -32,11 +32,11 @@ from sqlalchemy import BigInteger, Boolean, Index, String, Text, and_, or_, sele
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.dispatch.planner import IncidentRow
 from core.calls.lifecycle import Step
-from core.store import TEXT_MAX, Base, _Id
 from core.calls.tables import Ticket
 from core.calls.tickets import TicketView, iso_utc
+from core.dispatch.planner import IncidentRow
+from core.store import TEXT_MAX, Base, _Id
 from core.triage.classify import TriageRow, current_classification
 
 if TYPE_CHECKING:

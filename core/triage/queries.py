@@ -32,13 +32,12 @@ from typing import Any
 from sqlalchemy import Index, Select, and_, func, insert, null, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.errors import DomainError
-from core.dispatch.planner import IncidentRow
 from core.calls.lifecycle import Step
-from core.triage.repeat import TICKETS_CALLER_INDEX, TicketLinkRow
 from core.calls.tables import Ticket
-from core.tasks import stop_task
 from core.calls.tickets import StepView, TicketView, iso_utc
+from core.dispatch.planner import IncidentRow
+from core.errors import DomainError
+from core.tasks import stop_task
 from core.triage.classify import (
     DAY_US,
     HOUR_COLUMNS,
@@ -46,12 +45,13 @@ from core.triage.classify import (
     HOURLY_COUNTS,
     IncidentType,
     TriageRow,
-    or_none,
-    upsert_counts,
     ensure_hourly_counts,
     hour_of,
+    or_none,
+    upsert_counts,
     upsert_query_copy,
 )
+from core.triage.repeat import TICKETS_CALLER_INDEX, TicketLinkRow
 
 log = logging.getLogger(__name__)
 

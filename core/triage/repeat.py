@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.calls.lifecycle import IllegalTransition, State, Step
-from core.store import TEXT_MAX, Base
 from core.calls.tables import Ticket
 from core.calls.tickets import Source, StepView, TicketService, TicketView, iso_utc
+from core.store import TEXT_MAX, Base
 from core.tasks import stop_task
 
 __all__ = ["PHONE", "PrankNumber", "RepeatCallers", "TicketLinkRow", "PrankNumberRow", "normalise_phone"]

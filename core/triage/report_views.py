@@ -20,7 +20,13 @@ from core.http.replies import PRINCIPAL, json_body, json_reply
 from core.http.routes import ADMINS, DESK, RouteTable
 from core.triage.repeat import PHONE
 from core.triage.reports import (
-    ATTACHMENT_KINDS, ATTACHMENTS_MAX, REF, REPORT_TEXT_MAX, URL_MAX, ReportIntake, parse_report,
+    ATTACHMENT_KINDS,
+    ATTACHMENTS_MAX,
+    REF,
+    REPORT_TEXT_MAX,
+    URL_MAX,
+    ReportIntake,
+    parse_report,
 )
 
 REPORTS = web.AppKey("report_intake", ReportIntake)

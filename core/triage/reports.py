@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.calls.lifecycle import Step
-from core.triage.repeat import PHONE
 from core.calls.tickets import Source, TicketService, TicketView
+from core.triage.repeat import PHONE
 
 log = logging.getLogger(__name__)
 

@@ -41,14 +41,14 @@ from urllib.parse import urlsplit
 
 import h3
 
-from core.errors import DomainError
 from core.dispatch.geo import EARTH_RADIUS_M
+from core.errors import DomainError
 from core.triage.classify import Classification, IncidentType
 
 if TYPE_CHECKING:
-    from core.dispatch.planner import Incident
-    from core.dispatch.officers import OfficerService
     from core.calls.tickets import TicketView
+    from core.dispatch.officers import OfficerService
+    from core.dispatch.planner import Incident
 
 __all__ = [
     "HandoverFailed",

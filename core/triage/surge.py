@@ -36,11 +36,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.dispatch.planner import IncidentRow
-from core.calls.lifecycle import Step
 from core.alerts.board import Alert
+from core.calls.lifecycle import Step
 from core.calls.tables import Ticket
 from core.calls.tickets import StepView, TicketView, iso_utc
+from core.dispatch.planner import IncidentRow
 from core.tasks import stop_task
 
 __all__ = ["SurgeConfig", "SurgeError", "SurgeSettings", "SurgeWatch", "load_surge_config", "parse_surge_config"]

@@ -22,11 +22,24 @@ from core.calls.lifecycle import State
 from core.calls.numbering import looks_like_number
 from core.calls.tables import Ticket
 from core.calls.tickets import TicketService, TicketView, UnknownTicket
-from core.calls.views import SERVICE, TICKET_EXTRAS, station_ticket, ticket_json, ticket_number
+from core.calls.views import (
+    SERVICE,
+    TICKET_EXTRAS,
+    station_ticket,
+    ticket_json,
+    ticket_number,
+)
 from core.dispatch.planner import IncidentRow
 from core.dispatch.views import BROADCASTER, PLANNER
 from core.errors import BadRequest
-from core.http.replies import PRINCIPAL, error_reply, json_body, json_reply, parse_instant, who
+from core.http.replies import (
+    PRINCIPAL,
+    error_reply,
+    json_body,
+    json_reply,
+    parse_instant,
+    who,
+)
 from core.http.routes import ADMINS, DESK, SUPERVISORS, RouteTable
 from core.triage.classify import NOTE_MAX, IncidentType
 from core.triage.desk import TriageDesk

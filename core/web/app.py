@@ -27,7 +27,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.registry import Collector
 
-from core.web import accounts as auth_views
 from core.auth.users import AuthService
 from core.calls import views as call_views
 from core.calls.tickets import TicketService
@@ -40,8 +39,10 @@ from core.quality import views as quality_views
 from core.seats import views as seat_views
 from core.seats.board import SeatBoard
 from core.store import check as check_database
-from core.triage import report_views, views as triage_views
+from core.triage import report_views
+from core.triage import views as triage_views
 from core.triage.desk import TriageDesk
+from core.web import accounts as auth_views
 from core.web import ops
 from core.web.auth import authenticate
 

@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from core.auth.users import Role
-from core.web.accounts import AUDIT_WHO, AUTH, bearer_token
 from core.errors import DomainError
 from core.http.replies import BODY_SCHEMA, BODY_SHA256, PRINCIPAL, error_reply
 from core.http.routes import ROUTE_SPECS
+from core.web.accounts import AUDIT_WHO, AUTH, bearer_token
 
 log = logging.getLogger(__name__)
 

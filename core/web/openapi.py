@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from core.triage.repeat import PHONE
 from core.http.routes import ROUTE_SPECS, RouteSpec, registered
+from core.triage.repeat import PHONE
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import re
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from telephony.dialplan_admin import check as checking
 from telephony.dialplan_admin import model
-from telephony.dialplan_admin.running import PriorityLine, QueueState, RunningState, read_running
+from telephony.dialplan_admin.running import (
+    PriorityLine,
+    QueueState,
+    RunningState,
+    read_running,
+)
 from telephony.dialplan_admin.versions import VersionStore, digest_files
 
 # Which module reads which file (included files follow their parent's name).

@@ -7,16 +7,14 @@ Each test saves a screenshot under ``artifacts/screenshots/``. Without the
 from __future__ import annotations
 
 import os
-
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.tables import init_schema
-
 from core.store import make_engine
+from core.tables import init_schema
 from tests.browser.cdp import Browser, chromium_path
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"

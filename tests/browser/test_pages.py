@@ -14,11 +14,17 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth.users import AuthService, Role
-from core.dispatch.planner import DispatchPlanner
 from core.calls.lifecycle import Step
-from core.dispatch.officers import City, OfficerService, OfficerSpec, OfficerStatus, StationSpec
-from core.seats.board import SeatBoard
 from core.calls.tickets import TicketService
+from core.dispatch.officers import (
+    City,
+    OfficerService,
+    OfficerSpec,
+    OfficerStatus,
+    StationSpec,
+)
+from core.dispatch.planner import DispatchPlanner
+from core.seats.board import SeatBoard
 from core.web.app import make_app
 from tests.browser.cdp import Browser
 from tests.web_login import PASSWORD, TEST_SCRYPT_N

@@ -14,17 +14,17 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.request_validator import RequestValidator
 
-from core.quality import views as web_quality
 from core.auth.users import AuthService, Role
+from core.calls.lifecycle import Step
+from core.calls.tickets import TicketService
+from core.quality import views as web_quality
 from core.quality.complaints import Complaints
 from core.quality.journal import Journaler
 from core.quality.journal_status import JournalWatch
-from core.calls.lifecycle import Step
 from core.quality.outbox import Outbox
-from core.quality.spot_checks import SpotChecks
 from core.quality.retention import RetentionSchedule
+from core.quality.spot_checks import SpotChecks
 from core.quality.survey import Survey
-from core.calls.tickets import TicketService
 from core.web.app import make_app
 from tests.browser.cdp import Browser
 from tests.web_login import PASSWORD, TEST_SCRYPT_N

@@ -42,9 +42,9 @@ async def test_backfilled_copies_are_counted_on_postgresql(pg: AsyncEngine):
 
 
 async def test_retention_takes_copies_and_counts_on_postgresql(pg: AsyncEngine):
+    from core.calls.tickets import TicketService
     from tests.unit import test_retention as retention
     from tests.unit.conftest import FakeClock
-    from core.calls.tickets import TicketService
 
     clock = FakeClock()
     await retention.test_expiry_takes_the_tickets_copies_and_counts_with_it(TicketService(pg, clock=clock), pg, clock)

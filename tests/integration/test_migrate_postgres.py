@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,35 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core import migrate
 from core.calls.tickets import TicketService
 from core.migrate import SchemaError, State
-from core.store import make_engine
 from core.tables import metadata
 from tests import prev_release
+from tests.integration.test_store_postgres import PG_URL, _engine, pg_schema  # noqa: F401  (fixture)
 
-PG_URL = os.environ.get("JIEJING_TEST_PG_URL")
-if not PG_URL and os.environ.get("CI"):
-    # sip-lab/test.sh starts PostgreSQL and sets the URL: in CI a missing URL is a failure, not a skip.
-    raise RuntimeError("JIEJING_TEST_PG_URL is not set in CI: sip-lab/test.sh did not start PostgreSQL")
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="JIEJING_TEST_PG_URL is not set; sip-lab/test.sh sets it after starting PostgreSQL"
 )
-
-
-@pytest.fixture
-async def pg_schema() -> AsyncIterator[str]:
-    schema = f"jiejing_test_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(PG_URL)
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
-
-
-def _engine(schema: str) -> AsyncEngine:
-    return make_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
 
 
 @pytest.fixture

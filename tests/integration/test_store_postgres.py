@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.calls.lifecycle import IllegalTransition, State, Step
 from core.calls.tables import Ticket, TicketStep
-from core.tables import init_schema
-from core.store import check, make_engine
 from core.calls.tickets import TicketService
+from core.store import check, make_engine
+from core.tables import init_schema
 
 PG_URL = os.environ.get("JIEJING_TEST_PG_URL")
 if not PG_URL and os.environ.get("CI"):

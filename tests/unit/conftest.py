@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.tables import init_schema
-
-from core.store import make_engine
 from core.calls.tickets import TicketService
+from core.store import make_engine
+from core.tables import init_schema
 
 # 2026-11-29 11:30:00 UTC, 19:30 in Shanghai.
 T0 = 1_795_951_800.0

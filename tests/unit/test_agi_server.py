@@ -13,7 +13,13 @@ import pytest
 
 from telephony import channel_vars
 from telephony.agi.codec import RemoteProtocolError, Reply, Request
-from telephony.agi.server import AGICommandError, AGISession, FastAGIServer, LatencyHistogram, Route
+from telephony.agi.server import (
+    AGICommandError,
+    AGISession,
+    FastAGIServer,
+    LatencyHistogram,
+    Route,
+)
 from tests.agi_peer import AGIPeer, asterisk_headers, run_call
 
 HOST = "127.0.0.1"

@@ -7,11 +7,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.auth.users import Role
+from core.calls.tickets import TicketService
 from core.quality import views as web_quality
 from core.quality.complaints import OVERDUE, Complaints
 from core.quality.outbox import Outbox
-from core.calls.tickets import TicketService
-from core.auth.users import Role
 from core.web.app import make_app
 from tests.web_login import login_headers
 

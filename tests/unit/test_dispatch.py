@@ -9,6 +9,16 @@ import h3
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.calls.lifecycle import (
+    CALL_CONNECTED_STATES,
+    CALL_LIVE_STATES,
+    IllegalTransition,
+    State,
+    Step,
+    advance,
+)
+from core.calls.tickets import TicketService, TicketView
+from core.dispatch.officers import OfficerBusy, OfficerService, OfficerStatus
 from core.dispatch.planner import (
     DispatchPlanner,
     DispatchSettings,
@@ -17,10 +27,15 @@ from core.dispatch.planner import (
     choose_officer,
     ladder,
 )
-from core.calls.lifecycle import CALL_CONNECTED_STATES, CALL_LIVE_STATES, IllegalTransition, State, Step, advance
-from core.dispatch.officers import OfficerBusy, OfficerService, OfficerStatus
-from core.calls.tickets import TicketService, TicketView
-from tests.dispatch_city import CENTER, T0, answered_call, load, officer, point_in, ring_cell
+from tests.dispatch_city import (
+    CENTER,
+    T0,
+    answered_call,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.unit.conftest import FakeClock
 
 

@@ -13,13 +13,22 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.dispatch.planner import DispatchPlanner
 from core.calls.events import StepBroadcaster
 from core.calls.lifecycle import Step
-from core.dispatch.officers import OfficerService
 from core.calls.tickets import TicketService
+from core.dispatch.officers import OfficerService
+from core.dispatch.planner import DispatchPlanner
 from core.dispatch.views import BROADCASTER, SOCKETS
-from tests.dispatch_city import CENTER, T0, answered_call, dispatch_app, load, officer, point_in, ring_cell
+from tests.dispatch_city import (
+    CENTER,
+    T0,
+    answered_call,
+    dispatch_app,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.unit.conftest import FakeClock
 
 WAIT_S = 2.0

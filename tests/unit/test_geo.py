@@ -7,7 +7,14 @@ import math
 import h3
 import pytest
 
-from core.dispatch.geo import DEFAULT_RESOLUTION, GeoError, Grid, check_lat_lon, eta_s, haversine_m
+from core.dispatch.geo import (
+    DEFAULT_RESOLUTION,
+    GeoError,
+    Grid,
+    check_lat_lon,
+    eta_s,
+    haversine_m,
+)
 
 LAT0, LON0 = 31.2304, 121.4737
 

@@ -11,13 +11,12 @@ import pytest
 from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch.planner import IncidentRow
-from core.triage.queries import QueryIndex, hourly_series
 from core.calls.tables import Ticket
 from core.calls.tickets import TicketService
+from core.dispatch.planner import IncidentRow
 from core.triage.classify import (
-    HOUR_US,
     DAY_US,
+    HOUR_US,
     HOURLY_COUNTS,
     IncidentType,
     TriageRow,
@@ -27,6 +26,7 @@ from core.triage.classify import (
     rebuild_hourly_counts,
     upsert_query_copy,
 )
+from core.triage.queries import QueryIndex, hourly_series
 from tests.dispatch_city import CENTER, answered_call, load, point_in, ring_cell
 from tests.triage_setup import planner_for
 from tests.unit.conftest import T0, FakeClock

@@ -11,6 +11,9 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.calls.lifecycle import Step
+from core.calls.tables import Recording, TicketStep
+from core.calls.tickets import TicketService
 from core.quality.journal import (
     GENESIS,
     KIND_RECORDING,
@@ -19,12 +22,9 @@ from core.quality.journal import (
     link_hash,
     verify,
 )
-from core.calls.lifecycle import Step
 from core.quality.tables import JournalEntry
-from core.calls.tables import Recording, TicketStep
-from core.tables import init_schema
 from core.store import make_engine
-from core.calls.tickets import TicketService
+from core.tables import init_schema
 from telephony import cli
 
 T0 = 1_795_951_800.0

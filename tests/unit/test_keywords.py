@@ -9,13 +9,13 @@ import time
 import pytest
 from sqlalchemy import select
 
+from core.alerts.board import Alert
 from core.auth.users import Role
 from core.calls.events import StepBroadcaster
-from core.triage.keywords import KeywordError, load_keywords, parse_keywords
 from core.calls.lifecycle import Step
-from core.alerts.board import Alert
 from core.calls.tickets import TicketService
 from core.triage.desk import default_files
+from core.triage.keywords import KeywordError, load_keywords, parse_keywords
 from tests.dispatch_city import CENTER, answered_call, load, officer, point_in
 from tests.triage_setup import KEYWORDS, desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock

@@ -7,7 +7,14 @@ import itertools
 import pytest
 
 from core.calls import lifecycle
-from core.calls.lifecycle import CALL_LIVE_STATES, TRANSITIONS, IllegalTransition, State, Step, advance
+from core.calls.lifecycle import (
+    CALL_LIVE_STATES,
+    TRANSITIONS,
+    IllegalTransition,
+    State,
+    Step,
+    advance,
+)
 
 # Written out independently of the module's rules, as the specification lists them.
 LEGAL = {

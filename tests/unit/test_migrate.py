@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from alembic.migration import MigrationContext
 from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,7 +27,6 @@ from core.store import Base, make_engine
 from core.tables import init_schema, metadata
 from telephony import cli
 from tests import prev_release
-
 
 BASELINE_TABLES = 28  # in the previous release's DDL and in revision 0001
 

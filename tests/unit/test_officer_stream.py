@@ -13,7 +13,15 @@ from core.auth.users import Role
 from core.calls.events import StepBroadcaster
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
-from tests.dispatch_city import CENTER, T0, answered_call, load, officer, point_in, ring_cell
+from tests.dispatch_city import (
+    CENTER,
+    T0,
+    answered_call,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import FakeClock
 from tests.web_login import login_headers

@@ -21,7 +21,17 @@ from core.dispatch.officers import (
     load_city_file,
     parse_city,
 )
-from tests.dispatch_city import CENTER, EAST, SHIFT, T0, city, load, officer, point_in, ring_cell
+from tests.dispatch_city import (
+    CENTER,
+    EAST,
+    SHIFT,
+    T0,
+    city,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.unit.conftest import FakeClock
 
 LAB_CITY = Path(__file__).resolve().parents[2] / "sip-lab" / "city.json"

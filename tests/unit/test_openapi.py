@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth.users import Role
-from core.web.openapi import build_spec
-from core.tables import init_schema
-from core.store import make_engine
 from core.calls.tickets import TicketService
 from core.http.routes import registered
+from core.store import make_engine
+from core.tables import init_schema
 from core.web.app import declared_routes as routes
+from core.web.openapi import build_spec
 from tests.unit.conftest import FakeClock
 from tests.unit.test_web_auth import full_app
 from tests.web_login import login_headers

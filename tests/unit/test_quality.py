@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.quality import views as web_quality
-from core.calls.lifecycle import Step
-from core.quality.spot_checks import CRITERIA, Call, SpotChecks, draw_sample, shift_of
-from core.calls.tickets import TicketService
 from core.auth.users import Role
+from core.calls.lifecycle import Step
+from core.calls.tickets import TicketService
+from core.quality import views as web_quality
+from core.quality.spot_checks import CRITERIA, Call, SpotChecks, draw_sample, shift_of
 from core.web.app import make_app
 from tests.web_login import login_headers
 

@@ -11,11 +11,18 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth.users import Role
-from core.dispatch.planner import IncidentRow
-from core.triage.queries import HOUR_US, BadCursor, TicketQuery, ensure_indexes, hourly_series, search
 from core.calls.tables import Ticket
 from core.calls.tickets import TicketService, iso_utc
+from core.dispatch.planner import IncidentRow
 from core.triage.classify import IncidentType, TriageRow, rebuild_hourly_counts
+from core.triage.queries import (
+    HOUR_US,
+    BadCursor,
+    TicketQuery,
+    ensure_indexes,
+    hourly_series,
+    search,
+)
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers

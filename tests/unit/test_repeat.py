@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from core.auth.users import Role
 from core.calls.lifecycle import Step
-from core.triage.repeat import RepeatCallers
 from core.calls.tickets import TicketService, TicketView
+from core.triage.repeat import RepeatCallers
 from tests.triage_setup import desk_client, make_desk, planner_for
 from tests.unit.conftest import FakeClock
 from tests.web_login import login_headers

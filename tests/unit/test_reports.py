@@ -12,20 +12,25 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 
-from core.quality import views as web_quality
+from core.alerts.board import Alert
 from core.auth.users import Role
-from core.quality.complaints import Complaints
 from core.calls.events import StepBroadcaster
 from core.calls.lifecycle import State, Step
-from core.quality.outbox import Outbox
-from core.alerts.board import Alert
-from core.quality.tables import SurveyResponse, WebhookReceipt
-from core.triage.reports import ReportIntake, TextReport, media_attachments, parse_report
-from core.triage.routing import Mode, RoutingDecision, Target
 from core.calls.tables import Ticket
-from core.quality.survey import Survey, is_survey_answer, parse_reply
 from core.calls.tickets import TicketService
+from core.quality import views as web_quality
+from core.quality.complaints import Complaints
+from core.quality.outbox import Outbox
+from core.quality.survey import Survey, is_survey_answer, parse_reply
+from core.quality.tables import SurveyResponse, WebhookReceipt
 from core.triage.desk import TriageDesk
+from core.triage.reports import (
+    ReportIntake,
+    TextReport,
+    media_attachments,
+    parse_report,
+)
+from core.triage.routing import Mode, RoutingDecision, Target
 from core.web.app import make_app
 from tests.dispatch_city import CENTER, load, officer, point_in
 from tests.triage_setup import desk_client, make_desk, planner_for

@@ -12,18 +12,23 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.calls.lifecycle import Step
+from core.calls.tables import Recording, Ticket, TicketStep
+from core.calls.tickets import TicketService
 from core.dispatch.planner import IncidentRow
 from core.quality.journal import KIND_EXPIRY, Journaler, verify
 from core.quality.journal_status import JournalWatch
-from core.calls.lifecycle import Step
+from core.quality.retention import RetentionSchedule, expire
+from core.quality.tables import JournalEntry
+from core.triage.classify import (
+    TriageRow,
+    read_hourly_counts,
+    rebuild_hourly_counts,
+    upsert_query_copy,
+)
 from core.triage.push import PushRow
 from core.triage.queries import hourly_series
-from core.quality.tables import JournalEntry
 from core.triage.repeat import TicketLinkRow
-from core.quality.retention import RetentionSchedule, expire
-from core.calls.tables import Recording, Ticket, TicketStep
-from core.calls.tickets import TicketService
-from core.triage.classify import TriageRow, read_hourly_counts, rebuild_hourly_counts, upsert_query_copy
 
 T0 = 1_795_951_800.0
 DAY = 86400.0

@@ -8,8 +8,11 @@ import h3
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch.planner import Incident
+from core.calls.tickets import TicketService
 from core.dispatch.officers import OfficerService
+from core.dispatch.planner import Incident
+from core.triage.classify import Classification, IncidentType, Priority
+from core.triage.desk import default_files
 from core.triage.push import TicketPusher
 from core.triage.push_http import HttpPoster
 from core.triage.routing import (
@@ -23,9 +26,6 @@ from core.triage.routing import (
     load_rules,
     parse_rules,
 )
-from core.calls.tickets import TicketService
-from core.triage.classify import Classification, IncidentType, Priority
-from core.triage.desk import default_files
 from tests.dispatch_city import CENTER, LAT0, LON0, answered_call, load, ring_cell
 from tests.triage_setup import RULES, PushStandIn
 from tests.unit.conftest import FakeClock

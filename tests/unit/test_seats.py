@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth.users import Role
 from core.calls.lifecycle import Step
-from core.seats.board import QueueControlError, SeatBoard, SeatState, WrongSeatState
 from core.calls.tickets import TicketService
+from core.seats.board import QueueControlError, SeatBoard, SeatState, WrongSeatState
 from core.web.app import make_app
 from telephony.ami.client import AMIClient
 from telephony.seat_control import AMIQueuePort

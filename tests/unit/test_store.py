@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.calls.numbering import TicketNumbering, format_number, looks_like_number
 from core.calls.tables import Ticket, TicketCounter, TicketStep
-from core.tables import init_schema
 from core.store import check, make_engine
+from core.tables import init_schema
 
 # 2026-11-29 11:30:00 UTC, 19:30 in Shanghai.
 T0 = 1_795_951_800.0

@@ -8,12 +8,19 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.dispatch.planner import IncidentRow
 from core.alerts.board import Alert
 from core.calls.tables import Ticket
-from core.triage.surge import SurgeConfig, SurgeError, SurgeSettings, SurgeWatch, load_surge_config, parse_surge_config
 from core.calls.tickets import TicketService
+from core.dispatch.planner import IncidentRow
 from core.triage.desk import default_files
+from core.triage.surge import (
+    SurgeConfig,
+    SurgeError,
+    SurgeSettings,
+    SurgeWatch,
+    load_surge_config,
+    parse_surge_config,
+)
 from tests.dispatch_city import CENTER, answered_call, load, point_in
 from tests.unit.conftest import T0, FakeClock
 

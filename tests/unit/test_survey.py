@@ -14,14 +14,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from twilio.request_validator import RequestValidator
 
+from core.auth.users import Role
+from core.calls.lifecycle import Step
+from core.calls.tickets import TicketService
 from core.quality import views as web_quality
 from core.quality.complaints import Complaints
-from core.calls.lifecycle import Step
 from core.quality.outbox import Outbox
-from core.quality.tables import FollowUp, OutboxMessage, SurveyResponse, WebhookReceipt
 from core.quality.survey import Survey, parse_reply, to_e164
-from core.calls.tickets import TicketService
-from core.auth.users import Role
+from core.quality.tables import FollowUp, OutboxMessage, SurveyResponse, WebhookReceipt
 from core.web.app import make_app
 from tests.web_login import login_headers
 

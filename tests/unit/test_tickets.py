@@ -14,9 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.calls.lifecycle import IllegalTransition, State, Step
 from core.calls.tables import Recording, Ticket, TicketStep
-from core.tables import init_schema
+from core.calls.tickets import (
+    StepView,
+    TicketService,
+    TicketView,
+    UnknownCall,
+    UnknownTicket,
+    iso_utc,
+)
 from core.store import make_engine
-from core.calls.tickets import StepView, TicketService, TicketView, UnknownCall, UnknownTicket, iso_utc
+from core.tables import init_schema
 
 T0 = 1_795_951_800.0  # 2026-11-29 11:30:00 UTC, 19:30 in Shanghai
 DAY = "20261129"

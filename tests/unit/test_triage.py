@@ -9,9 +9,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.auth.users import Role
 from core.calls.lifecycle import IllegalTransition, Step
 from core.calls.tickets import TicketService
-from core.triage.classify import IncidentType, Priority, TriageRow, TriageService, current_classification
+from core.triage.classify import (
+    IncidentType,
+    Priority,
+    TriageRow,
+    TriageService,
+    current_classification,
+)
 from tests.dispatch_city import CENTER, answered_call, load, point_in
-from tests.triage_setup import PushStandIn, RecordingPort, desk_client, make_desk, planner_for
+from tests.triage_setup import (
+    PushStandIn,
+    RecordingPort,
+    desk_client,
+    make_desk,
+    planner_for,
+)
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
 

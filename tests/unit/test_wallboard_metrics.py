@@ -11,11 +11,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.alerts.board import Alert
 from core.auth.users import Role
 from core.calls.lifecycle import Step
-from core.alerts.board import Alert
-from core.seats.board import SeatBoard
 from core.calls.tickets import TicketService
+from core.seats.board import SeatBoard
 from core.seats.wallboard import Wallboard
 from core.web.app import make_app
 from tests.unit.conftest import T0, FakeClock

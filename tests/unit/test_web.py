@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from core.web import app as core_web
 from core.auth.users import Role
 from core.calls.lifecycle import State, Step
 from core.calls.tickets import TicketService, TicketView
+from core.web import app as core_web
 from core.web.app import make_app
 from tests.web_login import login_headers
 

@@ -11,20 +11,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.quality import views as web_quality
 from core.auth.users import AuthService, Role
-from core.quality.complaints import Complaints
+from core.calls.tickets import TicketService
 from core.dispatch.planner import IncidentRow
+from core.http.routes import registered, unlisted
+from core.quality import views as web_quality
+from core.quality.complaints import Complaints
 from core.quality.journal import Journaler
 from core.quality.journal_status import JournalWatch
 from core.quality.outbox import Outbox
-from core.quality.spot_checks import SpotChecks
 from core.quality.retention import RetentionSchedule
+from core.quality.spot_checks import SpotChecks
 from core.quality.survey import Survey
-from core.calls.tickets import TicketService
-from core.web.app import make_app
-from core.http.routes import registered, unlisted
 from core.web.app import declared_routes as routes
+from core.web.app import make_app
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import PASSWORD, TEST_SCRYPT_N, login_headers
 

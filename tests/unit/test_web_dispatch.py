@@ -8,11 +8,20 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.dispatch.planner import DispatchPlanner
 from core.calls.lifecycle import State, Step
-from core.dispatch.officers import OfficerService, OfficerStatus
 from core.calls.tickets import TicketService
-from tests.dispatch_city import CENTER, T0, answered_call, dispatch_app, load, officer, point_in, ring_cell
+from core.dispatch.officers import OfficerService, OfficerStatus
+from core.dispatch.planner import DispatchPlanner
+from tests.dispatch_city import (
+    CENTER,
+    T0,
+    answered_call,
+    dispatch_app,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.unit.conftest import FakeClock
 
 NO_SUCH = "110-20261129-999999"
