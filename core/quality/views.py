@@ -48,7 +48,7 @@ _ID = re.compile(r"[0-9]{1,12}")
 _TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 SIZE_MAX = 1000
 
-# Request bodies, for the OpenAPI spec and the check before the view (core.web.auth);
+# Request bodies, for the OpenAPI spec and the check before the view (core.http.replies.json_body);
 # the views below still check what a schema cannot say.
 _TEXT: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
 _BY = {**_TEXT, "maxLength": 255}
