@@ -131,7 +131,7 @@ async def test_login_logout_and_bad_passwords(client: TestClient, engine: AsyncE
     for body in ({"username": "wang", "password": "wrong password"}, {"username": "nobody", "password": PASSWORD}):
         resp = await client.post("/api/login", json=body)
         assert resp.status == 401
-        assert (await resp.json())["error"] == "unknown user or wrong password"
+        assert (await resp.json())["error_id"] == "bad-credentials"
     resp = await client.post("/api/login", json={"username": "wang", "password": PASSWORD})
     assert resp.status == 200
     login = await resp.json()

@@ -111,7 +111,7 @@ async def test_unknown_and_unlocated_tickets(client: TestClient, service: Ticket
     assert (await _json(await client.get(f"/api/dispatch/preview/{NO_SUCH}"), 404))["error_id"] == "unknown-ticket"
     ticket = await answered_call(service)
     body = await _json(await client.get(f"/api/dispatch/preview/{ticket.number}"), 409)
-    assert "no incident location" in body["error"]
+    assert body["error_id"] == "not-located"
 
 
 async def test_locating_a_closed_ticket_is_a_conflict(client: TestClient, service: TicketService) -> None:
@@ -119,7 +119,9 @@ async def test_locating_a_closed_ticket_is_a_conflict(client: TestClient, servic
     await service.record_step(ticket.uniqueid, Step.HUNG_UP, at=T0 + 60, source="ami")
     await service.close(ticket.number, disposition="已处置", by="seat-05")
     resp = await client.put(f"/api/tickets/{ticket.number}/location", json={"lat": 31.0, "lon": 121.0})
-    assert "step located is not allowed for a ticket in state closed" in await _error(resp, 409)
+    refused = await _json(resp, 409)
+    assert refused["error_id"] == "illegal-transition"
+    assert (refused["details"]["state"], refused["details"]["step"]) == ("closed", "located")
 
 
 # -- officers ------------------------------------------------------------------------------
@@ -130,20 +132,21 @@ async def test_officers_list_location_and_status(client: TestClient) -> None:
     assert [o["badge"] for o in listed["officers"]] == ["e1", "w1"]
     west = await _json(await client.get("/api/officers?station=west"), 200)
     assert [o["badge"] for o in west["officers"]] == ["w1"]
-    assert await _error(await client.get("/api/officers?station=" + "x" * 40), 400) == "station must be a station id"
+    assert await _error_id(await client.get("/api/officers?station=" + "x" * 40), 400) == "invalid-station"
 
     lat, lon = point_in(ring_cell(1))
     moved = await _json(await client.post("/api/officers/e1/location", json={"lat": lat, "lon": lon}), 200)
     assert moved["cell"] == ring_cell(1)
     bad = await client.post("/api/officers/e1/location", json={"lat": 100, "lon": 0})
-    assert await _error(bad, 400) == "lat must be between -90 and 90, got 100"
+    assert await _error_id(bad, 400) == "invalid-position"
     unknown = await client.post("/api/officers/nobody/location", json={"lat": 1, "lon": 1})
     assert await _error_id(unknown, 404) == "unknown-officer"
 
     off = await _json(await client.post("/api/officers/e1/status", json={"status": "off_duty"}), 200)
     assert off["status"] == "off_duty"
     refused = await _json(await client.post("/api/officers/e1/status", json={"status": "on_scene"}), 400)
-    assert refused["error"] == '"status" must be one of available, off_duty'
+    assert refused["error_id"] == "invalid-body"
+    assert refused["details"] == {"field": "status"}
     unknown = await client.post("/api/officers/nobody/status", json={"status": "available"})
     assert await _error_id(unknown, 404) == "unknown-officer"
 
@@ -155,6 +158,7 @@ async def test_status_change_of_a_ringing_officer_is_a_conflict(
     await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])
     await planner.begin(ticket.number)
     body = await _json(await client.post("/api/officers/e1/status", json={"status": "off_duty"}), 409)
+    assert body["error_id"] == "officer-busy"
     assert body["error"] == f"officer e1 is ringing for ticket {ticket.number}"
 
 
@@ -209,6 +213,6 @@ async def test_arrival_for_an_unknown_officer_or_ticket(
 async def test_bodies_must_be_json_objects(client: TestClient, service: TicketService) -> None:
     ticket = await answered_call(service)
     resp = await client.put(f"/api/tickets/{ticket.number}/location", data=b"[1, 2]")
-    assert (await _json(resp, 400))["error"] == "body must be a JSON object"
+    assert (await _json(resp, 400))["error_id"] == "body-not-json"
     resp = await client.post("/api/officers/e1/location", data=b"\xff")
-    assert (await _json(resp, 400))["error"] == "body must be a JSON object in UTF-8"
+    assert (await _json(resp, 400))["error_id"] == "body-not-json"
