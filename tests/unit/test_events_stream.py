@@ -159,10 +159,10 @@ async def test_bad_station_and_plain_http_are_refused(service: TicketService, pl
     async with serve(service, planner) as client:
         resp = await client.get("/api/events?station=" + "x" * 40)
         assert resp.status == 400
-        assert "station" in (await resp.json())["error"]
+        assert (await resp.json())["error_id"] == "invalid-station"
         resp = await client.get("/api/events")
         assert resp.status == 400
-        assert "WebSocket" in (await resp.json())["error"]
+        assert (await resp.json())["error_id"] == "websocket-only"
 
 
 async def test_slow_websocket_client_is_closed_with_1013(service: TicketService, planner: DispatchPlanner) -> None:

@@ -139,7 +139,9 @@ async def test_seat_api(service: TicketService, engine: AsyncEngine, clock: Fake
     async with TestClient(TestServer(app), headers=headers) as client:
         assert (await client.post("/api/seats/seat-03/login", json={})).status == 200
         resp = await client.post("/api/seats/seat-03/pause", json={})
-        assert resp.status == 400 and "reason" in (await resp.json())["error"]
+        refused = await resp.json()
+        assert resp.status == 400 and refused["error_id"] == "invalid-body"
+        assert refused["details"]["rule"] == "required" and "reason" in refused["error"]
         resp = await client.post("/api/seats/seat-03/pause", json={"reason": "如厕"})
         assert (await resp.json())["state"] == "paused"
         assert (await client.post("/api/seats/seat-03/pause", json={"reason": "x"})).status == 409

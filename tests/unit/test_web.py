@@ -127,7 +127,7 @@ async def test_list_refuses_bad_limits(service: TicketService, limit: str) -> No
         resp = await client.get(URL("/api/tickets").with_query({"limit": limit}))
         assert resp.status == 400
         assert resp.content_type == "application/json"
-        assert "limit" in (await resp.json())["error"]
+        assert (await resp.json())["error_id"] == "invalid-limit"
 
 
 async def test_list_accepts_the_bounds(service: TicketService) -> None:
@@ -231,7 +231,9 @@ async def test_close_of_a_live_call_is_409(service: TicketService) -> None:
     async with serve(service) as client:
         resp = await client.post(f"/api/tickets/{ticket.number}/close", json={"disposition": "x", "by": "y"})
         assert resp.status == 409
-        assert "not allowed" in (await resp.json())["error"]
+        refused = await resp.json()
+        assert refused["error_id"] == "illegal-transition"
+        assert refused["details"]["step"] == "closed"
         resp = await client.post(f"/api/tickets/{ticket.number}/close", json={"disposition": "x", "by": "y"})
         assert resp.status == 409
     assert len((await service.get(ticket.number)).steps) == 1
@@ -283,7 +285,7 @@ async def test_close_refuses_an_oversized_chunked_body(service: TicketService) -
     async with serve(service) as client:
         resp = await client.post(f"/api/tickets/{ticket.number}/close", data=chunks())
         assert resp.status == 400
-        assert "larger than" in (await resp.json())["error"]
+        assert (await resp.json())["error_id"] == "body-too-large"
     assert (await service.get(ticket.number)).state is State.ENDED
 
 
