@@ -32,12 +32,6 @@ class DomainError(Exception):
         if status is not None:
             self.status = status  # type: ignore[misc]
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": str(self) or self.error_id, "error_id": self.error_id}
-        if self.details:
-            body["details"] = self.details
-        return body
-
 
 class BadRequest(DomainError):
     """Input the API refuses (malformed, out of range, fails its schema)."""
@@ -49,10 +43,3 @@ class BadRequest(DomainError):
 class NotFound(DomainError):
     status = 404
     error_id = "not-found"
-
-
-class Conflict(DomainError):
-    """The request is well formed but the thing is not in a state that allows it."""
-
-    status = 409
-    error_id = "conflict"

@@ -59,7 +59,7 @@ BROADCASTER = web.AppKey("step_broadcaster", StepBroadcaster)
 SOCKETS = web.AppKey("event_sockets", set[web.WebSocketResponse])
 
 BY_MAX = 255
-_STATION = re.compile(rf"[A-Za-z0-9_.:-]{{1,{STATION_ID_MAX}}}")
+STATION_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{STATION_ID_MAX}}}")
 # A socket that will not take our close frame is cut without one after this long.
 CLOSE_TIMEOUT_S = 2.0
 HEARTBEAT_S = 30.0
@@ -194,7 +194,7 @@ def _officers(request: web.Request) -> OfficerService:
             scope=station_query)
 async def list_officers(request: web.Request) -> web.Response:
     station = request.query.get("station")
-    if station is not None and not _STATION.fullmatch(station):
+    if station is not None and not STATION_ID.fullmatch(station):
         raise BadRequest("station must be a station id", error_id="invalid-station")
     officers = await _officers(request).list(station=station)
     return json_reply({"officers": [o.to_json() for o in officers]})
@@ -231,7 +231,7 @@ async def post_officer_status(request: web.Request) -> web.Response:
             query={"station": _STATION_ID}, scope=event_stream, websocket=True)
 async def events(request: web.Request) -> web.StreamResponse:
     station = request.query.get("station")
-    if station is not None and not _STATION.fullmatch(station):
+    if station is not None and not STATION_ID.fullmatch(station):
         raise BadRequest("station must be a station id", error_id="invalid-station")
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
     if not ws.can_prepare(request).ok:

@@ -30,7 +30,7 @@ from core.calls.views import (
     ticket_number,
 )
 from core.dispatch.planner import IncidentRow
-from core.dispatch.views import BROADCASTER, PLANNER
+from core.dispatch.views import BROADCASTER, PLANNER, STATION_ID
 from core.errors import BadRequest
 from core.http.replies import (
     PRINCIPAL,
@@ -62,7 +62,6 @@ TRIAGE_DESK = web.AppKey("triage_desk", TriageDesk)
 
 routes = RouteTable("triage")
 
-_STATION = re.compile(r"[A-Za-z0-9_.:-]{1,32}")
 _CELL = re.compile(r"[0-9a-f]{15}")
 _DIGITS = re.compile(r"[0-9]{1,7}")
 
@@ -380,7 +379,7 @@ def ticket_query(request: web.Request) -> TicketQuery:
     if from_us is not None and to_us is not None and not from_us < to_us:
         raise BadRequest('"from" must be before "to"')
     station = q.get("station")
-    if station is not None and not _STATION.fullmatch(station):
+    if station is not None and not STATION_ID.fullmatch(station):
         raise BadRequest("station must be a station id")
     own = _own_station(request)
     if own is not False:
@@ -429,7 +428,7 @@ async def get_stats(request: web.Request) -> web.Response:
     if not from_us < to_us or to_us - from_us > STATS_HOURS_MAX * HOUR_US:
         raise BadRequest(f'"from" must be before "to", at most {STATS_HOURS_MAX // 24} days apart')
     station = q.get("station")
-    if station is not None and not _STATION.fullmatch(station):
+    if station is not None and not STATION_ID.fullmatch(station):
         raise BadRequest("station must be a station id")
     own = _own_station(request)
     if own is not False:

@@ -75,8 +75,7 @@ async def _errors_as_json(
     try:
         return await handler(request)
     except DomainError as exc:
-        return web.json_response(exc.to_json(), status=exc.status,
-                                 dumps=lambda value: json.dumps(value, ensure_ascii=False))
+        return error_reply(exc.status, str(exc) or exc.error_id, error_id=exc.error_id, details=exc.details)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
