@@ -13,6 +13,7 @@ from aiohttp import web
 
 from core.http.replies import json_reply, who
 from core.http.routes import DESK, RouteTable
+from core.http.scopes import own_call
 from telephony.dispatcher import Dispatcher
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -20,7 +21,7 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 routes = RouteTable("dispatch")
 
 
-@routes.post("/api/tickets/{number}/dispatch", DESK, "Dispatch an officer to the incident")
+@routes.post("/api/tickets/{number}/dispatch", DESK, "Dispatch an officer to the incident", scope=own_call)
 async def dispatch(request: web.Request) -> web.Response:
     number = request.match_info["number"]
     await request.app[DISPATCHER].dispatch(number, by=who(request) or "api")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,3 +28,9 @@ async def login_headers(
     await auth.add_user(name, PASSWORD, role, station)
     token, _expires, _principal = await auth.login(name, PASSWORD)
     return {"Authorization": f"Bearer {token}"}
+
+
+async def on_seat(client: Any, headers: dict[str, str], seat: str = "seat-05") -> None:
+    """Log the call-taker of ``headers`` in to ``seat``: a call-taker acts only on their own seat's calls."""
+    resp = await client.post(f"/api/seats/{seat}/login", json={}, headers=headers)
+    assert resp.status == 200, await resp.text()

@@ -19,6 +19,7 @@ from core.calls.numbering import looks_like_number
 from core.calls.tickets import TicketService, TicketView, UnknownTicket
 from core.http.replies import error_reply, json_body, json_reply
 from core.http.routes import DESK, RouteTable
+from core.http.scopes import own_call
 
 if TYPE_CHECKING:
     from core.auth.users import Principal
@@ -85,7 +86,8 @@ async def get_ticket(request: web.Request) -> web.Response:
     return json_reply((await ticket_json(request.app, [ticket]))[0])
 
 
-@routes.post("/api/tickets/{number}/close", DESK, "Close an ended ticket with a disposition", body=CLOSE_BODY)
+@routes.post("/api/tickets/{number}/close", DESK, "Close an ended ticket with a disposition", body=CLOSE_BODY,
+             scope=own_call)
 async def close_ticket(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)

@@ -48,6 +48,7 @@ from core.http.replies import (
     text_field,
 )
 from core.http.routes import DESK, SUPERVISORS, RouteTable
+from core.http.scopes import own_call
 
 if TYPE_CHECKING:
     from core.auth.users import Principal
@@ -144,7 +145,8 @@ def _badge(request: web.Request) -> str:
 # -- tickets -------------------------------------------------------------------------------
 
 
-@routes.put("/api/tickets/{number}/location", DESK, "Set or correct the incident location", body=LOCATION_BODY)
+@routes.put("/api/tickets/{number}/location", DESK, "Set or correct the incident location", body=LOCATION_BODY,
+            scope=own_call)
 async def put_location(request: web.Request) -> web.Response:
     body = await json_body(request)
     lat, lon = _point(body)
@@ -176,7 +178,7 @@ async def post_clear(request: web.Request) -> web.Response:
     return json_reply(ticket.to_json())
 
 
-@routes.get("/api/dispatch/preview/{number}", DESK, "Whom a dispatch would ring")
+@routes.get("/api/dispatch/preview/{number}", DESK, "Whom a dispatch would ring", scope=own_call)
 async def get_preview(request: web.Request) -> web.Response:
     number = ticket_number(request)
     plan = await request.app[PLANNER].preview(number)

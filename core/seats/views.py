@@ -18,8 +18,9 @@ from aiohttp import WSMsgType, web
 from core.calls.views import SERVICE
 from core.errors import BadRequest, DomainError
 from core.http.replies import PRINCIPAL, dumps, error_reply, json_body, json_reply
+from core.auth.users import Principal, Role
 from core.http.routes import DESK, SUPERVISORS, RouteTable
-from core.seats.board import QueueControlError, SeatBoard, UnknownSeat, check_seat
+from core.seats.board import QueueControlError, SeatBoard, SeatState, UnknownSeat, check_seat
 from core.seats.wallboard import Wallboard
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,28 @@ PAUSE_BODY: dict[str, Any] = {
 
 
 # -- seats ---------------------------------------------------------------------------------
+
+
+async def own_seat(request: web.Request, principal: Principal) -> web.Response | None:
+    """Scope: a call-taker logs in for themselves, to one seat at a time, and changes only the seat they hold."""
+    if principal.role is not Role.CALL_TAKER:
+        return None
+    board = request.app[SEATS]
+    try:
+        seat = check_seat(request.match_info.get("seat"))
+    except UnknownSeat:
+        return None  # the view answers the unknown seat
+    held = [v.seat for v in board.seats() if v.operator == principal.username and v.state is not SeatState.LOGGED_OUT]
+    if request.path.endswith("/login"):
+        if held and seat not in held:
+            return error_reply(409, f"you are logged in to seat {held[0]}; log out there first",
+                               error_id="already-on-a-seat", details={"seat": held[0]})
+        return None
+    current = board.get(seat)
+    if current.state is not SeatState.LOGGED_OUT and current.operator != principal.username:
+        return error_reply(403, f"seat {seat} is held by another call-taker", error_id="not-your-seat",
+                           details={"seat": seat})
+    return None
 
 
 def _seat(request: web.Request) -> str:
@@ -77,29 +100,32 @@ async def _seat_change(request: web.Request, change: Any) -> web.Response:
     return json_reply(view.to_json())
 
 
-@routes.post("/api/seats/{seat}/login", DESK, "Log a call-taker into a seat (joins the queue)", body=SEAT_LOGIN_BODY)
+@routes.post("/api/seats/{seat}/login", DESK, "Log a call-taker into a seat (joins the queue)", body=SEAT_LOGIN_BODY, scope=own_seat)
 async def seat_login(request: web.Request) -> web.Response:
     seat = _seat(request)
     body = await json_body(request)
-    operator = body.get("operator") or request[PRINCIPAL].username
+    principal = request[PRINCIPAL]
+    operator = body.get("operator") or principal.username
+    if principal.role is Role.CALL_TAKER and operator != principal.username:
+        raise BadRequest("a call-taker logs in to a seat as themselves", error_id="own-login-only")
     return await _seat_change(request, request.app[SEATS].login(seat, operator))
 
 
-@routes.post("/api/seats/{seat}/logout", DESK, "Log a seat out (leaves the queue)", body=EMPTY_BODY)
+@routes.post("/api/seats/{seat}/logout", DESK, "Log a seat out (leaves the queue)", body=EMPTY_BODY, scope=own_seat)
 async def seat_logout(request: web.Request) -> web.Response:
     seat = _seat(request)
     await json_body(request)
     return await _seat_change(request, request.app[SEATS].logout(seat))
 
 
-@routes.post("/api/seats/{seat}/pause", DESK, "Pause a seat with a reason", body=PAUSE_BODY)
+@routes.post("/api/seats/{seat}/pause", DESK, "Pause a seat with a reason", body=PAUSE_BODY, scope=own_seat)
 async def seat_pause(request: web.Request) -> web.Response:
     seat = _seat(request)
     body = await json_body(request)
     return await _seat_change(request, request.app[SEATS].pause(seat, body["reason"], by=request[PRINCIPAL].username))
 
 
-@routes.post("/api/seats/{seat}/unpause", DESK, "End a seat's pause", body=EMPTY_BODY)
+@routes.post("/api/seats/{seat}/unpause", DESK, "End a seat's pause", body=EMPTY_BODY, scope=own_seat)
 async def seat_unpause(request: web.Request) -> web.Response:
     seat = _seat(request)
     await json_body(request)

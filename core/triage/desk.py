@@ -50,10 +50,13 @@ from core.triage.routing import (
     HandoverPort,
     Jurisdiction,
     Mode,
+    NoHandoverRule,
     RoutingDecision,
     RuleBook,
+    Target,
     assess_jurisdiction,
     load_rules,
+    station_desk,
 )
 from core.triage.surge import SurgeConfig, SurgeWatch, load_surge_config
 
@@ -298,6 +301,31 @@ class TriageDesk:
         return await self.tickets.record_step(
             ticket.uniqueid, Step.HANDED_OVER, at=self._clock() if at is None else at, source=Source.API, **detail
         )
+
+    async def decision_for(self, number: str, target: Target | str) -> RoutingDecision:
+        """The hand-over to ``target`` the call-taker asked for by hand, from the first rule naming that target.
+
+        The local station is the incident's: its duty desk unless the rule names one.
+        """
+        ticket = await self.triage.ticket(number)
+        target = Target(target)
+        rule = next((r for r in self.rules.rules if r.target is target), None)
+        if rule is None:
+            raise NoHandoverRule(f"no routing rule hands over to {target}", details={"target": str(target)})
+        station = None
+        endpoint = rule.endpoint
+        if target is Target.LOCAL_STATION:
+            incident = await self.incident(number)
+            if incident is None or incident.station is None:
+                raise NoHandoverRule("locate the incident first: the local station is the incident's",
+                                     error_id="not-located", details={"target": str(target)})
+            station = incident.station
+            if endpoint is None:
+                endpoint = await station_desk(self.officers, station)
+        if endpoint is None:
+            raise NoHandoverRule(f"no desk is known for {target}", details={"target": str(target)})
+        return RoutingDecision(ticket.number, target, rule.mode, endpoint, rule.push, station,
+                               f"by hand → {target}", rule.line)
 
     async def current_decision(self, number: str) -> RoutingDecision | None:
         ticket = await self.triage.ticket(number)

@@ -118,6 +118,28 @@ class KeywordSet:
                 found.append(word)
         return found
 
+    def spans(self, text: str) -> list[tuple[int, int, str, str | None]]:
+        """Every hit in ``text`` as (start, end, keyword, list), in order: the same pattern ``match`` uses,
+        so what a screen highlights is exactly what raises the alert."""
+        pattern: re.Pattern[str] | None = getattr(self, "_pattern")  # noqa: B009 - set in __post_init__
+        if pattern is None or not text:
+            return []
+        hits = []
+        for hit in pattern.finditer(text):
+            word = self._word_of(hit.group(0))
+            hits.append((hit.start(), hit.end(), word, self.list_of(self._listed(word))))
+        return hits
+
+    def _listed(self, word: str) -> str:
+        # A starred word's hit ("kidnapping") belongs to the list that has the stem with its star.
+        if self.list_of(word) is not None:
+            return word
+        for words in self.lists.values():
+            for listed in words:
+                if listed.endswith("*") and word.lower().startswith(listed[:-1].lower()):
+                    return listed
+        return word
+
     def _word_of(self, matched: str) -> str:
         words: dict[str, str] = getattr(self, "_words")  # noqa: B009
         lowered = matched.lower()

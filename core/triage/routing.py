@@ -165,6 +165,13 @@ class RoutingDecision:
         }
 
 
+class NoHandoverRule(DomainError):
+    """A hand-over asked for by hand that no rule (or no known desk, or no location) makes possible."""
+
+    status = 409
+    error_id = "no-routing-rule"
+
+
 class HandoverFailed(DomainError):
     """The desk could not be reached or the transfer was refused; the call stays with the call-taker."""
 
@@ -425,7 +432,8 @@ async def _nearest_station(officers: OfficerService, cell: str, lat: float, lon:
     return await incident_station(officers, cell, lat, lon, NEAREST_STATION_K)
 
 
-async def _desk(officers: OfficerService, station: str | None) -> str | None:
+async def station_desk(officers: OfficerService, station: str | None) -> str | None:
+    """The station's duty desk endpoint, or None."""
     from core.dispatch.officers import UnknownStation
 
     if station is None:
@@ -444,7 +452,7 @@ async def assess_jurisdiction(
         return Jurisdiction(True, "not located yet", None)
     if incident.station is None:
         station = await _nearest_station(officers, incident.cell, incident.lat, incident.lon)
-        return Jurisdiction(True, "no station answers for this cell", station, await _desk(officers, station))
+        return Jurisdiction(True, "no station answers for this cell", station, await station_desk(officers, station))
     neighbours = set(h3.grid_ring(incident.cell, 1))
     owners: Mapping[str, str] = await officers.stations_of_cells(neighbours)
     closest: tuple[float, str] | None = None
@@ -462,4 +470,4 @@ async def assess_jurisdiction(
     if closest is None:
         return Jurisdiction(False, "inside the station's area", incident.station)
     reason = f"{closest[0]:.0f} m from the boundary with station {closest[1]}"
-    return Jurisdiction(True, reason, incident.station, await _desk(officers, incident.station))
+    return Jurisdiction(True, reason, incident.station, await station_desk(officers, incident.station))

@@ -41,6 +41,7 @@ from core.http.replies import (
     who,
 )
 from core.http.routes import ADMINS, DESK, SUPERVISORS, RouteTable
+from core.http.scopes import own_call
 from core.triage.classify import NOTE_MAX, IncidentType
 from core.triage.desk import TriageDesk
 from core.triage.keywords import WARNING_TEXT_MAX, WarningKind, dispatched_badges
@@ -55,6 +56,7 @@ from core.triage.queries import (
     search,
 )
 from core.triage.repeat import PHONE, REASON_MAX, normalise_phone
+from core.triage.routing import Target
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,11 @@ NOTE_BODY: dict[str, Any] = {
     },
 }
 HANDOVER_BODY: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
+HANDOVER_TARGET_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"target": {"type": "string", "enum": [str(t) for t in Target]}},
+}
 WARNING_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["kind", "text"],
@@ -208,7 +215,7 @@ async def list_tickets(request: web.Request) -> web.Response:
 # -- classification, notes, hand-overs ------------------------------------------------------
 
 
-@routes.route("POST", "/api/tickets/{number}/classify", DESK, "Classify: incident type and priority; routes it", tag="triage", body=CLASSIFY_BODY)
+@routes.route("POST", "/api/tickets/{number}/classify", DESK, "Classify: incident type and priority; routes it", tag="triage", body=CLASSIFY_BODY, scope=own_call)
 async def post_classify(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)
@@ -219,7 +226,7 @@ async def post_classify(request: web.Request) -> web.Response:
     return json_reply(result)
 
 
-@routes.route("POST", "/api/tickets/{number}/notes", DESK, "Add a note (scanned for major-incident keywords)", tag="triage", body=NOTE_BODY)
+@routes.route("POST", "/api/tickets/{number}/notes", DESK, "Add a note (scanned for major-incident keywords)", tag="triage", body=NOTE_BODY, scope=own_call)
 async def post_note(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)
@@ -231,12 +238,15 @@ async def post_note(request: web.Request) -> web.Response:
     return json_reply(result, 201)
 
 
-@routes.route("POST", "/api/tickets/{number}/handover", DESK, "Carry out the routing decision again (after a failure)", tag="triage", body=HANDOVER_BODY)
+@routes.route("POST", "/api/tickets/{number}/handover", DESK, "Hand over: to a target by hand, or by the routing decision again (after a failure)", tag="triage", body=HANDOVER_TARGET_BODY, scope=own_call)
 async def post_handover(request: web.Request) -> web.Response:
-    await json_body(request)
+    body = await json_body(request, optional=True)
     number = ticket_number(request)
     desk = request.app[TRIAGE_DESK]
-    decision = await desk.current_decision(number)
+    if body.get("target"):
+        decision = await desk.decision_for(number, body["target"])
+    else:
+        decision = await desk.current_decision(number)
     if decision is None:
         return error_reply(409, "no routing rule applies to this ticket's classification", error_id="no-routing-rule")
     ticket = await desk.triage.ticket(number)

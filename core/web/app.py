@@ -32,6 +32,7 @@ from core.calls import views as call_views
 from core.calls.tickets import TicketService
 from core.dispatch import views as dispatch_views
 from core.dispatch.planner import DispatchPlanner
+from core.desk import views as desk_views
 from core.errors import DomainError
 from core.http.replies import MAX_BODY, error_reply
 from core.http.routes import PUBLIC, RouteSpec, RouteTable, declared
@@ -59,7 +60,7 @@ routes = RouteTable("operations")
 # Every route table of core; the telephony side declares the dispatch action in its own.
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     routes, auth_views.routes, call_views.routes, dispatch_views.routes, seat_views.routes, triage_views.routes,
-    report_views.routes, *quality_views.TABLES, ops.routes,
+    report_views.routes, desk_views.routes, *quality_views.TABLES, ops.routes,
 )
 
 
@@ -156,4 +157,5 @@ def make_app(
     seat_views.add_seat_routes(app, seats=seats, timezone=timezone)
     ops.add_ops_routes(app, metrics=metrics)
     triage_views.add_triage_routes(app, desk=triage)
+    desk_views.add_desk_routes(app)
     return app

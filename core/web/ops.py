@@ -29,6 +29,7 @@ PAGES = {
     "/": ("index.html", "The operations start page (log-in)"),
     "/wallboard": ("wallboard.html", "The wallboard page"),
     "/heatmap": ("heatmap.html", "The heat map page"),
+    "/desk": ("desk.html", "The call-taker's desk"),
     "/supervisor": ("supervisor.html", "The supervisor's page: satisfaction, spot checks, follow-ups, journal"),
 }
 _TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css", ".svg": "image/svg+xml"}

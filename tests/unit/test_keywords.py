@@ -19,7 +19,7 @@ from core.triage.keywords import KeywordError, load_keywords, parse_keywords
 from tests.dispatch_city import CENTER, answered_call, load, officer, point_in
 from tests.triage_setup import KEYWORDS, desk_client, make_desk, planner_for
 from tests.unit.conftest import T0, FakeClock
-from tests.web_login import login_headers
+from tests.web_login import login_headers, on_seat
 
 
 @pytest.mark.parametrize(
@@ -90,6 +90,7 @@ async def test_a_keyword_note_alerts_supervisors_within_a_second_and_pushes_the_
     bureau = broadcaster.subscribe(None)
     async with desk_client(service, planner, desk, broadcaster) as client:
         taker = await login_headers(service.engine, Role.CALL_TAKER)
+        await on_seat(client, taker)
         started = time.monotonic()
         resp = await client.post(f"/api/tickets/{ticket.number}/notes",
                                  json={"text": "报警人称有人持刀抢劫, robbery in progress"}, headers=taker)
@@ -133,6 +134,7 @@ async def test_the_briefing_is_for_the_ticket_s_officers_and_supervisors(
         other = await login_headers(service.engine, Role.OFFICER, username="008")
         supervisor = await login_headers(service.engine, Role.SUPERVISOR)
         taker = await login_headers(service.engine, Role.CALL_TAKER)
+        await on_seat(client, taker)
         resp = await client.get(url, headers=sent)
         body = await resp.json()
         assert resp.status == 200, body
@@ -147,6 +149,7 @@ async def test_danger_warning_api(service: TicketService, clock: FakeClock) -> N
     desk = make_desk(service, planner, clock)
     async with desk_client(service, planner, desk) as client:
         taker = await login_headers(service.engine, Role.CALL_TAKER)
+        await on_seat(client, taker)
         supervisor = await login_headers(service.engine, Role.SUPERVISOR)
         resp = await client.post("/api/danger-warnings", json={"kind": "place", "text": "恶犬", "cell": CENTER},
                                  headers=taker)

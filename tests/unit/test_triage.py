@@ -25,7 +25,7 @@ from tests.triage_setup import (
     planner_for,
 )
 from tests.unit.conftest import T0, FakeClock
-from tests.web_login import login_headers
+from tests.web_login import login_headers, on_seat
 
 
 async def _row(engine: AsyncEngine, number: str) -> TriageRow | None:
@@ -85,6 +85,7 @@ async def test_classify_api_roles_and_validation(service: TicketService, clock: 
     ticket = await answered_call(service)
     async with desk_client(service, planner, desk) as client:
         taker = await login_headers(service.engine, Role.CALL_TAKER, username="ct-07")
+        await on_seat(client, taker)
         station = await login_headers(service.engine, Role.STATION)
         officer = await login_headers(service.engine, Role.OFFICER)
         url = f"/api/tickets/{ticket.number}/classify"
@@ -167,6 +168,7 @@ async def test_public_service_transfers_to_12345_and_a_failure_leaves_no_stamp(
     port.fail = None
     async with desk_client(service, planner, desk) as client:
         taker = await login_headers(service.engine, Role.CALL_TAKER)
+        await on_seat(client, taker)
         resp = await client.post(f"/api/tickets/{ticket.number}/handover", json={}, headers=taker)
         body = await resp.json()
         assert resp.status == 200, body
@@ -187,6 +189,7 @@ async def test_without_a_port_the_decision_is_returned_for_the_call_taker(
     assert result["handover"]["done"] is False
     async with desk_client(service, planner, desk) as client:
         taker = await login_headers(service.engine, Role.CALL_TAKER)
+        await on_seat(client, taker)
         resp = await client.post(f"/api/tickets/{ticket.number}/handover", json={}, headers=taker)
         assert resp.status == 503
 
@@ -197,6 +200,7 @@ async def test_notes_are_steps(service: TicketService, clock: FakeClock) -> None
     ticket = await answered_call(service)
     async with desk_client(service, planner, desk) as client:
         taker = await login_headers(service.engine, Role.CALL_TAKER, username="ct-3")
+        await on_seat(client, taker)
         resp = await client.post(f"/api/tickets/{ticket.number}/notes", json={"text": "邻居吵架，无人受伤"},
                                  headers=taker)
         body = await resp.json()

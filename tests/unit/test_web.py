@@ -20,7 +20,7 @@ from core.calls.lifecycle import State, Step
 from core.calls.tickets import TicketService, TicketView
 from core.web import app as core_web
 from core.web.app import make_app
-from tests.web_login import login_headers
+from tests.web_login import login_headers, on_seat
 
 T0 = 1_795_951_800.0  # 2026-11-29 11:30:00 UTC
 
@@ -32,6 +32,8 @@ async def serve(
     app = make_app(service, health=health if health is not None else {"ami": lambda: {"ok": True}}, **kwargs)
     headers = await login_headers(service.engine, Role.CALL_TAKER)
     async with TestClient(TestServer(app), headers=headers) as client:
+        # The call-taker holds the seat the test calls are answered on.
+        await on_seat(client, {}, "seat-05")
         yield client
 
 
@@ -228,6 +230,8 @@ async def test_close_unknown_is_404(service: TicketService) -> None:
 
 async def test_close_of_a_live_call_is_409(service: TicketService) -> None:
     ticket = await service.open_call(uniqueid="1.1", caller_id="1", at=T0, source="agi")
+    await service.record_step("1.1", Step.QUEUED, at=T0 + 1, source="ami")
+    await service.record_step("1.1", Step.ANSWERED, at=T0 + 2, source="ami", seat="seat-05")
     async with serve(service) as client:
         resp = await client.post(f"/api/tickets/{ticket.number}/close", json={"disposition": "x", "by": "y"})
         assert resp.status == 409

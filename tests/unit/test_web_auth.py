@@ -183,18 +183,18 @@ async def test_passwords_are_stored_hashed_and_salted(engine: AsyncEngine) -> No
 async def test_mutating_requests_are_audited_with_who_and_status(
     client: TestClient, engine: AsyncEngine, headers: dict[Role, dict[str, str]]
 ) -> None:
-    await client.post(f"/api/tickets/{NUMBER}/close", json={"disposition": "x", "by": "y"}, headers=headers[Role.CALL_TAKER])
+    await client.post(f"/api/tickets/{NUMBER}/close", json={"disposition": "x", "by": "y"}, headers=headers[Role.SUPERVISOR])
     await client.post("/api/users", json={"username": "x1", "password": PASSWORD, "role": "admin"},
                       headers=headers[Role.OFFICER])
     await client.post("/api/login", json={"username": "ghost", "password": "guess-guess"})
     await client.get("/api/tickets", headers=headers[Role.CALL_TAKER])  # reads are not audited
     entries = (await AuthService(engine).audit_log())[::-1]
     assert [(e.who, e.role, e.method, e.path, e.status) for e in entries] == [
-        (entries[0].who, "call_taker", "POST", f"/api/tickets/{NUMBER}/close", 404),
+        (entries[0].who, "supervisor", "POST", f"/api/tickets/{NUMBER}/close", 404),
         (OFFICER_BADGE, "officer", "POST", "/api/users", 403),
         ("ghost", None, "POST", "/api/login", 401),
     ]
-    assert entries[0].who.startswith("call_taker-")
+    assert entries[0].who.startswith("supervisor-")
     assert entries[0].body_sha256 is not None and len(entries[0].body_sha256) == 64
     assert entries[2].body_sha256 is None  # a password's digest is never kept
     admin = headers[Role.ADMIN]
@@ -281,7 +281,7 @@ async def test_a_websocket_may_carry_the_token_in_the_query_but_nothing_else_may
 async def test_bodies_are_checked_against_the_schema_with_clear_errors(
     client: TestClient, headers: dict[Role, dict[str, str]], body: dict, message: tuple[str, str]
 ) -> None:
-    resp = await client.post(f"/api/tickets/{NUMBER}/close", json=body, headers=headers[Role.CALL_TAKER])
+    resp = await client.post(f"/api/tickets/{NUMBER}/close", json=body, headers=headers[Role.SUPERVISOR])
     assert resp.status == 400
     answer = await resp.json()
     assert answer["error_id"] == "invalid-body"
