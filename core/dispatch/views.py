@@ -299,7 +299,7 @@ def _instant(raw: str | None, default: float, name: str) -> float:
     return default if value is None else value
 
 
-@routes.get("/api/heatmap", SUPERVISORS | {Role.STATION}, "Incident counts per cell, officers, cold cells",
+@routes.get("/api/heatmap", DESK | {Role.STATION}, "Incident counts per cell, officers, cold cells (the desk's map)",
             tag="heatmap", query=HEATMAP_QUERY)
 async def get_heatmap(request: web.Request) -> web.Response:
     now = time.time()

@@ -1,0 +1,436 @@
+// The call-taker's desk. Driven by the call: the seat's WebSocket pops the ticket the moment the seat
+// rings or answers; every action is one key; every refusal says why (its error_id and message).
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const SVG = "http://www.w3.org/2000/svg";
+  const KEEP = "jiejing.desk.ticket";
+  const STEP_LABELS = {
+    received: "接入 received", queued: "排队 queued", seat_ringing: "振铃 ringing", seat_no_answer: "未接 no answer",
+    answered: "接听 answered", hung_up: "挂断 hung up", abandoned: "放弃 abandoned", closed: "结案 closed",
+    located: "定位 located", dispatch_requested: "派警 dispatch", officer_ringing: "民警振铃 officer ringing",
+    officer_no_answer: "未应答 no answer", officer_joined: "民警加入 officer joined", ladder_exhausted: "无人应答 nobody answered",
+    arrived: "到达 arrived", cleared: "处置完毕 cleared", classified: "分类 classified", note_added: "记录 note",
+    handed_over: "移交 handed over", repeat_linked: "重复来电 repeat", reported: "文字报警 reported", taken: "接收 taken",
+  };
+  const stats = window.deskStats = { pops: [], keys: 0, keysAtDispatch: null, dispatchedAt: null };
+  let desk = null, seat = null, ticket = null, plan = null, suggestion = null, point = null, project = null, unproject = null;
+  let reports = [], socket = null, scanTimer = null, waitTimer = null;
+
+  // -- talking to the API -------------------------------------------------------------------
+  async function call(method, path, body) {
+    const options = { method, headers: { "Authorization": "Bearer " + jj.token() } };
+    if (body !== undefined) { options.headers["Content-Type"] = "application/json"; options.body = JSON.stringify(body); }
+    const resp = await fetch(path, options);
+    if (resp.status === 401) { location.reload(); }
+    let answer = {};
+    try { answer = await resp.json(); } catch (err) { answer = {}; }
+    return { ok: resp.ok, status: resp.status, body: answer };
+  }
+
+  function say(text, ok) {
+    const box = $("message");
+    box.textContent = text;
+    box.className = ok ? "ok" : "refused";
+  }
+
+  function refused(what, answer) {
+    const id = answer.body.error_id ? " [" + answer.body.error_id + "]" : "";
+    say("✗ " + what + "：" + (answer.body.error || ("HTTP " + answer.status)) + id, false);
+    document.body.dataset.lastError = answer.body.error_id || String(answer.status);
+  }
+
+  // -- the seat -----------------------------------------------------------------------------
+  function showSeat(view) {
+    seat = view && view.state !== "logged_out" ? view : null;
+    const state = seat ? seat.state : "logged_out";
+    const label = { available: "空闲 available", ringing: "振铃 ringing", on_call: "通话 on call", wrap_up: "话后 wrap-up",
+                    paused: "暂停 paused", logged_out: "未登录座席 no seat" }[state] || state;
+    const box = $("seat-state");
+    box.className = "seat-state " + state;
+    box.dataset.state = state;
+    box.textContent = (seat ? seat.seat + " · " : "") + label + (seat && seat.reason ? " (" + seat.reason + ")" : "");
+    $("seat-form").hidden = !!seat;
+    $("seat-controls").hidden = !seat;
+    $("pause").hidden = !seat || state === "paused";
+    $("unpause").hidden = !seat || !(state === "paused" || state === "wrap_up");
+    clearInterval(waitTimer);
+    if (seat && state === "wrap_up" && desk) {
+      const ends = seat.since_us / 1000 + desk.wrap_up_s * 1000;
+      const tick = () => { box.textContent = seat.seat + " · 话后 wrap-up " + Math.max(0, Math.ceil((ends - Date.now()) / 1000)) + " s"; };
+      tick();
+      waitTimer = setInterval(tick, 500);
+    }
+  }
+
+  async function seatAction(action, body) {
+    const name = seat ? seat.seat : $("seat-name").value.trim();
+    if (!name) { say("✗ 请输入座席号 enter a seat name", false); $("seat-name").focus(); return; }
+    const answer = await call("POST", "/api/seats/" + encodeURIComponent(name) + "/" + action, body || {});
+    if (!answer.ok) { refused(action, answer); return; }
+    showSeat(answer.body);
+    say("✓ " + name + " " + action, true);
+  }
+
+  // -- the ticket on screen -----------------------------------------------------------------
+  function show(data, event) {
+    if (ticket && data.number === ticket.number && data.updated_at_us < ticket.updated_at_us) return;
+    const fresh = !ticket || ticket.number !== data.number;
+    ticket = data;
+    sessionStorage.setItem(KEEP, data.number);
+    $("no-call").hidden = true;
+    $("call-body").hidden = false;
+    $("call-event").textContent = event ? ({ ringing: "振铃中 ringing", answered: "已接听 answered" }[event] || "") : "";
+    $("t-number").textContent = data.number;
+    $("t-state").textContent = data.state;
+    const cls = data.triage && data.triage.classification;
+    $("t-priority").textContent = cls ? cls.type_label + " · " + cls.priority_label : "未分类 unclassified";
+    $("t-priority").className = "badge" + (cls ? " p" + cls.priority : "");
+    $("t-caller").textContent = data.caller_id || "–";
+    $("t-name").textContent = data.caller_name || "";
+    const answered = data.steps.find((s) => s.step === "answered");
+    const start = data.steps[0];
+    $("t-wait").textContent = answered && start ? ((answered.at_us - start.at_us) / 1e6).toFixed(1) + " s" : "–";
+    const flags = $("t-flags");
+    flags.replaceChildren();
+    if (data.triage && data.triage.repeat_of) flags.append(jj.el("span", { class: "flag" }, "重复来电 repeat of " + data.triage.repeat_of));
+    if (data.triage && data.triage.prank) flags.append(jj.el("span", { class: "flag" }, "骚扰号码 known prank number"));
+    if (data.warnings) {
+      $("t-warnings").replaceChildren(...data.warnings.map((w) => jj.el("li", {}, "⚠ " + w.kind + "：" + w.text)));
+    }
+    if (data.earlier) {
+      $("t-earlier").replaceChildren(...(data.earlier.length ? data.earlier.map((e) => jj.el("li", {}, e.number + " · " + e.state + " · " + new Date(e.created_at).toLocaleString("zh-CN", { hour12: false })))
+        : [jj.el("li", { class: "note" }, "无 none")]));
+    }
+    const located = [...data.steps].reverse().find((s) => s.step === "located");
+    const place = data.incident || (located && located.detail);
+    $("t-location").textContent = place ? (place.address || "") + " (" + Number(place.lat).toFixed(5) + ", " + Number(place.lon).toFixed(5) + ") · " + (place.station || "–") : "未定位 not located";
+    $("t-location").className = place ? "" : "note";
+    $("t-steps").replaceChildren(...data.steps.map((s) => {
+      const who = s.detail.badge ? " " + s.detail.badge : s.detail.seat ? " " + s.detail.seat : s.detail.to ? " → " + s.detail.to : "";
+      const li = jj.el("li", { class: s.step }, new Date(s.at).toLocaleTimeString("zh-CN", { hour12: false }) + " " + (STEP_LABELS[s.step] || s.step) + who);
+      return li;
+    }));
+    drawPoint(place ? [place.lat, place.lon] : null);
+    if (fresh) { plan = null; $("plan").tBodies[0].replaceChildren(); $("notes").value = ""; $("notes-marked").textContent = ""; suggestion = null; showSuggestion(); }
+  }
+
+  function clearTicket() {
+    ticket = null;
+    sessionStorage.removeItem(KEEP);
+    $("no-call").hidden = false;
+    $("call-body").hidden = true;
+  }
+
+  function need(what) {
+    if (!ticket) { say("✗ " + what + "：没有选中的警情 no ticket on screen [no-ticket]", false); return false; }
+    return true;
+  }
+
+  async function reloadTicket() {
+    if (!ticket) return;
+    const answer = await call("GET", "/api/tickets/" + ticket.number);
+    if (answer.ok) show(Object.assign({}, ticket, answer.body));
+  }
+
+  // -- notes, keywords, suggestion, classification ------------------------------------------
+  function marked(text, hits) {
+    const box = $("notes-marked");
+    box.replaceChildren();
+    let at = 0;
+    for (const hit of hits) {
+      box.append(document.createTextNode(text.slice(at, hit.start)));
+      box.append(jj.el("mark", { class: "kw", "data-list": hit.list || "" }, text.slice(hit.start, hit.end)));
+      at = hit.end;
+    }
+    box.append(document.createTextNode(text.slice(at)));
+  }
+
+  function showSuggestion(routing) {
+    $("suggestion").textContent = suggestion ? "建议 Suggestion: " + suggestion.type_label + " · " + suggestion.priority_label + " (" + suggestion.because + ")" : "建议 Suggestion: –";
+    $("accept").disabled = !suggestion;
+    $("routing").textContent = routing ? "将触发 Routing: " + routing.target + " (" + routing.mode + ", " + routing.reason + ")" : "";
+  }
+
+  async function scan() {
+    const text = $("notes").value;
+    const body = { text };
+    if (ticket) { body.number = ticket.number; body.type = $("type").value; body.priority = Number($("priority").value); }
+    const answer = await call("POST", "/api/desk/scan", body);
+    if (!answer.ok) return;
+    marked(text, answer.body.keywords);
+    suggestion = answer.body.suggestion;
+    showSuggestion(answer.body.routing);
+  }
+
+  async function saveNote() {
+    if (!need("记录 note")) return;
+    const text = $("notes").value.trim();
+    if (!text) { say("✗ 记录为空 the note is empty [empty-note]", false); return; }
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/notes", { text });
+    if (!answer.ok) { refused("记录 note", answer); return; }
+    say("✓ 已记录 note saved" + (answer.body.major_incident ? " · 重大警情已告警 major incident alerted: " + answer.body.keywords.join(", ") : ""), true);
+    show(Object.assign({}, ticket, answer.body.ticket));
+    $("notes").value = "";
+  }
+
+  async function classify(type, priority) {
+    if (!need("分类 classify")) return;
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/classify", { type, priority });
+    if (!answer.ok) { refused("分类 classify", answer); return; }
+    const r = answer.body;
+    say("✓ 已分类 classified " + r.classification.type_label + " · " + r.classification.priority_label +
+        (r.decision ? " → " + r.decision.target + (r.handover && r.handover.done ? " ✓" : r.handover ? " ✗ " + (r.handover.error || "") : "") : ""), !(r.handover && r.handover.error));
+    await reloadTicket();
+  }
+
+  // -- location, map ------------------------------------------------------------------------
+  async function drawMap() {
+    const answer = await call("GET", "/api/heatmap");
+    if (!answer.ok) return;
+    const data = answer.body;
+    const map = $("map");
+    const points = data.cells.flatMap((c) => c.boundary);
+    if (!points.length) return;
+    const W = 600, H = 420, PAD = 10;
+    const lats = points.map((p) => p[0]), lons = points.map((p) => p[1]);
+    const k = Math.cos(((Math.min(...lats) + Math.max(...lats)) / 2) * Math.PI / 180);
+    const minX = Math.min(...lons) * k, maxX = Math.max(...lons) * k, minY = Math.min(...lats), maxY = Math.max(...lats);
+    const scale = Math.min((W - 2 * PAD) / (maxX - minX || 1e-6), (H - 2 * PAD) / (maxY - minY || 1e-6));
+    const offX = (W - (maxX - minX) * scale) / 2, offY = (H - (maxY - minY) * scale) / 2;
+    project = ([lat, lon]) => [offX + (lon * k - minX) * scale, offY + (maxY - lat) * scale];
+    unproject = ([x, y]) => [maxY - (y - offY) / scale, ((x - offX) / scale + minX) / k];
+    const node = (tag, attrs) => { const n = document.createElementNS(SVG, tag); for (const [a, v] of Object.entries(attrs)) n.setAttribute(a, v); return n; };
+    const cells = node("g", {});
+    for (const cell of data.cells) {
+      cells.append(node("polygon", { points: cell.boundary.map(project).map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" "),
+                                    fill: "#16212d", stroke: "#2c3e50", "stroke-width": 1 }));
+    }
+    const officers = node("g", {});
+    for (const o of data.officers) {
+      const [x, y] = project([o.lat, o.lon]);
+      officers.append(node("circle", { cx: x, cy: y, r: 4, fill: o.status === "available" ? "#3ecf8e" : "#f5b841", "data-badge": o.badge }));
+    }
+    map.replaceChildren(cells, officers, node("g", { id: "pin" }));
+    map.dataset.ready = "1";
+    if (ticket) show(ticket);
+  }
+
+  function drawPoint(latlon) {
+    const pin = document.getElementById("pin");
+    if (!pin || !project) return;
+    pin.replaceChildren();
+    const where = point || latlon;
+    if (!where) return;
+    const [x, y] = project(where);
+    const c = document.createElementNS(SVG, "circle");
+    c.setAttribute("cx", x); c.setAttribute("cy", y); c.setAttribute("r", 7); c.setAttribute("fill", point ? "#7fd3ff" : "#ff5c5c");
+    c.setAttribute("stroke", "white"); c.setAttribute("stroke-width", 2);
+    pin.append(c);
+  }
+
+  async function locate() {
+    if (!need("定位 locate")) return;
+    const located = ticket.incident;
+    const where = point || (located ? [located.lat, located.lon] : null);
+    if (!where) { say("✗ 定位：请先在地图上点击位置 click the place on the map first [no-point]", false); return; }
+    const body = { lat: where[0], lon: where[1] };
+    const address = $("address").value.trim();
+    if (address) body.address = address;
+    const answer = await call("PUT", "/api/tickets/" + ticket.number + "/location", body);
+    if (!answer.ok) { refused("定位 locate", answer); return; }
+    point = null;
+    $("map-point").textContent = "";
+    say("✓ 已定位 located · " + (answer.body.incident ? answer.body.incident.station || "" : ""), true);
+    await reloadTicket();
+  }
+
+  // -- dispatch, hand-over, close -----------------------------------------------------------
+  async function preview() {
+    if (!need("派警预览 preview")) return;
+    const answer = await call("GET", "/api/dispatch/preview/" + ticket.number);
+    if (!answer.ok) { refused("派警预览 preview", answer); plan = null; return; }
+    plan = answer.body;
+    const body = $("plan").tBodies[0];
+    const officer = plan.choice.officer;
+    const rows = [];
+    if (officer) rows.push(["民警 officer", officer.badge + " " + officer.name, (officer.distance_m / 1000).toFixed(2) + " km", "ETA " + Math.round(officer.eta_s / 60) + " min"]);
+    for (const rung of plan.ladder.slice(officer ? 1 : 0)) rows.push([rung.kind, rung.endpoint, "", ""]);
+    body.replaceChildren(...rows.map((r) => { const tr = jj.el("tr"); r.forEach((c) => tr.append(jj.el("td", {}, c))); return tr; }));
+    say("派警预览 preview: " + (officer ? officer.badge + " · " + (officer.distance_m / 1000).toFixed(2) + " km · ETA " + Math.round(officer.eta_s / 60) + " min — Enter 派警 dispatch" : "无可用民警 no officer; ladder " + plan.ladder.length), true);
+    $("dispatch").focus();
+  }
+
+  async function dispatch() {
+    if (!need("派警 dispatch")) return;
+    stats.keysAtDispatch = stats.keys;
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/dispatch");
+    if (!answer.ok) { refused("派警 dispatch", answer); return; }
+    stats.dispatchedAt = Date.now();
+    say("✓ 派警中 dispatching — 阶梯 ladder on screen", true);
+  }
+
+  async function handOver(target) {
+    if (!need("移交 hand over")) return;
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/handover", { target });
+    if (!answer.ok && !(answer.body.handover)) { refused("移交 " + target, answer); return; }
+    const done = answer.body.handover && answer.body.handover.done;
+    if (done) say("✓ 已移交 handed over → " + target, true);
+    else refused("移交 " + target, { status: answer.status, body: { error: (answer.body.handover && answer.body.handover.error) || answer.body.error, error_id: answer.body.error_id || "handover-failed" } });
+    await reloadTicket();
+  }
+
+  async function closeTicket() {
+    if (!need("结案 close")) return;
+    const disposition = $("disposition").value.trim();
+    if (!disposition) { say("✗ 结案：请填写处置结果 enter a disposition [no-disposition]", false); $("disposition").focus(); return; }
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/close", { disposition, by: desk.user.username });
+    if (!answer.ok) { refused("结案 close", answer); return; }
+    say("✓ 已结案 closed " + ticket.number, true);
+    $("disposition").value = "";
+    show(Object.assign({}, ticket, answer.body));
+  }
+
+  // -- text reports ---------------------------------------------------------------------------
+  async function loadReports() {
+    const answer = await call("GET", "/api/tickets?status=reported&order=oldest&limit=20");
+    if (!answer.ok) return;
+    reports = answer.body.tickets || [];
+    $("reports-count").textContent = reports.length + " 条待接收 waiting";
+    $("reports").tBodies[0].replaceChildren(...reports.map((r) => {
+      const tr = jj.el("tr", { "data-number": r.number });
+      tr.append(jj.el("td", {}, r.number), jj.el("td", {}, r.caller_id || ""), jj.el("td", {}, new Date(r.created_at).toLocaleTimeString("zh-CN", { hour12: false })));
+      return tr;
+    }));
+  }
+
+  async function takeOldest() {
+    if (!reports.length) { say("✗ 没有待接收的文字报警 no report waiting [no-report]", false); return; }
+    const number = reports[0].number;
+    const answer = await call("POST", "/api/tickets/" + number + "/take", seat ? { seat: seat.seat } : {});
+    if (!answer.ok) { refused("接收 take", answer); await loadReports(); return; }
+    say("✓ 已接收 taken " + number, true);
+    const full = await call("GET", "/api/tickets/" + number);
+    show(full.ok ? full.body : answer.body);
+    if (socket && socket.readyState === 1) socket.send(JSON.stringify({ watch: number }));
+    await loadReports();
+  }
+
+  async function callBack() {
+    if (!need("回拨 call back")) return;
+    if (!seat) { say("✗ 回拨：请先登录座席 log in to a seat first [no-seat]", false); return; }
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/callback", { seat: seat.seat });
+    if (!answer.ok) { refused("回拨 call back", answer); return; }
+    say("✓ 回拨中 calling back " + (answer.body.to || ""), true);
+  }
+
+  // -- the live connection ------------------------------------------------------------------
+  function connect() {
+    socket = new WebSocket(jj.socketUrl("/api/desk/ws"));
+    socket.onopen = () => {
+      $("link").className = "status live";
+      $("link").title = "实时连接 live";
+      if (ticket) socket.send(JSON.stringify({ watch: ticket.number }));
+    };
+    socket.onmessage = (event) => {
+      const m = JSON.parse(event.data);
+      if (m.type === "hello" || m.type === "seat") showSeat(m.seat);
+      else if (m.type === "pop") {
+        show(m.ticket, m.event);
+        stats.pops.push({ number: m.ticket.number, event: m.event, rendered_ms: performance.timeOrigin + performance.now() });
+        if (m.event === "answered") stats.keys = 0;
+      } else if (m.type === "ticket" && ticket && m.ticket.number === ticket.number) show(m.ticket);
+      else if (m.type === "reports") loadReports();
+    };
+    socket.onclose = () => {
+      $("link").className = "status down";
+      $("link").title = "连接中断，重连中 reconnecting";
+      setTimeout(async () => { await restore(); connect(); }, 1000);
+    };
+  }
+
+  async function restore() {
+    const answer = await call("GET", "/api/desk");
+    if (!answer.ok) return;
+    desk = answer.body;
+    showSeat(desk.seat);
+    if (desk.call) show(desk.call);
+    else {
+      const kept = sessionStorage.getItem(KEEP);
+      if (kept) {
+        const again = await call("GET", "/api/tickets/" + kept);
+        if (again.ok && again.body.state !== "closed") show(again.body);
+        else clearTicket();
+      }
+    }
+  }
+
+  // -- keys -----------------------------------------------------------------------------------
+  const typing = (el) => el && (el.tagName === "TEXTAREA" || el.tagName === "INPUT" || el.tagName === "SELECT");
+
+  function onKey(event) {
+    stats.keys += 1;
+    const target = event.target;
+    if (event.key === "Escape") { target.blur && target.blur(); return; }
+    // Enter in a field does the field's action and hands the keys back to the desk.
+    const submit = {
+      notes: saveNote, address: locate, disposition: closeTicket,
+      "pause-reason": () => seatAction("pause", { reason: $("pause-reason").value.trim() }),
+      type: () => classify($("type").value, Number($("priority").value)),
+      priority: () => classify($("type").value, Number($("priority").value)),
+    }[target.id];
+    if (submit && event.key === "Enter" && !event.shiftKey) { event.preventDefault(); target.blur(); submit(); return; }
+    if (typing(target) || event.ctrlKey || event.altKey || event.metaKey) return;
+    if (event.key === "Enter" && plan && target.tagName !== "BUTTON") { event.preventDefault(); dispatch(); return; }
+    const actions = {
+      n: () => $("notes").focus(), a: () => suggestion ? classify(suggestion.type, suggestion.priority) : say("✗ 没有建议 no suggestion [no-suggestion]", false),
+      c: () => $("type").focus(), l: () => $("address").focus(), d: preview, f: () => handOver("anti_fraud"),
+      h: () => handOver("hotline_12345"), s: () => handOver("local_station"), x: () => $("disposition").focus(),
+      t: takeOldest, b: callBack,
+      p: () => seat && (seat.state === "paused" || seat.state === "wrap_up") ? seatAction("unpause") : $("pause-reason").focus(),
+    };
+    const act = actions[event.key.toLowerCase()];
+    if (act) { event.preventDefault(); act(); }
+  }
+
+  // -- start ----------------------------------------------------------------------------------
+  async function ready() {
+    await restore();
+    $("type").replaceChildren(...desk.types.map((t) => jj.el("option", { value: t.type }, t.label + " " + t.type)));
+    $("priority").replaceChildren(...desk.priorities.map((p) => jj.el("option", { value: String(p.priority) }, p.priority + " " + p.label)));
+    $("priority").value = "3";
+    $("seat-form").addEventListener("submit", (e) => { e.preventDefault(); seatAction("login"); });
+    $("seat-logout").onclick = () => seatAction("logout");
+    $("pause").onclick = () => seatAction("pause", { reason: $("pause-reason").value.trim() });
+    $("unpause").onclick = () => seatAction("unpause");
+    $("accept").onclick = () => suggestion && classify(suggestion.type, suggestion.priority);
+    $("classify").onclick = () => classify($("type").value, Number($("priority").value));
+    $("locate").onclick = locate;
+    $("preview").onclick = preview;
+    $("dispatch").onclick = dispatch;
+    for (const t of ["anti_fraud", "hotline_12345", "local_station"]) $("h-" + t).onclick = () => handOver(t);
+    $("close").onclick = closeTicket;
+    $("take").onclick = takeOldest;
+    $("callback").onclick = callBack;
+    $("notes").addEventListener("input", () => { clearTimeout(scanTimer); scanTimer = setTimeout(scan, 150); });
+    $("type").addEventListener("change", scan);
+    $("map").addEventListener("click", (event) => {
+      if (!unproject) return;
+      const box = $("map").getBoundingClientRect();
+      const vb = $("map").viewBox.baseVal;
+      const s = Math.min(box.width / vb.width, box.height / vb.height);
+      const x = (event.clientX - box.left - (box.width - vb.width * s) / 2) / s;
+      const y = (event.clientY - box.top - (box.height - vb.height * s) / 2) / s;
+      point = unproject([x, y]);
+      $("map-point").textContent = point[0].toFixed(5) + ", " + point[1].toFixed(5) + " — 定位 Locate / L Enter";
+      drawPoint(null);
+    });
+    document.addEventListener("keydown", onKey);
+    await drawMap();
+    await loadReports();
+    connect();
+    document.body.dataset.ready = "1";
+  }
+
+  jj.whenLoggedIn(ready);
+})();
