@@ -14,5 +14,8 @@ trap '.venv/bin/jiejing lab down' EXIT
 if ! .venv/bin/jiejing users list 2>/dev/null | grep -q "^lab[[:space:]]"; then
     printf '%s\n' "${JIEJING_LAB_PASSWORD:-lab-110-jiejing}" | .venv/bin/jiejing users add lab --role supervisor
 fi
-echo "wallboard: http://127.0.0.1:8110/wallboard   heat map: http://127.0.0.1:8110/heatmap   (user lab)"
+if ! .venv/bin/jiejing users list 2>/dev/null | grep -q "^taker[[:space:]]"; then
+    printf '%s\n' "${JIEJING_LAB_PASSWORD:-lab-110-jiejing}" | .venv/bin/jiejing users add taker --role call_taker
+fi
+echo "desk: http://127.0.0.1:8110/desk (user taker)   wallboard: /wallboard   heat map: /heatmap (user lab)"
 .venv/bin/jiejing serve
