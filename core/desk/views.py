@@ -37,7 +37,12 @@ from core.http.replies import PRINCIPAL, dumps, json_body, json_reply
 from core.http.routes import DESK, RouteTable
 from core.http.scopes import TICKET_HOLDER
 from core.seats.views import SEATS
-from core.triage.classify import Classification, IncidentType, Priority, current_classification
+from core.triage.classify import (
+    Classification,
+    IncidentType,
+    Priority,
+    current_classification,
+)
 from core.triage.keywords import dispatched_badges
 from core.triage.repeat import normalise_phone
 from core.triage.views import TRIAGE_DESK

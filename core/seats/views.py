@@ -15,12 +15,18 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from core.auth.users import Principal, Role
 from core.calls.views import SERVICE
 from core.errors import BadRequest, DomainError
 from core.http.replies import PRINCIPAL, dumps, error_reply, json_body, json_reply
-from core.auth.users import Principal, Role
 from core.http.routes import DESK, SUPERVISORS, RouteTable
-from core.seats.board import QueueControlError, SeatBoard, SeatState, UnknownSeat, check_seat
+from core.seats.board import (
+    QueueControlError,
+    SeatBoard,
+    SeatState,
+    UnknownSeat,
+    check_seat,
+)
 from core.seats.wallboard import Wallboard
 
 log = logging.getLogger(__name__)

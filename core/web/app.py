@@ -30,9 +30,9 @@ from prometheus_client.registry import Collector
 from core.auth.users import AuthService
 from core.calls import views as call_views
 from core.calls.tickets import TicketService
+from core.desk import views as desk_views
 from core.dispatch import views as dispatch_views
 from core.dispatch.planner import DispatchPlanner
-from core.desk import views as desk_views
 from core.errors import DomainError
 from core.http.replies import MAX_BODY, error_reply
 from core.http.routes import PUBLIC, RouteSpec, RouteTable, declared
