@@ -9,13 +9,15 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient, TestServer
 
 from core.auth.users import Role
+from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
 from core.web.app import make_app
 from telephony import dispatch_api
 from telephony.dispatcher import DispatchError
-from tests.web_login import login_headers
+from tests.web_login import login_headers, on_seat
 
 NUMBER = "110-20261129-000001"
+T0 = 1_795_951_800.0  # 2026-11-29 08:10 in Shanghai: the ticket is NUMBER
 
 
 class RecordingDispatcher:
@@ -33,9 +35,28 @@ async def _post(service: TicketService, dispatcher: RecordingDispatcher) -> tupl
     app = make_app(service, health={})
     dispatch_api.add_routes(app, dispatcher)  # type: ignore[arg-type]
     headers = await login_headers(service.engine, Role.CALL_TAKER, username="wang")
+    await service.open_call(uniqueid="1.1", caller_id="13800000000", at=T0, source="ami")
+    await service.record_step("1.1", Step.QUEUED, at=T0 + 1, source="ami")
+    await service.record_step("1.1", Step.ANSWERED, at=T0 + 2, source="ami", seat="seat-05")
     async with TestClient(TestServer(app), headers=headers) as client:
+        await on_seat(client, {}, "seat-05")  # wang's seat: the call is his
         resp = await client.post(f"/api/tickets/{NUMBER}/dispatch")
         return resp.status, await resp.json()
+
+
+async def test_a_call_taker_cannot_dispatch_another_seats_call(service: TicketService) -> None:
+    app = make_app(service, health={})
+    dispatcher = RecordingDispatcher()
+    dispatch_api.add_routes(app, dispatcher)  # type: ignore[arg-type]
+    headers = await login_headers(service.engine, Role.CALL_TAKER, username="li")
+    await service.open_call(uniqueid="1.1", caller_id="13800000000", at=T0, source="ami")
+    await service.record_step("1.1", Step.QUEUED, at=T0 + 1, source="ami")
+    await service.record_step("1.1", Step.ANSWERED, at=T0 + 2, source="ami", seat="seat-05")
+    async with TestClient(TestServer(app), headers=headers) as client:
+        await on_seat(client, {}, "seat-06")
+        resp = await client.post(f"/api/tickets/{NUMBER}/dispatch")
+        assert resp.status == 403 and (await resp.json())["error_id"] == "not-your-call"
+    assert dispatcher.calls == []
 
 
 async def test_the_dispatch_is_recorded_as_the_logged_in_users(service: TicketService) -> None:
