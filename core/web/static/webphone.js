@@ -110,8 +110,7 @@ window.JiejingPhone = (() => {
       }
       track(e.session);
     });
-    setState("connecting");
-    ua.start();
+    ua.start();  // "connecting" comes from the UA, at the start and at each reconnection
   }
 
   function answer() {
