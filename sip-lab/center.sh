@@ -14,5 +14,7 @@ trap '.venv/bin/jiejing lab down' EXIT
 if ! .venv/bin/jiejing users list 2>/dev/null | grep -q "^lab[[:space:]]"; then
     printf '%s\n' "${JIEJING_LAB_PASSWORD:-lab-110-jiejing}" | .venv/bin/jiejing users add lab --role supervisor
 fi
+# The lab's browser seats (wseat01…), written by `lab up`: /phone?seat=wseat01 registers one over WebRTC.
+export JIEJING_PHONES_FILE="${JIEJING_PHONES_FILE:-${JIEJING_LAB_CACHE:-/var/cache/jiejing}/run/webrtc-phones.json}"
 echo "wallboard: http://127.0.0.1:8110/wallboard   heat map: http://127.0.0.1:8110/heatmap   (user lab)"
 .venv/bin/jiejing serve
