@@ -106,7 +106,8 @@ for _path, (_file, _summary) in PAGES.items():
 # -- registration --------------------------------------------------------------------------
 
 
-def add_ops_routes(app: web.Application, *, metrics: Iterable[Collector] = (), vendor: str | Path | None = None) -> None:
+def add_ops_routes(app: web.Application, *, metrics: Iterable[Collector] = (),
+                   vendor: str | Path | None = None) -> None:
     """The pages, the spec and /metrics (calls counted from ticket steps, plus ``metrics`` from elsewhere).
 
     ``vendor`` is the folder of the browser libraries served under ``/vendor/`` (default: ``vendor/web/dist``).
