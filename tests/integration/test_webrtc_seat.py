@@ -152,8 +152,9 @@ async def test_browser_seat_registers_over_webrtc_and_answers_a_queued_110_call(
     (ARTIFACTS / "webrtc_seat_frames.json").write_text(json.dumps(
         {"answered_s": answered_s, "frame_s": FRAME_S, "tone_rms": [round(x) for x, _ in frames],
          "other_rms": [round(y) for _, y in frames]}) + "\n")
-    # the browser's tone: on the line from the answer on, never before it
-    assert browser_voice_after >= 0.9, browser_voice_after
+    # the browser's tone: on the line from the answer on (the echo canceller ducks it in a few frames while the
+    # caller talks: 0.93-0.98 of frames measured), never before it
+    assert browser_voice_after >= 0.8, browser_voice_after
     assert browser_voice_before <= 0.05, browser_voice_before
     # the caller's speech (with its pauses) beside the tone, and on its own while the seat rang
     assert caller_voice_after >= 0.4, caller_voice_after
