@@ -27,6 +27,11 @@ def _default_db_url() -> str:
     return "sqlite+aiosqlite:///" + str(Path("var", "jiejing.db").absolute())
 
 
+def _default_web_vendor() -> str:
+    # Where sip-lab/bootstrap.sh bundles the pages' browser libraries (npm), next to the database's var/.
+    return str(Path("vendor", "web", "dist").absolute())
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     db_url: str = field(default_factory=_default_db_url)
@@ -47,6 +52,8 @@ class Settings:
     seat_queue: str = "emergency-110"  # the queue seats join when their call-takers log in
     wrap_up_s: float = 10.0  # after each call, before the seat rings again
     token_ttl_s: float = 12 * 3600.0  # a log-in lasts one long shift
+    phones_file: str = ""  # browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py)
+    web_vendor: str = field(default_factory=_default_web_vendor)  # served as /vendor/ (jssip.min.js)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

@@ -71,3 +71,61 @@ def write_pcap(dest: Path, seconds: float, audio: bytes | None = None) -> Path:
     tmp.write_bytes(out)
     tmp.replace(dest)
     return dest
+
+
+# -- a browser seat's voice and how to find it in a recording --------------------------------------
+
+
+def write_tone_wav(dest: Path, freq_hz: float, seconds: float = 2.0, rate: int = 48_000,
+                   amplitude: float = 0.5) -> Path:
+    """A mono 16-bit WAV of one steady tone: Chromium's fake microphone plays it in a loop
+    (``--use-file-for-fake-audio-capture``), so a browser seat's voice is a tone no caller makes."""
+    import math
+    import wave
+
+    samples = int(seconds * rate)
+    # A whole number of periods per loop, so the loop has no click.
+    freq_hz = round(freq_hz * seconds) / seconds
+    pcm = struct.pack(f"<{samples}h", *(int(amplitude * 32767 * math.sin(2 * math.pi * freq_hz * i / rate))
+                                         for i in range(samples)))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(dest), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return dest
+
+
+def read_wav(path: Path) -> tuple[list[int], int]:
+    """Samples and rate of a mono 16-bit WAV (what MixMonitor writes)."""
+    import wave
+
+    with wave.open(str(path), "rb") as wav:
+        if wav.getnchannels() != 1 or wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected mono 16-bit PCM")
+        rate, data = wav.getframerate(), wav.readframes(wav.getnframes())
+    return list(struct.unpack(f"<{len(data) // 2}h", data)), rate
+
+
+def tone_frames(samples: list[int], rate: int, freq_hz: float, frame_s: float = 0.1) -> list[tuple[float, float]]:
+    """Per frame of ``frame_s``: (RMS of the tone at ``freq_hz``, RMS of everything else), by Goertzel.
+
+    A steady tone of amplitude A over N samples gives |X(f)|² = (N·A/2)², i.e. an
+    energy of 2·|X|²/N; the rest of the frame's energy is the other voice.
+    """
+    import math
+
+    n = int(rate * frame_s)
+    coeff = 2 * math.cos(2 * math.pi * freq_hz / rate)
+    out = []
+    for start in range(0, len(samples) - n + 1, n):
+        frame = samples[start:start + n]
+        s1 = s2 = 0.0
+        for x in frame:
+            s1, s2 = x + coeff * s1 - s2, s1
+        power = s1 * s1 + s2 * s2 - coeff * s1 * s2
+        total = sum(x * x for x in frame)
+        tone = min(2 * power / n, total)
+        out.append((math.sqrt(tone / n), math.sqrt((total - tone) / n)))
+    return out

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything jiejing needs on a fresh Debian 12 machine, as root:
-# Debian packages, the Python virtualenv (.venv) and the lab's Asterisk 22
-# chroot (cached outside the checkout, built once). Safe to run again: each
-# step is skipped when already done.
+# Debian packages, the Python virtualenv (.venv), the browser libraries of the
+# pages (vendor/web, from the npm registry) and the lab's Asterisk 22 chroot
+# (cached outside the checkout, built once). Safe to run again: each step is
+# skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,26 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing Python packages into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi
+
+# Browser libraries of the pages (JsSIP for the WebRTC seat), pinned in
+# vendor/web/package-lock.json, installed from the npm registry into
+# vendor/web/node_modules and bundled into vendor/web/dist (both git-ignored;
+# the backend serves dist/ under /vendor/). Node.js may come from elsewhere
+# (e.g. NodeSource, which brings its own npm): Debian's packages only when npm
+# is missing.
+if ! command -v npm >/dev/null 2>&1; then
+    echo "bootstrap: installing nodejs npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+vendor=vendor/web
+stamp=$vendor/node_modules/.jiejing-installed
+want=$(cat "$vendor/package.json" "$vendor/package-lock.json" | sha256sum | cut -d' ' -f1)
+if [ ! -f "$vendor/dist/jssip.min.js" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "bootstrap: installing the pages' browser libraries into $vendor (npm ci)"
+    (cd "$vendor" && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build >/dev/null)
     echo "$want" > "$stamp"
 fi
 

@@ -17,5 +17,7 @@ fi
 if ! .venv/bin/jiejing users list 2>/dev/null | grep -q "^taker[[:space:]]"; then
     printf '%s\n' "${JIEJING_LAB_PASSWORD:-lab-110-jiejing}" | .venv/bin/jiejing users add taker --role call_taker
 fi
+# The lab's browser seats (wseat01…), written by `lab up`: the desk registers one over WebRTC.
+export JIEJING_PHONES_FILE="${JIEJING_PHONES_FILE:-${JIEJING_LAB_CACHE:-/var/cache/jiejing}/run/webrtc-phones.json}"
 echo "desk: http://127.0.0.1:8110/desk (user taker)   wallboard: /wallboard   heat map: /heatmap (user lab)"
 .venv/bin/jiejing serve

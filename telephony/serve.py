@@ -33,6 +33,7 @@ from core.migrate import State, ensure_ready
 from core.quality.config import QualitySettings
 from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard
+from core.seats.phones import PhoneBook
 from core.store import make_engine
 from core.triage.desk import TriageDesk
 from core.triage.push_http import HttpPoster
@@ -198,6 +199,8 @@ def make_web_app(backend: Backend) -> web.Application:
         dispatch=backend.planner,
         timezone=settings.timezone,
         triage=triage,
+        phones=PhoneBook(settings.phones_file),
+        web_vendor=settings.web_vendor,
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)

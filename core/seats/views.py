@@ -27,6 +27,7 @@ from core.seats.board import (
     UnknownSeat,
     check_seat,
 )
+from core.seats.phones import PhoneBook
 from core.seats.wallboard import Wallboard
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 SEATS = web.AppKey("seats", SeatBoard)
 WALLBOARD = web.AppKey("wallboard", Wallboard)
 WALLBOARD_SOCKETS = web.AppKey("wallboard_sockets", set[web.WebSocketResponse])
+PHONES = web.AppKey("phones", PhoneBook)
 
 PUSH_EVERY_S = 1.0
 HEARTBEAT_S = 30.0
@@ -144,6 +146,20 @@ async def seat_pauses(request: web.Request) -> web.Response:
     return json_reply({"seat": seat, "pauses": await request.app[SEATS].pauses(seat)})
 
 
+# -- the browser as the seat's phone -------------------------------------------------------
+
+
+@routes.get("/api/phone", DESK, "WebSocket URL and SIP credentials of a browser seat's phone (?seat=wseat01)",
+            query={"seat": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}})
+async def phone_account(request: web.Request) -> web.Response:
+    seat = request.query.get("seat")
+    if seat is None:
+        raise BadRequest("name the seat: ?seat=…", error_id="invalid-seat")
+    account = request.app[PHONES].account(check_seat(seat))
+    log.info("phone credentials of seat %s given to %s", seat, request[PRINCIPAL].username)
+    return web.json_response(account.to_json(), headers={"Cache-Control": "no-store"})
+
+
 # -- wallboard -----------------------------------------------------------------------------
 
 
@@ -191,9 +207,14 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 # -- registration --------------------------------------------------------------------------
 
 
-def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, timezone: str = "Asia/Shanghai") -> None:
-    """Seats and the wallboard; without a seat board, one that drives no queue. The wallboard's day is ``timezone``'s."""
+def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, timezone: str = "Asia/Shanghai",
+                    phones: PhoneBook | None = None) -> None:
+    """Seats and the wallboard; without a seat board, one that drives no queue. The wallboard's day is ``timezone``'s.
+
+    ``phones`` holds the browser seats' WebRTC credentials (without it, ``/api/phone`` says none are configured).
+    """
     service = app[SERVICE]
+    app[PHONES] = phones if phones is not None else PhoneBook()
     board = seats if seats is not None else SeatBoard(service.engine)
     wallboard = Wallboard(service.engine, board, tz=timezone)
     app[SEATS] = board

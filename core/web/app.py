@@ -39,6 +39,7 @@ from core.http.routes import PUBLIC, RouteSpec, RouteTable, declared
 from core.quality import views as quality_views
 from core.seats import views as seat_views
 from core.seats.board import SeatBoard
+from core.seats.phones import PhoneBook
 from core.store import check as check_database
 from core.triage import report_views
 from core.triage import views as triage_views
@@ -128,6 +129,8 @@ def make_app(
     metrics: Iterable[Collector] = (),
     timezone: str = "Asia/Shanghai",
     triage: TriageDesk | None = None,
+    phones: PhoneBook | None = None,
+    web_vendor: str | None = None,
 ) -> web.Application:
     """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
 
@@ -138,7 +141,10 @@ def make_app(
     ``/metrics`` (see ``core.web.metrics``), e.g. the AMI and FastAGI figures
     from the telephony side; ``timezone`` is the center's, where the
     wallboard's "today" begins; ``triage`` is the triage desk (by default one
-    on the same store with the dialplan's rule files).
+    on the same store with the dialplan's rule files); ``phones`` the browser
+    seats' WebRTC accounts (by default none); ``web_vendor`` the folder of the
+    browser libraries served under ``/vendor/`` (by default the set-up's
+    ``vendor/web/dist``).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
@@ -154,8 +160,8 @@ def make_app(
     # Added after the given contexts so the event stream starts once the store is ready.
     app.cleanup_ctx.extend(cleanup_ctx)
     dispatch_views.add_dispatch_routes(app, planner=dispatch)
-    seat_views.add_seat_routes(app, seats=seats, timezone=timezone)
-    ops.add_ops_routes(app, metrics=metrics)
+    seat_views.add_seat_routes(app, seats=seats, timezone=timezone, phones=phones)
+    ops.add_ops_routes(app, metrics=metrics, vendor=web_vendor)
     triage_views.add_triage_routes(app, desk=triage)
     desk_views.add_desk_routes(app)
     return app

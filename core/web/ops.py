@@ -1,7 +1,11 @@
 """Operations: the pages, their static files, the OpenAPI document and ``/metrics``.
 
 The pages are static files from ``core/web/static`` served by the backend
-itself (no CDN: the center's network may have no way out).
+itself (no CDN: the center's network may have no way out). Third-party
+browser libraries (JsSIP for the WebRTC seat) are not in the repository: the
+set-up installs them from the npm registry and bundles them into a folder
+(``JIEJING_WEB_VENDOR``, by default ``vendor/web/dist``) served under
+``/vendor/``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from core.web.metrics import FunctionCollector, metrics_response, registry_of
 
 CALL_METRICS = web.AppKey("call_metrics", CallMetrics)
 METRICS = web.AppKey("metrics_registry", CollectorRegistry)
+VENDOR = web.AppKey("web_vendor", Path)
 
 STATIC = Path(__file__).with_name("static")
 # path: (file, summary)
@@ -31,7 +36,10 @@ PAGES = {
     "/heatmap": ("heatmap.html", "The heat map page"),
     "/desk": ("desk.html", "The call-taker's desk"),
     "/supervisor": ("supervisor.html", "The supervisor's page: satisfaction, spot checks, follow-ups, journal"),
+    "/phone": ("phone.html", "The browser seat's phone on its own (WebRTC; a call-taker logs in)"),
 }
+# Browser libraries the set-up installs (vendor/web/package.json): file served → what it is.
+VENDOR_FILES = {"jssip.min.js": "JsSIP, SIP over WebSocket for the browser seat"}
 _TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 routes = RouteTable("operations")
@@ -51,6 +59,21 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     path = STATIC / name
     if "/" in name or "\\" in name or name.startswith(".") or path.suffix not in _TYPES or not path.is_file():
         return error_reply(404, "no such file", error_id="unknown-file")
+    return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix], "Cache-Control": "no-cache"})
+
+
+@routes.get("/vendor/{name}", PUBLIC, "Browser libraries installed by the set-up (jssip.min.js)", tag="pages",
+            content="application/javascript")
+async def vendor_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in VENDOR_FILES:
+        return error_reply(404, "no such file", error_id="unknown-file")
+    path = request.app[VENDOR] / name
+    if not path.is_file():
+        return error_reply(404, f"{name} is not installed: run the set-up (sip-lab/bootstrap.sh installs the "
+                                "browser libraries from the npm registry into vendor/web), or point "
+                                "JIEJING_WEB_VENDOR at the folder that holds it",
+                           error_id="web-vendor-missing", details={"file": name})
     return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix], "Cache-Control": "no-cache"})
 
 
@@ -84,9 +107,14 @@ for _path, (_file, _summary) in PAGES.items():
 # -- registration --------------------------------------------------------------------------
 
 
-def add_ops_routes(app: web.Application, *, metrics: Iterable[Collector] = ()) -> None:
-    """The pages, the spec and /metrics (calls counted from ticket steps, plus ``metrics`` from elsewhere)."""
+def add_ops_routes(app: web.Application, *, metrics: Iterable[Collector] = (),
+                   vendor: str | Path | None = None) -> None:
+    """The pages, the spec and /metrics (calls counted from ticket steps, plus ``metrics`` from elsewhere).
+
+    ``vendor`` is the folder of the browser libraries served under ``/vendor/`` (default: ``vendor/web/dist``).
+    """
     service = app[SERVICE]
+    app[VENDOR] = Path(vendor) if vendor else Path("vendor", "web", "dist").absolute()
     calls = CallMetrics()
     app[CALL_METRICS] = calls
     app[METRICS] = registry_of([calls, FunctionCollector("queue", lambda: _gauges(app)), *metrics])

@@ -40,6 +40,7 @@ MODULE_BY_FILE = (
     ("logger.conf", "logger"),
     ("features.conf", "features"),
     ("geolocation.conf", "res_geolocation"),
+    ("http.conf", "http"),
 )
 # Files Asterisk reads only at start: applying them needs a restart.
 RESTART_ONLY = ("asterisk.conf", "modules.conf")

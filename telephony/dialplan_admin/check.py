@@ -54,6 +54,10 @@ REQUIRED_MODULES = (
     "res_pjsip.so", "res_pjsip_session.so", "chan_pjsip.so", "func_strings.so", "func_callerid.so",
 )
 
+# Modules a browser seat (pjsip endpoint with webrtc = yes) cannot register or talk without.
+WEBRTC_MODULES = ("res_http_websocket.so", "res_pjsip_transport_websocket.so", "res_crypto.so", "res_srtp.so")
+HTTP = "http.conf"
+
 # Applications after which the call goes no further in the dialplan.
 END_APPS = frozenset({"hangup", "busy", "congestion"})
 MAX_STATES = 20_000
@@ -456,6 +460,35 @@ class _Checker:
                              f"ConfBridge() in {_label(ext, ctx)} names {kind} profile '{arg}': "
                              f"{found} in confbridge.conf")
 
+    def webrtc(self) -> None:
+        """Browser seats need Asterisk's HTTP server, a WebSocket transport and the DTLS-SRTP modules."""
+        seats = [o for o in self.config.endpoints.values() if (o.get("webrtc") or "no").lower() not in FALSE_VALUES]
+        if not seats:
+            return
+        first = min(seats, key=lambda o: (str(o.file), o.line))
+        names = ", ".join(sorted(o.name for o in seats)[:3]) + (" …" if len(seats) > 3 else "")
+        transports = [o for (_, t), o in self.config.pjsip.items() if t == "transport"]
+        if not any((o.get("protocol") or "").lower() in ("ws", "wss") for o in transports):
+            self.add("error", first.file, first.line, "webrtc-no-websocket",
+                     f"WebRTC endpoints ({names}) but no pjsip transport with protocol = ws or wss")
+        http = self.config.files.get(HTTP)
+        general = http.section("general") if http else None
+        enabled = general.get("enabled") if general else None
+        if enabled is None or enabled.lower() in FALSE_VALUES:
+            where = (general.file, general.line) if general else (first.file, first.line)
+            self.add("error", *where, "webrtc-no-http",
+                     f"WebRTC endpoints ({names}) register over Asterisk's HTTP server: "
+                     "set enabled = yes in [general] of http.conf")
+        cf = self.config.files.get(MODULES)
+        sec = cf.section("modules") if cf else None
+        if sec is None:
+            return
+        noload = {e.value.strip(): e for e in sec.values("noload")}
+        for module in WEBRTC_MODULES:
+            if module in noload:
+                e = noload[module]
+                self.add("error", e.file, e.line, "module-noload", f"noload {module}: WebRTC seats ({names}) need it")
+
     def modules(self) -> None:
         cf = self.config.files.get(MODULES)
         sec = cf.section("modules") if cf else None
@@ -691,6 +724,7 @@ def check(
     c.manager(backend_ami_user)
     c.conference_profiles()
     c.modules()
+    c.webrtc()
     report.findings.sort(key=lambda f: (f.level != "error", str(f.file), f.line, f.code))
     return report
 

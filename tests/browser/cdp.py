@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ def chromium_path() -> str | None:
 class Browser:
     """One headless Chromium process and one page of it."""
 
-    def __init__(self, width: int = 1400, height: int = 1000) -> None:
+    def __init__(self, width: int = 1400, height: int = 1000, *, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more Chromium switches, e.g. a fake microphone for WebRTC pages."""
         self.width, self.height = width, height
+        self.extra_args = tuple(extra_args)
         self._proc: asyncio.subprocess.Process | None = None
         self._profile: tempfile.TemporaryDirectory[str] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -48,7 +51,7 @@ class Browser:
             path, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage", f"--window-size={self.width},{self.height}",
-            f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0", "about:blank",
+            f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0", *self.extra_args, "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         browser_url = await asyncio.wait_for(self._devtools_url(), 30)

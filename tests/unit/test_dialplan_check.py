@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from siplab.asterisk import render_seats
+from siplab.asterisk import render_seats, render_webrtc_seats
 from telephony import channel_vars
 from telephony.dialplan_admin.check import Finding, Report, check, format_report
 from telephony.dialplan_admin.model import Config, parse_folder
@@ -25,11 +25,12 @@ def folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def generated(tmp_path: Path) -> Path:
-    """The files `jiejing lab up` writes next to the dialplan: three seats and their queue membership."""
+    """The files `jiejing lab up` writes next to the dialplan: three seats and their queue membership, two browser seats."""
     gen = tmp_path / "generated"
     gen.mkdir()
     pjsip_seats, members = render_seats(3, 5070)
     (gen / "pjsip_seats.conf").write_text(pjsip_seats)
+    (gen / "pjsip_webrtc.conf").write_text(render_webrtc_seats(["wseat01", "wseat02"]))
     (gen / "queues_members.conf").write_text(members)
     return gen
 
@@ -307,6 +308,40 @@ def test_direct_media_yes_in_a_template(folder):
     pjsip.write_text("\n".join(lines) + "\n")
     f = only_error(check(parse(folder)), "direct-media")
     assert (f.file, f.line) == (pjsip, target + 1) and "carrier" in f.message
+
+
+def test_browser_seats_get_webrtc_dtls_and_no_direct_media_from_their_template(folder, generated):
+    seat = parse(folder, generated).pjsip[("wseat01", "endpoint")]
+    assert (seat.get("webrtc"), seat.get("media_encryption"), seat.get("dtls_auto_generate_cert")) == ("yes", "dtls",
+                                                                                                      "yes")
+    assert seat.get("direct_media") == "no" and seat.get("context") == "seats" and seat.get("auth") == "wseat01"
+
+
+def test_browser_seats_without_the_http_server(folder, generated):
+    http = folder / "http.conf"
+    line = edit(http, "enabled = yes", "enabled = no")
+    f = only_error(check(parse(folder, generated)), "webrtc-no-http")
+    assert f.file == http and f.line == line_of(http, "[general]") and "wseat01" in f.message
+    assert line > f.line
+
+
+def test_browser_seats_without_a_websocket_transport(folder, generated):
+    edit(folder / "pjsip.conf", "protocol = ws", "protocol = tcp")
+    f = only_error(check(parse(folder, generated)), "webrtc-no-websocket")
+    assert f.file == generated / "pjsip_webrtc.conf" and "wseat01, wseat02" in f.message
+
+
+def test_browser_seats_with_srtp_not_loaded(folder, generated):
+    modules = folder / "modules.conf"
+    with modules.open("a") as out:
+        out.write("noload = res_srtp.so\n")
+    f = only_error(check(parse(folder, generated)), "module-noload")
+    assert (f.file, f.line) == (modules, line_of(modules, "noload = res_srtp.so")) and "WebRTC" in f.message
+
+
+def test_no_browser_seats_no_webrtc_requirements(folder):
+    edit(folder / "http.conf", "enabled = yes", "enabled = no")
+    assert check(parse(folder)).ok
 
 
 def test_emergency_queue_ringinuse_and_retry_are_warnings(folder):
