@@ -155,7 +155,14 @@ async def phone_account(request: web.Request) -> web.Response:
     seat = request.query.get("seat")
     if seat is None:
         raise BadRequest("name the seat: ?seat=…", error_id="invalid-seat")
-    account = request.app[PHONES].account(check_seat(seat))
+    seat = check_seat(seat)
+    principal = request[PRINCIPAL]
+    held = request.app[SEATS].get(seat)
+    if principal.role is Role.CALL_TAKER and (held.state is SeatState.LOGGED_OUT or held.operator != principal.username):
+        # A seat's SIP password goes only to the call-taker logged in to that seat.
+        return error_reply(403, f"log in to seat {seat} first: its phone is the seat holder's",
+                           error_id="not-your-seat", details={"seat": seat})
+    account = request.app[PHONES].account(seat)
     log.info("phone credentials of seat %s given to %s", seat, request[PRINCIPAL].username)
     return web.json_response(account.to_json(), headers={"Cache-Control": "no-store"})
 

@@ -67,11 +67,16 @@ async def phone_browser(tmp_path):
 
 
 async def _log_in(browser: Browser, base: str, username: str) -> None:
-    await browser.goto(f"{base}/phone?seat={SEAT}")
+    """The call-taker's shift start at the desk: log in, then the seat by name; its browser phone registers."""
+    await browser.goto(f"{base}/desk")
     await browser.wait_for("!document.getElementById('login').hidden")
     await browser.type_into("#login input[name=username]", username)
     await browser.type_into("#login input[name=password]", PASSWORD)
-    await browser.click("#login button[type=submit]")
+    await browser.press("Enter")
+    await browser.wait_for("document.body.dataset.ready === '1'", 15)
+    await browser.type_into("#seat-name", SEAT)
+    await browser.press("Enter")  # the seat log-in adds PJSIP/wseat01 to the queue
+    await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
 
 
 def _at(browser_log: list[dict], state: str) -> float:
@@ -86,20 +91,22 @@ async def test_browser_seat_registers_over_webrtc_and_answers_a_queued_110_call(
     base = f"http://127.0.0.1:{running.settings.http_port}"
 
     await _log_in(browser, base, "wang")
-    await browser.wait_for("window.JiejingPhone.state === 'registered'", 15)
+    await browser.wait_for("window.JiejingPhone && window.JiejingPhone.state === 'registered'", 15)
 
-    await ami.action("QueueAdd", {"Queue": QUEUE, "Interface": f"PJSIP/{SEAT}", "MemberName": SEAT})
     for i in range(1, 101):
         await ami.action("QueuePause", {"Interface": f"PJSIP/seat{i:03d}", "Paused": "true", "Reason": "test"})
     try:
         caller = _caller()
         call = asyncio.create_task(calls.place([(caller, "WebRTC")], talk_s=8, patience_s=30))
         await browser.wait_for("window.JiejingPhone.state === 'ringing'", 15)
-        caller_shown = await browser.evaluate("document.getElementById('caller').textContent")
+        # the desk popped the ringing call: its caller is on screen before the call-taker answers
+        await browser.wait_for("deskStats.pops.some((p) => p.event === 'ringing')", 5)
+        caller_shown = await browser.evaluate("document.getElementById('t-caller').textContent")
         await asyncio.sleep(3)  # the call-taker takes the call after three seconds of ringing: caller alone on tape
         clicked_ms = await browser.evaluate("Date.now()")
-        await browser.click("#answer")
+        await browser.press("Enter")  # answer from the keyboard
         await browser.wait_for("window.JiejingPhone.state === 'in-call'", 15)
+        await browser.wait_for("deskStats.pops.some((p) => p.event === 'answered')", 5)
         ticket = await answered_ticket(running, caller)
         assert ticket.seat == SEAT
         await asyncio.sleep(6)  # both voices on the line

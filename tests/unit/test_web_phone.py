@@ -16,7 +16,7 @@ from core.auth.users import Role
 from core.calls.tickets import TicketService
 from core.seats.phones import PhoneBook
 from core.web.app import make_app
-from tests.web_login import login_headers
+from tests.web_login import login_headers, on_seat
 
 SECRET = "s3cret-of-wseat01"
 
@@ -37,7 +37,17 @@ async def serve(service: TicketService, role: Role | None = Role.CALL_TAKER, **k
     app = make_app(service, health={}, **kwargs)
     headers = await login_headers(service.engine, role) if role else {}
     async with TestClient(TestServer(app), headers=headers) as client:
+        if role is Role.CALL_TAKER:
+            await on_seat(client, {}, "wseat01")  # a seat's phone is for the call-taker holding the seat
         yield client
+
+
+async def test_a_call_taker_gets_only_the_phone_of_the_seat_they_hold(service, phones_file):
+    async with serve(service, phones=PhoneBook(phones_file)) as client:
+        resp = await client.get("/api/phone", params={"seat": "wseat02"})
+        body = await resp.json()
+    assert (resp.status, body["error_id"]) == (403, "not-your-seat")
+    assert "other" not in json.dumps(body)
 
 
 async def test_call_taker_gets_the_seats_websocket_url_and_credentials(service, phones_file, caplog):
@@ -65,7 +75,7 @@ async def test_phone_needs_a_desk_role(service, phones_file):
     ({}, 400, "invalid-seat"),
 ], ids=["not-a-browser-seat", "not-a-seat-name", "no-seat"])
 async def test_phone_refusals(service, phones_file, query, status, error_id):
-    async with serve(service, phones=PhoneBook(phones_file)) as client:
+    async with serve(service, role=Role.SUPERVISOR, phones=PhoneBook(phones_file)) as client:
         resp = await client.get("/api/phone", params=query)
         assert resp.status == status
         body = await resp.json()

@@ -50,6 +50,7 @@
     box.className = "seat-state " + state;
     box.dataset.state = state;
     box.textContent = (seat ? seat.seat + " · " : "") + label + (seat && seat.reason ? " (" + seat.reason + ")" : "");
+    if (seat) startPhone(seat.seat); else stopPhone();
     $("seat-form").hidden = !!seat;
     $("seat-controls").hidden = !seat;
     $("pause").hidden = !seat || state === "paused";
@@ -71,6 +72,61 @@
     showSeat(answer.body);
     say("✓ " + name + " " + action, true);
   }
+
+  // -- the browser as the seat's phone (WebRTC), when the seat has one ----------------------
+  // A seat with a browser phone (GET /api/phone answers its credentials) registers from this page with
+  // JsSIP; a seat with a desk phone or softphone (unknown-phone) keeps it, and the desk only shows the calls.
+  const PHONE_LABELS = { connecting: "话机连接中 connecting", registered: "话机就绪 phone ready", ringing: "来电振铃 ringing",
+                         "in-call": "通话中 in call", ended: "话机就绪 phone ready", unregistered: "话机未注册 unregistered",
+                         disconnected: "话机断开 disconnected", error: "话机故障 phone error" };
+  window.phoneLog = [];
+  let phoneSeat = null;
+
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      if (document.querySelector('script[src="' + src + '"]')) { resolve(); return; }
+      const tag = document.createElement("script");
+      tag.src = src;
+      tag.onload = resolve;
+      tag.onerror = () => reject(new Error(src + " could not be loaded"));
+      document.head.append(tag);
+    });
+  }
+
+  function phoneState(state, detail) {
+    window.phoneLog.push({ state, detail, at: Date.now() });
+    const box = $("phone-state");
+    box.textContent = PHONE_LABELS[state] || state;
+    box.dataset.state = state;
+    box.className = "seat-state " + ({ registered: "available", ended: "available", ringing: "ringing", "in-call": "on_call" }[state] || "paused");
+    $("answer").hidden = state !== "ringing";
+    $("hangup").hidden = !(state === "ringing" || state === "in-call");
+    if (state === "error") say("✗ 话机 phone: " + ((detail && detail.error) || "error") + " [phone-error]", false);
+  }
+
+  async function startPhone(name) {
+    if (phoneSeat === name) return;
+    const answer = await call("GET", "/api/phone?seat=" + encodeURIComponent(name));
+    if (!answer.ok) return;  // no browser phone for this seat: its own phone rings
+    try {
+      await loadScript("/vendor/jssip.min.js");
+      await loadScript("/static/webphone.js");
+    } catch (err) { say("✗ 话机 phone: " + err.message + " [web-vendor-missing]", false); return; }
+    phoneSeat = name;
+    $("phone").hidden = false;
+    const a = answer.body;
+    window.JiejingPhone.start({ wsUrl: a.ws_url, sipUri: a.sip_uri, password: a.password, iceServers: a.ice_servers,
+                                autoAnswer: false, audio: $("remote-audio"), onState: phoneState });
+  }
+
+  function stopPhone() {
+    if (!phoneSeat) return;
+    phoneSeat = null;
+    $("phone").hidden = true;
+    if (window.JiejingPhone) window.JiejingPhone.stop();
+  }
+
+  const phoneRinging = () => phoneSeat && window.JiejingPhone && window.JiejingPhone.state === "ringing";
 
   // -- the ticket on screen -----------------------------------------------------------------
   function show(data, event) {
@@ -381,6 +437,7 @@
     }[target.id];
     if (submit && event.key === "Enter" && !event.shiftKey) { event.preventDefault(); target.blur(); submit(); return; }
     if (typing(target) || event.ctrlKey || event.altKey || event.metaKey) return;
+    if (event.key === "Enter" && phoneRinging()) { event.preventDefault(); window.JiejingPhone.answer(); return; }
     if (event.key === "Enter" && plan && target.tagName !== "BUTTON") { event.preventDefault(); dispatch(); return; }
     const actions = {
       n: () => $("notes").focus(), a: () => suggestion ? classify(suggestion.type, suggestion.priority) : say("✗ 没有建议 no suggestion [no-suggestion]", false),
@@ -410,6 +467,8 @@
     $("dispatch").onclick = dispatch;
     for (const t of ["anti_fraud", "hotline_12345", "local_station"]) $("h-" + t).onclick = () => handOver(t);
     $("close").onclick = closeTicket;
+    $("answer").onclick = () => window.JiejingPhone && window.JiejingPhone.answer();
+    $("hangup").onclick = () => window.JiejingPhone && window.JiejingPhone.hangup();
     $("take").onclick = takeOldest;
     $("callback").onclick = callBack;
     $("notes").addEventListener("input", () => { clearTimeout(scanTimer); scanTimer = setTimeout(scan, 150); });
