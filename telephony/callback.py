@@ -266,8 +266,9 @@ class Callbacks:
 
     async def _next(self, cb: _Callback, timeout: float):
         try:
-            return await asyncio.wait_for(cb.events.get(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await cb.events.get()
+        except TimeoutError:
             return None
 
     async def _run(self, cb: _Callback) -> None:
@@ -299,6 +300,9 @@ class Callbacks:
                         decided = True
                         break  # the seat never picked up: nothing was recorded, nothing more will come
                 elif event.name == "DialEnd" and not decided:
+                    # The Dial runs only once the seat picked up, whether or not its
+                    # OriginateResponse has come yet (it may overtake it).
+                    seat_answered = True
                     status = (event.get("DialStatus") or "").upper()
                     if status == "ANSWER":
                         await self._outcome(cb, Step.CALLBACK_ANSWERED, event,
