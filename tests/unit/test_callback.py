@@ -363,3 +363,20 @@ async def test_stop_ends_a_call_back_being_followed_at_once(
     assert callbacks.busy(ticket.number)
     await asyncio.wait_for(callbacks.stop(), 1.0)
     assert not callbacks.busy(ticket.number)
+
+
+# -- the dialplan side ------------------------------------------------------------------------
+
+def test_the_seat_gets_no_connected_line_update_when_the_reporter_is_dialled() -> None:
+    # Found in the lab: Dial updated the seat's connected line with a re-INVITE as it called the
+    # reporter; the seat phone dropped the dialog, never hung up, and the call-back never ended.
+    from pathlib import Path
+
+    from telephony.dialplan_admin.model import parse_folder
+
+    dialplan = Path(__file__).resolve().parents[2] / "dialplan"
+    config = parse_folder(dialplan, extra_folders=[dialplan / "lab"])
+    (dial,) = [p for p in config.contexts["callback"].extensions["reporter"].priorities if p.app == "Dial"]
+    target, _timeout, options = dial.data.split(",")
+    assert target == "PJSIP/${JIEJING_CALLBACK_TO}@${JIEJING_CARRIER_OUT}"
+    assert "I" in options
