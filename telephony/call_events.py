@@ -182,6 +182,10 @@ class CallEvents:
         self._bind_recording_later(uid, ticket.number)
 
     # -- recordings ----------------------------------------------------------
+    def bind_recording_of(self, uid: str, number: str) -> None:
+        """Bind the recording of channel ``uid`` to ticket ``number`` once written (a call-back's call)."""
+        self._bind_recording_later(uid, number)
+
     def _bind_recording_later(self, uid: str, number: str) -> None:
         if self.recordings_dir is None:
             return

@@ -17,6 +17,10 @@ RECORDING = "JIEJING_RECORDING"  # file name (no folder, no extension) for MixMo
 # Set over AMI (Setvar) by telephony/handover.py, read by the [handover] context.
 HANDOVER_TO = "JIEJING_HANDOVER_TO"  # PJSIP/name the call is transferred to
 
+# Set over AMI (Originate) by telephony/callback.py, read by the [callback] context;
+# it also sets TICKET and RECORDING there.
+CALLBACK_TO = "JIEJING_CALLBACK_TO"  # the number a seat calls back: digits, optional leading +, checked
+
 # Set by Asterisk itself, read by the dialplan after AGI().
 AGISTATUS = "AGISTATUS"
 
@@ -31,4 +35,4 @@ def recording_name(ticket_number: str, uniqueid: str) -> str:
 
 
 READ_BY_BACKEND = frozenset({ARRIVED})
-SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING, HANDOVER_TO})
+SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING, HANDOVER_TO, CALLBACK_TO})

@@ -38,12 +38,13 @@ from core.store import make_engine
 from core.triage.desk import TriageDesk
 from core.triage.push_http import HttpPoster
 from core.web.app import make_app
-from telephony import dispatch_api
+from telephony import callback_api, dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.routes import intake
 from telephony.agi.server import FastAGIServer
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
+from telephony.callback import Callbacks
 from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
 from telephony.seat_control import AMIQueuePort
@@ -63,6 +64,7 @@ class Backend:
     dispatcher: Dispatcher
     alerts: AlertBoard
     intake: intake.IntakeRoute
+    callbacks: Callbacks
 
     async def open_alerts(self) -> list[dict]:
         await self.alerts.flush()
@@ -93,11 +95,14 @@ def build(settings: Settings) -> Backend:
     # Positions the network sends with the call become the incident location.
     intake_route = intake.make_route(service, locate=planner.locate)
     ami.add_listener(dispatcher.on_event)
+    callbacks = Callbacks(ami, service, bind_recording=events.bind_recording_of)
+    ami.add_listener(callbacks.on_event)
     agi = FastAGIServer(
         {"intake": intake_route, "dispatch": dispatch_route.make_route(service, dispatcher)},
         host=settings.agi_host, port=settings.agi_port,
     )
-    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake_route)
+    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake_route,
+                   callbacks)
 
 
 class TelephonyMetrics:
@@ -146,6 +151,7 @@ def make_web_app(backend: Backend) -> web.Application:
         await backend.alerts.start()
         yield
         await backend.dispatcher.stop()
+        await backend.callbacks.stop()
         await backend.alerts.stop()
         await backend.service.engine.dispose()
 
@@ -204,6 +210,7 @@ def make_web_app(backend: Backend) -> web.Application:
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)
+    callback_api.add_routes(app, backend.callbacks)
     return app
 
 

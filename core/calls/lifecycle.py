@@ -31,6 +31,18 @@ Text reports. A report by SMS or the 110 app opens a ticket with
 (``reported``, ``taken``) are not live and reconciliation with Asterisk never
 touches them. A call-taker takes it (``taken``), may locate, classify and
 annotate it like any ticket, and closes it.
+
+Call-backs. A call-taker rings back the reporter of a text report, or the
+caller of a dropped or ended call, from his seat (``callback_requested``:
+by, seat, number called); the call ends in ``callback_answered`` (the
+reporter picked up) or ``callback_failed`` (its outcome). None of them
+changes the state: the call-back is a separate call, not the ticket's own
+channel, so it must not make the ticket live (reconciliation would end it for
+want of its uniqueid's channel), and the ticket is closed from where it
+stood. A call-back is asked for only once the ticket's own call is down and
+before it is closed. Closed stays final (the journal's verifier forgets a
+ticket once closed): the outcome of a call-back still ringing when the
+ticket is closed is not recorded, its recording is still bound.
 """
 
 from __future__ import annotations
@@ -87,6 +99,9 @@ class Step(StrEnum):
     REPEAT_LINKED = "repeat_linked"  # the same number rang within minutes; linked to its open ticket
     REPORTED = "reported"  # a text report (SMS, app) came in: its channel, sender and text
     TAKEN = "taken"  # a call-taker took the text report
+    CALLBACK_REQUESTED = "callback_requested"  # a seat rings the reporter back: by, seat, number called
+    CALLBACK_ANSWERED = "callback_answered"  # the reporter answered the call-back
+    CALLBACK_FAILED = "callback_failed"  # the call-back did not reach the reporter: its outcome
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
@@ -120,6 +135,20 @@ _LOCATABLE = (
 # all but closed (a closed ticket is the record; it is not written to again).
 _TRIAGEABLE = tuple(state for state in State if state is not State.CLOSED)
 _TRIAGE_STEPS = (Step.CLASSIFIED, Step.NOTE_ADDED, Step.HANDED_OVER, Step.REPEAT_LINKED)
+
+# States from which a seat may call the reporter back: the ticket's own call
+# (if it had one) is down and the ticket is not closed. A reported text is
+# taken first, so that who calls back is on record.
+_CALLBACK_FROM = (
+    State.TAKEN,
+    State.ENDED,
+    State.ABANDONED,
+    State.DISPATCHING_ENDED,
+    State.EN_ROUTE,
+    State.ON_SCENE,
+    State.CLEARED,
+)
+_CALLBACK_OUTCOMES = (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED)
 
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
@@ -158,6 +187,9 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((None,), Step.REPORTED, State.REPORTED),
     ((State.REPORTED,), Step.TAKEN, State.TAKEN),
     ((State.TAKEN,), Step.CLOSED, State.CLOSED),
+    # -- call-backs: a separate call; the state stays where it is --
+    *(((state,), Step.CALLBACK_REQUESTED, state) for state in _CALLBACK_FROM),
+    *(((state,), step, state) for step in _CALLBACK_OUTCOMES for state in _CALLBACK_FROM),
     # -- triage --
     *(((state,), step, state) for step in _TRIAGE_STEPS for state in _TRIAGEABLE),
 )

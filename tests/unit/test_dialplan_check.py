@@ -248,6 +248,8 @@ def test_agi_route_folder_is_a_parameter(folder, tmp_path):
 def test_backend_variable_not_read_by_dialplan(folder):
     ext_conf = folder / "extensions.conf"
     edit(ext_conf, "n(record),MixMonitor", " same => n(record),MixMonitor(${JIEJING_RECORDINGS}/${UNIQUEID}.wav)")
+    # the call-back's recording is the other place that reads it
+    edit(ext_conf, " same => n,MixMonitor(", " same => n,MixMonitor(${JIEJING_RECORDINGS}/${UNIQUEID}.wav)")
     f = only_error(check(parse(folder)), "backend-var-unread")
     assert channel_vars.RECORDING in f.message
     assert (f.file, f.line) == (ext_conf, line_of(ext_conf, "AGI(${JIEJING_AGI}/intake"))  # where the backend sets it

@@ -93,6 +93,23 @@ REPORT_LEGAL = {
 }
 LEGAL.update(REPORT_LEGAL)
 
+# Call-backs (docs/design.md): asked for once the ticket's own call is down and before it is closed; closed
+# stays final. The state never changes.
+CALLBACK_FROM = (State.TAKEN, State.ENDED, State.ABANDONED, State.DISPATCHING_ENDED, State.EN_ROUTE,
+                 State.ON_SCENE, State.CLEARED)
+CALLBACK_LEGAL = {
+    **{(state, Step.CALLBACK_REQUESTED): state for state in CALLBACK_FROM},
+    **{(state, step): state for state in CALLBACK_FROM for step in (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED)},
+}
+LEGAL.update(CALLBACK_LEGAL)
+
+
+def test_a_call_back_is_asked_for_only_once_the_tickets_own_call_is_down() -> None:
+    for state in (*CALL_LIVE_STATES, State.REPORTED, State.CLOSED):
+        with pytest.raises(IllegalTransition):
+            advance(state, Step.CALLBACK_REQUESTED)
+    assert not set(CALLBACK_FROM) & CALL_LIVE_STATES
+
 
 def test_text_reports_are_never_live_calls() -> None:
     # Reconciliation with Asterisk would otherwise end them for want of a channel.
