@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from core.http.replies import json_body, json_reply, who
+from core.http.replies import PRINCIPAL, json_body, json_reply, who
 from core.http.routes import DESK, RouteTable
+from core.http.scopes import own_call, seat_refusal
 from core.seats.board import SEAT_ID
 from telephony.callback import Callbacks
 
@@ -33,9 +34,13 @@ CALLBACK_BODY: dict[str, Any] = {
 }
 
 
-@routes.post("/api/tickets/{number}/callback", DESK, "Call the reporter back from a seat", body=CALLBACK_BODY)
+@routes.post("/api/tickets/{number}/callback", DESK, "Call the reporter back from a seat (a call-taker: their own)",
+             body=CALLBACK_BODY, scope=own_call)
 async def post_callback(request: web.Request) -> web.Response:
     body = await json_body(request)
+    refused = seat_refusal(request, request[PRINCIPAL], body["seat"])
+    if refused is not None:
+        return refused
     placed = await request.app[CALLBACKS].call_back(request.match_info["number"], seat=body["seat"],
                                                     by=who(request) or "api")
     return json_reply(placed, 202)

@@ -35,7 +35,7 @@ from core.dispatch.planner import IncidentRow
 from core.errors import BadRequest, DomainError
 from core.http.replies import PRINCIPAL, dumps, json_body, json_reply
 from core.http.routes import DESK, RouteTable
-from core.http.scopes import TICKET_HOLDER
+from core.http.scopes import SEAT_HOLDER, TICKET_HOLDER
 from core.seats.views import SEATS
 from core.triage.classify import (
     Classification,
@@ -255,6 +255,12 @@ def add_desk_routes(app: web.Application) -> None:
         return None if ticket is None else hub.owns(username, ticket)
 
     app[TICKET_HOLDER] = holder
+
+    def seat_holder(username: str) -> str | None:
+        seat = hub.seat_of(username)
+        return None if seat is None else seat.seat
+
+    app[SEAT_HOLDER] = seat_holder
 
     async def desk_ctx(app: web.Application) -> AsyncIterator[None]:
         removers = [board.add_listener(hub.on_seat), service.add_listener(hub.on_step)]

@@ -21,6 +21,20 @@ if TYPE_CHECKING:
 
 # (username, ticket number) → True: theirs, False: not theirs, None: no such ticket.
 TICKET_HOLDER = web.AppKey("ticket_holder", Callable[[str, str], Awaitable["bool | None"]])
+# username → the seat they are logged in to, or None.
+SEAT_HOLDER = web.AppKey("seat_holder", Callable[[str], "str | None"])
+
+
+def seat_refusal(request: web.Request, principal: Principal, seat: str) -> web.Response | None:
+    """A call-taker uses only the seat they hold (e.g. to call back from); others any seat."""
+    holder = request.app.get(SEAT_HOLDER)
+    if principal.role is not Role.CALL_TAKER or holder is None:
+        return None
+    held = holder(principal.username)
+    if held != seat:
+        return error_reply(403, f"you are not logged in to seat {seat}" + (f"; your seat is {held}" if held else ""),
+                           error_id="not-your-seat", details={"seat": seat, "yours": held})
+    return None
 
 
 async def own_call(request: web.Request, principal: Principal) -> web.Response | None:

@@ -37,7 +37,11 @@ async def test_a_text_report_is_called_back_from_a_seat_and_recorded(backend) ->
     desk = await login_headers(engine, Role.CALL_TAKER, username="zhao")
     base = f"http://127.0.0.1:{running.settings.http_port}"
     sender = _sender()
+    supervisor = await login_headers(engine, Role.SUPERVISOR)
     async with aiohttp.ClientSession(base) as http:
+        # zhao's shift: logged in to seat042 (already a member of the lab's queue)
+        async with http.post("/api/seats/seat042/login", headers=desk, json={}) as resp:
+            assert resp.status == 200, await resp.text()
         async with http.post("/api/reports", headers=gateway,
                              json={"ref": f"cb-{sender[1:]}", "sender": sender, "text": "楼下有人吵架"}) as resp:
             assert resp.status == 201, await resp.text()
@@ -83,8 +87,11 @@ async def test_a_text_report_is_called_back_from_a_seat_and_recorded(backend) ->
             lost = (await resp.json())["number"]
         async with http.post(f"/api/tickets/{lost}/take", headers=desk, json={}) as resp:
             assert resp.status == 200
-        # the lab has seats 001-100: PJSIP has no seat999 to ring
+        # a call-taker calls back from their own seat only
         async with http.post(f"/api/tickets/{lost}/callback", headers=desk, json={"seat": "seat999"}) as resp:
+            assert resp.status == 403 and (await resp.json())["error_id"] == "not-your-seat", await resp.text()
+        # the lab has seats 001-100: PJSIP has no seat999 to ring (a supervisor may name any seat)
+        async with http.post(f"/api/tickets/{lost}/callback", headers=supervisor, json={"seat": "seat999"}) as resp:
             assert resp.status == 409 and (await resp.json())["error_id"] == "seat-not-reachable", await resp.text()
 
 
@@ -99,7 +106,7 @@ async def test_a_caller_id_that_is_not_a_number_never_reaches_asterisk(backend) 
                                      at=now, source="ami")
     await service.record_step(uid, "queued", at=now + 0.1, source="ami")
     await service.record_step(uid, "abandoned", at=now + 0.2, source="ami")
-    desk = await login_headers(service.engine, Role.CALL_TAKER)
+    desk = await login_headers(service.engine, Role.SUPERVISOR)  # an abandoned call is no call-taker's own
     async with aiohttp.ClientSession(f"http://127.0.0.1:{running.settings.http_port}") as http:
         async with http.post(f"/api/tickets/{ticket.number}/callback", headers=desk,
                              json={"seat": "seat043"}) as resp:

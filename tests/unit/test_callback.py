@@ -21,7 +21,7 @@ from telephony.ami.client import AMIClient
 from telephony.callback import CallbackBusy, CallbackNotPlaced, Callbacks, SeatNotReachable
 from tests.ami_fake import FakeAction, FakeAsterisk, Pairs
 from tests.unit.conftest import T0
-from tests.web_login import login_headers
+from tests.web_login import login_headers, on_seat
 
 REPORTER = "+8613800138000"
 
@@ -312,11 +312,13 @@ async def test_a_seat_name_is_checked(callbacks: Callbacks, service: TicketServi
 
 # -- HTTP -------------------------------------------------------------------------------------
 
-async def _post(service: TicketService, callbacks: Callbacks, number: str, body: object) -> tuple[int, dict]:
+async def _post(service: TicketService, callbacks: Callbacks, number: str, body: object,
+                role: Role = Role.CALL_TAKER, seat: str = "seat001") -> tuple[int, dict]:
     app = make_app(service, health={})
     callback_api.add_routes(app, callbacks)
-    headers = await login_headers(service.engine, Role.CALL_TAKER, username="wang")
+    headers = await login_headers(service.engine, role, username="wang")
     async with TestClient(TestServer(app), headers=headers) as client:
+        await on_seat(client, {}, seat)  # wang's seat
         resp = await client.post(f"/api/tickets/{number}/callback", json=body)
         return resp.status, await resp.json()
 
@@ -343,8 +345,26 @@ async def test_api_refusals_carry_their_error_id(
     body, status: int, error_id: str, callbacks: Callbacks, service: TicketService, fake: FakeAsterisk
 ) -> None:
     ticket = await abandoned_call(service, "13800138000\r\nAction: Command")
-    got_status, got = await _post(service, callbacks, ticket.number, body)
+    # An abandoned call is no call-taker's own: a supervisor calls it back.
+    got_status, got = await _post(service, callbacks, ticket.number, body, role=Role.SUPERVISOR)
     assert (got_status, got["error_id"]) == (status, error_id)
+    assert fake.count("Originate") == 0
+
+
+async def test_a_call_taker_calls_back_only_their_own_tickets_from_their_own_seat(
+    callbacks: Callbacks, service: TicketService, fake: FakeAsterisk
+) -> None:
+    ticket = await taken_report(service)  # taken by wang
+    other = await abandoned_call(service, "13800138000")
+    app = make_app(service, health={})
+    callback_api.add_routes(app, callbacks)
+    headers = await login_headers(service.engine, Role.CALL_TAKER, username="wang")
+    async with TestClient(TestServer(app), headers=headers) as client:
+        await on_seat(client, {}, "seat001")
+        resp = await client.post(f"/api/tickets/{ticket.number}/callback", json={"seat": "seat002"})
+        assert (resp.status, (await resp.json())["error_id"]) == (403, "not-your-seat")
+        resp = await client.post(f"/api/tickets/{other.number}/callback", json={"seat": "seat001"})
+        assert (resp.status, (await resp.json())["error_id"]) == (403, "not-your-call")
     assert fake.count("Originate") == 0
 
 
