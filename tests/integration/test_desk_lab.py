@@ -172,3 +172,42 @@ async def test_a_call_worked_from_the_desk_by_keyboard(desk_backend, calls):
     assert stamps == sorted(stamps)
     assert t.recordings, "the call is recorded"
     assert time.time() - t.created_at_us / 1e6 < 120
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (sip-lab/bootstrap.sh installs it)")
+async def test_a_text_report_taken_and_called_back_from_the_desk_with_one_key(desk_backend):
+    running = desk_backend
+    ami = running.backend.ami
+    base = f"http://127.0.0.1:{running.settings.http_port}"
+    await AuthService(running.service.engine, scrypt_n=TEST_SCRYPT_N).add_user("app-gw", PASSWORD, Role.GATEWAY)
+    sender = f"+86139{random.randrange(10**8):08d}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/api/login", json={"username": "app-gw", "password": PASSWORD}) as r:
+            gateway = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        async with http.post(f"{base}/api/reports", headers=gateway,
+                             json={"ref": f"desk-{sender[1:]}", "sender": sender, "text": "有人在小区门口打架"}) as r:
+            assert r.status == 201, await r.text()
+            number = (await r.json())["number"]
+    phone = Softphone(SEAT, "lab-bseat01-secret")
+    await _pause_lab_seats(ami, True)
+    try:
+        await phone.start()
+        async with Browser(1366, 768) as browser:
+            await _log_in(browser, base, "taker-1")
+            await browser.type_into("#seat-name", SEAT)
+            await browser.press("Enter")
+            await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
+            await browser.wait_for(f"[...document.querySelectorAll('#reports tbody tr')]"
+                                   f".some((tr) => tr.dataset.number === {number!r})")
+            await browser.press("t")  # the oldest waiting report: this one
+            await browser.wait_for(f"document.getElementById('t-number').textContent === {number!r}")
+            await browser.press("b")  # call the reporter back: the seat's phone first, then the reporter
+            await browser.wait_for("document.querySelector('#t-steps li.callback_answered') !== null", 20)
+            await browser.screenshot(SCREENSHOTS / "desk-callback.png")
+    finally:
+        await phone.stop()
+        await ami.action("QueueRemove", {"Queue": "emergency-110", "Interface": f"PJSIP/{SEAT}"})
+        await _pause_lab_seats(ami, False)
+    t = await steps_until(running, number, "callback_answered", 5)
+    requested = next(s for s in t.steps if s.step == "callback_requested")
+    assert (requested.detail["by"], requested.detail["seat"], requested.detail["to"]) == ("taker-1", SEAT, sender)
