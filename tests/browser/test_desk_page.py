@@ -120,6 +120,7 @@ async def test_a_text_report_is_taken_oldest_first_from_the_desk(
     await browser.press("t")
     await browser.wait_for(f"document.getElementById('t-number').textContent === {first['number']!r}")
     await browser.wait_for("document.querySelectorAll('#reports tbody tr').length === 1")
+    assert "楼下有人吵架" in await browser.evaluate("document.getElementById('t-report').textContent")
     taken = await service.get(first["number"])
     assert taken.steps[-1].step is Step.TAKEN and taken.steps[-1].detail["by"] == "li"
     # The report is the call-taker's now: a note on it is accepted.

@@ -148,6 +148,12 @@
     const answered = data.steps.find((s) => s.step === "answered");
     const start = data.steps[0];
     $("t-wait").textContent = answered && start ? ((answered.at_us - start.at_us) / 1e6).toFixed(1) + " s" : "–";
+    const report = data.steps[0] && data.steps[0].step === "reported" ? data.steps[0].detail : null;
+    $("t-report").hidden = !report;
+    if (report) {
+      const media = (report.media || []).length ? " · 附件 media: " + report.media.length : "";
+      $("t-report").textContent = "文字报警 " + (report.channel || "") + "：" + (report.text || "") + media;
+    }
     const flags = $("t-flags");
     flags.replaceChildren();
     if (data.triage && data.triage.repeat_of) flags.append(jj.el("span", { class: "flag" }, "重复来电 repeat of " + data.triage.repeat_of));
