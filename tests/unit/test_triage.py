@@ -209,3 +209,33 @@ async def test_notes_are_steps(service: TicketService, clock: FakeClock) -> None
         assert body["ticket"]["steps"][-1]["detail"] == {"text": "邻居吵架，无人受伤", "by": "ct-3"}
         assert (await client.post(f"/api/tickets/{ticket.number}/notes", json={"text": " "},
                                   headers=taker)).status == 400
+
+
+async def test_hand_over_by_target_from_the_desk(service: TicketService, clock: FakeClock) -> None:
+    planner = planner_for(service, clock)
+    await load(planner.officers)
+    desk = make_desk(service, planner, clock)
+    port = RecordingPort()
+    desk.set_handover_port(port)
+    ticket = await answered_call(service)
+    async with desk_client(service, planner, desk) as client:
+        taker = await login_headers(service.engine, Role.CALL_TAKER)
+        await on_seat(client, taker)
+        url = f"/api/tickets/{ticket.number}/handover"
+        # the local station is the incident's: none without a location
+        resp = await client.post(url, json={"target": "local_station"}, headers=taker)
+        assert (resp.status, (await resp.json())["error_id"]) == (409, "not-located")
+        resp = await client.post(url, json={"target": "the_moon"}, headers=taker)
+        assert (resp.status, (await resp.json())["error_id"]) == (400, "invalid-body")
+        resp = await client.post(url, json={"target": "anti_fraud"}, headers=taker)
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert body["decision"]["reason"] == "by hand → anti_fraud"
+        lat, lon = point_in(CENTER)
+        await planner.locate(ticket.number, lat=lat, lon=lon, address="人民大道1号")
+        resp = await client.post(url, json={"target": "local_station"}, headers=taker)
+        assert resp.status == 200, await resp.json()
+    assert port.calls == [("conference", ticket.number, "PJSIP/antifraud-desk"),
+                          ("conference", ticket.number, "PJSIP/desk-east")]
+    handed = [s.detail for s in (await service.get(ticket.number)).steps if s.step is Step.HANDED_OVER]
+    assert [(h["to"], h.get("station")) for h in handed] == [("anti_fraud", None), ("local_station", "east")]
