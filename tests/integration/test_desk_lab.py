@@ -168,7 +168,8 @@ async def test_a_call_worked_from_the_desk_by_keyboard(desk_backend, calls):
     assert next(s for s in t.steps if s.step == "dispatch_requested").detail["by"] == "taker-1"
     assert next(s for s in t.steps if s.step == "officer_joined").detail["badge"] == "officer003"
     assert next(s for s in t.steps if s.step == "note_added").detail["keywords"] == ["持刀", "抢劫"]
-    stamps = [s.at_us for s in t.steps]
+    # Asterisk's own steps in its clock's order (API steps are stamped by the backend's clock)
+    stamps = [s.at_us for s in t.steps if s.source == "ami"]
     assert stamps == sorted(stamps)
     assert t.recordings, "the call is recorded"
     assert time.time() - t.created_at_us / 1e6 < 120
