@@ -150,15 +150,17 @@ class DeskHub:
         for sub in self._of(holder):
             sub.offer({"type": "seat", "seat": view.to_json()})
 
-    async def _pop(self, subs: list[DeskSubscription], ticket: TicketView, event: str) -> None:
+    async def _send(self, subs: list[DeskSubscription], ticket: TicketView, message: dict[str, Any]) -> None:
+        """Render the ticket once and send it to ``subs`` in ``message``; a pop also makes them watch it."""
         try:
             rendered = await self.render(ticket)
         except Exception:
-            log.exception("%s: the desk pop could not be built", ticket.number)
+            log.exception("%s: the desk %s could not be built", ticket.number, message["type"])
             return
         for sub in subs:
-            sub.watching.add(ticket.number)
-            sub.offer({"type": "pop", "event": event, "ticket": rendered})
+            if message["type"] == "pop":
+                sub.watching.add(ticket.number)
+            sub.offer({**message, "ticket": rendered})
 
     def on_step(self, ticket: TicketView, step: StepView) -> None:
         """Ticket listener: the screen pop when the holder's seat rings or answers, the steps of watched
@@ -171,17 +173,9 @@ class DeskHub:
             subs = self._of(self._holders.get(step.detail.get("seat") or ""))
             if subs:
                 event = "ringing" if step.step is Step.SEAT_RINGING else "answered"
-                self._spawn(self._pop(subs, ticket, event), f"desk pop {ticket.number}")
+                self._spawn(self._send(subs, ticket, {"type": "pop", "event": event}), f"desk pop {ticket.number}")
                 return
         watchers = [s for s in self._subs if ticket.number in s.watching]
         if watchers:
-            self._spawn(self._update(watchers, ticket, step), f"desk update {ticket.number}")
-
-    async def _update(self, subs: list[DeskSubscription], ticket: TicketView, step: StepView) -> None:
-        try:
-            rendered = await self.render(ticket)
-        except Exception:
-            log.exception("%s: the desk update could not be built", ticket.number)
-            return
-        for sub in subs:
-            sub.offer({"type": "ticket", "step": step.to_json(), "ticket": rendered})
+            self._spawn(self._send(watchers, ticket, {"type": "ticket", "step": step.to_json()}),
+                        f"desk update {ticket.number}")

@@ -31,7 +31,6 @@ from core.calls.tickets import TicketView, iso_utc
 from core.calls.views import SERVICE, ticket_json
 from core.desk.hub import DeskHub, DeskSubscription
 from core.desk.suggest import highlights, suggest
-from core.dispatch.planner import IncidentRow
 from core.errors import BadRequest, DomainError
 from core.http.replies import PRINCIPAL, dumps, json_body, json_reply
 from core.http.routes import DESK, RouteTable
@@ -79,9 +78,9 @@ async def desk_ticket(app: web.Application, ticket: TicketView) -> dict[str, Any
     """The ticket as the desk shows it: the API's JSON, the incident's place, danger warnings for the
     place and the caller, and the caller's earlier tickets."""
     data = (await ticket_json(app, [ticket]))[0]
-    service = app[SERVICE]
-    async with service.engine.connect() as conn:
-        incident = (await conn.execute(select(IncidentRow).where(IncidentRow.number == ticket.number))).first()
+    triage = app[TRIAGE_DESK]
+    incident = await triage.incident(ticket.number)
+    async with app[SERVICE].engine.connect() as conn:
         earlier = (
             await conn.execute(
                 select(Ticket.number, Ticket.state, Ticket.created_at_us)
@@ -91,7 +90,6 @@ async def desk_ticket(app: web.Application, ticket: TicketView) -> dict[str, Any
                 .limit(EARLIER_MAX)
             )
         ).all() if ticket.caller_id else []
-    triage = app[TRIAGE_DESK]
     try:
         phone = normalise_phone(ticket.caller_id) if ticket.caller_id else None
     except ValueError:
@@ -101,10 +99,7 @@ async def desk_ticket(app: web.Application, ticket: TicketView) -> dict[str, Any
         address=None if incident is None or not incident.address else incident.address,
         phone=phone,
     ) if (incident is not None or phone) else []
-    data["incident"] = None if incident is None else {
-        "address": incident.address, "lat": incident.lat, "lon": incident.lon, "cell": incident.cell,
-        "station": incident.station_id,
-    }
+    data["incident"] = None if incident is None else incident.to_json()
     data["warnings"] = [w.to_json() for w in warnings]
     data["earlier"] = [{"number": n, "state": s, "created_at": iso_utc(at)} for n, s, at in earlier]
     data["officers"] = dispatched_badges(ticket)

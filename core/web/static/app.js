@@ -5,6 +5,17 @@ const jj = (() => {
   const KEY = "jiejing.token";
   const token = () => sessionStorage.getItem(KEY);
 
+  // One authenticated request: {ok, status, body}; a refusal's body carries its error and error_id.
+  async function request(method, path, body) {
+    const options = { method, headers: { "Authorization": "Bearer " + token() } };
+    if (body !== undefined) { options.headers["Content-Type"] = "application/json"; options.body = JSON.stringify(body); }
+    const resp = await fetch(path, options);
+    if (resp.status === 401) { sessionStorage.removeItem(KEY); location.reload(); }
+    let answer = {};
+    try { answer = await resp.json(); } catch (err) { answer = {}; }
+    return { ok: resp.ok, status: resp.status, body: answer };
+  }
+
   async function api(path, options = {}) {
     const headers = Object.assign({ "Authorization": "Bearer " + token() }, options.headers || {});
     const resp = await fetch(path, Object.assign({}, options, { headers }));
@@ -59,5 +70,5 @@ const jj = (() => {
     return node;
   }
 
-  return { api, whenLoggedIn, socketUrl, el, token };
+  return { api, request, whenLoggedIn, socketUrl, el, token };
 })();

@@ -19,15 +19,7 @@
   let reports = [], socket = null, scanTimer = null, waitTimer = null;
 
   // -- talking to the API -------------------------------------------------------------------
-  async function call(method, path, body) {
-    const options = { method, headers: { "Authorization": "Bearer " + jj.token() } };
-    if (body !== undefined) { options.headers["Content-Type"] = "application/json"; options.body = JSON.stringify(body); }
-    const resp = await fetch(path, options);
-    if (resp.status === 401) { location.reload(); }
-    let answer = {};
-    try { answer = await resp.json(); } catch (err) { answer = {}; }
-    return { ok: resp.ok, status: resp.status, body: answer };
-  }
+  const call = jj.request;
 
   function say(text, ok) {
     const box = $("message");
