@@ -31,6 +31,7 @@ from siplab import asterisk, lab, storm
 from siplab.softphone import Softphone
 from telephony import serve
 from tests.browser.cdp import Browser
+from tests.browser.desk import start_shift
 
 SEAT = "bseat01"
 PASSWORD = "bench-desk-password"
@@ -68,15 +69,7 @@ async def run(calls: int, rate: float) -> None:
     try:
         await phone.start()
         async with Browser(1366, 768) as browser:
-            await browser.goto(f"{base}/desk")
-            await browser.wait_for("!document.getElementById('login').hidden")
-            await browser.type_into("#login input[name=username]", "bench-taker")
-            await browser.type_into("#login input[name=password]", PASSWORD)
-            await browser.press("Enter")
-            await browser.wait_for("document.body.dataset.ready === '1'", 15)
-            await browser.type_into("#seat-name", SEAT)
-            await browser.press("Enter")
-            await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
+            await start_shift(browser, base, "bench-taker", PASSWORD, SEAT)
 
             run_dir = paths.run / f"bench-desk-{int(time.time() * 1000)}"
             run_dir.mkdir(parents=True)

@@ -22,6 +22,7 @@ from core.seats.board import SeatBoard
 from core.triage.reports import ReportIntake, parse_report
 from core.web.app import make_app
 from tests.browser.cdp import Browser
+from tests.browser.desk import start_shift
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 
@@ -34,18 +35,6 @@ async def center(engine: AsyncEngine) -> AsyncIterator[tuple[TestServer, TicketS
         await auth.add_user(name, PASSWORD, Role.CALL_TAKER)
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         yield server, service
-
-
-async def _open_desk(browser: Browser, base: str, username: str, seat: str) -> None:
-    await browser.goto(f"{base}/desk")
-    await browser.wait_for("!document.getElementById('login').hidden")
-    await browser.type_into("#login input[name=username]", username)
-    await browser.type_into("#login input[name=password]", PASSWORD)
-    await browser.press("Enter")
-    await browser.wait_for("document.body.dataset.ready === '1'")
-    await browser.type_into("#seat-name", seat)
-    await browser.press("Enter")
-    await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
 
 
 async def _ring_and_answer(service: TicketService, uid: str, caller: str, seat: str) -> str:
@@ -63,8 +52,8 @@ async def test_refusals_say_why_and_a_second_desk_never_sees_the_call(
     server, service = center
     base = f"http://127.0.0.1:{server.port}"
     async with Browser(1366, 768) as other:
-        await _open_desk(browser, base, "li", "seat-01")
-        await _open_desk(other, base, "wang", "seat-02")
+        await start_shift(browser, base, "li", PASSWORD, "seat-01")
+        await start_shift(other, base, "wang", PASSWORD, "seat-02")
         number = await _ring_and_answer(service, "9.1", "13800000001", "seat-01")
         await browser.wait_for("deskStats.pops.some((p) => p.event === 'answered')")
         assert await browser.evaluate("document.getElementById('t-number').textContent") == number
@@ -115,7 +104,7 @@ async def test_a_text_report_is_taken_oldest_first_from_the_desk(
     intake = ReportIntake(service)
     first = await intake.receive(parse_report({"ref": "r-1", "sender": "13900000001", "text": "楼下有人吵架 quarrel"}, channel="app"))
     await intake.receive(parse_report({"ref": "r-2", "sender": "13900000002", "text": "路灯坏了"}, channel="app"))
-    await _open_desk(browser, base, "li", "seat-03")
+    await start_shift(browser, base, "li", PASSWORD, "seat-03")
     await browser.wait_for("document.querySelectorAll('#reports tbody tr').length === 2")
     await browser.press("t")
     await browser.wait_for(f"document.getElementById('t-number').textContent === {first['number']!r}")

@@ -15,7 +15,8 @@ import pytest
 
 from core.auth.users import AuthService, Role
 from siplab.softphone import Softphone
-from tests.browser.cdp import Browser, chromium_path
+from tests.browser.cdp import Browser
+from tests.browser.desk import start_shift
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 from .conftest import start_backend
@@ -35,15 +36,6 @@ async def _pause_lab_seats(ami, paused: bool) -> None:
                                         **({"Reason": "desk test"} if paused else {})})
 
 
-async def _log_in(browser: Browser, base: str, username: str) -> None:
-    await browser.goto(f"{base}/desk")
-    await browser.wait_for("!document.getElementById('login').hidden")
-    await browser.type_into("#login input[name=username]", username)
-    await browser.type_into("#login input[name=password]", PASSWORD)
-    await browser.press("Enter")
-    await browser.wait_for("document.body.dataset.ready === '1'", 15)
-
-
 async def _text(browser: Browser, selector: str) -> str:
     return await browser.evaluate(f"document.querySelector({json.dumps(selector)}).textContent")
 
@@ -59,7 +51,6 @@ async def desk_backend(backend_settings, tmp_path):
     await running.runner.cleanup()
 
 
-@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (sip-lab/bootstrap.sh installs it)")
 async def test_a_call_worked_from_the_desk_by_keyboard(desk_backend, calls):
     running = desk_backend
     ami = running.backend.ami
@@ -71,11 +62,8 @@ async def test_a_call_worked_from_the_desk_by_keyboard(desk_backend, calls):
     try:
         await phone.start()
         async with Browser(1366, 768) as browser:
-            await _log_in(browser, base, "taker-1")
             # Shift start: the seat by keyboard, then the queue rings it.
-            await browser.type_into("#seat-name", SEAT)
-            await browser.press("Enter")
-            await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
+            await start_shift(browser, base, "taker-1", PASSWORD, SEAT)
 
             caller = f"136{random.randrange(10**8):08d}"
             call = asyncio.create_task(calls.place([(caller, "Desk", *HANDSET)], talk_s=14, patience_s=15,
@@ -175,7 +163,6 @@ async def test_a_call_worked_from_the_desk_by_keyboard(desk_backend, calls):
     assert time.time() - t.created_at_us / 1e6 < 120
 
 
-@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (sip-lab/bootstrap.sh installs it)")
 async def test_a_text_report_taken_and_called_back_from_the_desk_with_one_key(desk_backend):
     running = desk_backend
     ami = running.backend.ami
@@ -194,10 +181,7 @@ async def test_a_text_report_taken_and_called_back_from_the_desk_with_one_key(de
     try:
         await phone.start()
         async with Browser(1366, 768) as browser:
-            await _log_in(browser, base, "taker-1")
-            await browser.type_into("#seat-name", SEAT)
-            await browser.press("Enter")
-            await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
+            await start_shift(browser, base, "taker-1", PASSWORD, SEAT)
             await browser.wait_for(f"[...document.querySelectorAll('#reports tbody tr')]"
                                    f".some((tr) => tr.dataset.number === {number!r})")
             await browser.press("t")  # the oldest waiting report: this one

@@ -21,6 +21,7 @@ import pytest
 from core.auth.users import AuthService, Role
 from siplab import audio
 from tests.browser.cdp import Browser, chromium_path
+from tests.browser.desk import start_shift
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 from .conftest import start_backend
@@ -66,19 +67,6 @@ async def phone_browser(tmp_path):
         yield browser
 
 
-async def _log_in(browser: Browser, base: str, username: str) -> None:
-    """The call-taker's shift start at the desk: log in, then the seat by name; its browser phone registers."""
-    await browser.goto(f"{base}/desk")
-    await browser.wait_for("!document.getElementById('login').hidden")
-    await browser.type_into("#login input[name=username]", username)
-    await browser.type_into("#login input[name=password]", PASSWORD)
-    await browser.press("Enter")
-    await browser.wait_for("document.body.dataset.ready === '1'", 15)
-    await browser.type_into("#seat-name", SEAT)
-    await browser.press("Enter")  # the seat log-in adds PJSIP/wseat01 to the queue
-    await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
-
-
 def _at(browser_log: list[dict], state: str) -> float:
     return next(e["at"] for e in browser_log if e["state"] == state) / 1000
 
@@ -90,7 +78,7 @@ async def test_browser_seat_registers_over_webrtc_and_answers_a_queued_110_call(
     await AuthService(running.service.engine, scrypt_n=TEST_SCRYPT_N).add_user("wang", PASSWORD, Role.CALL_TAKER)
     base = f"http://127.0.0.1:{running.settings.http_port}"
 
-    await _log_in(browser, base, "wang")
+    await start_shift(browser, base, "wang", PASSWORD, SEAT)  # the seat log-in adds PJSIP/wseat01 to the queue
     await browser.wait_for("window.JiejingPhone && window.JiejingPhone.state === 'registered'", 15)
 
     for i in range(1, 101):
