@@ -81,8 +81,17 @@ async def start_backend(settings: Settings) -> RunningBackend:
     return running
 
 
+def default_phones(paths: asterisk.LabPaths) -> None:
+    """Each test starts with the lab's default phones: ring and talk times that a test or a storm changed
+    (``storm.prepare_callers`` sets the seats' talk time) do not leak into the next test."""
+    wanted = lab.LabSettings(seats=LAB_SEATS)
+    if lab.running_settings(paths) != wanted:
+        lab.up(wanted, paths, log=lambda *_: None)
+
+
 @pytest.fixture
 def backend_settings(lab_paths, tmp_path) -> Settings:
+    default_phones(lab_paths)
     return replace(
         Settings(),
         db_url=f"sqlite+aiosqlite:///{tmp_path / 'tickets.db'}",

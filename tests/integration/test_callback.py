@@ -63,7 +63,7 @@ async def test_a_text_report_is_called_back_from_a_seat_and_recorded(backend) ->
             seen = await running.service.get(number)
             raise AssertionError(f"call-back never ended with a recording: {seen and seen.to_json()}") from None
         names = [str(s.step) for s in ticket.steps]
-        assert names == ["reported", "taken", "callback_requested", "callback_answered"], names
+        assert names == ["reported", "taken", "callback_requested", "callback_answered"], ticket.to_json()["steps"]
         stamps = [s.at_us for s in ticket.steps]
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), stamps
         requested, answered = ticket.steps[2].detail, ticket.steps[3].detail
