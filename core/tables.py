@@ -16,6 +16,7 @@ from core.alerts import board as _alerts  # noqa: F401
 from core.auth import users as _users  # noqa: F401
 from core.calls import tables as _calls  # noqa: F401
 from core.dispatch import officers as _officers  # noqa: F401
+from core.dispatch import places as _places  # noqa: F401
 from core.dispatch import planner as _planner  # noqa: F401
 from core.quality import tables as _quality  # noqa: F401
 from core.seats import board as _seats  # noqa: F401

@@ -146,7 +146,9 @@ def make_web_app(backend: Backend) -> web.Application:
         if found.state is State.EMPTY:
             log.info("empty database: schema created by the migrations")
         if backend.settings.city_file:
-            counts = await backend.officers.load_city(load_city_file(backend.settings.city_file))
+            city = load_city_file(backend.settings.city_file)
+            counts = await backend.officers.load_city(city)
+            counts["places"] = await backend.planner.places.replace(city.places)
             log.info("city loaded from %s: %s", backend.settings.city_file, counts)
         await backend.alerts.start()
         yield

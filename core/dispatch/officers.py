@@ -43,6 +43,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import JSON
 
 from core.dispatch.geo import DEFAULT_RESOLUTION, GeoError, Grid, check_lat_lon
+from core.dispatch.places import Place, check_place
 from core.errors import DomainError
 from core.store import TEXT_MAX, Base, _Id
 
@@ -234,6 +235,7 @@ class City:
     stations: tuple[StationSpec, ...]
     officers: tuple[OfficerSpec, ...]
     center: tuple[float, float] | None = None
+    places: tuple[Place, ...] = ()  # the gazetteer (core.dispatch.places)
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,7 +680,8 @@ def parse_city(data: Mapping[str, Any]) -> City:
     ``{"name", "resolution", "center": {"lat", "lon"},
        "stations": [{"id", "name", "bureau", "duty_desk", "superior", "answer_timeout_s", "ladder", "cells"}],
        "officers": [{"badge", "name", "station", "endpoint", "status", "lat", "lon",
-                     "shifts": [{"start", "end"}]}]}``
+                     "shifts": [{"start", "end"}]}],
+       "places": [{"name", "lat", "lon"}]}``
     """
     if not isinstance(data, Mapping):
         raise CityError("a city must be an object")
@@ -709,6 +712,7 @@ def parse_city(data: Mapping[str, Any]) -> City:
             ).checked()
             for o in data.get("officers", ())
         )
+        places = tuple(check_place(p["name"], p["lat"], p["lon"]) for p in data.get("places", ()))
         center = data.get("center")
         return City(
             name=str(data.get("name", "")),
@@ -716,6 +720,7 @@ def parse_city(data: Mapping[str, Any]) -> City:
             stations=stations,
             officers=officers,
             center=None if center is None else check_lat_lon(center["lat"], center["lon"]),
+            places=places,
         )
     except KeyError as exc:
         raise CityError(f"missing field {exc}") from None

@@ -58,6 +58,7 @@ from core.dispatch.officers import (
     StationView,
     UnknownStation,
 )
+from core.dispatch.places import Gazetteer
 from core.errors import DomainError
 from core.store import Base
 
@@ -380,18 +381,30 @@ class DispatchPlanner:
         # store's conditional UPDATE covers other processes.
         self._choose_lock = asyncio.Lock()
         self._on_exhausted = on_exhausted
+        self.places = Gazetteer(tickets.engine, officers.grid)
 
     # -- location --------------------------------------------------------------
 
     async def locate(
-        self, number: str, *, lat: float, lon: float, address: str | None = None, at: float | None = None
+        self, number: str, *, lat: float | None = None, lon: float | None = None, address: str | None = None,
+        at: float | None = None,
     ) -> tuple[TicketView, Incident]:
-        """Set or correct the incident location: step ``located``, incident row written."""
-        lat, lon = check_lat_lon(lat, lon)
+        """Set or correct the incident location: step ``located``, incident row written.
+
+        Without ``lat``/``lon`` the position is the gazetteer's place named ``address``
+        (``AddressNotFound`` otherwise), and the step says ``via: "gazetteer"``.
+        """
         if address is not None and (not isinstance(address, str) or len(address) > ADDRESS_MAX):
             raise ValueError(f"address must be a string of at most {ADDRESS_MAX} characters")
         ticket = await self._ticket(number)
         advance(ticket.state, Step.LOCATED)  # refuse before anything is written
+        via = None
+        if lat is None and lon is None:
+            if not address:
+                raise ValueError("a location needs lat and lon, or an address of the gazetteer")
+            place = await self.places.resolve(address)
+            lat, lon, address, via = place.lat, place.lon, place.name, "gazetteer"
+        lat, lon = check_lat_lon(lat, lon)
         at = self._clock() if at is None else at
         cell = self.officers.grid.cell_of(lat, lon)
         station = await incident_station(self.officers, cell, lat, lon, self.settings.max_k)
@@ -406,7 +419,7 @@ class DispatchPlanner:
             incident = _incident(row)
         view = await self.tickets.record_step(
             ticket.uniqueid, Step.LOCATED, at=at, source=Source.API,
-            address=address, lat=lat, lon=lon, cell=cell, station=station,
+            address=address, lat=lat, lon=lon, cell=cell, station=station, **({"via": via} if via else {}),
         )
         return view, incident
 

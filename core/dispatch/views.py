@@ -36,6 +36,7 @@ from core.dispatch.officers import (
     OfficerStatus,
     UnknownOfficer,
 )
+from core.dispatch.places import PLACE_NAME_MAX, SEARCH_MAX
 from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner
 from core.errors import BadRequest
 from core.http.replies import (
@@ -76,8 +77,13 @@ _LON = {"type": "number", "minimum": -180, "maximum": 180}
 _STATION_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,32}$"}
 LOCATION_BODY: dict[str, Any] = {
     "type": "object",
-    "required": ["lat", "lon"],
+    "description": "lat and lon (with an optional address text), or an address alone: the gazetteer's place of "
+                   "that name",
     "properties": {"lat": _LAT, "lon": _LON, "address": {**_TEXT, "type": ["string", "null"], "maxLength": 500}},
+}
+PLACES_QUERY: dict[str, dict[str, Any]] = {
+    "q": {"type": "string", "description": "part of a place's name (at least one character)"},
+    "limit": {"type": "string", "description": f"at most this many places (1..{SEARCH_MAX}, default 8)"},
 }
 ARRIVED_BODY: dict[str, Any] = {
     "type": "object",
@@ -149,8 +155,9 @@ def _badge(request: web.Request) -> str:
             scope=own_call)
 async def put_location(request: web.Request) -> web.Response:
     body = await json_body(request)
-    lat, lon = _point(body)
     address = text_field(body, "address", ADDRESS_MAX, required=False)
+    # An address alone is looked up in the gazetteer (422 address-not-found, with candidates).
+    lat, lon = _point(body) if "lat" in body or "lon" in body or not address else (None, None)
     number = ticket_number(request)
     ticket, incident = await request.app[PLANNER].locate(number, lat=lat, lon=lon, address=address)
     return json_reply({"number": ticket.number, "state": str(ticket.state), "incident": incident.to_json()})
@@ -321,6 +328,22 @@ async def get_heatmap(request: web.Request) -> web.Response:
     query = HeatmapQuery(round(start * 1e6), round(end * 1e6), kind, station, cold_km)
     planner = request.app[PLANNER]
     return json_reply(await heatmap(request.app[SERVICE].engine, planner.officers, query, planner.officers.now()))
+
+
+@routes.get("/api/places", DESK, "Places of the city's gazetteer whose name contains q (the desk's address field)",
+            tag="heatmap", query=PLACES_QUERY)
+async def get_places(request: web.Request) -> web.Response:
+    query = request.query.get("q", "")
+    if len(query) > PLACE_NAME_MAX:
+        raise BadRequest(f'"q" is longer than {PLACE_NAME_MAX} characters', error_id="invalid-places-query")
+    try:
+        limit = int(request.query.get("limit", "8"))
+    except ValueError:
+        raise BadRequest('"limit" must be a whole number', error_id="invalid-places-query") from None
+    if not 1 <= limit <= SEARCH_MAX:
+        raise BadRequest(f'"limit" must be 1..{SEARCH_MAX}', error_id="invalid-places-query")
+    found = await request.app[PLANNER].places.search(query, limit=limit)
+    return json_reply({"places": [p.to_json() for p in found]})
 
 
 # -- registration --------------------------------------------------------------------------

@@ -123,18 +123,21 @@ class Browser:
         await self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
         await self.send("Input.insertText", text=text)
 
-    async def press(self, key: str) -> None:
+    async def press(self, key: str, *, ctrl: bool = False) -> None:
         """One key as a person presses it: keydown (with its text, so fields receive it) and keyup."""
         special = {"Enter": ("Enter", 13, "\r"), "Escape": ("Escape", 27, ""), "Tab": ("Tab", 9, "")}
         if key in special:
             code, vk, text = special[key]
         else:
             code, vk, text = f"Key{key.upper()}", ord(key.upper()), key
-        down: dict[str, Any] = {"type": "keyDown", "key": key, "code": code, "windowsVirtualKeyCode": vk}
-        if text:
+        modifiers = 2 if ctrl else 0  # CDP's bit for Ctrl
+        down: dict[str, Any] = {"type": "keyDown", "key": key, "code": code, "windowsVirtualKeyCode": vk,
+                                "modifiers": modifiers}
+        if text and not ctrl:
             down["text"] = text
         await self.send("Input.dispatchKeyEvent", **down)
-        await self.send("Input.dispatchKeyEvent", type="keyUp", key=key, code=code, windowsVirtualKeyCode=vk)
+        await self.send("Input.dispatchKeyEvent", type="keyUp", key=key, code=code, windowsVirtualKeyCode=vk,
+                        modifiers=modifiers)
 
     async def click(self, selector: str) -> None:
         await self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")

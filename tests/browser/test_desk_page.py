@@ -18,12 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.auth.users import AuthService, Role
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
+from core.dispatch.officers import OfficerService, load_city_file
+from core.dispatch.planner import DispatchPlanner
 from core.seats.board import SeatBoard
 from core.triage.reports import ReportIntake, parse_report
 from core.web.app import make_app
 from tests.browser.cdp import Browser
 from tests.browser.desk import start_shift
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
+
+LAB_CITY = Path(__file__).resolve().parents[2] / "sip-lab" / "city.json"
 
 
 @pytest.fixture
@@ -117,3 +121,57 @@ async def test_a_text_report_is_taken_oldest_first_from_the_desk(
     await browser.send("Input.insertText", text="已联系报警人 reporter reached")
     await browser.press("Enter")
     await browser.wait_for("document.querySelector('#t-steps li.note_added') !== null")
+
+
+async def test_an_address_is_found_in_the_gazetteer_as_it_is_typed(
+    engine: AsyncEngine, browser: Browser, screenshots: Path
+) -> None:
+    service = TicketService(engine)
+    planner = DispatchPlanner(service, OfficerService(engine))
+    city = load_city_file(LAB_CITY)
+    await planner.officers.load_city(city)
+    await planner.places.replace(city.places)
+    app = make_app(service, health={}, seats=SeatBoard(engine, wrap_up_s=30), dispatch=planner)
+    await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("li", PASSWORD, Role.CALL_TAKER)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        await start_shift(browser, f"http://127.0.0.1:{server.port}", "li", PASSWORD, "seat-01")
+        number = await _ring_and_answer(service, "9.3", "13800000003", "seat-01")
+        await browser.wait_for("deskStats.pops.some((p) => p.event === 'answered')")
+
+        # L, then part of a name: the gazetteer's places containing it are offered
+        await browser.press("l")
+        await browser.send("Input.insertText", text="人民")
+        await browser.wait_for("[...document.querySelectorAll('#places option')].some((o) => o.value === '人民广场')")
+        # a name that is no place of the gazetteer: refused, with the places it could be
+        await browser.send("Input.insertText", text="路")
+        await browser.press("Enter")
+        await browser.wait_for("document.body.dataset.lastError === 'address-not-found'")
+        shown = await browser.evaluate("document.getElementById('map-point').textContent")
+        assert "人民路1号" in shown, shown
+        stored = await service.get(number)
+        assert stored is not None and stored.steps[-1].step is Step.ANSWERED
+
+        # the full name: located at the place's position, the trail says by the gazetteer
+        await browser.press("l")
+        await browser.evaluate("document.getElementById('address').value = ''")
+        await browser.send("Input.insertText", text="人民广场")
+        await browser.press("Enter")
+        await browser.wait_for("document.getElementById('t-location').textContent.includes('人民广场')")
+        await browser.screenshot(screenshots / "desk-address.png")
+        stored = await service.get(number)
+        assert stored is not None and stored.steps[-1].step is Step.LOCATED
+        place = next(p for p in city.places if p.name == "人民广场")
+        detail = stored.steps[-1].detail
+        assert (detail["address"], detail["lat"], detail["lon"], detail["via"]) == ("人民广场", place.lat, place.lon,
+                                                                                 "gazetteer")
+        # Ctrl+Enter: a text that is no place becomes the address of the position already set
+        await browser.press("l")
+        await browser.evaluate("document.getElementById('address').value = ''")
+        await browser.send("Input.insertText", text="广场东侧喷泉")
+        await browser.press("Enter", ctrl=True)
+        await browser.wait_for("document.getElementById('t-location').textContent.includes('广场东侧喷泉')")
+        stored = await service.get(number)
+        assert stored is not None
+        detail = stored.steps[-1].detail
+        assert (detail["address"], detail["lat"], detail["lon"]) == ("广场东侧喷泉", place.lat, place.lon)
+        assert "via" not in detail

@@ -18,7 +18,12 @@ from core.seats.board import UnknownSeat
 from core.web.app import make_app
 from telephony import callback_api, channel_vars
 from telephony.ami.client import AMIClient
-from telephony.callback import CallbackBusy, CallbackNotPlaced, Callbacks, SeatNotReachable
+from telephony.callback import (
+    CallbackBusy,
+    CallbackNotPlaced,
+    Callbacks,
+    SeatNotReachable,
+)
 from tests.ami_fake import FakeAction, FakeAsterisk, Pairs
 from tests.unit.conftest import T0
 from tests.web_login import login_headers, on_seat
@@ -97,7 +102,7 @@ async def taken_report(service: TicketService, sender: str = REPORTER, ref: str 
 
 
 async def abandoned_call(service: TicketService, caller_id: str, uid: str = "1795951800.1") -> TicketView:
-    ticket = await service.open_call(uniqueid=uid, caller_id=caller_id, at=T0, source="ami")
+    await service.open_call(uniqueid=uid, caller_id=caller_id, at=T0, source="ami")
     await service.record_step(uid, "queued", at=T0 + 1, source="ami", queue="emergency-110")
     return await service.record_step(uid, "abandoned", at=T0 + 5, source="ami")
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -29,6 +30,10 @@ from telephony import cli
 from tests import prev_release
 
 BASELINE_TABLES = 28  # in the previous release's DDL and in revision 0001
+HEAD = migrate.head()
+# The revisions after the baseline, oldest first, and the number a probe revision added by a test gets.
+LATER = tuple(s.revision for s in reversed(list(migrate.scripts().walk_revisions())) if s.revision != migrate.BASELINE)
+PROBE = f"{int(HEAD) + 1:04d}"
 
 
 def _url(path: Path) -> str:
@@ -84,12 +89,12 @@ def migrations_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 @pytest.fixture
 def add_revision(migrations_copy: Path) -> Callable[[str], None]:
-    """Add a revision 0002, given the body of its ``upgrade()``, to the copy of the migrations."""
+    """Add a revision after the head (PROBE), given the body of its ``upgrade()``, to the copy of the migrations."""
 
     def add(body: str) -> None:
-        (migrations_copy / "versions" / "0002_probe.py").write_text(
+        (migrations_copy / "versions" / f"{PROBE}_probe.py").write_text(
             "import sqlalchemy as sa\nfrom alembic import op\n\n"
-            "revision = '0002'\ndown_revision = '0001'\nbranch_labels = None\ndepends_on = None\n\n\n"
+            f"revision = '{PROBE}'\ndown_revision = '{HEAD}'\nbranch_labels = None\ndepends_on = None\n\n\n"
             "def upgrade():\n" + "".join(f"    {line}\n" for line in body.splitlines())
         )
         migrate.scripts.cache_clear()
@@ -113,11 +118,18 @@ async def test_migrations_build_exactly_the_models_schema(engine: AsyncEngine) -
     assert diffs == []
 
 
-async def test_baseline_metadata_is_what_the_baseline_creates(engine: AsyncEngine) -> None:
+async def test_baseline_metadata_is_what_the_baseline_creates(tmp_path: Path) -> None:
     """The tables an unversioned database is compared with are those the baseline revision makes."""
-    async with engine.connect() as conn:
-        assert await conn.run_sync(migrate.differences, migrate.baseline_metadata()) == []
-    assert sorted(migrate.baseline_metadata().tables) == sorted(Base.metadata.tables)
+    engine = make_engine(_url(tmp_path / "baseline.db"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(migrate.alembic_config(c), migrate.BASELINE))
+        async with engine.connect() as conn:
+            assert await conn.run_sync(migrate.differences, migrate.baseline_metadata()) == []
+    finally:
+        await engine.dispose()
+    assert len(migrate.baseline_metadata().tables) == BASELINE_TABLES
+    assert set(migrate.baseline_metadata().tables) <= set(Base.metadata.tables)
 
 
 async def test_baseline_matches_the_previous_release_ddl(prev_engine: AsyncEngine) -> None:
@@ -133,7 +145,7 @@ async def test_state_empty_then_current(tmp_path: Path) -> None:
     try:
         assert await migrate.schema_state(engine) == migrate.SchemaState(State.EMPTY)
         done = await migrate.upgrade(engine)
-        assert done.before.state is State.EMPTY and done.applied == (migrate.BASELINE,) and not done.stamped
+        assert done.before.state is State.EMPTY and done.applied == (migrate.BASELINE, *LATER) and not done.stamped
         state = await migrate.schema_state(engine)
         assert (state.state, state.revision, state.tables) == (State.CURRENT, migrate.head(), len(metadata.tables))
         again = await migrate.upgrade(engine)
@@ -151,8 +163,8 @@ async def test_state_unversioned(prev_engine: AsyncEngine) -> None:
 async def test_state_behind(engine: AsyncEngine, add_revision: Callable[[str], None]) -> None:
     add_revision("op.create_table('probe', sa.Column('id', sa.Integer(), primary_key=True))")
     state = await migrate.schema_state(engine)
-    assert (state.state, state.revision) == (State.BEHIND, "0001")
-    assert "this release needs 0002" in state.describe()
+    assert (state.state, state.revision) == (State.BEHIND, HEAD)
+    assert f"this release needs {PROBE}" in state.describe()
 
 
 async def test_state_ahead_or_unknown(engine: AsyncEngine) -> None:
@@ -262,14 +274,14 @@ async def test_behind_database_gets_the_later_revision_and_keeps_its_rows(
         async with engine.connect() as conn:
             before = await prev_release.snapshot(conn)
         done = await migrate.upgrade(engine)
-        assert done.stamped and done.applied == ("0002",)
-        assert "applied 0002; the schema is at revision 0002" in done.describe()
+        assert done.stamped and done.applied == (*LATER, PROBE)
+        assert f"applied {', '.join((*LATER, PROBE))}; the schema is at revision {PROBE}" in done.describe()
         columns = {table: names for table, (names, _) in before.items()}
         async with engine.connect() as conn:
             assert await prev_release.snapshot(conn, columns) == before
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
             assert (await conn.execute(text("SELECT count(*) FROM tickets WHERE language IS NULL"))).scalar_one() == 2
-        assert await migrate.schema_state(engine) == migrate.SchemaState(State.CURRENT, "0002", BASELINE_TABLES)
+        assert await migrate.schema_state(engine) == migrate.SchemaState(State.CURRENT, PROBE, len(metadata.tables))
     finally:
         await engine.dispose()
 
@@ -337,9 +349,9 @@ async def test_ensure_ready_refuses_unversioned_and_behind(
         await migrate.ensure_ready(prev_engine)
     assert (await migrate.schema_state(prev_engine)).state is State.UNVERSIONED
     add_revision("op.create_table('probe', sa.Column('id', sa.Integer(), primary_key=True))")
-    with pytest.raises(SchemaError, match=r"behind \(revision 0001, this release needs 0002\).*`jiejing db upgrade`"):
+    with pytest.raises(SchemaError, match=rf"behind \(revision {HEAD}, this release needs {PROBE}\).*`jiejing db upgrade`"):
         await migrate.ensure_ready(engine)
-    assert (await migrate.schema_state(engine)).revision == "0001"
+    assert (await migrate.schema_state(engine)).revision == HEAD
 
 
 def _free_port() -> int:
@@ -411,9 +423,9 @@ def test_users_command_creates_an_empty_database_by_the_migrations(
 def test_new_revision_of_unchanged_models_is_empty(migrations_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`jiejing db revision` drafts the next revision; with the models as the migrations leave them, it does nothing."""
     assert cli.main(["db", "revision", "-m", "nothing new"]) == 0
-    path = migrations_copy / "versions" / "0002_nothing_new.py"
+    path = migrations_copy / "versions" / f"{PROBE}_nothing_new.py"
     assert f"wrote {path}" in capsys.readouterr().out
     source = path.read_text()
-    assert "revision: str = '0002'" in source and "down_revision: str | None = '0001'" in source
+    assert f"revision: str = '{PROBE}'" in source and f"down_revision: str | None = '{HEAD}'" in source
     upgrade = source[source.index("def upgrade() -> None:"):source.index("def downgrade() -> None:")]
     assert [line.strip() for line in upgrade.splitlines()[1:] if line.strip() and "###" not in line] == ["pass"]

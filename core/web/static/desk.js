@@ -284,20 +284,44 @@
     pin.append(c);
   }
 
-  async function locate() {
+  // keep: the address is only the text of the position already set (Ctrl+Enter), not a place to look up.
+  async function locate(keep) {
     if (!need("定位 locate")) return;
     const located = ticket.incident;
-    const where = point || (located ? [located.lat, located.lon] : null);
-    if (!where) { say("✗ 定位：请先在地图上点击位置 click the place on the map first [no-point]", false); return; }
-    const body = { lat: where[0], lon: where[1] };
     const address = $("address").value.trim();
+    // a clicked point (with the address as its text), else the gazetteer's place of that name,
+    // else the location already set
+    const where = point || ((keep === true || !address) && located ? [located.lat, located.lon] : null);
+    if (!where && !address) { say("✗ 定位：请输入地址或在地图上点击位置 type an address or click the map [no-point]", false); return; }
+    const body = where ? { lat: where[0], lon: where[1] } : {};
     if (address) body.address = address;
     const answer = await call("PUT", "/api/tickets/" + ticket.number + "/location", body);
-    if (!answer.ok) { refused("定位 locate", answer); return; }
+    if (!answer.ok) {
+      refused("定位 locate", answer);
+      const candidates = (answer.body.details || {}).candidates || [];
+      if (candidates.length) {
+        showPlaces(candidates.map((name) => ({ name })));
+        $("map-point").textContent = "可选 choose: " + candidates.join(" · ");
+      }
+      return;
+    }
     point = null;
     $("map-point").textContent = "";
-    say("✓ 已定位 located · " + (answer.body.incident ? answer.body.incident.station || "" : ""), true);
+    say("✓ 已定位 located · " + (answer.body.incident ? (answer.body.incident.address || "") + " " + (answer.body.incident.station || "") : ""), true);
     await reloadTicket();
+  }
+
+  // The gazetteer's places whose name contains what is typed, as the address field's choices.
+  let placesAsked = 0;
+  function showPlaces(places) {
+    $("places").replaceChildren(...places.map((p) => jj.el("option", { value: p.name })));
+  }
+  async function suggestPlaces() {
+    const q = $("address").value.trim();
+    const asked = ++placesAsked;
+    if (!q) { showPlaces([]); return; }
+    const answer = await call("GET", "/api/places?q=" + encodeURIComponent(q));
+    if (asked === placesAsked && answer.ok) showPlaces(answer.body.places);
   }
 
   // -- dispatch, hand-over, close -----------------------------------------------------------
@@ -434,6 +458,7 @@
       type: () => classify($("type").value, Number($("priority").value)),
       priority: () => classify($("type").value, Number($("priority").value)),
     }[target.id];
+    if (target.id === "address" && event.key === "Enter" && event.ctrlKey) { event.preventDefault(); target.blur(); locate(true); return; }
     if (submit && event.key === "Enter" && !event.shiftKey) { event.preventDefault(); target.blur(); submit(); return; }
     if (typing(target) || event.ctrlKey || event.altKey || event.metaKey) return;
     if (event.key === "Enter" && phoneRinging()) { event.preventDefault(); window.JiejingPhone.answer(); return; }
@@ -471,6 +496,8 @@
     $("take").onclick = takeOldest;
     $("callback").onclick = callBack;
     $("notes").addEventListener("input", () => { clearTimeout(scanTimer); scanTimer = setTimeout(scan, 150); });
+    let placesTimer = null;
+    $("address").addEventListener("input", () => { clearTimeout(placesTimer); placesTimer = setTimeout(suggestPlaces, 150); });
     $("type").addEventListener("change", scan);
     $("map").addEventListener("click", (event) => {
       if (!unproject) return;

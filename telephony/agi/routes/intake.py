@@ -27,7 +27,7 @@ from urllib.parse import unquote
 from core.calls.tickets import TicketService
 from telephony import channel_vars
 from telephony.agi.codec import Request
-from telephony.agi.server import AGISession, Route
+from telephony.agi.server import AGISession
 
 log = logging.getLogger("jiejing.agi.intake")
 
