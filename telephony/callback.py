@@ -15,7 +15,8 @@ ticket follows the call and writes its steps:
 * ``callback_requested`` (by, seat, number, channel) before the Originate is
   sent, so the trail shows what the call-taker asked even if it fails;
 * ``callback_answered`` when the Dial to the reporter ends answered
-  (``DialEnd``), ``callback_failed`` with its outcome otherwise: the seat
+  (``DialEnd``), then ``callback_ended`` when the seat's channel hangs up;
+  ``callback_failed`` with its outcome otherwise: the seat
   did not answer (``seat_no_answer``, ``seat_busy``, ``seat_unreachable``,
   ``seat_failed``), the reporter did not (``no_answer``, ``busy``,
   ``unreachable``), the seat hung up first (``cancelled``,
@@ -275,6 +276,7 @@ class Callbacks:
         seat_answered = False  # OriginateResponse Success: the call-taker picked up
         originate_seen = False
         decided = False  # an outcome step is written
+        answered = False  # the reporter answered: the call's end is a step too
         hung_up = None
         try:
             while True:
@@ -305,6 +307,7 @@ class Callbacks:
                     seat_answered = True
                     status = (event.get("DialStatus") or "").upper()
                     if status == "ANSWER":
+                        answered = True
                         await self._outcome(cb, Step.CALLBACK_ANSWERED, event,
                                             reporter_channel=event.get("DestChannel"))
                     else:
@@ -315,6 +318,8 @@ class Callbacks:
                     hung_up = event
                 if hung_up is not None and (originate_seen or decided):
                     break
+            if answered and hung_up is not None:
+                await self._outcome(cb, Step.CALLBACK_ENDED, hung_up)
             if not decided:
                 if hung_up is not None and seat_answered:
                     # the seat hung up before the reporter's phone was dialled (or the number was refused)

@@ -102,6 +102,7 @@ class Step(StrEnum):
     CALLBACK_REQUESTED = "callback_requested"  # a seat rings the reporter back: by, seat, number called
     CALLBACK_ANSWERED = "callback_answered"  # the reporter answered the call-back
     CALLBACK_FAILED = "callback_failed"  # the call-back did not reach the reporter: its outcome
+    CALLBACK_ENDED = "callback_ended"  # the answered call-back's call ended (the seat's channel hung up)
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
@@ -148,7 +149,7 @@ _CALLBACK_FROM = (
     State.ON_SCENE,
     State.CLEARED,
 )
-_CALLBACK_OUTCOMES = (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED)
+_CALLBACK_OUTCOMES = (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED, Step.CALLBACK_ENDED)
 
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (

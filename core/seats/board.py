@@ -269,7 +269,13 @@ class SeatBoard:
 
     def on_step(self, ticket: TicketView, step: StepView) -> None:
         """Ticket listener (``TicketService.add_listener``): seats ring, answer, hang up."""
-        seat = step.detail.get("seat") if step.step is not Step.HUNG_UP else ticket.seat
+        if step.step is Step.HUNG_UP:
+            seat = ticket.seat
+        elif step.step is Step.CLOSED:  # a call-back still on a seat when its ticket is closed
+            seat = next((v.seat for v in self._seats.values()
+                         if v.state is SeatState.ON_CALL and v.ticket == ticket.number), None)
+        else:
+            seat = step.detail.get("seat")
         if not isinstance(seat, str) or not SEAT_ID.fullmatch(seat):
             return
         current = self._seats.get(seat)
@@ -285,6 +291,16 @@ class SeatBoard:
             operator = current.operator if current is not None else None
             self._set(SeatView(seat, SeatState.ON_CALL, at_us, operator, None, ticket.number))
         elif step.step is Step.HUNG_UP:
+            if current is not None and current.state is SeatState.ON_CALL and current.ticket == ticket.number:
+                self._start_wrap_up(replace(current, state=SeatState.WRAP_UP, since_us=at_us))
+        # A call-back is a call of the seat's own: on the seat from the request (its phone rings at once)
+        # until it fails or ends; a ticket closed meanwhile ends it on the board (the phones are Asterisk's).
+        elif step.step is Step.CALLBACK_REQUESTED:
+            if current is not None and current.state in (SeatState.AVAILABLE, SeatState.WRAP_UP):
+                self._cancel_wrap_up(seat)
+                self._set(replace(current, state=SeatState.ON_CALL, since_us=at_us, reason=None,
+                                  ticket=ticket.number))
+        elif step.step in (Step.CALLBACK_FAILED, Step.CALLBACK_ENDED, Step.CLOSED):
             if current is not None and current.state is SeatState.ON_CALL and current.ticket == ticket.number:
                 self._start_wrap_up(replace(current, state=SeatState.WRAP_UP, since_us=at_us))
 

@@ -51,6 +51,10 @@ async def test_a_text_report_is_called_back_from_a_seat_and_recorded(backend) ->
         async with http.post(f"/api/tickets/{number}/callback", headers=desk, json={"seat": "seat097"}) as resp:
             assert resp.status == 202, await resp.text()
             assert await resp.json() == {"number": number, "seat": "seat097", "to": sender}
+        # the seat board shows the seat on this call while the call-back lasts
+        async with http.get("/api/seats", headers=supervisor) as resp:
+            seat = next(s for s in (await resp.json())["seats"] if s["seat"] == "seat097")
+            assert (seat["state"], seat["ticket"]) == ("on_call", number), seat
 
         # the seat answers after 1 s and hangs up 8 s later; the reporter's phone answers after 3 s
         async def recorded():
@@ -63,7 +67,8 @@ async def test_a_text_report_is_called_back_from_a_seat_and_recorded(backend) ->
             seen = await running.service.get(number)
             raise AssertionError(f"call-back never ended with a recording: {seen and seen.to_json()}") from None
         names = [str(s.step) for s in ticket.steps]
-        assert names == ["reported", "taken", "callback_requested", "callback_answered"], ticket.to_json()["steps"]
+        assert names == ["reported", "taken", "callback_requested", "callback_answered", "callback_ended"], \
+            ticket.to_json()["steps"]
         stamps = [s.at_us for s in ticket.steps]
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), stamps
         requested, answered = ticket.steps[2].detail, ticket.steps[3].detail
@@ -71,11 +76,17 @@ async def test_a_text_report_is_called_back_from_a_seat_and_recorded(backend) ->
         assert answered["reporter_channel"].startswith("PJSIP/carrier-out-")
         # the reporter answered ~3 s after the seat did, within its ring time
         assert 2.0 <= (ticket.steps[3].at_us - ticket.steps[2].at_us) / 1e6 <= 10.0
+        # the seat's phone hangs up 8 s after it answered, the reporter having answered ~3 s in
+        assert 3.0 <= (ticket.steps[4].at_us - ticket.steps[3].at_us) / 1e6 <= 7.0
         assert str(ticket.state) == "taken"
         (recording,) = ticket.recordings
         assert recording.path.endswith(f"/{number}_{requested['channel']}.wav")
         # MixMonitor starts when the seat picks up and stops when its phone hangs up 8 s later (plus the set-up)
         assert recording.duration_s is not None and 6.0 <= recording.duration_s <= 12.0, recording
+
+        async with http.get("/api/seats", headers=supervisor) as resp:
+            seat = next(s for s in (await resp.json())["seats"] if s["seat"] == "seat097")
+            assert seat["state"] in ("wrap_up", "available"), seat
 
         # -- refusals on the same desk ------------------------------------------------------
         async with http.post(f"/api/tickets/{number}/callback", headers=desk, json={"seat": "seat 42"}) as resp:

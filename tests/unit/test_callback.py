@@ -198,9 +198,10 @@ async def test_answered_call_back_is_recorded_and_its_recording_bound(
     await finished(callbacks, ticket.number)
     trail = await steps(service, ticket.number)
     assert [name for name, _ in trail] == ["received", "queued", "abandoned", "callback_requested",
-                                           "callback_answered"]
-    assert trail[-1][1] == {"seat": "seat007", "to": "13800138000", "reporter_channel": "PJSIP/carrier-out-00000002"}
-    channel_id = trail[-2][1]["channel"]
+                                           "callback_answered", "callback_ended"]
+    assert trail[-2][1] == {"seat": "seat007", "to": "13800138000", "reporter_channel": "PJSIP/carrier-out-00000002"}
+    assert trail[-1][1] == {"seat": "seat007", "to": "13800138000"}
+    channel_id = trail[-3][1]["channel"]
     assert bound.calls == [(channel_id, ticket.number)]
     after = await service.get(ticket.number)
     assert after is not None and str(after.state) == "abandoned"  # a call-back leaves the state alone

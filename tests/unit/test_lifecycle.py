@@ -99,7 +99,8 @@ CALLBACK_FROM = (State.TAKEN, State.ENDED, State.ABANDONED, State.DISPATCHING_EN
                  State.ON_SCENE, State.CLEARED)
 CALLBACK_LEGAL = {
     **{(state, Step.CALLBACK_REQUESTED): state for state in CALLBACK_FROM},
-    **{(state, step): state for state in CALLBACK_FROM for step in (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED)},
+    **{(state, step): state for state in CALLBACK_FROM for step in (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED,
+                                                                    Step.CALLBACK_ENDED)},
 }
 LEGAL.update(CALLBACK_LEGAL)
 

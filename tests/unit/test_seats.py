@@ -110,6 +110,53 @@ async def test_calls_drive_the_seat_and_wrap_up_ends_by_itself(
     assert queue.calls[-2:] == [("pause", "PJSIP/seat-05", "wrap-up"), ("unpause", "PJSIP/seat-05")]
 
 
+async def _available(board: SeatBoard, seat: str) -> None:
+    for _ in range(100):
+        if board.get(seat).state is SeatState.AVAILABLE:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{seat} stayed {board.get(seat).state}")
+
+
+async def test_a_call_back_holds_the_seat_until_it_fails_ends_or_its_ticket_is_closed(
+    board: SeatBoard, service: TicketService
+) -> None:
+    service.add_listener(board.on_step)
+    await board.login("seat-05", "王")
+    await board.login("seat-06", "李")
+    outcomes = {"seat-05": (Step.CALLBACK_ANSWERED, Step.CALLBACK_ENDED), "seat-06": (Step.CALLBACK_FAILED,)}
+    for n, (seat, ends) in enumerate(outcomes.items()):
+        report = await service.open_report(channel="sms", ref=f"SM{n}", sender="+8613800138000", at=T0,
+                                           source="sms", text="有人打架")
+        await service.take(report.number, by="王", seat=seat)
+        await service.record_step(report.uniqueid, Step.CALLBACK_REQUESTED, at=T0 + 1, source="api", seat=seat,
+                                  by="王", to="+8613800138000", channel="callback-1")
+        assert (board.get(seat).state, board.get(seat).ticket) == (SeatState.ON_CALL, report.number)
+        for i, step in enumerate(ends):
+            assert board.get(seat).state is SeatState.ON_CALL
+            await service.record_step(report.uniqueid, step, at=T0 + 5 + i, source="ami", seat=seat,
+                                      to="+8613800138000")
+        assert board.get(seat).state is SeatState.WRAP_UP
+        await _available(board, seat)
+    # closed while the reporter is still on the phone: the board lets the seat go
+    report = await service.open_report(channel="sms", ref="SM9", sender="+8613800138000", at=T0, source="sms",
+                                       text="有人打架")
+    await service.take(report.number, by="王", seat="seat-05")
+    await service.record_step(report.uniqueid, Step.CALLBACK_REQUESTED, at=T0 + 1, source="api", seat="seat-05",
+                              by="王", to="+8613800138000", channel="callback-2")
+    await service.close(report.number, disposition="已回访", by="王")
+    assert board.get("seat-05").state is SeatState.WRAP_UP
+    await _available(board, "seat-05")
+    # a paused seat calling back stays paused on the board (it rings no queue call either way)
+    await board.pause("seat-06", "回访")
+    report = await service.open_report(channel="sms", ref="SM10", sender="+8613800138000", at=T0, source="sms",
+                                       text="有人打架")
+    await service.take(report.number, by="李", seat="seat-06")
+    await service.record_step(report.uniqueid, Step.CALLBACK_REQUESTED, at=T0 + 1, source="api", seat="seat-06",
+                              by="李", to="+8613800138000", channel="callback-3")
+    assert board.get("seat-06").state is SeatState.PAUSED
+
+
 async def test_a_seat_not_logged_in_here_appears_when_its_call_rings(board: SeatBoard, service: TicketService) -> None:
     service.add_listener(board.on_step)
     await service.open_call(uniqueid="1.1", caller_id="1", at=T0, source="ami")

@@ -10,7 +10,7 @@
     answered: "接听 answered", hung_up: "挂断 hung up", abandoned: "放弃 abandoned", closed: "结案 closed",
     located: "定位 located", dispatch_requested: "派警 dispatch", officer_ringing: "民警振铃 officer ringing",
     officer_no_answer: "未应答 no answer", officer_joined: "民警加入 officer joined", ladder_exhausted: "无人应答 nobody answered",
-    callback_requested: "回拨 call back", callback_answered: "回拨接通 reporter answered", callback_failed: "回拨失败 call back failed",
+    callback_requested: "回拨 call back", callback_answered: "回拨接通 reporter answered", callback_failed: "回拨失败 call back failed", callback_ended: "回拨结束 call back ended",
     arrived: "到达 arrived", cleared: "处置完毕 cleared", classified: "分类 classified", note_added: "记录 note",
     handed_over: "移交 handed over", repeat_linked: "重复来电 repeat", reported: "文字报警 reported", taken: "接收 taken",
   };
