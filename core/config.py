@@ -37,7 +37,9 @@ class Settings:
     db_url: str = field(default_factory=_default_db_url)
     http_host: str = "127.0.0.1"
     http_port: int = 8110
-    agi_host: str = "127.0.0.1"
+    intake_host: str = "127.0.0.1"  # the dialplan's CURL() intake (JIEJING_INTAKE in extensions.conf)
+    intake_port: int = 4574
+    agi_host: str = "127.0.0.1"  # FastAGI: the seats' feature codes
     agi_port: int = 4573
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038

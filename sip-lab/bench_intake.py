@@ -1,10 +1,12 @@
-"""Benchmark: what the intake route costs on top of a bare FastAGI answer.
+"""Benchmark: what the intake costs on top of a bare HTTP answer.
 
-Plays Asterisk's side of FastAGI over loopback (headers, then "200 result=1"
-to every SET VARIABLE) against our FastAGIServer with these cases:
+Plays Asterisk's side of the intake over loopback, as ``CURL()`` does (a new
+connection, ``GET /intake?…``, read to the end) against our intake server with
+these cases:
 
-- ``echo``: sets the same four variables, touches nothing else (the floor);
-- ``intake``: the real route on a real store (SQLite file, or --db URL);
+- ``echo``: a bare aiohttp server answering the same four values, touching
+  nothing else (the floor);
+- ``intake``: the real server on a real store (SQLite file, or --db URL);
 - ``intake`` for calls the AMI adapter opened first (the usual order in the
   lab), while it writes the other steps of every call (queued, seat ringing,
   answered, hung up), as during a storm;
@@ -31,46 +33,49 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlencode
+
+from aiohttp import web
 
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
 from core.store import make_engine
 from core.tables import init_schema
-from telephony import channel_vars
-from telephony.agi.routes import intake
-from telephony.agi.server import FastAGIServer
+from telephony.intake import Intake
+from telephony.intake_http import make_intake_app
 
 CALL_STEPS = (Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP)
+ECHO = "queue=emergency-110&priority=10&recording=x&ticket=110-00000000-000000"
 
 
-def _headers(script: str, uniqueid: str, arrived: float) -> bytes:
-    h = {
-        "agi_network": "yes", "agi_network_script": script, "agi_request": f"agi://127.0.0.1/{script}",
-        "agi_channel": "PJSIP/carrier-00000001", "agi_uniqueid": uniqueid, "agi_callerid": "13800138000",
-        "agi_calleridname": "Bench", "agi_context": "from-carrier", "agi_extension": "110",
-        "agi_arg_1": f"{arrived:.3f}",
-    }
-    return "".join(f"{k}: {v}\n" for k, v in h.items()).encode() + b"\n"
+def _request(uniqueid: str, arrived: float) -> bytes:
+    query = urlencode({"uniqueid": uniqueid, "arrived": f"{arrived:.3f}", "caller": "13800138000", "name": "Bench",
+                       "location": ""})
+    return f"GET /intake?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
 
 
-async def one_request(port: int, script: str, uniqueid: str) -> float:
+async def one_request(port: int, uniqueid: str) -> float:
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_headers(script, uniqueid, time.time()))
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        # EXEC MSet answers with the application's result (0), SET VARIABLE with 1
-        writer.write(b"200 result=0\n" if line.startswith(b"EXEC ") else b"200 result=1\n")
+    writer.write(_request(uniqueid, time.time()))
+    answer = await reader.read()  # to the end: the server closes (Connection: close)
     writer.close()
     await writer.wait_closed()
+    if b"ticket=" not in answer:
+        raise RuntimeError(f"no ticket in the answer: {answer[:200]!r}")
     return (time.perf_counter() - start) * 1000
 
 
-async def echo(request, agi) -> None:
-    await agi.set_variables({channel_vars.QUEUE: "emergency-110", channel_vars.PRIORITY: 10,
-                             channel_vars.RECORDING: "x", channel_vars.TICKET: "110-00000000-000000"})
+async def _echo(request: web.Request) -> web.Response:
+    return web.Response(text=ECHO, content_type="text/plain")
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -82,7 +87,7 @@ async def _open(service: TicketService, uid: str) -> None:
     await service.open_call(uniqueid=uid, caller_id="13800138000", at=time.time(), source="ami")
 
 
-async def run_case(server_port: int, script: str, calls: int, rate: float, service: TicketService | None,
+async def run_case(server_port: int, calls: int, rate: float, service: TicketService | None,
                    tag: str, steps: bool) -> list[float]:
     results: list[float] = []
 
@@ -91,7 +96,7 @@ async def run_case(server_port: int, script: str, calls: int, rate: float, servi
         if steps and service is not None:
             # in the lab the AMI Newchannel event usually opens the ticket first
             await _open(service, uid)
-        results.append(await one_request(server_port, script, uid))
+        results.append(await one_request(server_port, uid))
         if steps and service is not None:
             # what the AMI adapter writes for the same call, right behind the AGI request
             for step in CALL_STEPS:
@@ -107,7 +112,7 @@ async def run_case(server_port: int, script: str, calls: int, rate: float, servi
 
 async def run_case_other_writes(server_port: int, calls: int, rate: float, service: TicketService, tag: str,
                                 steps_rate: float | None) -> tuple[list[float], float]:
-    """AGI requests for calls already opened while a writer works on other calls.
+    """Intake requests for calls already opened while a writer works on other calls.
 
     The writer is one task, like the AMI adapter: it opens a call and writes its
     four steps, then the next call, paced at ``steps_rate`` record_step/s (None:
@@ -142,7 +147,7 @@ async def run_case_other_writes(server_port: int, calls: int, rate: float, servi
     began = time.perf_counter()
     tasks = []
     for i in range(calls):
-        tasks.append(asyncio.create_task(_append(results, one_request(server_port, "intake", f"{tag}.{i}"))))
+        tasks.append(asyncio.create_task(_append(results, one_request(server_port, f"{tag}.{i}"))))
         await asyncio.sleep(1 / rate)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - began
@@ -189,28 +194,31 @@ async def main(args) -> None:
     engine = make_engine(db)
     await init_schema(engine)
     service = TicketService(engine)
-    server = FastAGIServer({"echo": echo, "intake": intake.make_route(service)}, port=0)
-    await server.start()
+    echo_app = web.Application()
+    echo_app.router.add_get("/intake", _echo)
+    echo_runner, echo_port = await _serve(echo_app)
+    intake_runner, intake_port = await _serve(make_intake_app(Intake(service)))
     tag = str(int(time.time()))
     rows = []
     notes = []
     try:
-        for name, script, steps in (("bare echo (4 variables)", "echo", False),
-                                    ("intake, store idle", "intake", False),
-                                    ("intake after AMI, + AMI steps", "intake", True)):
-            res = await run_case(server.port, script, args.calls, args.rate, service, f"{tag}{len(rows)}", steps)
+        for name, port, steps in (("bare echo (4 values)", echo_port, False),
+                                  ("intake, store idle", intake_port, False),
+                                  ("intake after AMI, + AMI steps", intake_port, True)):
+            res = await run_case(port, args.calls, args.rate, service, f"{tag}{len(rows)}", steps)
             rows.append((name, len(res), pct(res, 50), pct(res, 95), pct(res, 99), max(res)))
         for name, steps_rate in ((f"intake, other calls {args.steps_rate:g} st/s", args.steps_rate),
                                  ("intake, other calls flat out", None)):
-            res, achieved = await run_case_other_writes(server.port, args.calls, args.rate, service,
+            res, achieved = await run_case_other_writes(intake_port, args.calls, args.rate, service,
                                                         f"{tag}{len(rows)}", steps_rate)
             rows.append((name, len(res), pct(res, 50), pct(res, 95), pct(res, 99), max(res)))
             notes.append(f"{name}: writer achieved {achieved:.1f} record_step/s")
         ops = await measure_ops(service, f"{tag}ops", args.ops)
     finally:
-        await server.stop()
+        await intake_runner.cleanup()
+        await echo_runner.cleanup()
         await engine.dispose()
-    print(f"FastAGI round trip, {args.calls} calls at {args.rate:g}/s, store {db.split(':')[0]}")
+    print(f"Intake round trip over HTTP, {args.calls} calls at {args.rate:g}/s, store {db.split(':')[0]}")
     print(f"{'case':32} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, n, p50, p95, p99, mx in rows:
         print(f"{name:32} {n:5d} {p50:8.2f} {p95:8.2f} {p99:8.2f} {mx:8.2f}")

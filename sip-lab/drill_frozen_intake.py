@@ -1,7 +1,7 @@
 """Fault drill: callers while the backend is frozen (``kill -STOP``, a blocked event loop).
 
-A frozen backend still has its FastAGI port open: the kernel completes the TCP handshake, Asterisk
-sends the request, and no answer comes. This drill puts a listener on the FastAGI port that accepts
+A frozen backend still has its intake port open: the kernel completes the TCP handshake, Asterisk
+sends the request, and no answer comes. This drill puts a listener on the intake port that accepts
 and reads but never answers (the same thing seen from Asterisk), places calls through SIPp, and
 measures from Asterisk's own AMI time stamps how long after arriving each caller was queued and
 reached a seat. The dialplan promises every caller a seat whatever the backend does; the drill says
@@ -40,9 +40,9 @@ async def run(calls: int, rate: float, patience_s: float) -> dict:
             pass
 
     try:
-        server = await asyncio.start_server(frozen, settings.agi_host, settings.agi_port)
+        server = await asyncio.start_server(frozen, settings.intake_host, settings.intake_port)
     except OSError as exc:
-        raise SystemExit(f"the FastAGI port {settings.agi_port} is taken (a backend running?): {exc}") from None
+        raise SystemExit(f"the intake port {settings.intake_port} is taken (a backend running?): {exc}") from None
     ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
     events = ami.subscribe()
     await ami.start()

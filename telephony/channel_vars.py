@@ -1,14 +1,14 @@
 """Every channel variable the backend reads or sets, named once.
 
-The dialplan (``dialplan/extensions.conf``) and the AGI route modules use these
+The dialplan (``dialplan/extensions.conf``), the intake and the AGI route modules use these
 names; ``jiejing dialplan check`` will compare the two sets. Keep the comment
 next to each name in step with the dialplan.
 """
 
-# Set by the dialplan before AGI(), read by the intake route.
+# Set by the dialplan before the intake request, sent in it (``arrived``).
 ARRIVED = "JIEJING_ARRIVED"  # epoch seconds with milliseconds, when the call entered the dialplan
 
-# Set by the intake route, read by the dialplan.
+# The intake's answer (telephony/intake_http.py); the dialplan sets them from HASH(jiejing).
 TICKET = "JIEJING_TICKET"  # human-readable ticket number, e.g. 110-20261129-000042
 QUEUE = "JIEJING_QUEUE"  # queue the call goes to
 PRIORITY = "JIEJING_PRIORITY"  # app_queue priority (higher is served first)
@@ -20,9 +20,6 @@ HANDOVER_TO = "JIEJING_HANDOVER_TO"  # PJSIP/name the call is transferred to
 # Set over AMI (Originate) by telephony/callback.py, read by the [callback] context;
 # it also sets TICKET and RECORDING there.
 CALLBACK_TO = "JIEJING_CALLBACK_TO"  # the number a seat calls back: digits, optional leading +, checked
-
-# Set by Asterisk itself, read by the dialplan after AGI().
-AGISTATUS = "AGISTATUS"
 
 
 

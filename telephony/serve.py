@@ -1,8 +1,10 @@
 """`jiejing serve`: the backend process, assembled.
 
 Owns, in start order: the ticket store, the AMI connection with the event
-adapter, the FastAGI server, and the HTTP API (with the seat board driving
-queue membership over AMI, and the AMI and FastAGI figures in /metrics). aiohttp's cleanup contexts stop
+adapter, the intake's own HTTP listener (what the dialplan's CURL() asks), the
+FastAGI server (the seats' feature codes), and the HTTP API (with the seat
+board driving queue membership over AMI, and the AMI, intake and FastAGI
+figures in /metrics). aiohttp's cleanup contexts stop
 them in reverse order. This is the one place where telephony and core meet;
 core never imports from here.
 """
@@ -40,13 +42,14 @@ from core.triage.push_http import HttpPoster
 from core.web.app import make_app
 from telephony import callback_api, dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
-from telephony.agi.routes import intake
-from telephony.agi.server import FastAGIServer
+from telephony.agi.server import FastAGIServer, RouteStats
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
 from telephony.callback import Callbacks
 from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
+from telephony.intake import Intake
+from telephony.intake_http import make_intake_app
 from telephony.seat_control import AMIQueuePort
 
 log = logging.getLogger("jiejing.serve")
@@ -63,8 +66,9 @@ class Backend:
     planner: DispatchPlanner
     dispatcher: Dispatcher
     alerts: AlertBoard
-    intake: intake.IntakeRoute
+    intake: Intake
     callbacks: Callbacks
+    intake_stats: RouteStats
 
     async def open_alerts(self) -> list[dict]:
         await self.alerts.flush()
@@ -93,16 +97,16 @@ def build(settings: Settings) -> Backend:
     planner = DispatchPlanner(service, officers, on_exhausted=ladder_exhausted)
     dispatcher = Dispatcher(ami, service, planner, events.legs)
     # Positions the network sends with the call become the incident location.
-    intake_route = intake.make_route(service, locate=planner.locate)
+    intake = Intake(service, locate=planner.locate)
     ami.add_listener(dispatcher.on_event)
     callbacks = Callbacks(ami, service, bind_recording=events.bind_recording_of)
     ami.add_listener(callbacks.on_event)
     agi = FastAGIServer(
-        {"intake": intake_route, "dispatch": dispatch_route.make_route(service, dispatcher)},
+        {"dispatch": dispatch_route.make_route(service, dispatcher)},
         host=settings.agi_host, port=settings.agi_port,
     )
-    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake_route,
-                   callbacks)
+    return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake,
+                   callbacks, RouteStats())
 
 
 class TelephonyMetrics:
@@ -110,9 +114,10 @@ class TelephonyMetrics:
 
     name = "telephony"  # in jiejing_metrics_collector_errors_total
 
-    def __init__(self, ami: AMIClient, agi: FastAGIServer) -> None:
+    def __init__(self, ami: AMIClient, agi: FastAGIServer, intake: RouteStats) -> None:
         self._ami = ami
         self._agi = agi
+        self._intake = intake
 
     def collect(self) -> Iterator[Metric]:
         status = self._ami.status()
@@ -132,6 +137,15 @@ class TelephonyMetrics:
             durations.add_metric([name], buckets(rows), r.durations.sum_ms / 1000)
         yield requests
         yield durations
+        r = self._intake
+        requests = CounterMetricFamily("jiejing_intake_requests_total",
+                                       "The dialplan's intake requests (CURL) by outcome.", labels=["outcome"])
+        for outcome, n in (("all", r.requests), ("failed", r.failures), ("timed_out", r.timeouts)):
+            requests.add_metric([outcome], n)
+        yield requests
+        rows = [(bound / 1000, n) for bound, n in r.durations.cumulative()]
+        yield HistogramMetricFamily("jiejing_intake_duration_seconds", "Intake request durations.",
+                                    buckets=buckets(rows), sum_value=r.durations.sum_ms / 1000)
 
 
 def make_web_app(backend: Backend) -> web.Application:
@@ -166,16 +180,31 @@ def make_web_app(backend: Backend) -> web.Application:
         await backend.events.wait_recordings()
         await backend.events.stop()
 
+    async def intake_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Its own listener, no access log: the intake never queues behind the web API.
+        runner = web.AppRunner(make_intake_app(backend.intake, backend.intake_stats), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, backend.settings.intake_host, backend.settings.intake_port).start()
+        log.info("intake listening on http://%s:%s/intake", backend.settings.intake_host,
+                 backend.settings.intake_port)
+        yield
+        await runner.cleanup()
+        await backend.intake.drain()
+
     async def agi_ctx(app: web.Application) -> AsyncIterator[None]:
         await backend.agi.start()
         log.info("FastAGI listening on %s:%s", backend.settings.agi_host, backend.agi.port)
         yield
         await backend.agi.stop()
-        await backend.intake.drain()
 
     def ami_health() -> dict:
         status = backend.ami.status()
         return {"ok": bool(status.get("connected")), **status}
+
+    def intake_health() -> dict:
+        r = backend.intake_stats
+        return {"ok": True, "port": backend.settings.intake_port, "requests": r.requests, "failures": r.failures,
+                "timeouts": r.timeouts, "le_ms": {str(b): n for b, n in r.durations.cumulative()}}
 
     def agi_health() -> dict:
         stats = backend.agi.stats
@@ -199,11 +228,11 @@ def make_web_app(backend: Backend) -> web.Application:
     triage.set_handover_port(AsteriskHandover(backend.ami, backend.service, backend.dispatcher, backend.events.legs))
     app = make_app(
         backend.service,
-        health={"ami": ami_health, "agi": agi_health},
-        cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, agi_ctx],
+        health={"ami": ami_health, "intake": intake_health, "agi": agi_health},
+        cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,
-        metrics=[TelephonyMetrics(backend.ami, backend.agi)],
+        metrics=[TelephonyMetrics(backend.ami, backend.agi, backend.intake_stats)],
         dispatch=backend.planner,
         timezone=settings.timezone,
         triage=triage,

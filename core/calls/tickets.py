@@ -156,7 +156,8 @@ _REMEASURE_RECORDING = (
 class Source(StrEnum):
     """Which path reported a step."""
 
-    AGI = "agi"  # FastAGI intake route
+    AGI = "agi"  # FastAGI intake route (releases before the HTTP intake)
+    INTAKE = "intake"  # the dialplan's intake request (CURL from Asterisk)
     AMI = "ami"  # AMI event adapter
     API = "api"  # web API (call-taker action)
     RESYNC = "resync"  # reconciliation after a restart or AMI reconnect

@@ -4,7 +4,7 @@ The first promise is that every call to 110 is queued to the call-takers,
 also when the backend fails. ``check`` follows every path of the 110
 extension through ``Goto``/``GotoIf``/``Gosub``/``Return``/``Hangup`` and
 falling off the end, taking both branches of every condition, so the path on
-which the FastAGI request failed is among them. The other checks keep the
+which the intake request failed is among them. The other checks keep the
 pieces in step: AGI routes that exist in the backend, channel variables that
 both sides agree on (``telephony/channel_vars.py``), queues and members that
 exist, media through Asterisk, and an AMI user with no more rights than the
@@ -50,7 +50,7 @@ LOOPBACK = "127.0.0.1"
 
 # Modules without which a 110 call cannot be answered, recorded, queued or reach the backend.
 REQUIRED_MODULES = (
-    "pbx_config.so", "res_agi.so", "app_queue.so", "app_mixmonitor.so",
+    "pbx_config.so", "res_agi.so", "res_curl.so", "func_curl.so", "func_uri.so", "app_queue.so", "app_mixmonitor.so",
     "res_pjsip.so", "res_pjsip_session.so", "chan_pjsip.so", "func_strings.so", "func_callerid.so",
 )
 
@@ -261,12 +261,12 @@ class _Checker:
                          f"${{{name}}} is read but neither the dialplan ([globals], Set) nor the backend sets it")
 
     def _backend_anchor(self, intake: Sequence[str], number: str) -> tuple[Path, int]:
-        """Where a channel-variable mismatch is shown: the AGI call of the intake extension."""
+        """Where a channel-variable mismatch is shown: the intake request (CURL) of the intake extension."""
         for name in intake:
             ctx = self.config.contexts.get(name)
             ext = ctx.extensions.get(number) if ctx else None
             for p in ext.priorities if ext else ():
-                if p.app.lower() in ("agi", "eagi"):
+                if "CURL(" in p.data.upper() or p.app.lower() in ("agi", "eagi"):
                     return p.file, p.line
         for _, _, p in self.config.priorities():
             if p.app.lower() in ("agi", "eagi"):

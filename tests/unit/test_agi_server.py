@@ -437,18 +437,3 @@ async def test_values_needing_quotes_never_go_through_mset() -> None:
             await peer.reply("200 result=1")
             assert await peer.read_command() == 'SET VARIABLE JIEJING_TICKET "x=${EVIL}"'
             await peer.reply("200 result=1")
-
-
-def test_network_position_from_the_dialplan_argument() -> None:
-    from telephony.agi.routes.intake import network_position
-
-    def req(*args: str) -> Request:
-        return Request(headers={}, script="intake", args=list(args))
-
-    encoded = "shape%3D%22Point%22%2Ccrs%3D%222d%22%2Cpos%3D%2231.2304%20121.4737%22"  # as the lab's Asterisk sent it
-    assert network_position(req("1.0", encoded)) == (31.2304, 121.4737)
-    assert network_position(req("1.0", "")) is None  # no position from the network
-    assert network_position(req("1.0")) is None
-    assert network_position(req("1.0", "shape%3D%22Circle%22%2Cpos%3D%2231.2%20121.4%22%2Cradius%3D%22100%22")) is None
-    assert network_position(req("1.0", "shape%3D%22Point%22%2Cpos%3D%2291.5%20121.4%22")) is None  # out of range
-    assert network_position(req("1.0", "shape=Point,pos=${SHELL(id)}")) is None

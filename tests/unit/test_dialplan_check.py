@@ -100,8 +100,8 @@ def test_model_gives_file_and_line_for_priorities_labels_and_globals():
     record = intake.labelled("record")
     assert record.app == "MixMonitor" and record.line == line_of(ext_conf, "n(record),")
     assert record.file == ext_conf
-    agi = next(p for p in intake.priorities if p.app == "AGI")
-    assert agi.data == "${JIEJING_AGI}/intake,${JIEJING_ARRIVED},${URIENCODE(${GEOLOC_PROFILE(location_info)})}"
+    ask = next(p for p in intake.priorities if "CURL(" in p.data)
+    assert ask.app == "Set" and ask.data.startswith("HASH(jiejing)=${CURL(${JIEJING_INTAKE}?uniqueid=${UNIQUEID}&")
     assert config.globals["JIEJING_DEFAULT_QUEUE"].value == "emergency-110"
     assert config.general["static"].value == "yes"
     # #tryinclude extensions_lab.conf: the lab context keeps its own file and line
@@ -180,7 +180,7 @@ def test_missing_110_is_an_error(folder):
 
 def test_path_that_hangs_up_before_queue(folder):
     ext_conf = folder / "extensions.conf"
-    jump = edit(ext_conf, "Set(AGISIGHUP=no)", ' same => n,GotoIf($["${CALLERID(num)}" = ""]?done)')
+    jump = edit(ext_conf, "Set(CURLOPT(hashcompat)=yes)", ' same => n,GotoIf($["${CALLERID(num)}" = ""]?done)')
     done_line = line_of(ext_conf, "n(done),Hangup()")
     done, at = intake_priority(folder, done_line), intake_priority(folder, jump)
     f = only_error(check(parse(folder)), "no-queue-path")
@@ -227,21 +227,21 @@ def test_gosub_that_returns_is_followed(folder):
 
 def test_unknown_agi_route(folder):
     ext_conf = folder / "extensions.conf"
-    line = edit(ext_conf, "AGI(${JIEJING_AGI}/intake", " same => n,AGI(${JIEJING_AGI}/intak,${JIEJING_ARRIVED})")
+    line = edit(ext_conf, "AGI(${JIEJING_AGI}/dispatch", "exten => dispatch,1,AGI(${JIEJING_AGI}/dispatc)")
     f = only_error(check(parse(folder)), "unknown-agi-route")
-    assert (f.file, f.line) == (ext_conf, line) and "intak" in f.message
+    assert (f.file, f.line) == (ext_conf, line) and "dispatc" in f.message
 
 
 def test_agi_route_folder_is_a_parameter(folder, tmp_path):
     routes = tmp_path / "routes"
     routes.mkdir()
-    # every route of the backend but intake
+    # every route of the backend but dispatch
     for module in (REPO / "telephony" / "agi" / "routes").glob("*.py"):
-        if module.name != "intake.py":
+        if module.name != "dispatch.py":
             (routes / module.name).write_text('"""stand-in"""\n')
     f = only_error(check(parse(folder), routes=routes), "unknown-agi-route")
-    assert "intake" in f.message
-    (routes / "intake.py").write_text('"""stand-in"""\n')
+    assert "dispatch" in f.message
+    (routes / "dispatch.py").write_text('"""stand-in"""\n')
     assert check(parse(folder), routes=routes).ok
 
 
@@ -252,7 +252,7 @@ def test_backend_variable_not_read_by_dialplan(folder):
     edit(ext_conf, " same => n,MixMonitor(", " same => n,MixMonitor(${JIEJING_RECORDINGS}/${UNIQUEID}.wav)")
     f = only_error(check(parse(folder)), "backend-var-unread")
     assert channel_vars.RECORDING in f.message
-    assert (f.file, f.line) == (ext_conf, line_of(ext_conf, "AGI(${JIEJING_AGI}/intake"))  # where the backend sets it
+    assert (f.file, f.line) == (ext_conf, line_of(ext_conf, "${CURL("))  # where the backend's answer comes in
 
 
 def test_variable_the_backend_reads_but_the_dialplan_never_sets(folder):
@@ -435,7 +435,7 @@ def test_unparseable_line(folder):
 
 def test_format_report_errors_first_then_warnings_then_summary(folder):
     ext_conf = folder / "extensions.conf"
-    edit(ext_conf, "Set(AGISIGHUP=no)", ' same => n,GotoIf($["${CALLERID(num)}" = ""]?done)')
+    edit(ext_conf, "Set(CURLOPT(hashcompat)=yes)", ' same => n,GotoIf($["${CALLERID(num)}" = ""]?done)')
     report = check(parse(folder))
     text = format_report(report, relative_to=folder.parent).splitlines()
     done = line_of(ext_conf, "n(done),Hangup()")

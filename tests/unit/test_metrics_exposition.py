@@ -26,7 +26,7 @@ from core.seats.board import SeatBoard
 from core.web.app import make_app
 from core.web.metrics import registry_of
 from telephony.agi.codec import Request
-from telephony.agi.server import AGISession, FastAGIServer
+from telephony.agi.server import AGISession, FastAGIServer, RouteStats
 from telephony.ami.client import AMIClient
 from telephony.serve import TelephonyMetrics
 from tests.unit.conftest import T0, FakeClock
@@ -46,12 +46,15 @@ async def _route(request: Request, session: AGISession) -> None:  # never run: t
 def _telephony() -> TelephonyMetrics:
     # Neither is started: the AMI client never connects, the FastAGI server never listens.
     ami = AMIClient("127.0.0.1", 5038, "jiejing", "secret")
-    agi = FastAGIServer({"intake": _route, "dispatch": _route})
-    intake = agi.stats.routes["intake"]
+    agi = FastAGIServer({"dispatch": _route})
+    dispatch = agi.stats.routes["dispatch"]
+    dispatch.requests, dispatch.failures = 2, 1
+    dispatch.durations.observe(4.0)
+    intake = RouteStats()
     intake.requests, intake.failures, intake.timeouts = 3, 1, 1
     for ms in (0.7, 3.0, 240.0):
         intake.durations.observe(ms)
-    return TelephonyMetrics(ami, agi)
+    return TelephonyMetrics(ami, agi, intake)
 
 
 @pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
@@ -89,11 +92,14 @@ async def test_promtool_accepts_the_metrics_of_a_busy_app(
         "jiejing_ami_reconnects_total": "counter",
         "jiejing_fastagi_requests_total": "counter",
         "jiejing_fastagi_duration_seconds": "histogram",
+        "jiejing_intake_requests_total": "counter",
+        "jiejing_intake_duration_seconds": "histogram",
         "jiejing_metrics_collector_errors_total": "counter",
     }
     assert 'jiejing_answer_seconds_bucket{le="3"} 1.0' in text.splitlines()
-    assert 'jiejing_fastagi_requests_total{outcome="timed_out",route="intake"} 1.0' in text.splitlines()
-    assert 'jiejing_fastagi_duration_seconds_bucket{le="0.25",route="intake"} 3.0' in text.splitlines()
+    assert 'jiejing_intake_requests_total{outcome="timed_out"} 1.0' in text.splitlines()
+    assert 'jiejing_intake_duration_seconds_bucket{le="0.25"} 3.0' in text.splitlines()
+    assert 'jiejing_fastagi_requests_total{outcome="failed",route="dispatch"} 1.0' in text.splitlines()
     assert 'jiejing_metrics_collector_errors_total{collector="Broken"} 1.0' in text.splitlines()
 
     checked = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=60)
