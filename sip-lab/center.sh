@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the 110 center on this machine: set-up if needed, the lab Asterisk with
-# its simulated seats and officers, and the backend (AMI + FastAGI + HTTP on
+# its simulated seats and officers, and the backend (AMI, intake, FastAGI, HTTP on
 # 127.0.0.1:8110) in the foreground. Ctrl-C stops the backend and the lab.
 #
 # The lab supervisor account (user "lab") gets the password in

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 
 from core.config import Settings
 from siplab import asterisk, lab, storm

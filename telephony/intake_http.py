@@ -22,13 +22,15 @@ import asyncio
 import logging
 import re
 import time
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from telephony import channel_vars
 from telephony.agi.server import RouteStats
-from telephony.intake import LOCATION_MAX, Intake
+from telephony.intake import Intake
 
 log = logging.getLogger("jiejing.intake")
 
@@ -40,11 +42,36 @@ ANSWER_KEYS = {
     "ticket": channel_vars.TICKET,
 }
 UNIQUEID = re.compile(r"[A-Za-z0-9._-]{1,150}")
-TEXT_MAX = 255
 DEADLINE_S = 1.0  # under the dialplan's CURLOPT(httptimeout) of 1.5 s: a late answer is not worth sending
 
+# /healthz says "not ok" for this long after an intake request that timed out or failed.
+TROUBLE_WINDOW_S = 60.0
+
+
+@dataclass
+class IntakeStats(RouteStats):
+    """The intake's counters, and its last trouble for /healthz."""
+
+    trouble_at: float | None = None  # time.monotonic() of the last timeout or failure
+    trouble: str = ""
+
+    def note_trouble(self, why: str) -> None:
+        self.trouble_at, self.trouble = time.monotonic(), why
+
+    def health(self, *, window_s: float = TROUBLE_WINDOW_S) -> dict[str, Any]:
+        """Not ok while a request timed out or failed within ``window_s``: calls are taking the fallback branch."""
+        recent = self.trouble_at is not None and time.monotonic() - self.trouble_at < window_s
+        found: dict[str, Any] = {"ok": not recent, "requests": self.requests, "failures": self.failures,
+                                 "timeouts": self.timeouts,
+                                 "le_ms": {str(b): n for b, n in self.durations.cumulative()}}
+        if recent:
+            found["reason"] = (f"{self.trouble} {time.monotonic() - self.trouble_at:.0f} s ago: calls take the "
+                               "dialplan's fallback branch")
+        return found
+
+
 INTAKE = web.AppKey("intake", Intake)
-STATS = web.AppKey("intake_stats", RouteStats)
+STATS = web.AppKey("intake_stats", IntakeStats)
 PENDING = web.AppKey("intake_pending", set)
 
 
@@ -53,7 +80,7 @@ def _plain(status: int, **fields: str) -> web.Response:
 
 
 async def intake(request: web.Request) -> web.Response:
-    stats: RouteStats = request.app[STATS]
+    stats: IntakeStats = request.app[STATS]
     stats.requests += 1
     started = time.perf_counter()
     try:
@@ -62,10 +89,8 @@ async def intake(request: web.Request) -> web.Response:
         if not UNIQUEID.fullmatch(uniqueid):
             stats.failures += 1
             return _plain(400, error="uniqueid must be 1-150 of [A-Za-z0-9._-]")
+        # Whatever the carrier sent is kept as text (the store clips it): a caller is never refused for it.
         caller, name, location = q.get("caller", ""), q.get("name") or None, q.get("location") or None
-        if len(caller) > TEXT_MAX or (name and len(name) > TEXT_MAX) or (location and len(location) > LOCATION_MAX):
-            stats.failures += 1
-            return _plain(400, error="caller, name or location too long")
         # The store's work is never cut half way: past the deadline the caller is answered without a
         # ticket (the dialplan's fallback) and the ticket is still written, then completed from AMI.
         work = asyncio.create_task(request.app[INTAKE].admit(
@@ -77,11 +102,13 @@ async def intake(request: web.Request) -> web.Response:
             answer = await asyncio.wait_for(asyncio.shield(work), DEADLINE_S)
         except TimeoutError:
             stats.timeouts += 1
+            stats.note_trouble(f"an intake request timed out ({DEADLINE_S:g} s)")
             log.warning("intake %s: no ticket within %.1f s; the call takes the dialplan's fallback", uniqueid,
                         DEADLINE_S)
             return _plain(503, error="intake deadline")
-        except Exception:
+        except Exception as exc:
             stats.failures += 1
+            stats.note_trouble(f"an intake request failed ({type(exc).__name__})")
             log.exception("intake %s failed; the call takes the dialplan's fallback", uniqueid)
             return _plain(503, error="intake failed")
         return _plain(200, **{key: answer[var] for key, var in ANSWER_KEYS.items()})
@@ -89,10 +116,10 @@ async def intake(request: web.Request) -> web.Response:
         stats.durations.observe((time.perf_counter() - started) * 1000)
 
 
-def make_intake_app(service_intake: Intake, stats: RouteStats | None = None) -> web.Application:
+def make_intake_app(service_intake: Intake, stats: IntakeStats | None = None) -> web.Application:
     app = web.Application(client_max_size=8192)
     app[INTAKE] = service_intake
-    app[STATS] = stats if stats is not None else RouteStats()
+    app[STATS] = stats if stats is not None else IntakeStats()
     app[PENDING] = set()
     app.router.add_get("/intake", intake)
 

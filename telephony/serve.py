@@ -49,7 +49,7 @@ from telephony.callback import Callbacks
 from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
 from telephony.intake import Intake
-from telephony.intake_http import make_intake_app
+from telephony.intake_http import IntakeStats, make_intake_app
 from telephony.seat_control import AMIQueuePort
 
 log = logging.getLogger("jiejing.serve")
@@ -68,7 +68,7 @@ class Backend:
     alerts: AlertBoard
     intake: Intake
     callbacks: Callbacks
-    intake_stats: RouteStats
+    intake_stats: IntakeStats
 
     async def open_alerts(self) -> list[dict]:
         await self.alerts.flush()
@@ -106,7 +106,7 @@ def build(settings: Settings) -> Backend:
         host=settings.agi_host, port=settings.agi_port,
     )
     return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake,
-                   callbacks, RouteStats())
+                   callbacks, IntakeStats())
 
 
 class TelephonyMetrics:
@@ -202,9 +202,7 @@ def make_web_app(backend: Backend) -> web.Application:
         return {"ok": bool(status.get("connected")), **status}
 
     def intake_health() -> dict:
-        r = backend.intake_stats
-        return {"ok": True, "port": backend.settings.intake_port, "requests": r.requests, "failures": r.failures,
-                "timeouts": r.timeouts, "le_ms": {str(b): n for b, n in r.durations.cumulative()}}
+        return {**backend.intake_stats.health(), "port": backend.settings.intake_port}
 
     def agi_health() -> dict:
         stats = backend.agi.stats
