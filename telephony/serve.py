@@ -50,7 +50,7 @@ from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
 from telephony.intake import Intake
 from telephony.intake_http import IntakeStats, make_intake_app
-from telephony.seat_control import AMIQueuePort
+from telephony.seat_control import AMIQueuePort, pause_listener, sync_board
 
 log = logging.getLogger("jiejing.serve")
 
@@ -217,8 +217,11 @@ def make_web_app(backend: Backend) -> web.Application:
         }
 
     settings = backend.settings
-    seats = SeatBoard(backend.service.engine, AMIQueuePort(backend.ami, settings.seat_queue),
-                      wrap_up_s=settings.wrap_up_s)
+    queue_port = AMIQueuePort(backend.ami, settings.seat_queue)
+    seats = SeatBoard(backend.service.engine, queue_port, wrap_up_s=settings.wrap_up_s)
+    # After every AMI log-in (restarts of either side): the board is what Asterisk's queue is.
+    backend.ami.add_connect_hook(lambda: sync_board(queue_port, seats))
+    backend.ami.add_listener(pause_listener(seats, settings.seat_queue))
     supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
     # Routing rules, keywords and surge settings from the dialplan folder;
     # hand-overs (anti-fraud desk, 12345) go through Asterisk.

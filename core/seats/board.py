@@ -103,6 +103,17 @@ class NoQueue:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One member of the seats' queue as Asterisk reports it (AMI ``QueueStatus``)."""
+
+    seat: str
+    paused: bool = False
+    reason: str | None = None  # of the pause
+    in_call: bool = False  # on a call (InCall, or the device in use, busy or on hold)
+    ringing: bool = False  # the device rings
+
+
 class SeatPauseRow(Base):
     __tablename__ = "seat_pauses"
 
@@ -209,13 +220,77 @@ class SeatBoard:
     # -- what the call-taker does -----------------------------------------------
 
     async def login(self, seat: str, operator: str) -> SeatView:
+        """Join the queue; a seat Asterisk has in its queue with nobody holding it here is claimed as it is."""
         check_seat(seat)
         async with self._lock(seat):
             current = self.get(seat)
-            if current.state is not SeatState.LOGGED_OUT:
+            if current.state is not SeatState.LOGGED_OUT and current.operator is not None:
                 raise WrongSeatState(f"seat {seat} is already logged in ({current.state})")
             await self._queue.add(self._interface_of(seat), seat)
-            return self._set(SeatView(seat, SeatState.AVAILABLE, self._now_us(), operator=operator))
+            if current.state is SeatState.LOGGED_OUT:
+                return self._set(SeatView(seat, SeatState.AVAILABLE, self._now_us(), operator=operator))
+            return self._set(replace(current, operator=operator))
+
+    # -- what Asterisk says --------------------------------------------------------
+
+    async def reconcile(self, members: list[MemberStatus]) -> dict[str, int]:
+        """Make the board what Asterisk's queue is, after a restart of either side or a lost connection.
+
+        A seat not in the queue is logged out; a member is on a call, ringing, in wrap-up (paused for
+        it: the wrap-up starts again, its timer was lost), paused with its reason, or available. Who
+        holds a seat stays as this board knew it (nobody, after a restart of the backend), and so does
+        the ticket of a call the board already followed. Returns the count of seats whose state changed.
+        """
+        now = self._now_us()
+        by_seat = {m.seat: m for m in members}
+        changed = 0
+        for seat in sorted(set(by_seat) | set(self._seats)):
+            async with self._lock(seat):
+                current = self.get(seat)
+                member = by_seat.get(seat)
+                if member is None:
+                    wanted, reason = SeatState.LOGGED_OUT, None
+                elif member.in_call:
+                    wanted, reason = SeatState.ON_CALL, None
+                elif member.ringing:
+                    wanted, reason = SeatState.RINGING, None
+                elif member.paused and member.reason == WRAP_UP_REASON:
+                    wanted, reason = SeatState.WRAP_UP, None
+                elif member.paused:
+                    wanted, reason = SeatState.PAUSED, member.reason
+                else:
+                    wanted, reason = SeatState.AVAILABLE, None
+                if current.state is wanted and current.reason == reason and (seat in self._seats or member is None):
+                    continue
+                keep_ticket = wanted in (SeatState.ON_CALL, SeatState.RINGING) and current.state is wanted
+                view = SeatView(seat, wanted, now, None if wanted is SeatState.LOGGED_OUT else current.operator,
+                                reason, current.ticket if keep_ticket else None)
+                if wanted is SeatState.WRAP_UP:
+                    self._start_wrap_up(view)
+                else:
+                    self._cancel_wrap_up(seat)
+                    self._set(view)
+                changed += 1
+        return {"members": len(by_seat), "changed": changed}
+
+    def on_member_pause(self, member: MemberStatus) -> None:
+        """A pause or unpause Asterisk reports (AMI ``QueueMemberPause``), this board's own or anyone's.
+
+        A pause with another reason than wrap-up (a supervisor at the console, a tool) pauses the seat
+        here too and ends a wrap-up, whose timer would otherwise unpause it; an unpause ends a pause.
+        The board's own wrap-up is left to its timer, and a seat ringing or on a call stays so.
+        """
+        current = self._seats.get(member.seat)
+        if current is None or current.state in (SeatState.LOGGED_OUT, SeatState.RINGING, SeatState.ON_CALL):
+            return
+        if member.paused:
+            if member.reason == WRAP_UP_REASON or (current.state is SeatState.PAUSED
+                                                   and current.reason == member.reason):
+                return
+            self._cancel_wrap_up(member.seat)
+            self._set(replace(current, state=SeatState.PAUSED, since_us=self._now_us(), reason=member.reason))
+        elif current.state is SeatState.PAUSED:
+            self._set(replace(current, state=SeatState.AVAILABLE, since_us=self._now_us(), reason=None))
 
     async def logout(self, seat: str) -> SeatView:
         check_seat(seat)

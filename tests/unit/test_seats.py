@@ -11,11 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.auth.users import Role
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
-from core.seats.board import QueueControlError, SeatBoard, SeatState, WrongSeatState
+from core.seats.board import (
+    MemberStatus,
+    QueueControlError,
+    SeatBoard,
+    SeatState,
+    WrongSeatState,
+)
 from core.web.app import make_app
 from telephony.ami.client import AMIClient
-from telephony.seat_control import AMIQueuePort
-from tests.ami_fake import FakeAsterisk
+from telephony.seat_control import AMIQueuePort, pause_listener, sync_board
+from tests.ami_fake import FakeAsterisk, list_reply
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
 
@@ -239,5 +245,130 @@ async def test_ami_port_sends_queue_actions(fake: FakeAsterisk) -> None:
             await port.pause("PJSIP/seat-99", "x")
         fake.handlers["QueueAdd"] = lambda a: [[("Response", "Error"), ("Message", "Unable to add interface: Already there")]]
         await port.add("PJSIP/seat-05", "seat-05")  # already a member: the queue is as asked
+    finally:
+        await client.stop()
+
+
+# -- the board equals Asterisk's queue --------------------------------------------------------
+
+
+async def test_reconcile_makes_the_board_what_the_queue_is(board: SeatBoard, queue: RecordingQueue) -> None:
+    board.wrap_up_s = 0.05
+    await board.login("seat-01", "王")  # on the board, gone from the queue (Asterisk restarted with other members)
+    await board.login("seat-02", "李")
+    await board.pause("seat-02", "用餐")
+    ghost = await board.login("seat-03", "赵")
+    board._set(ghost.__class__(ghost.seat, SeatState.RINGING, ghost.since_us, "赵", None, "110-x"))  # stuck ringing
+    found = await board.reconcile([
+        MemberStatus("seat-02", paused=True, reason="用餐"),
+        MemberStatus("seat-03"),
+        MemberStatus("seat-04", in_call=True),
+        MemberStatus("seat-05", paused=True, reason="wrap-up"),  # its wrap-up timer was lost with the backend
+        MemberStatus("seat-06", paused=True, reason="培训"),
+        MemberStatus("seat-07", ringing=True),
+    ])
+    assert found == {"members": 6, "changed": 6}
+    got = {v.seat: (str(v.state), v.operator, v.reason) for v in board.seats()}
+    assert got == {
+        "seat-01": ("logged_out", None, None),
+        "seat-02": ("paused", "李", "用餐"),  # unchanged
+        "seat-03": ("available", "赵", None),  # never stuck ringing
+        "seat-04": ("on_call", None, None),
+        "seat-05": ("wrap_up", None, None),
+        "seat-06": ("paused", None, "培训"),
+        "seat-07": ("ringing", None, None),
+    }
+    # the lost wrap-up runs again and ends by itself
+    for _ in range(100):
+        if board.get("seat-05").state is SeatState.AVAILABLE:
+            break
+        await asyncio.sleep(0.01)
+    assert board.get("seat-05").state is SeatState.AVAILABLE
+    assert ("unpause", "PJSIP/seat-05") in queue.calls
+    # the same again changes nothing
+    assert (await board.reconcile([MemberStatus("seat-02", paused=True, reason="用餐"), MemberStatus("seat-03"),
+                                   MemberStatus("seat-04", in_call=True), MemberStatus("seat-05"),
+                                   MemberStatus("seat-06", paused=True, reason="培训"),
+                                   MemberStatus("seat-07", ringing=True)]))["changed"] == 0
+
+
+async def test_a_queue_member_nobody_holds_is_claimed_at_log_in(board: SeatBoard) -> None:
+    await board.reconcile([MemberStatus("seat-09", paused=True, reason="培训")])
+    claimed = await board.login("seat-09", "王")
+    assert (claimed.state, claimed.operator, claimed.reason) == (SeatState.PAUSED, "王", "培训")
+    with pytest.raises(WrongSeatState):
+        await board.login("seat-09", "李")
+
+
+async def test_the_board_is_read_back_from_queue_status_after_a_refusal(
+    fake: FakeAsterisk, engine: AsyncEngine
+) -> None:
+    refusals = []
+
+    def status(action):
+        if len(refusals) < 2:  # app_queue still loading after Asterisk's restart
+            refusals.append(action)
+            return [[("Response", "Error"), ("Message", "Invalid/unknown command: QueueStatus")]]
+        return list_reply(action, [
+            [("Event", "QueueMember"), ("Queue", "emergency-110"), ("Name", "seat001"),
+             ("StateInterface", "PJSIP/seat001"), ("InCall", "1"), ("Status", "2"), ("Paused", "0")],
+            [("Event", "QueueMember"), ("Queue", "emergency-110"), ("Name", "PJSIP/seat002"),
+             ("StateInterface", "PJSIP/seat002"), ("InCall", "0"), ("Status", "1"), ("Paused", "1"),
+             ("PausedReason", "用餐")],
+            [("Event", "QueueMember"), ("Queue", "emergency-110"), ("Name", "bad name;x"),
+             ("StateInterface", "Local/x@y"), ("InCall", "0"), ("Status", "1"), ("Paused", "0")],
+        ], "QueueStatusComplete")
+
+    fake.handlers["QueueStatus"] = status
+    client = AMIClient("127.0.0.1", fake.port, fake.username, fake.secret, connect_timeout=0.5)
+    await client.start()
+    try:
+        await client.wait_connected(2.0)
+        board = SeatBoard(engine, wrap_up_s=1)
+        found = await sync_board(AMIQueuePort(client, "emergency-110"), board)
+        assert found == {"members": 2, "changed": 2} and len(refusals) == 2
+        assert [(v.seat, str(v.state), v.reason) for v in board.seats()] == [
+            ("seat001", "on_call", None), ("seat002", "paused", "用餐")]
+        assert fake.received("QueueStatus")[-1].get("Queue") == "emergency-110"
+    finally:
+        await client.stop()
+
+
+async def test_pauses_asterisk_reports_reach_the_board(board: SeatBoard, fake: FakeAsterisk) -> None:
+    board.wrap_up_s = 0.3
+    await board.reconcile([MemberStatus("seat011", paused=True, reason="wrap-up"), MemberStatus("seat012"),
+                           MemberStatus("seat013")])
+    assert board.get("seat011").state is SeatState.WRAP_UP
+    client = AMIClient("127.0.0.1", fake.port, fake.username, fake.secret, connect_timeout=0.5)
+    client.add_listener(pause_listener(board, "emergency-110"))
+    await client.start()
+    try:
+        await client.wait_connected(2.0)
+
+        def paused(seat: str, yes: bool, reason: str = "", queue: str = "emergency-110") -> None:
+            fake.emit("QueueMemberPause", [("Queue", queue), ("MemberName", seat), ("Name", seat),
+                                           ("StateInterface", f"PJSIP/{seat}"), ("Paused", "1" if yes else "0"),
+                                           ("PausedReason", reason), ("InCall", "0"), ("Status", "1")])
+
+        # a tool pauses a seat in wrap-up: its timer no longer unpauses it
+        paused("seat011", True, "storm: seat not staffed")
+        paused("seat012", True, "培训")
+        paused("seat013", True, "x", queue="other-queue")  # another queue's member: not this board's
+        for _ in range(100):
+            if board.get("seat012").state is SeatState.PAUSED:
+                break
+            await asyncio.sleep(0.01)
+        assert (board.get("seat011").state, board.get("seat011").reason) == (SeatState.PAUSED,
+                                                                            "storm: seat not staffed")
+        assert (board.get("seat012").state, board.get("seat012").reason) == (SeatState.PAUSED, "培训")
+        assert board.get("seat013").state is SeatState.AVAILABLE
+        await asyncio.sleep(0.4)  # past the wrap-up that was running
+        assert board.get("seat011").state is SeatState.PAUSED
+        paused("seat012", False)
+        for _ in range(100):
+            if board.get("seat012").state is SeatState.AVAILABLE:
+                break
+            await asyncio.sleep(0.01)
+        assert board.get("seat012").state is SeatState.AVAILABLE
     finally:
         await client.stop()
