@@ -194,30 +194,27 @@ class CallEvents:
         task.add_done_callback(self._recording_tasks.discard)
 
     def recording_candidates(self, uid: str, number: str) -> list[Path]:
-        # Named after the ticket when the backend answered the AGI request,
+        # Named after the ticket when the backend answered the intake request,
         # after the channel's uniqueid when the dialplan used its fallback.
+        # Only the final name: MixMonitor writes <name>.part.wav and renames
+        # it when the file is finished (dialplan, JIEJING_RECORDING_DONE).
         assert self.recordings_dir is not None
         return [self.recordings_dir / f"{recording_name(number, uid)}.wav", self.recordings_dir / f"{uid}.wav"]
 
     async def _bind_recording(self, uid: str, number: str) -> None:
+        """Bind the file once it has its final name: Asterisk has finished it, so its hash is final."""
         await asyncio.sleep(RECORDING_SETTLE_S)
         deadline = time.monotonic() + RECORDING_WAIT_S
-        last_sizes: dict[Path, int] = {}
         while time.monotonic() < deadline:
             for path in self.recording_candidates(uid, number):
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    continue
-                if last_sizes.get(path) == size:
+                if path.is_file():
                     try:
                         await self.service.bind_recording(number, path)
                     except Exception:
                         log.exception("recording %s of %s could not be bound", path, number)
                     return
-                last_sizes[path] = size
             await asyncio.sleep(0.2)
-        log.warning("no recording found for ticket %s (%s)", number, uid)
+        log.warning("no finished recording for ticket %s (%s) within %.0f s", number, uid, RECORDING_WAIT_S)
 
     async def wait_recordings(self) -> None:
         await asyncio.gather(*list(self._recording_tasks), return_exceptions=True)

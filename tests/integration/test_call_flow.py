@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import random
 
 import aiohttp
@@ -26,9 +27,23 @@ def _number() -> str:
 
 async def test_one_call_one_ticket_with_steps_and_recording(backend, calls):
     number = _number()
-    stats = await calls.place([(number, "Zhang San")], talk_s=2)
+    placed = asyncio.create_task(calls.place([(number, "Zhang San")], talk_s=2))
+    # While the call lasts, MixMonitor writes <name>.part.wav; the final name appears only when it has
+    # finished the file (its command renames it): nothing can hash a recording still being written.
+    live = None
+    for _ in range(100):
+        live = next((t for t in await backend.service.list_recent(10) if t.caller_id == number), None)
+        if live is not None and str(live.state) == "answered":
+            break
+        await asyncio.sleep(0.05)
+    assert live is not None and str(live.state) == "answered", live
+    name = f"{live.number}_{live.uniqueid}"
+    folder = backend.settings.recordings_dir
+    assert os.path.exists(f"{folder}/{name}.part.wav") and not os.path.exists(f"{folder}/{name}.wav")
+    stats = await placed
     assert stats.get("SuccessfulCall(C)") == "1", stats
     await backend.settle()
+    assert not os.path.exists(f"{folder}/{name}.part.wav")
 
     tickets = [t for t in await backend.service.list_recent(50) if t.caller_id == number]
     assert len(tickets) == 1

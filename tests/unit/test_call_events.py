@@ -172,6 +172,26 @@ async def test_recording_of_another_call_with_the_same_number_is_never_bound(ada
     assert t.recordings[0].duration_s == pytest.approx(3.0)
 
 
+async def test_a_recording_is_bound_only_once_mixmonitor_has_finished_it(adapter, service, tmp_path):
+    """Asterisk writes ``<name>.part.wav`` and renames it to ``<name>.wav`` when MixMonitor ends (its
+    command): a file still being written is never bound, whatever its size does meanwhile."""
+    events = live_events(transcript("ami_one_call_fallback.txt"))
+    uid = next(e.get("Uniqueid") for e in events if e.name == "Newchannel" and e.get("Context") == "from-carrier")
+    monitor = tmp_path / "monitor"
+    part = monitor / f"{uid}.part.wav"
+    _wav(part, 0.0)  # the header alone: the size of a recording that has just started
+    await replay(adapter, events)
+    await asyncio.sleep(1.0)  # longer than any "size stopped growing" guess
+    (t,) = await service.list_recent(1)
+    assert t.recordings == ()
+    _wav(part, 2.5)  # MixMonitor ends: the whole file, then its final name
+    part.rename(monitor / f"{uid}.wav")
+    await adapter.wait_recordings()
+    t = await service.get(t.number)
+    assert [r.path for r in t.recordings] == [str(monitor / f"{uid}.wav")]
+    assert t.recordings[0].duration_s == pytest.approx(2.5)
+
+
 async def test_fallback_recording_named_after_uniqueid_is_bound(adapter, service, tmp_path):
     events = live_events(transcript("ami_one_call_fallback.txt"))
     uid = next(e.get("Uniqueid") for e in events if e.name == "Newchannel" and e.get("Context") == "from-carrier")
