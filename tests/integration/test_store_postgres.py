@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from core.calls.lifecycle import IllegalTransition, State, Step
 from core.calls.tables import Ticket, TicketStep
 from core.calls.tickets import TicketService
+from core.dispatch.geo import Grid
+from core.dispatch.places import AddressNotFound, Gazetteer, Place
 from core.store import check, make_engine
 from core.tables import init_schema
 
@@ -211,3 +213,16 @@ async def test_two_backends_appending_to_one_call(pg_schema: str, clock: Callabl
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_the_gazetteer_searches_and_resolves_alike(pg_engine: AsyncEngine) -> None:
+    places = Gazetteer(pg_engine, Grid(8))
+    at = (31.2304, 121.4737)
+    assert await places.replace([Place(n, *at) for n in ("人民路1号", "人民路11号", "新人民路1号", "50%_off 商场",
+                                                          "Ｎｏ. 9 Riverside")]) == 5
+    assert [p.name for p in await places.search("人民路1")] == ["人民路1号", "人民路11号", "新人民路1号"]
+    assert [p.name for p in await places.search("50%_")] == ["50%_off 商场"]
+    assert await places.search("人_路") == [] and await places.search("人%号") == []
+    assert (await places.resolve("no.9 riverside")).name == "Ｎｏ. 9 Riverside"
+    with pytest.raises(AddressNotFound):
+        await places.resolve("人民路")
