@@ -247,8 +247,9 @@ def field_phone_names(city_file: Path = CITY_FILE) -> list[str]:
     names = [n.split("/", 1)[1] for n in names if n.startswith("PJSIP/")]
     # a few spare answering phones for tests that add officers
     names += [f"officer{i:03d}" for i in range(1, 61)]
-    # hand-over targets of dialplan/routing.toml: the anti-fraud desk, the 12345 hotline's trunk
-    names += ["antifraud-desk", "hotline-12345"]
+    # hand-over targets of dialplan/routing.toml: the anti-fraud desk, the 12345 hotline's trunk;
+    # the overflow of the 110 queue (JIEJING_OVERFLOW): the supervisors' desk
+    names += ["antifraud-desk", "hotline-12345", "supervisor-desk"]
     return sorted(set(names) - set(SILENT_PHONES)) + SILENT_PHONES
 
 

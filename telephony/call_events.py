@@ -132,6 +132,13 @@ class CallEvents:
             self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
             await self._step(uid, Step.ANSWERED, at, seat=event.get("MemberName"),
                              interface=event.get("Interface"), hold_s=event.get("HoldTime"))
+        elif name == "DialEnd" and uid in self._calls and (event.get("DialStatus") or "").upper() == "ANSWER":
+            # The dialplan's overflow: no seat took the caller and the supervisors' desk (or a back-up
+            # center) answered. Only a call still waiting is answered so; a hand-over's Dial comes later.
+            ticket = await self.service.find_by_uniqueid(uid)
+            if ticket is not None and ticket.state in WAITING_STATES:
+                dest = event.get("DestChannel") or ""
+                await self._step(uid, Step.ANSWERED, at, overflow_to=dest.rsplit("-", 1)[0] or None)
         elif name == "QueueCallerAbandon" and uid in self._calls:
             await self._step(uid, Step.ABANDONED, at, queue=event.get("Queue"), hold_s=event.get("HoldTime"))
         elif name == "Hangup" and uid in self._calls:

@@ -148,6 +148,17 @@ class TelephonyMetrics:
                                     buckets=buckets(rows), sum_value=r.durations.sum_ms / 1000)
 
 
+def empty_queue_alert(seats: SeatBoard, alerts: AlertBoard):
+    """Seat listener: the last seat leaving the queue is an alert (calls go to the dialplan's overflow)."""
+
+    def on_change(view) -> None:
+        if str(view.state) == "logged_out" and not any(str(v.state) != "logged_out" for v in seats.seats()):
+            alerts.raise_alert("seats", "queue-empty", f"no seat is left in the 110 queue ({view.seat} logged out "
+                               "last): calls ring the overflow (JIEJING_OVERFLOW) until a seat logs in")
+
+    return on_change
+
+
 def make_web_app(backend: Backend) -> web.Application:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         # Before anything listens: an empty database gets the schema, an older one stops the start
@@ -222,6 +233,7 @@ def make_web_app(backend: Backend) -> web.Application:
     # After every AMI log-in (restarts of either side): the board is what Asterisk's queue is.
     backend.ami.add_connect_hook(lambda: sync_board(queue_port, seats))
     backend.ami.add_listener(pause_listener(seats, settings.seat_queue))
+    seats.add_listener(empty_queue_alert(seats, backend.alerts))
     supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
     # Routing rules, keywords and surge settings from the dialplan folder;
     # hand-overs (anti-fraud desk, 12345) go through Asterisk.

@@ -224,3 +224,38 @@ async def test_a_failing_event_does_not_stop_the_consumer(adapter, service, monk
         await adapter.stop()
     (t,) = await service.list_recent(1)
     assert [s.step for s in t.steps] == CALL_PATH
+
+
+def _event(name: str, uid: str, at: float, **headers: str) -> Event:
+    return Event([("Event", name), ("Uniqueid", uid), ("Timestamp", f"{at:.6f}"), *headers.items()])
+
+
+async def test_a_caller_answered_by_the_overflow_is_answered_not_abandoned(adapter, service):
+    uid, t0 = "1796510000.7", 1796510000.0
+    await replay(adapter, [
+        _event("Newchannel", uid, t0, Channel="PJSIP/carrier-00000007", Context="from-carrier", Exten="110",
+               CallerIDNum="13800138000"),
+        _event("QueueCallerJoin", uid, t0 + 0.01, Queue="emergency-110", Position="1"),
+        # no seat within the overflow time: the dialplan rings the supervisors' desk, which answers
+        _event("DialEnd", uid, t0 + 33.0, Channel="PJSIP/carrier-00000007",
+               DestChannel="PJSIP/supervisor-desk-00000008", DialStatus="ANSWER"),
+        _event("Hangup", uid, t0 + 60.0, Cause="16"),
+    ])
+    (ticket,) = await service.list_recent(1)
+    assert [str(s.step) for s in ticket.steps] == ["received", "queued", "answered", "hung_up"]
+    answered = ticket.steps[2]
+    assert answered.detail == {"overflow_to": "PJSIP/supervisor-desk"} and answered.at_us == round((t0 + 33) * 1e6)
+    assert ticket.seat is None
+    # a Dial on the caller's channel after a seat answered (a hand-over's) is not an overflow
+    uid2 = "1796510000.9"
+    await replay(adapter, [
+        _event("Newchannel", uid2, t0, Channel="PJSIP/carrier-00000009", Context="from-carrier", Exten="110",
+               CallerIDNum="13900139000"),
+        _event("QueueCallerJoin", uid2, t0 + 0.01, Queue="emergency-110", Position="1"),
+        _event("AgentConnect", uid2, t0 + 1.0, MemberName="seat001", Interface="PJSIP/seat001",
+               Channel="PJSIP/carrier-00000009", DestChannel="PJSIP/seat001-0000000a", HoldTime="1"),
+        _event("DialEnd", uid2, t0 + 20.0, DestChannel="PJSIP/hotline-12345-0000000b", DialStatus="ANSWER"),
+    ])
+    other = await service.find_by_uniqueid(uid2)
+    assert [str(s.step) for s in other.steps] == ["received", "queued", "answered"]
+    assert other.seat == "seat001"

@@ -1,0 +1,56 @@
+"""A 110 call no seat takes rings the overflow (the supervisors' desk), and its ticket says who answered.
+
+Every lab seat is paused, as when the last call-taker has gone: the caller waits the queue's overflow
+time (set to 3 s here through a global variable), then the supervisors' desk (a lab answering phone)
+rings and answers. The ticket is answered by the overflow, not abandoned.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from siplab import asterisk, storm
+from telephony.ami.client import AMIClient
+
+pytestmark = pytest.mark.lab
+
+OVERFLOW_AFTER_S = 3
+
+
+async def _setvar(settings, name: str, value: str) -> None:
+    ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
+    await ami.start()
+    try:
+        await ami.wait_connected(10)
+        response = await ami.action("Setvar", [("Variable", name), ("Value", value)])  # no Channel: a global
+        assert response.ok, response.message
+    finally:
+        await ami.stop()
+
+
+async def test_a_call_no_seat_takes_rings_the_supervisors_desk(backend, calls, lab_paths) -> None:
+    settings = backend.settings
+    await backend.wait_connected()
+    await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", str(OVERFLOW_AFTER_S))
+    await storm.set_seats(settings, 100, 0)  # every seat paused
+    try:
+        number = f"137{random.randrange(10**8):08d}"
+        stats = await calls.place([(number, "Overflow")], talk_s=2, patience_s=20)
+        assert stats.get("SuccessfulCall(C)") == "1", stats
+        await backend.settle()
+    finally:
+        await storm.set_seats(settings, 100, None)
+        await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", "30")
+    (ticket,) = [t for t in await backend.service.list_recent(20) if t.caller_id == number]
+    names = [str(s.step) for s in ticket.steps]
+    assert names == ["received", "queued", "answered", "hung_up"], ticket.to_json()["steps"]
+    received, queued, answered = (s.at_us / 1e6 for s in ticket.steps[:3])
+    assert ticket.steps[2].detail["overflow_to"] == "PJSIP/supervisor-desk"
+    assert ticket.seat is None
+    # the overflow time in the queue, then the desk's phone rings 3 s (the lab's answering phones)
+    assert OVERFLOW_AFTER_S + 2.5 <= answered - queued <= OVERFLOW_AFTER_S + 4.5, answered - queued
+    assert len(ticket.recordings) == 1
+    assert Path(ticket.recordings[0].path).parent == asterisk.LabPaths().recordings
