@@ -27,6 +27,7 @@ from telephony.channel_vars import recording_name
 
 log = logging.getLogger("jiejing.call_events")
 
+OVERFLOW_EVENT = "JiejingOverflow"  # the dialplan's UserEvent before it rings JIEJING_OVERFLOW
 WAITING_STATES = {State.RECEIVED, State.QUEUED, State.RINGING}
 # After arrival the call no longer decides the ticket's state, but its end is
 # still part of the trail (the lifecycle records it without a state change).
@@ -68,6 +69,12 @@ class CallEvents:
         # caller uniqueid → channel names of the caller and the answering seat,
         # for moving both into a conference room at dispatch
         self._legs: dict[str, dict[str, str]] = {}
+        # QueueCallerAbandon also comes when the caller leaves the queue for the dialplan's overflow
+        # (Queue's timeout): kept until the call's Hangup says the caller really gave up.
+        self._left_queue: dict[str, tuple[float, dict[str, str | None]]] = {}
+        # Callers the dialplan sent to its overflow (UserEvent JiejingOverflow): their next answered
+        # Dial is the overflow's. app_queue's own Dial to a seat sends DialEnd too.
+        self._overflowing: set[str] = set()
         self.applied = 0
         self.rejected = 0
 
@@ -119,6 +126,7 @@ class CallEvents:
                 await self._open(event, at, source="ami")
             return
         if name == "QueueCallerJoin":
+            self._left_queue.pop(uid, None)
             if uid not in self._calls:
                 await self._open(event, at, source="ami")
             await self._step(uid, Step.QUEUED, at, queue=event.get("Queue"), position=event.get("Position"))
@@ -132,15 +140,19 @@ class CallEvents:
             self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
             await self._step(uid, Step.ANSWERED, at, seat=event.get("MemberName"),
                              interface=event.get("Interface"), hold_s=event.get("HoldTime"))
-        elif name == "DialEnd" and uid in self._calls and (event.get("DialStatus") or "").upper() == "ANSWER":
+        elif name == "UserEvent" and event.get("UserEvent") == OVERFLOW_EVENT and uid in self._calls:
+            self._overflowing.add(uid)
+        elif (name == "DialEnd" and uid in self._overflowing
+              and (event.get("DialStatus") or "").upper() == "ANSWER"):
             # The dialplan's overflow: no seat took the caller and the supervisors' desk (or a back-up
             # center) answered. Only a call still waiting is answered so; a hand-over's Dial comes later.
             ticket = await self.service.find_by_uniqueid(uid)
             if ticket is not None and ticket.state in WAITING_STATES:
+                self._left_queue.pop(uid, None)
                 dest = event.get("DestChannel") or ""
                 await self._step(uid, Step.ANSWERED, at, overflow_to=dest.rsplit("-", 1)[0] or None)
         elif name == "QueueCallerAbandon" and uid in self._calls:
-            await self._step(uid, Step.ABANDONED, at, queue=event.get("Queue"), hold_s=event.get("HoldTime"))
+            self._left_queue[uid] = (at, {"queue": event.get("Queue"), "hold_s": event.get("HoldTime")})
         elif name == "Hangup" and uid in self._calls:
             await self._hangup(uid, at, source="ami", cause=event.get("Cause"), cause_text=event.get("Cause-txt"))
 
@@ -177,6 +189,8 @@ class CallEvents:
 
     async def _hangup(self, uid: str, at: float, *, source: str, **detail) -> None:
         self._legs.pop(uid, None)
+        left = self._left_queue.pop(uid, None)
+        self._overflowing.discard(uid)
         ticket = await self.service.find_by_uniqueid(uid)
         if ticket is None:
             self._calls.pop(uid, None)
@@ -184,7 +198,10 @@ class CallEvents:
         if ticket.state in CALL_CONNECTED_STATES or ticket.state in LATE_HANGUP_STATES:
             await self._step(uid, Step.HUNG_UP, at, source=source, **detail)
         elif ticket.state in WAITING_STATES:
-            await self._step(uid, Step.ABANDONED, at, source=source, **detail)
+            if left is not None:  # abandoned when the caller left the queue, as Asterisk stamped it
+                await self._step(uid, Step.ABANDONED, left[0], source=source, **left[1])
+            else:
+                await self._step(uid, Step.ABANDONED, at, source=source, **detail)
         self._calls.pop(uid, None)
         self._bind_recording_later(uid, ticket.number)
 

@@ -236,7 +236,10 @@ async def test_a_caller_answered_by_the_overflow_is_answered_not_abandoned(adapt
         _event("Newchannel", uid, t0, Channel="PJSIP/carrier-00000007", Context="from-carrier", Exten="110",
                CallerIDNum="13800138000"),
         _event("QueueCallerJoin", uid, t0 + 0.01, Queue="emergency-110", Position="1"),
-        # no seat within the overflow time: the dialplan rings the supervisors' desk, which answers
+        # no seat within the overflow time: app_queue counts the caller as abandoned, the dialplan says
+        # "overflow" and rings the supervisors' desk, which answers
+        _event("QueueCallerAbandon", uid, t0 + 30.0, Queue="emergency-110", HoldTime="30"),
+        _event("UserEvent", uid, t0 + 30.0, UserEvent="JiejingOverflow", Target="PJSIP/supervisor-desk"),
         _event("DialEnd", uid, t0 + 33.0, Channel="PJSIP/carrier-00000007",
                DestChannel="PJSIP/supervisor-desk-00000008", DialStatus="ANSWER"),
         _event("Hangup", uid, t0 + 60.0, Cause="16"),
@@ -246,12 +249,13 @@ async def test_a_caller_answered_by_the_overflow_is_answered_not_abandoned(adapt
     answered = ticket.steps[2]
     assert answered.detail == {"overflow_to": "PJSIP/supervisor-desk"} and answered.at_us == round((t0 + 33) * 1e6)
     assert ticket.seat is None
-    # a Dial on the caller's channel after a seat answered (a hand-over's) is not an overflow
+    # app_queue's own Dial to a seat and a hand-over's Dial are not an overflow
     uid2 = "1796510000.9"
     await replay(adapter, [
         _event("Newchannel", uid2, t0, Channel="PJSIP/carrier-00000009", Context="from-carrier", Exten="110",
                CallerIDNum="13900139000"),
         _event("QueueCallerJoin", uid2, t0 + 0.01, Queue="emergency-110", Position="1"),
+        _event("DialEnd", uid2, t0 + 0.99, DestChannel="PJSIP/seat001-0000000a", DialStatus="ANSWER"),
         _event("AgentConnect", uid2, t0 + 1.0, MemberName="seat001", Interface="PJSIP/seat001",
                Channel="PJSIP/carrier-00000009", DestChannel="PJSIP/seat001-0000000a", HoldTime="1"),
         _event("DialEnd", uid2, t0 + 20.0, DestChannel="PJSIP/hotline-12345-0000000b", DialStatus="ANSWER"),
@@ -259,3 +263,16 @@ async def test_a_caller_answered_by_the_overflow_is_answered_not_abandoned(adapt
     other = await service.find_by_uniqueid(uid2)
     assert [str(s.step) for s in other.steps] == ["received", "queued", "answered"]
     assert other.seat == "seat001"
+    # a caller who gave up in the queue is abandoned as Asterisk stamped it, once the call has ended
+    uid3 = "1796510000.11"
+    await replay(adapter, [
+        _event("Newchannel", uid3, t0, Channel="PJSIP/carrier-0000000c", Context="from-carrier", Exten="110",
+               CallerIDNum="13700137000"),
+        _event("QueueCallerJoin", uid3, t0 + 0.01, Queue="emergency-110", Position="1"),
+        _event("QueueCallerAbandon", uid3, t0 + 4.0, Queue="emergency-110", HoldTime="4"),
+        _event("Hangup", uid3, t0 + 4.01, Cause="16"),
+    ])
+    gave_up = await service.find_by_uniqueid(uid3)
+    assert [str(s.step) for s in gave_up.steps] == ["received", "queued", "abandoned"]
+    assert gave_up.steps[2].at_us == round((t0 + 4.0) * 1e6)
+    assert gave_up.steps[2].detail == {"queue": "emergency-110", "hold_s": "4"}

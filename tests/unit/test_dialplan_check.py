@@ -134,7 +134,7 @@ def test_model_applies_pjsip_templates_and_reads_members_through_tryinclude(fold
 def test_model_of_manager_users():
     config = parse(DIALPLAN)
     backend = config.manager.users["jiejing"]
-    assert backend.read == {"call", "agent", "reporting"}
+    assert backend.read == {"call", "agent", "reporting", "user"}
     assert backend.write == {"originate", "call", "agent", "reporting"}
     assert (config.manager.bindaddr, config.manager.port) == ("127.0.0.1", 5038)
 
@@ -282,7 +282,7 @@ def test_queue_name_typo_is_reported_where_the_name_is_written(folder):
 
 def test_queue_literal_typo(folder):
     ext_conf = folder / "extensions.conf"
-    line = edit(ext_conf, "same => n,Queue(${JIEJING_DEFAULT_QUEUE},r)", " same => n,Queue(emergency110,r)")
+    line = edit(ext_conf, "n(back),Queue(${JIEJING_DEFAULT_QUEUE},r)", " same => n(back),Queue(emergency110,r)")
     f = only_error(check(parse(folder)), "unknown-queue")
     assert (f.file, f.line) == (ext_conf, line)
 
