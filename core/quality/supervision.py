@@ -88,10 +88,13 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings) 
                              default_size=quality.spot_check_size)
     removers = [journaler.attach(service)]
     survey = None
-    if quality.survey_enabled:
+    # Twilio's SMS webhook is also how text reports come in: it is there whenever Twilio can sign
+    # requests to it, and surveys are only sent (``attach``) when they are enabled.
+    if quality.survey_enabled or (quality.twilio_auth_token and quality.twilio_webhook_url):
         survey = Survey(engine, outbox, complaints, auth_token=quality.twilio_auth_token,
                         webhook_url=quality.twilio_webhook_url, tz=settings.timezone)
-        removers.append(survey.attach(service))
+        if quality.survey_enabled:
+            removers.append(survey.attach(service))
     retention = RetentionSchedule(engine, journaler, days=quality.retention_days)
     journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
     return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,

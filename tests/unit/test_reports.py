@@ -18,11 +18,14 @@ from core.calls.events import StepBroadcaster
 from core.calls.lifecycle import State, Step
 from core.calls.tables import Ticket
 from core.calls.tickets import TicketService
+from core.config import Settings
 from core.quality import views as web_quality
 from core.quality.complaints import Complaints
+from core.quality.config import QualitySettings
 from core.quality.outbox import Outbox
 from core.quality.survey import Survey, is_survey_answer, parse_reply
-from core.quality.tables import SurveyResponse, WebhookReceipt
+from core.quality.supervision import build
+from core.quality.tables import OutboxMessage, SurveyResponse, WebhookReceipt
 from core.triage.desk import TriageDesk
 from core.triage.reports import (
     ReportIntake,
@@ -387,3 +390,23 @@ async def test_two_deliveries_at_once_make_one_ticket_one_location_one_alert(
     assert ticket is not None and [s.step for s in ticket.steps] == [Step.REPORTED, Step.LOCATED]
     assert len(await _alerts(service)) == 1
     assert len([b for b in briefings if b.get("type") == "briefing"]) == 2  # the retry pushes it again, on purpose
+
+
+async def test_sms_reports_come_in_with_the_survey_off(service: TicketService, clock: FakeClock, tmp_path) -> None:
+    """Twilio's webhook is the text reports' door as well as the survey's: it is there whenever Twilio is
+    configured (token and webhook URL), and with the survey off no survey is ever sent."""
+    quality = QualitySettings(twilio_auth_token=TOKEN, twilio_webhook_url=URL, survey_enabled=False)
+    supervision = build(service, Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"), quality)
+    assert supervision.survey is not None
+    planner = planner_for(service, clock)
+    app = make_app(service, health={}, dispatch=planner, triage=make_desk(service, planner, clock))
+    supervision.add_routes(app)
+    await _closed_call(service, "1.1", caller="+8613800000000")  # a closed call: no survey goes out
+    async with TestClient(TestServer(app)) as client:
+        params = _reply("SM" + "7" * 32, "有人抢劫 robbery", "+8613900000000")
+        resp = await client.post("/api/twilio/sms", data=params, headers=_signed(params))
+        assert resp.status == 200, await resp.text()
+    reports = [t for t in await service.list_recent(10) if t.caller_id == "+8613900000000"]
+    assert len(reports) == 1 and reports[0].state is State.REPORTED
+    async with service.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(OutboxMessage))).scalar_one() == 0
