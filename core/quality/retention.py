@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class ExpiryResult:
     tickets: int = 0
     recordings: int = 0
     files_removed: int = 0
+    files_left: int = 0  # paths outside the recordings folder (or no folder given): reported, never removed
     entries: list[int] = field(default_factory=list)  # journal seqs of the expiry entries
 
 
@@ -64,8 +66,14 @@ async def expire(
     older_than_days: int,
     clock: Callable[[], float] = time.time,
     batch: int = 1000,
+    recordings_dir: str | Path | None = None,
 ) -> ExpiryResult:
-    """Delete tickets created more than ``older_than_days`` ago, with their steps and recordings."""
+    """Delete tickets created more than ``older_than_days`` ago, with their steps and recordings.
+
+    Recording files are removed only when their real path lies inside ``recordings_dir``: a path is
+    data in the store, and one that points elsewhere (a forged row, ``..``, a symlink out of the
+    folder) is logged and left. Without ``recordings_dir`` no file is removed.
+    """
     if older_than_days < 1:
         raise ValueError("older_than_days must be at least 1")
     await journaler.catch_up()  # steps not yet journaled would otherwise block their tickets
@@ -127,21 +135,30 @@ async def expire(
         result.tickets += len(ids)
         result.recordings += len(files)
         result.entries.append(entry.seq)
-        result.files_removed += await asyncio.to_thread(_remove, files)
+        removed, left = await asyncio.to_thread(_remove, files, recordings_dir)
+        result.files_removed += removed
+        result.files_left += left
         log.info("retention: expired %d tickets and %d recordings (journal entry %d)",
                  len(ids), len(files), entry.seq)
     return result
 
 
-def _remove(paths: list[str]) -> int:
-    removed = 0
+def _remove(paths: list[str], folder: str | Path | None) -> tuple[int, int]:
+    """(removed, left): only files whose real path is inside ``folder``."""
+    removed = left = 0
+    root = os.path.realpath(folder) if folder else None
     for path in paths:
+        real = os.path.realpath(path)
+        if root is None or os.path.commonpath([root, real]) != root or real == root:
+            log.error("retention: recording %r is outside the recordings folder %r; left in place", path, folder)
+            left += 1
+            continue
         try:
-            os.remove(path)
+            os.remove(real)
             removed += 1
         except FileNotFoundError:
             pass
-    return removed
+    return removed, left
 
 
 class RetentionSchedule:
@@ -163,6 +180,7 @@ class RetentionSchedule:
         clock: Callable[[], float] = time.time,
         every_s: float = DAY_S,
         poll_s: float = 600.0,
+        recordings_dir: str | Path | None = None,
     ) -> None:
         if days < 0:
             raise ValueError("retention days must not be negative")
@@ -172,6 +190,7 @@ class RetentionSchedule:
         self._clock = clock
         self._every_s = every_s
         self._poll_s = poll_s
+        self._recordings_dir = recordings_dir
         self._last_run: float | None = None
         self._last_result: ExpiryResult | None = None
         self._last_error: str | None = None
@@ -191,7 +210,8 @@ class RetentionSchedule:
             return None
         started = self._clock()
         try:
-            result = await expire(self._engine, self._journaler, older_than_days=self.days, clock=self._clock)
+            result = await expire(self._engine, self._journaler, older_than_days=self.days, clock=self._clock,
+                                  recordings_dir=self._recordings_dir)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -232,6 +252,6 @@ class RetentionSchedule:
             "last_error": self._last_error,
             "last_result": None if result is None else {
                 "tickets": result.tickets, "recordings": result.recordings,
-                "files_removed": result.files_removed, "journal_entries": list(result.entries),
+                "files_removed": result.files_removed, "files_left": result.files_left, "journal_entries": list(result.entries),
             },
         }

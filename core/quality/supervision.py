@@ -95,7 +95,8 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings) 
                         webhook_url=quality.twilio_webhook_url, tz=settings.timezone)
         if quality.survey_enabled:
             removers.append(survey.attach(service))
-    retention = RetentionSchedule(engine, journaler, days=quality.retention_days)
+    retention = RetentionSchedule(engine, journaler, days=quality.retention_days,
+                                  recordings_dir=settings.recordings_dir or None)
     journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
     return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,
                        retention=retention, journal_watch=journal_watch)

@@ -59,7 +59,7 @@ async def test_expiry_is_journaled_and_verification_accepts_it(
 
     with pytest.raises(ValueError):
         await expire(engine, journaler, older_than_days=0, clock=clock)
-    result = await expire(engine, journaler, older_than_days=180, clock=clock)
+    result = await expire(engine, journaler, older_than_days=180, clock=clock, recordings_dir=tmp_path)
     assert (result.tickets, result.recordings, result.files_removed) == (1, 1, 1)
     assert not wav.exists()
     async with async_sessionmaker(engine)() as session:
@@ -128,7 +128,7 @@ async def test_the_daily_task_expires_once_a_day_and_spares_newer_tickets(
     middle = await _old_call(service, clock, "1.2", T0 + 100 * DAY, tmp_path / "middle.wav")
     recent = await _old_call(service, clock, "1.3", T0 + 181 * DAY, tmp_path / "recent.wav")
     journaler = Journaler(engine, clock=clock)
-    schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, poll_s=0.01)
+    schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, poll_s=0.01, recordings_dir=tmp_path)
     assert schedule.status()["last_run_at"] is None
     with caplog.at_level(logging.INFO, logger="core.quality.retention"):
         await schedule.start()
@@ -258,3 +258,38 @@ async def test_expiry_takes_the_tickets_copies_and_counts_with_it(
     assert await rebuild_hourly_counts(engine) >= 1  # a rebuild from the copies agrees
     assert await counted() == {("dispute", "east"): 1}
     assert (await verify(engine)).ok
+
+
+async def test_retention_removes_files_only_inside_the_recordings_folder(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recording path is data in the store: one that points outside the recordings folder (a forged row,
+    a ``..``, a symlink out of it) is never unlinked by the retention, only reported."""
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    precious = elsewhere / "passwd"
+    precious.write_bytes(b"root:x:0:0")
+    (monitor / "link.wav").symlink_to(precious)
+    inside = await _old_call(service, clock, "1.1", T0, monitor / "inside.wav")
+    for uid, path in (("1.2", precious), ("1.3", monitor / ".." / "etc" / "passwd"), ("1.4", monitor / "link.wav")):
+        clock.now = T0
+        ticket = await service.open_call(uniqueid=uid, caller_id="13800000000", at=T0, source="ami")
+        await service.record_step(uid, Step.ABANDONED, at=T0 + 5, source="ami")
+        await service.close(ticket.number, disposition="无效", by="seat-01")
+        await service.bind_recording(ticket.number, str(path))
+    # a newer call holds the newest step and recording ids (the ticket holding them waits for a later run)
+    recent = await _old_call(service, clock, "1.5", T0 + 200 * DAY, monitor / "recent.wav")
+    journaler = Journaler(engine, clock=clock)
+    result = await expire(engine, journaler, older_than_days=180, clock=clock, recordings_dir=monitor)
+    assert (result.tickets, result.recordings, result.files_removed, result.files_left) == (4, 4, 1, 3)
+    assert inside and recent and not (monitor / "inside.wav").exists() and (monitor / "recent.wav").exists()
+    assert precious.read_bytes() == b"root:x:0:0" and (monitor / "link.wav").is_symlink()
+    assert "outside the recordings folder" in caplog.text
+    # without a recordings folder, nothing is removed at all
+    await _old_call(service, clock, "1.6", T0 + 300 * DAY, monitor / "newest.wav")
+    clock.now = T0 + 300 * DAY
+    late = await expire(engine, journaler, older_than_days=90, clock=clock)
+    assert (late.tickets, late.files_removed, late.files_left) == (1, 0, 1)
+    assert (monitor / "recent.wav").exists()
