@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update

@@ -23,8 +23,8 @@ from core.quality import views as web_quality
 from core.quality.complaints import Complaints
 from core.quality.config import QualitySettings
 from core.quality.outbox import Outbox
-from core.quality.survey import Survey, is_survey_answer, parse_reply
 from core.quality.supervision import build
+from core.quality.survey import Survey, is_survey_answer, parse_reply
 from core.quality.tables import OutboxMessage, SurveyResponse, WebhookReceipt
 from core.triage.desk import TriageDesk
 from core.triage.reports import (
