@@ -46,6 +46,11 @@ DEADLINE_S = 1.0  # under the dialplan's CURLOPT(httptimeout) of 1.5 s: a late a
 
 # /healthz says "not ok" for this long after an intake request that timed out or failed.
 TROUBLE_WINDOW_S = 60.0
+# Tickets still being written for requests already answered (the store is slow): past this many, a new
+# request is answered "no ticket" at once, and its ticket comes from AMI. Work never piles up unbounded.
+PENDING_MAX = 200
+# On shutdown, how long the tickets still being written may take.
+SHUTDOWN_WAIT_S = 5.0
 
 
 @dataclass
@@ -91,11 +96,16 @@ async def intake(request: web.Request) -> web.Response:
             return _plain(400, error="uniqueid must be 1-150 of [A-Za-z0-9._-]")
         # Whatever the carrier sent is kept as text (the store clips it): a caller is never refused for it.
         caller, name, location = q.get("caller", ""), q.get("name") or None, q.get("location") or None
+        pending: set[asyncio.Task] = request.app[PENDING]
+        if len(pending) >= PENDING_MAX:
+            stats.timeouts += 1
+            stats.note_trouble(f"the store is behind ({len(pending)} intake writes pending)")
+            log.warning("intake %s: %d writes pending; answered without a ticket", uniqueid, len(pending))
+            return _plain(503, error="intake overloaded")
         # The store's work is never cut half way: past the deadline the caller is answered without a
         # ticket (the dialplan's fallback) and the ticket is still written, then completed from AMI.
         work = asyncio.create_task(request.app[INTAKE].admit(
             uniqueid=uniqueid, caller_id=caller, caller_name=name, arrived=q.get("arrived"), location=location))
-        pending: set[asyncio.Task] = request.app[PENDING]
         pending.add(work)
         work.add_done_callback(pending.discard)
         try:
@@ -124,7 +134,14 @@ def make_intake_app(service_intake: Intake, stats: IntakeStats | None = None) ->
     app.router.add_get("/intake", intake)
 
     async def finish(app: web.Application) -> None:
-        await asyncio.gather(*app[PENDING], return_exceptions=True)
+        # Bounded: a store that does not answer must not keep the backend from stopping.
+        if app[PENDING]:
+            done, left = await asyncio.wait(set(app[PENDING]), timeout=SHUTDOWN_WAIT_S)
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left, timeout=1.0)  # a write cancelled mid-way may still roll back
+                log.error("intake: %d ticket writes still pending at shutdown were cancelled", len(left))
 
     app.on_shutdown.append(finish)
     return app

@@ -164,3 +164,33 @@ async def test_a_failing_store_is_an_answer_without_a_ticket(service: TicketServ
         assert status == 503 and "ticket" not in answer
         assert (stats.requests, stats.failures) == (1, 1)
         assert stats.health()["ok"] is False and "RuntimeError" in stats.health()["reason"]
+
+
+async def test_writes_that_cannot_keep_up_are_bounded(
+    service: TicketService, stats: IntakeStats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake_http, "DEADLINE_S", 0.02)
+    monkeypatch.setattr(intake_http, "PENDING_MAX", 3)
+    monkeypatch.setattr(intake_http, "SHUTDOWN_WAIT_S", 0.1)
+    stuck = Intake(service)
+    release = asyncio.Event()
+
+    async def wedged(**kw: object) -> dict[str, str]:
+        await release.wait()  # a store that does not answer
+        raise RuntimeError("never")
+
+    stuck.admit = wedged  # type: ignore[method-assign]
+    app = make_intake_app(stuck, stats)
+    async with TestClient(TestServer(app)) as client:
+        for i in range(3):
+            status, _ = await _ask(client, uniqueid=f"4.{i}", caller="1")
+            assert status == 503
+        assert len(app[intake_http.PENDING]) == 3
+        status, answer = await _ask(client, uniqueid="4.9", caller="1")
+        assert status == 503 and answer["error"] == ["intake overloaded"]
+        assert len(app[intake_http.PENDING]) == 3  # no fourth write started
+        assert "behind" in stats.health()["reason"]
+        started = time.monotonic()
+    # leaving the client shuts the app down: the wedged writes are cancelled after SHUTDOWN_WAIT_S
+    assert time.monotonic() - started < 2.0
+    assert not app[intake_http.PENDING]
