@@ -22,35 +22,55 @@ from siplab import asterisk, lab, storm
 from telephony.ami.client import AMIClient
 
 
-async def run(calls: int, rate: float, patience_s: float) -> dict:
-    paths = asterisk.LabPaths()
-    if asterisk.asterisk_pid(paths) is None:
-        raise SystemExit("the lab is not up: jiejing lab up")
-    lab.up(lab.running_settings(paths) or lab.LabSettings(), paths, log=lambda *_: None)
-    settings = Settings()
-    held: list[asyncio.StreamWriter] = []
+class FrozenIntake:
+    """A listener on the intake port that reads every request and answers none (a frozen backend)."""
 
-    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
+    def __init__(self) -> None:
+        self.held: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.held.append(writer)  # read the request, answer nothing, keep the connection open
         try:
             while await reader.read(4096):
                 pass
         except (asyncio.CancelledError, ConnectionError):
             pass
 
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._hold, host, port)
+
+    def release(self) -> None:
+        """The backend "resumes": the held requests are let go."""
+        for writer in self.held:
+            writer.close()
+
+    async def close(self) -> None:
+        self.release()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def run(calls: int, rate: float, patience_s: float) -> dict:
+    paths = asterisk.LabPaths()
+    if asterisk.asterisk_pid(paths) is None:
+        raise SystemExit("the lab is not up: jiejing lab up")
+    lab.up(lab.running_settings(paths) or lab.LabSettings(), paths, log=lambda *_: None)
+    settings = Settings()
+    frozen = FrozenIntake()
     try:
-        server = await asyncio.start_server(frozen, settings.intake_host, settings.intake_port)
+        await frozen.start(settings.intake_host, settings.intake_port)
     except OSError as exc:
         raise SystemExit(f"the intake port {settings.intake_port} is taken (a backend running?): {exc}") from None
     ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
     events = ami.subscribe()
     await ami.start()
     try:
-        deadline = time.monotonic() + 10
-        while not ami.connected:
-            if time.monotonic() > deadline:
-                raise SystemExit("no AMI connection to the lab")
-            await asyncio.sleep(0.05)
+        try:
+            await ami.wait_connected(10)
+        except TimeoutError:
+            raise SystemExit("no AMI connection to the lab") from None
         tag = int(time.time()) % 10_000
         numbers = storm.caller_numbers(calls, tag)
         run_dir = paths.run / f"drill-frozen-{int(time.time() * 1000)}"
@@ -61,14 +81,11 @@ async def run(calls: int, rate: float, patience_s: float) -> dict:
         await asyncio.sleep(1)
         # the backend "resumes": the held requests are let go; when do the callers' channels end?
         released = time.time()
-        for writer in held:
-            writer.close()
+        frozen.release()
         await asyncio.sleep(2)
     finally:
         await ami.stop()
-        server.close()
-        for writer in held:
-            writer.close()
+        await frozen.close()
     by_uid: dict[str, dict[str, float]] = {}
     caller_of: dict[str, str] = {}
     while not events.empty():
@@ -89,7 +106,7 @@ async def run(calls: int, rate: float, patience_s: float) -> dict:
             "hung_up_s": None if "Hangup" not in at else at["Hangup"] - arrived,
             "released_s": released - arrived,
         })
-    return {"calls": calls, "intake_requests_held": len(held), "rows": rows,
+    return {"calls": calls, "intake_requests_held": len(frozen.held), "rows": rows,
             "sipp_successful": stats.get("SuccessfulCall(C)"), "sipp_failed": stats.get("FailedCall(C)")}
 
 

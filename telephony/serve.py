@@ -34,7 +34,7 @@ from core.dispatch.planner import DispatchPlanner
 from core.migrate import State, ensure_ready
 from core.quality.config import QualitySettings
 from core.quality.supervision import build as build_supervision
-from core.seats.board import SeatBoard
+from core.seats.board import SeatBoard, SeatState
 from core.seats.phones import PhoneBook
 from core.store import make_engine
 from core.triage.desk import TriageDesk
@@ -152,7 +152,7 @@ def empty_queue_alert(seats: SeatBoard, alerts: AlertBoard):
     """Seat listener: the last seat leaving the queue is an alert (calls go to the dialplan's overflow)."""
 
     def on_change(view) -> None:
-        if str(view.state) == "logged_out" and not any(str(v.state) != "logged_out" for v in seats.seats()):
+        if view.state is SeatState.LOGGED_OUT and all(v.state is SeatState.LOGGED_OUT for v in seats.seats()):
             alerts.raise_alert("seats", "queue-empty", f"no seat is left in the 110 queue ({view.seat} logged out "
                                "last): calls ring the overflow (JIEJING_OVERFLOW) until a seat logs in")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import pytest
 
 from core.config import Settings
+from siplab.drill_frozen_intake import FrozenIntake
 from telephony.ami.client import AMIClient
 from tests.integration.conftest import default_phones, recording_path
 
@@ -27,35 +27,20 @@ INTAKE_BOUND_S = 1.5  # the dialplan's JIEJING_INTAKE_BOUND_S
 async def test_a_caller_is_queued_within_the_bound_while_the_backend_is_frozen(lab_paths, calls) -> None:
     default_phones(lab_paths)
     settings = Settings()
-    held: list[asyncio.StreamWriter] = []
-
-    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # read the request, answer nothing, keep the connection open
-        try:
-            while await reader.read(4096):
-                pass
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-
-    server = await asyncio.start_server(frozen, settings.intake_host, settings.intake_port)
+    frozen = FrozenIntake()
+    await frozen.start(settings.intake_host, settings.intake_port)
     ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
     events = ami.subscribe()
     await ami.start()
     try:
-        deadline = time.monotonic() + 10
-        while not ami.connected:
-            assert time.monotonic() < deadline, "no AMI connection to the lab"
-            await asyncio.sleep(0.05)
+        await ami.wait_connected(10)
         number = f"136{random.randrange(10**8):08d}"
         stats = await calls.place([(number, "Frozen")], talk_s=3, patience_s=15)
         assert stats.get("SuccessfulCall(C)") == "1", stats
         await asyncio.sleep(0.5)
     finally:
         await ami.stop()
-        server.close()
-        for writer in held:
-            writer.close()
-        await server.wait_closed()
+        await frozen.close()
     seen: dict[str, float] = {}
     uniqueid = None
     while not events.empty():
@@ -66,7 +51,7 @@ async def test_a_caller_is_queued_within_the_bound_while_the_backend_is_frozen(l
         elif uniqueid and event.get("Uniqueid") == uniqueid and event.name in ("QueueCallerJoin", "AgentConnect",
                                                                               "Hangup"):
             seen.setdefault(event.name, event.timestamp)
-    assert held, "Asterisk never reached the frozen intake"
+    assert frozen.held, "Asterisk never reached the frozen intake"
     assert {"arrived", "QueueCallerJoin", "AgentConnect", "Hangup"} <= set(seen), seen
     queued_after = seen["QueueCallerJoin"] - seen["arrived"]
     # the bound, plus Asterisk's own few milliseconds to answer and start the recording
