@@ -125,6 +125,31 @@ async def own_badge(request: web.Request, principal: Principal) -> web.Response 
     return None
 
 
+async def report_refusal(
+    request: web.Request, principal: Principal, number: str, badge: str | None
+) -> web.Response | None:
+    """An officer reports arrival or clearing for himself, on the ticket he is dispatched to; a station user for
+    its own officers or those this ticket holds (``station_ticket`` has already kept it to its own incidents).
+
+    ``badge`` is the officer the report names (None for clearing, which frees every officer of the ticket).
+    Supervisors and admins report for anyone.
+    """
+    if principal.role is Role.OFFICER:
+        if badge is not None and badge != principal.username:
+            return error_reply(403, "an officer reports for himself only", error_id="own-badge-only",
+                               details={"badge": badge})
+        own = await _officers(request).get(principal.username)
+        if own.ticket != number or own.status not in (OfficerStatus.DISPATCHED, OfficerStatus.ON_SCENE):
+            return error_reply(403, f"you are not dispatched to ticket {number}", error_id="not-your-ticket",
+                               details={"number": number, "yours": own.ticket})
+    elif principal.role is Role.STATION and badge is not None:
+        named = await _officers(request).get(badge)
+        if named.station != principal.station and named.ticket != number:
+            return error_reply(403, f"officer {badge} is neither of station {principal.station} nor held by "
+                               f"ticket {number}", error_id="not-your-officer", details={"badge": badge})
+    return None
+
+
 async def event_stream(request: web.Request, principal: Principal) -> web.Response | None:
     # An officer's stream is filtered by his badge (his username), never by a station he names.
     if principal.role is Role.OFFICER and "station" in request.query:
@@ -167,10 +192,13 @@ async def put_location(request: web.Request) -> web.Response:
              body=ARRIVED_BODY, scope=station_ticket)
 async def post_arrived(request: web.Request) -> web.Response:
     body = await json_body(request)
-    badge = text_field(body, "badge", BADGE_MAX)
+    badge = text_field(body, "badge", BADGE_MAX) or ""
     lat, lon = _point(body)
     number = ticket_number(request)
-    ticket = await request.app[PLANNER].arrived(number, badge=badge or "", lat=lat, lon=lon)
+    principal = request.get(PRINCIPAL)
+    if principal is not None and (refusal := await report_refusal(request, principal, number, badge)):
+        return refusal
+    ticket = await request.app[PLANNER].arrived(number, badge=badge, lat=lat, lon=lon)
     return json_reply(ticket.to_json())
 
 
@@ -181,6 +209,9 @@ async def post_clear(request: web.Request) -> web.Response:
     disposition = text_field(body, "disposition", DISPOSITION_MAX)
     by = text_field(body, "by", BY_MAX, required=False)
     number = ticket_number(request)
+    principal = request.get(PRINCIPAL)
+    if principal is not None and (refusal := await report_refusal(request, principal, number, None)):
+        return refusal
     ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=by)
     return json_reply(ticket.to_json())
 
