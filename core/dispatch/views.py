@@ -41,6 +41,7 @@ from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner
 from core.errors import BadRequest
 from core.http.replies import (
     PRINCIPAL,
+    actor,
     dumps,
     error_reply,
     json_body,
@@ -93,6 +94,7 @@ ARRIVED_BODY: dict[str, Any] = {
 CLEAR_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["disposition"],
+    # "by" is ignored: the step names the logged-in user who cleared.
     "properties": {"disposition": {**_TEXT, "maxLength": 500}, "by": {**_TEXT, "type": ["string", "null"], "maxLength": 255}},
 }
 OFFICER_LOCATION_BODY: dict[str, Any] = {"type": "object", "required": ["lat", "lon"], "properties": {"lat": _LAT, "lon": _LON}}
@@ -207,12 +209,11 @@ async def post_arrived(request: web.Request) -> web.Response:
 async def post_clear(request: web.Request) -> web.Response:
     body = await json_body(request)
     disposition = text_field(body, "disposition", DISPOSITION_MAX)
-    by = text_field(body, "by", BY_MAX, required=False)
     number = ticket_number(request)
     principal = request.get(PRINCIPAL)
     if principal is not None and (refusal := await report_refusal(request, principal, number, None)):
         return refusal
-    ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=by)
+    ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=actor(request))
     return json_reply(ticket.to_json())
 
 

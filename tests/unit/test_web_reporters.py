@@ -15,7 +15,14 @@ from core.calls.tickets import TicketService, TicketView
 from core.dispatch.officers import OfficerService, OfficerStatus
 from core.dispatch.planner import DispatchPlanner
 from core.web.app import make_app
-from tests.dispatch_city import CENTER, answered_call, load, officer, point_in, ring_cell
+from tests.dispatch_city import (
+    CENTER,
+    answered_call,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.unit.conftest import FakeClock
 from tests.web_login import login_headers
 
@@ -128,3 +135,15 @@ async def test_a_station_cannot_report_on_another_stations_incident(
     stored = await service.get(ticket.number)
     assert stored is not None and stored.state is State.DISPATCHED
 
+
+
+async def test_clearing_names_the_logged_in_user_not_the_by_of_the_body(
+    client: TestClient, service: TicketService, planner: DispatchPlanner
+) -> None:
+    ticket = await _dispatched(service, planner)
+    e1 = await login_headers(service.engine, Role.OFFICER, username="e1")
+    await _answer(await client.post(f"/api/tickets/{ticket.number}/arrived", json=_arrival("e1"), headers=e1), 200)
+    boss = await login_headers(service.engine, Role.SUPERVISOR, username="zhang")
+    cleared = await _answer(await client.post(f"/api/tickets/{ticket.number}/clear",
+                                              json={"disposition": "已处置", "by": "e1"}, headers=boss), 200)
+    assert cleared["state"] == State.CLEARED and cleared["steps"][-1]["detail"]["by"] == "zhang"
