@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.auth.throttle import LoginThrottle, Refusal
 from core.errors import DomainError
 from core.store import TEXT_MAX, Base
 
@@ -44,6 +45,7 @@ __all__ = [
     "AuditEntry",
     "AuthService",
     "BadCredentials",
+    "TooManyLogIns",
     "Principal",
     "Role",
     "UserExists",
@@ -78,6 +80,18 @@ class BadCredentials(DomainError):
 
     status = 401
     error_id = "bad-credentials"
+
+
+class TooManyLogIns(DomainError):
+    """Too many failed log-ins for this name from this address, or from this address: try again later."""
+
+    status = 429
+    error_id = "too-many-log-ins"
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"too many failed log-ins; try again in {refusal.retry_after_s} s",
+                         details={"retry_after_s": refusal.retry_after_s})
+        self.refusal = refusal
 
 
 class UserExists(DomainError):
@@ -219,6 +233,7 @@ class AuthService:
         token_ttl_s: float = DEFAULT_TOKEN_TTL_S,
         clock: Callable[[], float] = time.time,
         scrypt_n: int = SCRYPT_N,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         if not token_ttl_s > 0:
             raise ValueError("token lifetime must be positive")
@@ -227,6 +242,7 @@ class AuthService:
         self._clock = clock
         self.token_ttl_s = token_ttl_s
         self._scrypt_n = scrypt_n
+        self.throttle = throttle if throttle is not None else LoginThrottle()
         self._scrypt_slots = asyncio.Semaphore(SCRYPT_SLOTS)
         # A wrong password costs the same scrypt as a right one, so the answer
         # time does not tell whether a username exists. Made at the first unknown
@@ -274,8 +290,15 @@ class AuthService:
 
     # -- tokens ----------------------------------------------------------------
 
-    async def login(self, username: str, password: str) -> tuple[str, int, Principal]:
-        """A new token, its expiry (epoch µs) and the user; ``BadCredentials`` otherwise."""
+    async def login(self, username: str, password: str, *, address: str = "-") -> tuple[str, int, Principal]:
+        """A new token, its expiry (epoch µs) and the user; ``BadCredentials`` otherwise.
+
+        ``address`` is the client's; while the name from there, or the address, is locked out after too
+        many failures, ``TooManyLogIns`` is raised before any password is checked.
+        """
+        refusal = self.throttle.check(username, address)
+        if refusal is not None:
+            raise TooManyLogIns(refusal)
         async with self._sessions() as session:
             row = await session.scalar(select(UserRow).where(UserRow.username == username))
         if row is None and self._dummy_hash is None:
@@ -283,7 +306,9 @@ class AuthService:
         stored = row.password_hash if row is not None else self._dummy_hash or ""
         ok = await self._scrypt(verify_password, password, stored)
         if row is None or row.disabled or not ok:
+            self.throttle.failed(username, address)
             raise BadCredentials("unknown user or wrong password")
+        self.throttle.succeeded(username, address)
         rehashed = None
         if weaker_than(stored, self._scrypt_n):
             rehashed = await self._scrypt(hash_password, password, n=self._scrypt_n)
