@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from core.http.replies import PRINCIPAL, json_body, json_reply, who
+from core.http.replies import PRINCIPAL, actor, json_body, json_reply
 from core.http.routes import DESK, RouteTable
 from core.http.scopes import own_call, seat_refusal
 from core.seats.board import SEAT_ID
@@ -42,7 +42,7 @@ async def post_callback(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     placed = await request.app[CALLBACKS].call_back(request.match_info["number"], seat=body["seat"],
-                                                    by=who(request) or "api")
+                                                    by=actor(request))
     return json_reply(placed, 202)
 
 

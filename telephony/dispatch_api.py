@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from core.http.replies import json_reply, who
+from core.http.replies import actor, json_reply
 from core.http.routes import DESK, RouteTable
 from core.http.scopes import own_call
 from telephony.dispatcher import Dispatcher
@@ -24,7 +24,7 @@ routes = RouteTable("dispatch")
 @routes.post("/api/tickets/{number}/dispatch", DESK, "Dispatch an officer to the incident", scope=own_call)
 async def dispatch(request: web.Request) -> web.Response:
     number = request.match_info["number"]
-    await request.app[DISPATCHER].dispatch(number, by=who(request) or "api")
+    await request.app[DISPATCHER].dispatch(number, by=actor(request))
     return json_reply({"number": number, "status": "dispatching"}, 202)
 
 

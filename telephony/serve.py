@@ -39,7 +39,7 @@ from core.seats.phones import PhoneBook
 from core.store import make_engine
 from core.triage.desk import TriageDesk
 from core.triage.push_http import HttpPoster
-from core.web.app import make_app
+from core.web.app import make_app, serve_options
 from telephony import callback_api, dispatch_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.server import FastAGIServer, RouteStats
@@ -261,4 +261,5 @@ def make_web_app(backend: Backend) -> web.Application:
 def run(settings: Settings) -> None:
     backend = build(settings)
     app = make_web_app(backend)
-    web.run_app(app, host=settings.http_host, port=settings.http_port, print=lambda msg: log.info("%s", msg))
+    web.run_app(app, host=settings.http_host, port=settings.http_port, print=lambda msg: log.info("%s", msg),
+                **serve_options())

@@ -32,10 +32,12 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.auth.throttle import LoginThrottle, Refusal
 from core.errors import DomainError
 from core.store import TEXT_MAX, Base
 
@@ -43,6 +45,7 @@ __all__ = [
     "AuditEntry",
     "AuthService",
     "BadCredentials",
+    "TooManyLogIns",
     "Principal",
     "Role",
     "UserExists",
@@ -54,9 +57,13 @@ PASSWORD_MIN = 8
 PASSWORD_MAX = 256
 STATION_ID_MAX = 32  # as core.dispatch.officers; not imported, auth must not depend on dispatch
 DEFAULT_TOKEN_TTL_S = 12 * 3600
-# scrypt cost: ~16 MiB and a few tens of ms per check, too slow to guess at scale.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-_SCRYPT_MAXMEM = 64 * 1024 * 1024
+# scrypt cost as OWASP recommends (Password Storage Cheat Sheet): 128 MiB and ~0.4 s per check on the
+# lab machine, too slow to guess at scale. Stored hashes carry their own parameters; a weaker one is
+# re-hashed at the next successful log-in.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
+_SCRYPT_MAXMEM = 256 * 1024 * 1024
+# Checks running at once: each takes 128 MiB, and a burst of log-ins must not take the machine's memory.
+SCRYPT_SLOTS = 2
 
 
 class Role(StrEnum):
@@ -73,6 +80,18 @@ class BadCredentials(DomainError):
 
     status = 401
     error_id = "bad-credentials"
+
+
+class TooManyLogIns(DomainError):
+    """Too many failed log-ins for this name from this address, or from this address: try again later."""
+
+    status = 429
+    error_id = "too-many-log-ins"
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"too many failed log-ins; try again in {refusal.retry_after_s} s",
+                         details={"retry_after_s": refusal.retry_after_s})
+        self.refusal = refusal
 
 
 class UserExists(DomainError):
@@ -175,6 +194,15 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed.hex(), digest)
 
 
+def weaker_than(stored: str, n: int) -> bool:
+    """Whether ``stored`` was hashed with less than cost ``n`` (or other r, p): re-hash it at the next log-in."""
+    try:
+        kind, stored_n, r, p, _salt, _digest = stored.split("$")
+        return kind != "scrypt" or int(stored_n) < n or (int(r), int(p)) != (SCRYPT_R, SCRYPT_P)
+    except ValueError:
+        return True
+
+
 def _token_key(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -205,6 +233,7 @@ class AuthService:
         token_ttl_s: float = DEFAULT_TOKEN_TTL_S,
         clock: Callable[[], float] = time.time,
         scrypt_n: int = SCRYPT_N,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         if not token_ttl_s > 0:
             raise ValueError("token lifetime must be positive")
@@ -213,9 +242,12 @@ class AuthService:
         self._clock = clock
         self.token_ttl_s = token_ttl_s
         self._scrypt_n = scrypt_n
+        self.throttle = throttle if throttle is not None else LoginThrottle()
+        self._scrypt_slots = asyncio.Semaphore(SCRYPT_SLOTS)
         # A wrong password costs the same scrypt as a right one, so the answer
-        # time does not tell whether a username exists.
-        self._dummy_hash = hash_password(secrets.token_hex(8), n=scrypt_n)
+        # time does not tell whether a username exists. Made at the first unknown
+        # name, not here: building an application must not cost a hash.
+        self._dummy_hash: str | None = None
 
     def _now_us(self) -> int:
         return round(self._clock() * 1_000_000)
@@ -226,8 +258,7 @@ class AuthService:
         username, role, station = check_user_fields(username, role, station)
         if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
             raise ValueError(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
-        # scrypt is CPU-bound for tens of ms: keep it off the event loop.
-        hashed = await asyncio.to_thread(hash_password, password, n=self._scrypt_n)
+        hashed = await self._scrypt(hash_password, password, n=self._scrypt_n)
         async with self._sessions.begin() as session:
             if await session.scalar(select(UserRow.id).where(UserRow.username == username)) is not None:
                 raise UserExists(f"user {username!r} exists")
@@ -259,23 +290,46 @@ class AuthService:
 
     # -- tokens ----------------------------------------------------------------
 
-    async def login(self, username: str, password: str) -> tuple[str, int, Principal]:
-        """A new token, its expiry (epoch µs) and the user; ``BadCredentials`` otherwise."""
+    async def login(self, username: str, password: str, *, address: str = "-") -> tuple[str, int, Principal]:
+        """A new token, its expiry (epoch µs) and the user; ``BadCredentials`` otherwise.
+
+        ``address`` is the client's; while the name from there, or the address, is locked out after too
+        many failures, ``TooManyLogIns`` is raised before any password is checked.
+        """
+        refusal = self.throttle.check(username, address)
+        if refusal is not None:
+            raise TooManyLogIns(refusal)
         async with self._sessions() as session:
             row = await session.scalar(select(UserRow).where(UserRow.username == username))
-        stored = self._dummy_hash if row is None else row.password_hash
-        ok = await asyncio.to_thread(verify_password, password, stored)
+        if row is None and self._dummy_hash is None:
+            self._dummy_hash = await self._scrypt(hash_password, secrets.token_hex(8), n=self._scrypt_n)
+        stored = row.password_hash if row is not None else self._dummy_hash or ""
+        ok = await self._scrypt(verify_password, password, stored)
         if row is None or row.disabled or not ok:
+            self.throttle.failed(username, address)
             raise BadCredentials("unknown user or wrong password")
+        self.throttle.succeeded(username, address)
+        rehashed = None
+        if weaker_than(stored, self._scrypt_n):
+            rehashed = await self._scrypt(hash_password, password, n=self._scrypt_n)
         token = secrets.token_urlsafe(32)
         now_us = self._now_us()
         expires_us = now_us + round(self.token_ttl_s * 1_000_000)
         async with self._sessions.begin() as session:
+            if rehashed is not None:
+                # Only if the hash is still the one checked: a password changed meanwhile wins.
+                await session.execute(update(UserRow).where(UserRow.id == row.id, UserRow.password_hash == stored)
+                                      .values(password_hash=rehashed))
             # Expired tokens are swept at each log-in; nothing else needs a timer.
             await session.execute(delete(TokenRow).where(TokenRow.expires_at_us <= now_us))
             session.add(TokenRow(token_sha256=_token_key(token), user_id=row.id, created_at_us=now_us,
                                  expires_at_us=expires_us))
         return token, expires_us, Principal(row.username, Role(row.role), row.station_id)
+
+    async def _scrypt(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # scrypt is CPU-bound for a good part of a second: off the event loop, a bounded number at once.
+        async with self._scrypt_slots:
+            return await asyncio.to_thread(work, *args, **kwargs)
 
     async def resolve(self, token: str) -> Principal | None:
         """The user a live token belongs to, or None (unknown, expired, or the user disabled)."""

@@ -17,7 +17,7 @@ from aiohttp import web
 from core.auth.users import Role
 from core.calls.numbering import looks_like_number
 from core.calls.tickets import TicketService, TicketView, UnknownTicket
-from core.http.replies import error_reply, json_body, json_reply
+from core.http.replies import actor, error_reply, json_body, json_reply
 from core.http.routes import DESK, RouteTable
 from core.http.scopes import own_call
 
@@ -35,9 +35,10 @@ routes = RouteTable("tickets")
 
 CLOSE_BODY: dict[str, Any] = {
     "type": "object",
-    "required": ["disposition", "by"],
+    "required": ["disposition"],
     "properties": {
         "disposition": {"type": "string", "minLength": 1, "pattern": r"\S"},
+        # Ignored: the ticket is closed in the logged-in user's name (kept so older clients are not refused).
         "by": {"type": "string", "minLength": 1, "pattern": r"\S"},
     },
 }
@@ -91,7 +92,7 @@ async def get_ticket(request: web.Request) -> web.Response:
 async def close_ticket(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)
-    ticket = await request.app[SERVICE].close(number, disposition=body["disposition"], by=body["by"])
+    ticket = await request.app[SERVICE].close(number, disposition=body["disposition"], by=actor(request))
     return json_reply((await ticket_json(request.app, [ticket]))[0])
 
 

@@ -41,6 +41,7 @@ from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner
 from core.errors import BadRequest
 from core.http.replies import (
     PRINCIPAL,
+    actor,
     dumps,
     error_reply,
     json_body,
@@ -93,6 +94,7 @@ ARRIVED_BODY: dict[str, Any] = {
 CLEAR_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["disposition"],
+    # "by" is ignored: the step names the logged-in user who cleared.
     "properties": {"disposition": {**_TEXT, "maxLength": 500}, "by": {**_TEXT, "type": ["string", "null"], "maxLength": 255}},
 }
 OFFICER_LOCATION_BODY: dict[str, Any] = {"type": "object", "required": ["lat", "lon"], "properties": {"lat": _LAT, "lon": _LON}}
@@ -122,6 +124,31 @@ async def station_query(request: web.Request, principal: Principal) -> web.Respo
 async def own_badge(request: web.Request, principal: Principal) -> web.Response | None:
     if principal.role is Role.OFFICER and request.match_info.get("badge") != principal.username:
         return error_reply(403, "an officer reports for himself only", error_id="own-badge-only")
+    return None
+
+
+async def report_refusal(
+    request: web.Request, principal: Principal, number: str, badge: str | None
+) -> web.Response | None:
+    """An officer reports arrival or clearing for himself, on the ticket he is dispatched to; a station user for
+    its own officers or those this ticket holds (``station_ticket`` has already kept it to its own incidents).
+
+    ``badge`` is the officer the report names (None for clearing, which frees every officer of the ticket).
+    Supervisors and admins report for anyone.
+    """
+    if principal.role is Role.OFFICER:
+        if badge is not None and badge != principal.username:
+            return error_reply(403, "an officer reports for himself only", error_id="own-badge-only",
+                               details={"badge": badge})
+        own = await _officers(request).get(principal.username)
+        if own.ticket != number or own.status not in (OfficerStatus.DISPATCHED, OfficerStatus.ON_SCENE):
+            return error_reply(403, f"you are not dispatched to ticket {number}", error_id="not-your-ticket",
+                               details={"number": number, "yours": own.ticket})
+    elif principal.role is Role.STATION and badge is not None:
+        named = await _officers(request).get(badge)
+        if named.station != principal.station and named.ticket != number:
+            return error_reply(403, f"officer {badge} is neither of station {principal.station} nor held by "
+                               f"ticket {number}", error_id="not-your-officer", details={"badge": badge})
     return None
 
 
@@ -167,10 +194,13 @@ async def put_location(request: web.Request) -> web.Response:
              body=ARRIVED_BODY, scope=station_ticket)
 async def post_arrived(request: web.Request) -> web.Response:
     body = await json_body(request)
-    badge = text_field(body, "badge", BADGE_MAX)
+    badge = text_field(body, "badge", BADGE_MAX) or ""
     lat, lon = _point(body)
     number = ticket_number(request)
-    ticket = await request.app[PLANNER].arrived(number, badge=badge or "", lat=lat, lon=lon)
+    principal = request.get(PRINCIPAL)
+    if principal is not None and (refusal := await report_refusal(request, principal, number, badge)):
+        return refusal
+    ticket = await request.app[PLANNER].arrived(number, badge=badge, lat=lat, lon=lon)
     return json_reply(ticket.to_json())
 
 
@@ -179,9 +209,11 @@ async def post_arrived(request: web.Request) -> web.Response:
 async def post_clear(request: web.Request) -> web.Response:
     body = await json_body(request)
     disposition = text_field(body, "disposition", DISPOSITION_MAX)
-    by = text_field(body, "by", BY_MAX, required=False)
     number = ticket_number(request)
-    ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=by)
+    principal = request.get(PRINCIPAL)
+    if principal is not None and (refusal := await report_refusal(request, principal, number, None)):
+        return refusal
+    ticket = await request.app[PLANNER].clear(number, disposition=disposition or "", by=actor(request))
     return json_reply(ticket.to_json())
 
 

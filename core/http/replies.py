@@ -72,6 +72,15 @@ def who(request: web.Request) -> str | None:
     return None if principal is None else principal.username
 
 
+def actor(request: web.Request) -> str:
+    """Who a record names as having acted: the logged-in user, never a name from the request body.
+
+    Every route that records an actor requires a role, so the authentication middleware has set the
+    principal; "-" only on an application assembled without it (a test of views alone).
+    """
+    return who(request) or "-"
+
+
 def parse_instant(raw: str | None, name: str) -> float | None:
     """A query parameter in epoch seconds or ISO 8601 with a zone, as epoch seconds; None if absent."""
     if raw is None or raw == "":

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from core.calls.numbering import looks_like_number
 from core.errors import BadRequest
-from core.http.replies import error_reply, json_body, json_reply, text_field
+from core.http.replies import actor, error_reply, json_body, json_reply, text_field
 from core.http.routes import DESK, PUBLIC, SUPERVISORS, RouteTable
 from core.quality.complaints import Complaints
 from core.quality.journal_status import JournalWatch
@@ -51,10 +51,11 @@ SIZE_MAX = 1000
 # Request bodies, for the OpenAPI spec and the check before the view (core.http.replies.json_body);
 # the views below still check what a schema cannot say.
 _TEXT: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
+# A body's "by" is accepted for older clients and ignored: records name the logged-in user.
 _BY = {**_TEXT, "maxLength": 255}
 DRAW_BODY: dict[str, Any] = {
     "type": "object",
-    "required": ["day", "by"],
+    "required": ["day"],
     "properties": {
         "day": {"type": "string", "pattern": "^[0-9]{8}$"},
         "by": _BY,
@@ -64,7 +65,7 @@ DRAW_BODY: dict[str, Any] = {
 }
 SCORE_BODY: dict[str, Any] = {
     "type": "object",
-    "required": ["ticket", "by", "scores"],
+    "required": ["ticket", "scores"],
     "properties": {
         "ticket": {**_TEXT, "maxLength": 32},
         "by": _BY,
@@ -77,7 +78,7 @@ SCORE_BODY: dict[str, Any] = {
         },
     },
 }
-PUBLISH_BODY: dict[str, Any] = {"type": "object", "required": ["by"], "properties": {"by": _BY}}
+PUBLISH_BODY: dict[str, Any] = {"type": "object", "properties": {"by": _BY}}
 COMPLAINT_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["ticket", "reason"],
@@ -89,7 +90,7 @@ COMPLAINT_BODY: dict[str, Any] = {
 }
 ANSWER_BODY: dict[str, Any] = {
     "type": "object",
-    "required": ["answer", "by"],
+    "required": ["answer"],
     "properties": {
         "answer": {**_TEXT, "maxLength": 2000},
         "by": _BY,
@@ -112,14 +113,14 @@ def _day(request: web.Request, value: Any = None) -> str:
 async def draw_sample(request: web.Request) -> web.Response:
     body = await json_body(request)
     day = _day(request, body.get("day"))
-    by = text_field(body, "by", limit=255)
+    by = actor(request)
     size, seed = body.get("size"), body.get("seed")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= SIZE_MAX):
         raise BadRequest(f'"size" must be an integer from 1 to {SIZE_MAX}')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62):
         raise BadRequest('"seed" must be a non-negative integer below 2**62')
     try:
-        sample = await request.app[SPOT_CHECKS].draw(day, by=by or "", size=size, seed=seed)
+        sample = await request.app[SPOT_CHECKS].draw(day, by=by, size=size, seed=seed)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return json_reply(sample, 201)
@@ -138,13 +139,13 @@ async def score_call(request: web.Request) -> web.Response:
     day = _day(request)
     body = await json_body(request)
     ticket = text_field(body, "ticket", limit=32)
-    by = text_field(body, "by", limit=255)
+    by = actor(request)
     comment = text_field(body, "comment", required=False)
     scores = body.get("scores")
     if not isinstance(scores, dict):
         raise BadRequest('"scores" must be an object of criterion: 1-5')
     try:
-        result = await request.app[SPOT_CHECKS].score(day, ticket or "", scores=scores, by=by or "", comment=comment)
+        result = await request.app[SPOT_CHECKS].score(day, ticket or "", scores=scores, by=by, comment=comment)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return json_reply(result)
@@ -161,10 +162,10 @@ async def get_report(request: web.Request) -> web.Response:
 @spot_check_routes.route("POST", "/api/quality/reports/{day}/publish", SUPERVISORS, "Publish a day's report", tag="quality", body=PUBLISH_BODY)
 async def publish_report(request: web.Request) -> web.Response:
     day = _day(request)
-    body = await json_body(request)
-    by = text_field(body, "by", limit=255)
+    await json_body(request, optional=True)  # checked against the schema; "by" in it is ignored
+    by = actor(request)
     try:
-        return json_reply(await request.app[SPOT_CHECKS].publish(day, by=by or ""), 201)
+        return json_reply(await request.app[SPOT_CHECKS].publish(day, by=by), 201)
     except ValueError as exc:  # a day that does not exist, e.g. 20261340
         raise BadRequest(str(exc)) from None
 
@@ -260,7 +261,7 @@ async def answer_follow_up(request: web.Request) -> web.Response:
         return error_reply(404, "no such follow-up")
     body = await json_body(request)
     answer = text_field(body, "answer") or ""
-    by = text_field(body, "by", limit=255) or ""
+    by = actor(request)
     caller = text_field(body, "caller", required=False, limit=32)
     complaints = request.app[COMPLAINTS]
     view = await complaints.answer(int(raw), answer=answer, by=by, caller=caller)

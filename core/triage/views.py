@@ -34,11 +34,11 @@ from core.dispatch.views import BROADCASTER, PLANNER, STATION_ID
 from core.errors import BadRequest
 from core.http.replies import (
     PRINCIPAL,
+    actor,
     error_reply,
     json_body,
     json_reply,
     parse_instant,
-    who,
 )
 from core.http.routes import ADMINS, DESK, SUPERVISORS, RouteTable
 from core.http.scopes import own_call
@@ -220,7 +220,7 @@ async def post_classify(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)
     try:
-        result = await request.app[TRIAGE_DESK].classify(number, body["type"], body["priority"], by=who(request))
+        result = await request.app[TRIAGE_DESK].classify(number, body["type"], body["priority"], by=actor(request))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return json_reply(result)
@@ -231,7 +231,7 @@ async def post_note(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)
     try:
-        result = await request.app[TRIAGE_DESK].add_note(number, body["text"], by=who(request),
+        result = await request.app[TRIAGE_DESK].add_note(number, body["text"], by=actor(request),
                                                   source=body.get("source", "note"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
@@ -307,7 +307,7 @@ async def add_warning(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
         warning = await request.app[TRIAGE_DESK].warnings.add(
-            body["kind"], body["text"], by=who(request) or "-", cell=body.get("cell"),
+            body["kind"], body["text"], by=actor(request), cell=body.get("cell"),
             address=body.get("address"), phone=body.get("phone"),
         )
     except ValueError as exc:
@@ -337,7 +337,7 @@ async def add_prank(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
         entry = await request.app[TRIAGE_DESK].repeat.add_prank(body["phone"], reason=body["reason"],
-                                                          by=who(request) or "-")
+                                                          by=actor(request))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return json_reply(entry.to_json(), 201)

@@ -7,14 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
-from core.auth.users import PASSWORD_MAX, AuthService, Role
+from core.auth.users import PASSWORD_MAX, AuthService, Role, TooManyLogIns
 from core.errors import BadRequest, NotFound
-from core.http.replies import BODY_SHA256, PRINCIPAL, json_body, json_reply
+from core.http.replies import BODY_SHA256, PRINCIPAL, error_reply, json_body, json_reply
 from core.http.routes import ADMINS, ALL, PUBLIC, RouteTable
 
 AUTH = web.AppKey("auth", AuthService)
 # Who tried to log in, for the audit row of a refused log-in.
 AUDIT_WHO = web.RequestKey("audit_who", str)
+# Set on a request whose audit row is left out: a log-in refused during a lock-out after its first refusal.
+AUDIT_SKIP = web.RequestKey("audit_skip", bool)
 
 routes = RouteTable("auth")
 
@@ -60,7 +62,13 @@ async def login(request: web.Request) -> web.Response:
     username, password = body["username"], body["password"]
     request[AUDIT_WHO] = username[:64]
     auth = request.app[AUTH]
-    token, expires_us, principal = await auth.login(username, password)
+    try:
+        token, expires_us, principal = await auth.login(username, password, address=request.remote or "-")
+    except TooManyLogIns as exc:
+        # A lock-out is audited once, at its first refusal; the rest are counted in the process log.
+        request[AUDIT_SKIP] = not exc.refusal.first
+        return error_reply(exc.status, str(exc), {"Retry-After": str(exc.refusal.retry_after_s)},
+                           error_id=exc.error_id, details=exc.details)
     return json_reply({"token": token, "expires_at_us": expires_us, "expires_in_s": auth.token_ttl_s,
                        **principal.to_json()})
 

@@ -46,6 +46,7 @@ from core.triage import views as triage_views
 from core.triage.desk import TriageDesk
 from core.web import accounts as auth_views
 from core.web import ops
+from core.web.access_log import RedactingAccessLogger
 from core.web.auth import authenticate
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ async def healthz(request: web.Request) -> web.Response:
         # A probe reporting a datetime or similar must not turn the probe into a 500.
         dumps=lambda value: json.dumps(value, ensure_ascii=False, default=str),
     )
+
+
+def serve_options() -> dict[str, Any]:
+    """Options for ``web.run_app`` (or an ``AppRunner``): an access log that never holds a bearer token."""
+    return {"access_log_class": RedactingAccessLogger}
 
 
 def make_app(

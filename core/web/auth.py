@@ -27,7 +27,7 @@ from core.auth.users import Role
 from core.errors import DomainError
 from core.http.replies import BODY_SCHEMA, BODY_SHA256, PRINCIPAL, error_reply
 from core.http.routes import ROUTE_SPECS
-from core.web.accounts import AUDIT_WHO, AUTH, bearer_token
+from core.web.accounts import AUDIT_SKIP, AUDIT_WHO, AUTH, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ async def authenticate(
 
 
 async def _audit(request: web.Request, status: int) -> None:
+    if request.get(AUDIT_SKIP):
+        return
     principal = request.get(PRINCIPAL)
     who = principal.username if principal is not None else request.get(AUDIT_WHO, "-")
     try:

@@ -202,14 +202,15 @@ async def test_unknown_or_hostile_numbers_are_404_json(service: TicketService, p
 async def test_close_stores_text_verbatim(service: TicketService) -> None:
     ticket = await _ended_call(service)
     disposition = "警情：${jndi:ldap://x/a} 盗窃 <script>alert(1)</script> '; DROP TABLE tickets; --"
-    by = "座席-07 ${CALLERID(num)}"
     async with serve(service) as client:
+        # A body's "by" is ignored: the record names the logged-in user.
         resp = await client.post(
-            f"/api/tickets/{ticket.number}/close", json={"disposition": disposition, "by": by}
+            f"/api/tickets/{ticket.number}/close", json={"disposition": disposition, "by": "座席-07 ${CALLERID(num)}"}
         )
         assert resp.status == 200
         body = await resp.json()
         again = await (await client.get(f"/api/tickets/{ticket.number}")).json()
+        by = (await (await client.get("/api/me")).json())["username"]
     assert body["state"] == "closed"
     assert body["steps"][-1]["detail"] == {"disposition": disposition, "by": by}
     assert again == body
@@ -252,7 +253,6 @@ async def test_close_of_a_live_call_is_409(service: TicketService) -> None:
         b'"disposition"',
         b"null",
         b"{}",
-        b'{"disposition": "x"}',
         b'{"by": "y"}',
         b'{"disposition": 1, "by": "y"}',
         b'{"disposition": "x", "by": ["y"]}',

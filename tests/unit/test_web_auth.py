@@ -273,7 +273,7 @@ async def test_a_websocket_may_carry_the_token_in_the_query_but_nothing_else_may
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"disposition": "x"}, ("$", "required")),
+        ({"by": "x"}, ("$", "required")),
         ({"disposition": 5, "by": "y"}, ("$.disposition", "type")),
         ({"disposition": "x", "by": "   "}, ("$.by", "pattern")),
     ],
