@@ -8,6 +8,11 @@ file with its digest. A database administrator could still rewrite the whole
 chain consistently; anchors — HMAC-signed head hashes appended to a file kept
 outside the database, with a key kept outside the database — catch that.
 
+Retention deletes rows and says so in an ``expiry`` entry, which excuses
+their absence. So that an entry cannot pass a deletion off as retention, an
+expiry is signed with the anchor key, and verification checks it against
+the retention rule and the tickets' own journaled steps (see ``verify``).
+
 What the journal does not cover: columns of ``tickets`` that change without a
 step (``seat``, ``queue``, ``updated_at_us``), and the caller's number, which
 lives only on the ticket row so that retention can erase it.
@@ -24,6 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,13 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.calls.lifecycle import IllegalTransition, State, Step, advance
+from core.calls.lifecycle import (
+    CALL_LIVE_STATES,
+    IllegalTransition,
+    State,
+    Step,
+    advance,
+)
 from core.calls.tables import Recording, Ticket, TicketStep
 from core.quality.tables import JournalEntry
 from core.tasks import stop_task
@@ -43,6 +55,16 @@ KIND_STEP = "step"
 KIND_RECORDING = "recording"
 KIND_EXPIRY = "expiry"
 KIND_ANCHOR = "anchor"
+
+# Tickets retention never takes: calls still up, and text reports nobody has closed yet.
+STILL_OPEN: frozenset[State] = frozenset({*CALL_LIVE_STATES, State.REPORTED, State.TAKEN})
+
+# Anchors of version 2 also say "expiry entries from here on are signed"; version 1 (no "v" in the
+# line) is what releases before signed expiries wrote. The version is inside the signature.
+ANCHOR_VERSION = 2
+_DAY_US = 86_400_000_000
+# An expiry's run time may be this far ahead of the verifying machine's clock.
+_CLOCK_SLACK_US = 300_000_000
 
 # Rows are picked up by id, but on PostgreSQL a transaction holding a lower id
 # may commit after a higher one was journaled; looking this far back catches it.
@@ -63,8 +85,15 @@ def link_hash(prev_hash: str, payload: str) -> str:
     return hashlib.sha256((prev_hash + payload).encode("utf-8")).hexdigest()
 
 
-def anchor_mac(key: bytes, seq: int, head_hash: str, at_us: int) -> str:
-    return hmac.new(key, f"{seq}:{head_hash}:{at_us}".encode("ascii"), hashlib.sha256).hexdigest()
+def anchor_mac(key: bytes, seq: int, head_hash: str, at_us: int, version: int = ANCHOR_VERSION) -> str:
+    signed = f"{seq}:{head_hash}:{at_us}" if version == 1 else f"v{version}:{seq}:{head_hash}:{at_us}"
+    return hmac.new(key, signed.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def expiry_mac(key: bytes, payload: dict[str, Any]) -> str:
+    """The signature of an expiry entry: its canonical payload without ``mac``, under the anchor key."""
+    unsigned = {k: v for k, v in payload.items() if k != "mac"}
+    return hmac.new(key, ("expiry:" + canonical(unsigned)).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def read_key(path: str | os.PathLike[str]) -> bytes:
@@ -141,9 +170,13 @@ class Anchor:
     hash: str
     at_us: int
     mac: str
+    version: int = ANCHOR_VERSION
 
     def line(self) -> str:
-        return canonical({"seq": self.seq, "hash": self.hash, "at_us": self.at_us, "mac": self.mac})
+        fields: dict[str, Any] = {"seq": self.seq, "hash": self.hash, "at_us": self.at_us, "mac": self.mac}
+        if self.version != 1:
+            fields["v"] = self.version
+        return canonical(fields)
 
 
 class Journaler:
@@ -184,6 +217,12 @@ class Journaler:
     def lock(self) -> asyncio.Lock:
         """Held while appending; retention holds it to link its expiry entries."""
         return self._lock
+
+    def sign_expiry(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` with its ``mac`` when there is an anchor key; without a key, as it is."""
+        if self._anchor_key is None:
+            return payload
+        return {**payload, "mac": expiry_mac(self._anchor_key, payload)}
 
     # -- wiring ------------------------------------------------------------------
 
@@ -300,6 +339,7 @@ class Journaler:
                             "head_hash": head,
                             "at_us": at_us,
                             "mac": signed.mac,
+                            "v": signed.version,
                         }
                         await append_entries(session, [(KIND_ANCHOR, None, payload)], at_us=at_us)
                     break
@@ -362,8 +402,13 @@ class Report:
         }
 
 
-def read_anchors(path: str | os.PathLike[str], key: bytes | None, report: Report) -> dict[int, str]:
-    """Anchored heads by seq; a line whose signature fails is a finding and is not trusted."""
+def read_anchors(
+    path: str | os.PathLike[str], key: bytes | None, report: Report, legacy: set[int] | None = None
+) -> dict[int, str]:
+    """Anchored heads by seq; a line whose signature fails is a finding and is not trusted.
+
+    The seqs of valid version-1 lines (written by a release before signed expiries) go into ``legacy``.
+    """
     anchors: dict[int, str] = {}
     try:
         lines = Path(path).read_text("ascii").splitlines()
@@ -379,15 +424,18 @@ def read_anchors(path: str | os.PathLike[str], key: bytes | None, report: Report
         try:
             item = json.loads(line)
             seq, head, at_us, mac = int(item["seq"]), str(item["hash"]), int(item["at_us"]), str(item["mac"])
-        except (ValueError, KeyError, TypeError):
+            version = int(item.get("v", 1))
+        except (ValueError, KeyError, TypeError, AttributeError):
             report.findings.append(Finding("anchor_forged", f"anchor file line {number} is malformed"))
             continue
-        if key is not None and not hmac.compare_digest(anchor_mac(key, seq, head, at_us), mac):
+        if key is not None and not hmac.compare_digest(anchor_mac(key, seq, head, at_us, version), mac):
             report.findings.append(
                 Finding("anchor_forged", f"anchor file line {number} (entry {seq}) has a bad signature", seq=seq)
             )
             continue
         anchors[seq] = head
+        if version == 1 and key is not None and legacy is not None:
+            legacy.add(seq)
     return anchors
 
 
@@ -397,6 +445,8 @@ async def verify(
     recordings: bool = True,
     anchor_file: str | os.PathLike[str] | None = None,
     anchor_key: bytes | None = None,
+    retention_days: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Report:
     """Walk the chain and compare it with the tickets' rows, the recording files and the anchors.
 
@@ -409,16 +459,35 @@ async def verify(
     no entry: it was added behind the journal's back), ``recording_changed`` /
     ``recording_missing`` (a file no longer matches its digest), and the
     ``anchor_*`` kinds (the chain no longer matches a signed head).
+
+    An ``expiry`` entry excuses the rows it names only if it holds up; if it
+    does not, those rows are ``row_deleted`` as well. ``expiry_forged``: its
+    signature is wrong. ``expiry_unsigned``: with the key given, it has no
+    signature and no anchor of an older release (which wrote expiries
+    unsigned) covers it. ``expiry_premature``: it breaks the retention rule —
+    a named ticket's last journaled step is not older than the entry's
+    cutoff, or the ticket was still open, or the entry's run time is after
+    ``clock()``, or (when its signature is not checked) it used fewer days
+    than ``retention_days``, the period configured now. ``expiry_mismatch``:
+    it names a ticket the journal never recorded or that has steps after it,
+    or a recording of a ticket it does not name.
     """
     report = Report()
     anchors: dict[int, str] = {}
+    legacy_anchors: set[int] = set()
     if anchor_file is not None:
         if anchor_key is None:
             report.notes.append("anchor signatures not checked: no key given")
-        anchors = read_anchors(anchor_file, anchor_key, report)
+        anchors = read_anchors(anchor_file, anchor_key, report, legacy_anchors)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session:
-        expired_tickets, expired_recordings = await _expired(session)
+        expiries = await _expiries(session)
+        expired_tickets = {n: e.seq for e in expiries for n in e.tickets}
+        expired_recordings = {r: e.seq for e in expiries for r in e.recordings}
+        if expiries and anchor_key is None:
+            report.notes.append("expiry signatures not checked: no key given")
+        facts = _ExpiryFacts(expired_tickets, expired_recordings)
+        excused: dict[int, list[Finding]] = {}
         expected_seq, prev = 1, GENESIS
         anchor_entries: list[tuple[int, dict[str, Any]]] = []
         max_ref: dict[str, int] = {KIND_STEP: 0, KIND_RECORDING: 0}
@@ -462,12 +531,13 @@ async def verify(
                     max_ref[entry.kind] = max(max_ref[entry.kind], entry.ref_id)
                 if entry.kind == KIND_STEP:
                     lifecycle.feed(entry, report)
+                facts.feed(entry)
                 if entry.kind == KIND_ANCHOR:
                     payload = _loads(entry.payload)
                     if payload is not None:
                         anchor_entries.append((entry.seq, payload))
                 expected_seq, prev = entry.seq + 1, entry.hash
-            await _compare_rows(session, batch, expired_tickets, expired_recordings, recordings, report)
+            await _compare_rows(session, batch, expired_tickets, expired_recordings, recordings, report, excused)
         last = expected_seq - 1
         report.anchors_checked = sum(1 for seq in anchors if seq <= last)
         for seq in sorted(anchors):
@@ -484,6 +554,12 @@ async def verify(
                                 seq=seq)
                     )
         await _unjournaled(session, max_ref, report)
+    now_us = round(clock() * 1_000_000)
+    for expiry in expiries:
+        found = _check_expiry(expiry, facts, anchor_key, legacy_anchors, retention_days, now_us)
+        if found:
+            report.findings.extend(found)
+            report.findings.extend(excused.get(expiry.seq, ()))
     return report
 
 
@@ -540,24 +616,153 @@ def _loads(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-async def _expired(session: AsyncSession) -> tuple[set[str], set[int]]:
-    tickets: set[str] = set()
-    recordings: set[int] = set()
-    for text in await session.scalars(select(JournalEntry.payload).where(JournalEntry.kind == KIND_EXPIRY)):
+@dataclass(slots=True)
+class _Expiry:
+    seq: int
+    payload: dict[str, Any]
+    tickets: list[str]
+    recordings: list[int]
+
+
+async def _expiries(session: AsyncSession) -> list[_Expiry]:
+    found = []
+    rows = await session.execute(
+        select(JournalEntry.seq, JournalEntry.payload)
+        .where(JournalEntry.kind == KIND_EXPIRY)
+        .order_by(JournalEntry.seq)
+    )
+    for seq, text in rows:
         payload = _loads(text) or {}
-        tickets.update(str(n) for n in payload.get("tickets", ()))
-        recordings.update(int(r["id"]) for r in payload.get("recordings", ()) if isinstance(r, dict) and "id" in r)
-    return tickets, recordings
+        tickets = payload.get("tickets")
+        recordings = payload.get("recordings")
+        found.append(_Expiry(
+            seq,
+            payload,
+            [str(n) for n in tickets] if isinstance(tickets, list) else [],
+            [r["id"] for r in recordings if isinstance(r, dict) and isinstance(r.get("id"), int)]
+            if isinstance(recordings, list) else [],
+        ))
+    return found
+
+
+class _ExpiryFacts:
+    """What the chain says about the tickets and recordings that expiry entries name.
+
+    Per ticket: the time and state of its last journaled step and that step's entry; per recording:
+    its ticket. Only what expiries name is kept.
+    """
+
+    def __init__(self, tickets: dict[str, int], recordings: dict[int, int]) -> None:
+        self._tickets = tickets
+        self._recordings = recordings
+        self.last_step: dict[str, tuple[int, str, int]] = {}  # number -> (at_us, state_after, entry seq)
+        self.recording_ticket: dict[int, str] = {}
+
+    def feed(self, entry: JournalEntry) -> None:
+        if entry.kind == KIND_STEP and self._tickets:
+            payload = _loads(entry.payload) or {}
+            number = str(payload.get("ticket"))
+            at_us = payload.get("at_us")
+            if number in self._tickets and isinstance(at_us, int):
+                latest = self.last_step.get(number)
+                self.last_step[number] = (
+                    max(at_us, latest[0]) if latest else at_us, str(payload.get("state_after")), entry.seq
+                )
+        elif entry.kind == KIND_RECORDING and entry.ref_id in self._recordings:
+            payload = _loads(entry.payload) or {}
+            self.recording_ticket[entry.ref_id] = str(payload.get("ticket"))
+
+
+_REASONS_SHOWN = 5
+
+
+def _check_expiry(
+    expiry: _Expiry,
+    facts: _ExpiryFacts,
+    key: bytes | None,
+    legacy_anchors: set[int],
+    configured_days: int | None,
+    now_us: int,
+) -> list[Finding]:
+    """What is wrong with one expiry entry; empty when it holds up."""
+    found: list[Finding] = []
+    payload, seq = expiry.payload, expiry.seq
+
+    def finding(kind: str, what: str, reasons: list[str]) -> None:
+        if reasons:
+            shown = "; ".join(reasons[:_REASONS_SHOWN])
+            more = f"; and {len(reasons) - _REASONS_SHOWN} more" if len(reasons) > _REASONS_SHOWN else ""
+            names = ", ".join(expiry.tickets[:_REASONS_SHOWN])
+            if len(expiry.tickets) > _REASONS_SHOWN:
+                names += f" and {len(expiry.tickets) - _REASONS_SHOWN} more"
+            found.append(Finding(kind, f"expiry entry {seq} {what}: {shown}{more} (it names tickets {names or 'none'})",
+                                 seq=seq))
+
+    signed = False
+    if key is not None:
+        mac = payload.get("mac")
+        if mac is None:
+            if not any(anchored >= seq for anchored in legacy_anchors):
+                found.append(Finding(
+                    "expiry_unsigned",
+                    f"expiry entry {seq} is not signed and no anchor of an earlier release covers it: "
+                    "this release signs every expiry", seq=seq))
+        elif isinstance(mac, str) and hmac.compare_digest(expiry_mac(key, payload), mac):
+            signed = True
+        else:
+            found.append(Finding("expiry_forged", f"expiry entry {seq} has a bad signature", seq=seq))
+
+    premature: list[str] = []
+    days, before_us = payload.get("retention_days"), payload.get("before_us")
+    if type(days) is not int or type(before_us) is not int or days < 1:
+        premature.append(f"no valid retention rule (retention_days {days!r}, before_us {before_us!r})")
+        before_us = None
+    else:
+        run_us = before_us + days * _DAY_US
+        if run_us > now_us + _CLOCK_SLACK_US:
+            premature.append(f"dated {_iso(run_us)}, after this verification")
+        if not signed and configured_days and days < configured_days:
+            premature.append(f"used {days} days, fewer than the {configured_days} days configured")
+    mismatch: list[str] = []
+    for number in expiry.tickets:
+        last = facts.last_step.get(number)
+        if last is None:
+            mismatch.append(f"ticket {number} has no journaled step")
+            continue
+        at_us, state, step_seq = last
+        if step_seq > seq:
+            mismatch.append(f"ticket {number} has a step journaled after it (entry {step_seq})")
+        if state in STILL_OPEN:
+            premature.append(f"ticket {number} was still open ({state})")
+        if before_us is not None and at_us >= before_us:
+            premature.append(
+                f"ticket {number}'s last step at {_iso(at_us)} is within the {days} days before the expiry"
+            )
+    named = set(expiry.tickets)
+    for recording in expiry.recordings:
+        owner = facts.recording_ticket.get(recording)
+        if owner is not None and owner not in named:
+            mismatch.append(f"recording {recording} belongs to ticket {owner}, which it does not name")
+    finding("expiry_premature", "breaks the retention rule", premature)
+    finding("expiry_mismatch", "does not match the journal", mismatch)
+    return found
+
+
+def _iso(at_us: int) -> str:
+    return datetime.fromtimestamp(at_us / 1_000_000, UTC).isoformat(timespec="seconds")
 
 
 async def _compare_rows(
     session: AsyncSession,
     batch: Sequence[JournalEntry],
-    expired_tickets: set[str],
-    expired_recordings: set[int],
+    expired_tickets: dict[str, int],
+    expired_recordings: dict[int, int],
     check_files: bool,
     report: Report,
+    excused: dict[int, list[Finding]],
 ) -> None:
+    """Compare journaled rows with the store; a missing row an expiry names goes into ``excused`` under the
+    expiry's seq (a finding only if that expiry does not hold up)."""
     for kind, model, make in (
         (KIND_STEP, TicketStep, step_payload),
         (KIND_RECORDING, Recording, recording_payload),
@@ -580,16 +785,17 @@ async def _compare_rows(
             found = rows.get(entry.ref_id)
             what = f"{kind} {entry.ref_id} (ticket {recorded.get('ticket', '?')})"
             if found is None:
-                gone = (
-                    entry.ref_id in expired_recordings
+                expiry = (
+                    expired_recordings.get(entry.ref_id)
                     if kind == KIND_RECORDING
-                    else recorded.get("ticket") in expired_tickets
+                    else expired_tickets.get(str(recorded.get("ticket")))
                 )
-                if not gone:
-                    report.findings.append(
-                        Finding("row_deleted", f"{what} journaled in entry {entry.seq} was deleted",
-                                seq=entry.seq, ref=f"{kind} {entry.ref_id}")
-                    )
+                deleted = Finding("row_deleted", f"{what} journaled in entry {entry.seq} was deleted",
+                                  seq=entry.seq, ref=f"{kind} {entry.ref_id}")
+                if expiry is None:
+                    report.findings.append(deleted)
+                else:
+                    excused.setdefault(expiry, []).append(deleted)
                 continue
             row, number = found
             current = make(row, number)

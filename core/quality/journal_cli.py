@@ -21,6 +21,7 @@ async def _run(settings: Settings, quality: QualitySettings, *, recordings: bool
             recordings=recordings,
             anchor_file=quality.journal_anchor_file or None,
             anchor_key=key,
+            retention_days=quality.retention_days or None,
         )
     finally:
         await engine.dispose()
@@ -39,7 +40,8 @@ def verify_command(settings: Settings, *, recordings: bool, as_json: bool, out: 
         file=out,
     )
     if not quality.journal_anchor_file:
-        print("journal: no anchor file configured: a chain rewritten as a whole would go unnoticed", file=out)
+        print("journal: no anchor file configured: a chain rewritten as a whole would go unnoticed, "
+              "and expiry entries are checked against the retention rule only, not by signature", file=out)
     for note in report.notes:
         print(f"note: {note}", file=out)
     for finding in report.findings:

@@ -53,8 +53,10 @@ class JournalWatch:
             now = self._clock()
             if self._last is None or self._checked_at is None or now - self._checked_at >= self._max_age_s:
                 started = time.monotonic()
+                retention_days = self.retention.days if self.retention is not None else 0
                 report = await verify(self._engine, recordings=False, anchor_file=self._anchor_file,
-                                      anchor_key=self._anchor_key)
+                                      anchor_key=self._anchor_key, retention_days=retention_days or None,
+                                      clock=self._clock)
                 answer = report.to_json()
                 answer["findings_total"] = len(report.findings)
                 answer["findings"] = answer["findings"][:FINDINGS_SHOWN]

@@ -1,10 +1,12 @@
 """Retention: tickets and recordings older than the retention period are deleted, and the deletion is journaled.
 
-Only tickets whose call is over (text reports: closed) and whose every step is journaled expire, and
+The period runs from a ticket's last step (its closing): a ticket expires once every step is older
+than the period. Only tickets whose call is over (text reports: closed) and whose every step is journaled expire, and
 never the ticket holding the newest step or recording (see ``expire``). Each
-batch writes one ``expiry`` journal entry — the ticket numbers, and each
+batch writes one ``expiry`` journal entry — the cutoff and the period, the ticket numbers, and each
 recording's id, path and sha256 — in the same transaction that deletes the
-rows, so verification knows these rows are gone by rule, not by tampering.
+rows, so verification knows these rows are gone by rule, not by tampering. With the journal's anchor
+key the entry is signed, and verification checks it against the rule and the tickets' journaled steps.
 Recording files are removed after the commit; if the process dies in between,
 the leftover files are named in the entry (and verification does not look
 for them again). The caller's
@@ -33,11 +35,16 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.calls.lifecycle import CALL_LIVE_STATES, State
 from core.calls.tables import Recording, Ticket, TicketStep
 from core.calls.tickets import iso_utc
 from core.dispatch.planner import IncidentRow
-from core.quality.journal import KIND_EXPIRY, KIND_STEP, Journaler, append_entries
+from core.quality.journal import (
+    KIND_EXPIRY,
+    KIND_STEP,
+    STILL_OPEN,
+    Journaler,
+    append_entries,
+)
 from core.quality.tables import JournalEntry, OutboxMessage
 from core.tasks import every, stop_task
 from core.triage.classify import forget_query_copies
@@ -68,7 +75,7 @@ async def expire(
     batch: int = 1000,
     recordings_dir: str | Path | None = None,
 ) -> ExpiryResult:
-    """Delete tickets created more than ``older_than_days`` ago, with their steps and recordings.
+    """Delete tickets whose last step is more than ``older_than_days`` old, with their steps and recordings.
 
     Recording files are removed only when their real path lies inside ``recordings_dir``: a path is
     data in the store, and one that points elsewhere (a forged row, ``..``, a symlink out of the
@@ -82,7 +89,9 @@ async def expire(
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     result = ExpiryResult()
     # Calls still up, and text reports nobody has closed yet (however old: they wait for a call-taker).
-    live = [str(s) for s in (*CALL_LIVE_STATES, State.REPORTED, State.TAKEN)]
+    live = [str(s) for s in STILL_OPEN]
+    # The period runs from the ticket's closing: a step at or after the cutoff keeps it.
+    recent_step = exists().where(TicketStep.ticket_id == Ticket.id, TicketStep.at_us >= cutoff)
     unjournaled = exists().where(
         TicketStep.ticket_id == Ticket.id,
         ~exists().where(and_(JournalEntry.kind == KIND_STEP, JournalEntry.ref_id == TicketStep.id)),
@@ -101,7 +110,8 @@ async def expire(
             tickets = (
                 await session.execute(
                     select(Ticket.id, Ticket.number)
-                    .where(Ticket.created_at_us < cutoff, Ticket.state.not_in(live), ~unjournaled, ~holds_newest)
+                    .where(Ticket.created_at_us < cutoff, Ticket.state.not_in(live), ~recent_step, ~unjournaled,
+                           ~holds_newest)
                     .order_by(Ticket.id)
                     .limit(batch)
                 )
@@ -114,13 +124,13 @@ async def expire(
                 await session.scalars(select(Recording).where(Recording.ticket_id.in_(ids)).order_by(Recording.id))
             ).all()
             files = [r.path for r in recordings]
-            payload = {
+            payload = journaler.sign_expiry({
                 "kind": KIND_EXPIRY,
                 "before_us": cutoff,
                 "retention_days": older_than_days,
                 "tickets": numbers,
                 "recordings": [{"id": r.id, "path": r.path, "sha256": r.sha256} for r in recordings],
-            }
+            })
             (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
             # The rows that name these tickets go first (foreign keys), the query copies with their counts.
             await forget_query_copies(await session.connection(), numbers)

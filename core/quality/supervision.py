@@ -89,12 +89,11 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings) 
     removers = [journaler.attach(service)]
     survey = None
     # Twilio's SMS webhook is also how text reports come in: it is there whenever Twilio can sign
-    # requests to it, and surveys are only sent (``attach``) when they are enabled.
+    # requests to it; surveys are enqueued (the listener and the catch-up task) only when enabled.
     if quality.survey_enabled or (quality.twilio_auth_token and quality.twilio_webhook_url):
         survey = Survey(engine, outbox, complaints, auth_token=quality.twilio_auth_token,
-                        webhook_url=quality.twilio_webhook_url, tz=settings.timezone)
-        if quality.survey_enabled:
-            removers.append(survey.attach(service))
+                        webhook_url=quality.twilio_webhook_url, tz=settings.timezone, sends=quality.survey_enabled)
+        removers.append(survey.attach(service))
     retention = RetentionSchedule(engine, journaler, days=quality.retention_days,
                                   recordings_dir=settings.recordings_dir or None)
     journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)

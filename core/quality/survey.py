@@ -124,7 +124,10 @@ class Survey:
         clock: Callable[[], float] = time.time,
         tz: str = "Asia/Shanghai",
         interval_s: float = 60.0,
+        sends: bool = True,
     ) -> None:
+        # ``sends=False``: only the webhook (text reports come in through it), no survey is ever enqueued.
+        self.sends = sends
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._outbox = outbox
@@ -143,6 +146,9 @@ class Survey:
     # -- sending ----------------------------------------------------------------------
 
     def attach(self, service: Any) -> Callable[[], None]:
+        if not self.sends:
+            return lambda: None
+
         def on_step(_ticket: Any, step: Any) -> None:
             if step.step is Step.CLOSED:
                 self._wake.set()
@@ -150,7 +156,7 @@ class Survey:
         return service.add_listener(on_step)
 
     async def start(self) -> None:
-        if self._task is None:
+        if self._task is None and self.sends:
             self._task = asyncio.create_task(self._run(), name="survey")
 
     async def stop(self) -> None:

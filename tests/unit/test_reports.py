@@ -410,3 +410,35 @@ async def test_sms_reports_come_in_with_the_survey_off(service: TicketService, c
     assert len(reports) == 1 and reports[0].state is State.REPORTED
     async with service.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(OutboxMessage))).scalar_one() == 0
+
+
+async def test_with_the_survey_off_the_running_assembly_sends_no_survey(
+    service: TicketService, clock: FakeClock, tmp_path
+) -> None:
+    """The webhook is there for text reports, but the survey's own task (which enqueues a survey for every
+    recently closed, answered call) does not run: started and stopped, the outbox stays empty."""
+    clock.now = time.time()  # the survey looks back over the last week of the wall clock
+    await _closed_call(service, "1.1", caller="+8613800000000")
+    quality = QualitySettings(twilio_auth_token=TOKEN, twilio_webhook_url=URL, survey_enabled=False)
+    supervision = build(service, Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"), quality)
+    running = supervision.cleanup_ctx(None)
+    await anext(running)
+    await asyncio.sleep(0.2)
+    with pytest.raises(StopAsyncIteration):
+        await anext(running)
+    async with service.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(OutboxMessage))).scalar_one() == 0
+    # the same assembly with the survey on does enqueue it: the check above is not vacuous
+    enabled = build(service, Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"),
+                    QualitySettings(twilio_auth_token=TOKEN, twilio_webhook_url=URL, survey_enabled=True))
+    running = enabled.cleanup_ctx(None)
+    await anext(running)
+    for _ in range(100):
+        async with service.engine.connect() as conn:
+            if (await conn.execute(select(func.count()).select_from(OutboxMessage))).scalar_one():
+                break
+        await asyncio.sleep(0.02)
+    with pytest.raises(StopAsyncIteration):
+        await anext(running)
+    async with service.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(OutboxMessage))).scalar_one() == 1

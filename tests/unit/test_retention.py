@@ -72,7 +72,7 @@ async def test_expiry_is_journaled_and_verification_accepts_it(
     assert new_wav.exists()
     assert await _count(engine, Recording) == 1 and await _count(engine, TicketStep) == 2
 
-    report = await verify(engine)
+    report = await verify(engine, clock=clock)
     assert report.ok, report.findings  # gone by rule, not by tampering
     assert (await expire(engine, journaler, older_than_days=180, clock=clock)).tickets == 0
 
@@ -93,7 +93,7 @@ async def test_deletion_without_expiry_entry_is_still_caught(
     # A later ticket's step deleted by hand is not covered by the expiry entry.
     async with engine.begin() as conn:
         await conn.execute(TicketStep.__table__.delete())
-    report = await verify(engine)
+    report = await verify(engine, clock=clock)
     assert [(f.kind, f.ref) for f in report.findings] == [("row_deleted", "step 4")]
     assert b.number in report.findings[0].message
 
@@ -160,7 +160,7 @@ async def test_the_daily_task_expires_once_a_day_and_spares_newer_tickets(
             assert (tmp_path / "recent.wav").exists() and not (tmp_path / "middle.wav").exists()
         finally:
             await schedule.stop()
-    report = await verify(engine)
+    report = await verify(engine, clock=clock)
     assert report.ok, report.findings
     assert old not in await _numbers(engine)
 
@@ -257,7 +257,7 @@ async def test_expiry_takes_the_tickets_copies_and_counts_with_it(
         assert sum((await read_hourly_counts(conn)).values()) == 1
     assert await rebuild_hourly_counts(engine) >= 1  # a rebuild from the copies agrees
     assert await counted() == {("dispute", "east"): 1}
-    assert (await verify(engine)).ok
+    assert (await verify(engine, clock=clock)).ok
 
 
 async def test_retention_removes_files_only_inside_the_recordings_folder(
