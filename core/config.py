@@ -46,6 +46,9 @@ class Settings:
     ami_user: str = "jiejing"
     ami_secret: str = field(default="jiejing-lab", repr=False)  # kept out of logs
     recordings_dir: str = ""  # empty: recordings are not bound (the lab sets it)
+    # Asterisk's channel event log (dialplan/cel_custom.conf: <astlogdir>/cel-custom/jiejing.csv), replayed after
+    # any gap; empty: no replay, the channel snapshot alone reconciles after a reconnect (the lab sets it)
+    cel_file: str = ""
     timezone: str = "Asia/Shanghai"
     ticket_prefix: str = "110"
     intake_contexts: tuple[str, ...] = ("from-carrier",)

@@ -58,6 +58,11 @@ class LabPaths:
         return self.root / "var/spool/asterisk/monitor"
 
     @property
+    def cel_file(self) -> Path:
+        """Asterisk's channel event log (dialplan/cel_custom.conf), seen from the host."""
+        return self.root / "var/log/asterisk/cel-custom/jiejing.csv"
+
+    @property
     def webrtc_phones(self) -> Path:
         """The lab's browser seats, for the backend's ``JIEJING_PHONES_FILE`` (written at each start)."""
         return self.run / "webrtc-phones.json"
@@ -378,6 +383,8 @@ def start(paths: LabPaths, cfg: LabConfig, *, seat_sip_port: int, log=print) -> 
         d.mkdir(parents=True, exist_ok=True)
         _run(["chown", "-R", "root:root", str(d)])
     (root / "var/spool/asterisk/monitor").mkdir(parents=True, exist_ok=True)
+    # Asterisk appends its channel event log here but does not make the folder (dialplan/cel_custom.conf).
+    paths.cel_file.parent.mkdir(parents=True, exist_ok=True)
     # Without the host's names, every call triggers DNS look-ups of the host name.
     shutil.copy2("/etc/hosts", root / "etc/hosts")
     write_config(paths, cfg, seat_sip_port=seat_sip_port)  # field phones: lab's fixed ports

@@ -1,12 +1,21 @@
-"""AMI events in, ticket steps out.
+"""Asterisk's events in, ticket steps out.
 
-Asterisk tells us, over AMI, what happens to every 110 call: the channel is
-created (received), joins the queue, a seat rings, a seat answers, the caller
-hangs up or gives up. This adapter turns those events into ticket steps in
-``core``. It is also the safety net of the FastAGI path: a call whose AGI
-request never reached us (backend slow or down) still gets its ticket here,
-and after an AMI reconnect ``resync`` reconciles tickets with the channels
-Asterisk really has.
+Asterisk tells us what happens to every 110 call: the channel is created
+(received), joins the queue, a seat rings, a seat answers, the caller hangs
+up or gives up. This adapter turns that into ticket steps in ``core``, from
+one of two sources:
+
+* Asterisk's channel event log (CEL, ``telephony/cel.py``), the default of a
+  center: a file Asterisk writes whatever the backend does, followed within
+  50 ms and replayed from a checkpoint after a restart, a reconnect or a
+  stall (``reconcile``). Its steps carry Asterisk's own times; AMI then only
+  keeps the live channel names a dispatch needs.
+* The AMI events (``steps_from_ami``), when no log is configured; after an AMI
+  reconnect ``resync`` then reconciles tickets with the channels Asterisk
+  reports, which is all it can do for what happened meanwhile.
+
+A call whose intake request never reached us (backend slow or down) still
+gets its ticket either way.
 
 The reader of the AMI connection must never stall (Asterisk drops a manager
 session that does not read within 100 ms), so ``on_event`` only enqueues;
@@ -18,11 +27,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.calls.lifecycle import CALL_CONNECTED_STATES, IllegalTransition, State, Step
-from core.calls.tickets import TicketService, UnknownCall
+from core.calls.tickets import Source, TicketService, UnknownCall
+from telephony.cel import CelCall, DerivedStep, derive_steps
 from telephony.channel_vars import recording_name
 
 log = logging.getLogger("jiejing.call_events")
@@ -36,6 +48,13 @@ LATE_HANGUP_STATES = {State.ON_SCENE, State.CLEARED}
 # a moment, then wait until the size stops changing.
 RECORDING_SETTLE_S = 0.3
 RECORDING_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Reconcile:
+    call: CelCall
+    final: bool
+    done: asyncio.Future
 
 
 def _duration_seconds(text: str) -> float:
@@ -55,8 +74,12 @@ class CallEvents:
         emergency_numbers: Iterable[str],
         recordings_dir: Path | None,
         clock=time.time,
+        steps_from_ami: bool = True,
     ) -> None:
         self.service = service
+        # False when Asterisk's log (CEL) is followed: it alone gives the call's steps, at its own times
+        # (telephony/cel.py); AMI then only keeps the live channel names a dispatch needs.
+        self.steps_from_ami = steps_from_ami
         self.intake_contexts = frozenset(intake_contexts)
         self.emergency_numbers = frozenset(emergency_numbers)
         self.recordings_dir = recordings_dir
@@ -98,10 +121,27 @@ class CallEvents:
         """AMI listener: cheap, never blocks the reader."""
         self._queue.put_nowait(event)
 
+    async def reconcile(self, call: CelCall, final: bool) -> None:
+        """Apply what Asterisk's log (CEL) says of one call, in turn with the live events; wait until done."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Reconcile(call, final, done))
+        await done
+
     async def _run(self) -> None:
         while True:
             event = await self._queue.get()
             try:
+                if isinstance(event, _Reconcile):
+                    try:
+                        await self._reconcile(event.call, event.final)
+                    except BaseException as exc:
+                        if not event.done.done():
+                            event.done.set_exception(exc)
+                        raise
+                    else:
+                        if not event.done.done():
+                            event.done.set_result(None)
+                    continue
                 await self.apply(event)
             except asyncio.CancelledError:
                 raise
@@ -121,6 +161,12 @@ class CallEvents:
         if not uid:
             return
         at = event.timestamp or self.clock()
+        if not self.steps_from_ami:
+            if name == "AgentConnect":
+                self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
+            elif name == "Hangup":
+                self._legs.pop(uid, None)
+            return
         if name == "Newchannel":
             if self.is_intake(event.get("Context"), event.get("Exten")):
                 await self._open(event, at, source="ami")
@@ -205,6 +251,48 @@ class CallEvents:
         self._calls.pop(uid, None)
         self._bind_recording_later(uid, ticket.number)
 
+    # -- Asterisk's log (CEL) -------------------------------------------------
+    async def _reconcile(self, call: CelCall, final: bool) -> None:
+        """Give the ticket every step of ``call`` it lacks, in order, at Asterisk's times.
+
+        The n-th step of a kind (per seat for ``seat_ringing``) in the log is
+        the n-th of that kind on the ticket: those the live stream already
+        recorded are skipped. A step the lifecycle refuses where it stands (a
+        ring recorded after the answer came live) is only counted. A call
+        whose caller hung up has its end and its recording, whichever path
+        got there first.
+        """
+        steps = derive_steps(call)
+        if not steps or steps[0].step is not Step.RECEIVED:
+            return
+        uid = call.uniqueid
+        ticket = await self.service.find_by_uniqueid(uid)
+        if ticket is None:
+            first = steps[0]
+            ticket = await self.service.open_call(uniqueid=uid, caller_id=first.detail.get("caller") or "",
+                                                  at=first.at, source=Source.CEL)
+        if ticket.state is State.CLOSED:
+            return
+        self._calls.setdefault(uid, ticket.number)
+        have = Counter(DerivedStep(s.step, 0.0, dict(s.detail)).key for s in ticket.steps)
+        ended = any(s.step in (Step.HUNG_UP, Step.ABANDONED) for s in ticket.steps)
+        seen: Counter = Counter()
+        for d in steps[1:]:
+            if d.step is Step.HUNG_UP:
+                if not ended:
+                    self._calls.setdefault(uid, ticket.number)
+                    await self._hangup(uid, d.at, source=Source.CEL, **d.detail)
+                elif not ticket.recordings:
+                    self._bind_recording_later(uid, ticket.number)
+                break
+            seen[d.key] += 1
+            if have[d.key] >= seen[d.key]:
+                continue
+            await self._step(uid, d.step, d.at, source=Source.CEL, **d.detail)
+        if final:
+            self._calls.pop(uid, None)
+            self._legs.pop(uid, None)
+
     # -- recordings ----------------------------------------------------------
     def bind_recording_of(self, uid: str, number: str) -> None:
         """Bind the recording of channel ``uid`` to ticket ``number`` once written (a call-back's call)."""
@@ -244,9 +332,20 @@ class CallEvents:
         await asyncio.gather(*list(self._recording_tasks), return_exceptions=True)
 
     # -- reconciliation after (re)connect --------------------------------------
-    async def resync(self, ami) -> dict:
-        """Bring tickets in line with the channels Asterisk really has."""
+    async def resync(self, ami, *, speaks_for=None) -> dict:
+        """Bring live state in line with the channels Asterisk really has.
+
+        ``speaks_for(uniqueid)`` says whether Asterisk's log (CEL), replayed
+        just before, has the call: then the log alone gives its steps and
+        times, and the snapshot only tells which calls are live. For the
+        others (no log configured, or calls older than its checkpoint) the
+        snapshot is all there is: it opens, answers and ends their tickets at
+        the snapshot's time. It never ends a ticket opened after the snapshot
+        was taken (a call that arrived meanwhile is simply not in it).
+        """
         await self.drain()
+        logged = speaks_for or (lambda uid: False)
+        snapshot_us = int(self.clock() * 1_000_000)
         _, channels = await ami.list_action("CoreShowChannels")
         now = self.clock()
         live: set[str] = set()
@@ -259,6 +358,18 @@ class CallEvents:
             if not uid or ch.get("Context") not in self.intake_contexts:
                 continue
             live.add(uid)
+            seat_channel = next(
+                (o.get("Channel", "") for o in by_linked.get(uid, [])
+                 if o.get("Uniqueid") != uid and ch.get("BridgeId") and o.get("BridgeId") == ch.get("BridgeId")),
+                None,
+            )
+            if seat_channel:
+                self._legs.setdefault(uid, {"caller": ch.get("Channel"), "seat": seat_channel})
+            if logged(uid):
+                ticket = await self.service.find_by_uniqueid(uid)
+                if ticket is not None:
+                    self._calls.setdefault(uid, ticket.number)
+                continue
             if uid not in self._calls:
                 before = await self.service.find_by_uniqueid(uid)
                 at = now - _duration_seconds(ch.get("Duration") or "0:0:0")
@@ -269,28 +380,28 @@ class CallEvents:
                 self._calls[uid] = ticket.number
                 opened += before is None
             ticket = await self.service.find_by_uniqueid(uid)
-            if ticket and ch.get("BridgeId") and ticket.state in WAITING_STATES:
-                seat = next(
-                    (o.get("Channel", "").split("/", 1)[-1].rsplit("-", 1)[0]
-                     for o in by_linked.get(uid, []) if o.get("Uniqueid") != uid and o.get("BridgeId") == ch.get("BridgeId")),
-                    None,
-                )
+            if ticket and seat_channel and ticket.state in WAITING_STATES:
+                seat = seat_channel.split("/", 1)[-1].rsplit("-", 1)[0]
                 if ticket.state == State.RECEIVED:
                     await self._step(uid, Step.QUEUED, now, source="resync")
                 await self._step(uid, Step.ANSWERED, now, source="resync", seat=seat)
         _, entries = await ami.list_action("QueueStatus")
         for entry in entries:
             uid = entry.get("Uniqueid")
-            if entry.name == "QueueEntry" and uid in self._calls:
+            if entry.name == "QueueEntry" and uid in self._calls and not logged(uid):
                 ticket = await self.service.find_by_uniqueid(uid)
                 if ticket and ticket.state == State.RECEIVED:
                     await self._step(uid, Step.QUEUED, now, source="resync", queue=entry.get("Queue"))
-        # Tickets whose channel disappeared while we were not listening.
+        # Tickets whose channel disappeared while we were not listening, and the log cannot tell.
         for uid in await self.service.open_uniqueids():
-            if uid not in live:
-                self._calls.setdefault(uid, None)
-                await self._hangup(uid, now, source="resync", reconciled=True)
-                closed += 1
+            if uid in live or logged(uid):
+                continue
+            ticket = await self.service.find_by_uniqueid(uid)
+            if ticket is None or not ticket.steps or ticket.steps[0].at_us >= snapshot_us:
+                continue  # arrived after the snapshot: its own events will end it
+            self._calls.setdefault(uid, None)
+            await self._hangup(uid, now, source="resync", reconciled=True)
+            closed += 1
         result = {"channels": len(live), "opened": opened, "ended": closed}
         log.info("resync: %s", result)
         return result

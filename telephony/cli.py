@@ -21,6 +21,7 @@ def _settings_with_lab_defaults() -> Settings:
         lab = LabPaths()
         if lab.root.exists():
             env["JIEJING_RECORDINGS_DIR"] = str(lab.recordings)
+            env.setdefault("JIEJING_CEL_FILE", str(lab.cel_file))
     if not env.get("JIEJING_CITY_FILE"):
         from siplab.asterisk import REPO
 

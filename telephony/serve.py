@@ -26,6 +26,7 @@ from prometheus_client.core import (
 
 from core.alerts.board import AlertBoard
 from core.auth.users import AuthService
+from core.calls.checkpoints import Checkpoints
 from core.calls.metrics import buckets
 from core.calls.tickets import TicketService
 from core.config import Settings
@@ -45,6 +46,7 @@ from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.server import FastAGIServer, RouteStats
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
+from telephony.cel import CallLog, CelFollower
 from telephony.callback import Callbacks
 from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
@@ -69,6 +71,7 @@ class Backend:
     intake: Intake
     callbacks: Callbacks
     intake_stats: IntakeStats
+    cel: CelFollower | None = None
 
     async def open_alerts(self) -> list[dict]:
         await self.alerts.flush()
@@ -84,9 +87,24 @@ def build(settings: Settings) -> Backend:
         intake_contexts=settings.intake_contexts,
         emergency_numbers=settings.emergency_numbers,
         recordings_dir=Path(settings.recordings_dir) if settings.recordings_dir else None,
+        steps_from_ami=not settings.cel_file,
     )
     ami.add_listener(events.on_event)
-    ami.add_connect_hook(lambda: events.resync(ami))
+    follower = None
+    if settings.cel_file:
+        follower = CelFollower(
+            Path(settings.cel_file),
+            CallLog(intake_contexts=settings.intake_contexts, emergency_numbers=settings.emergency_numbers),
+            events.reconcile, Checkpoints(engine),
+        )
+
+    async def on_ami_connect() -> None:
+        # Asterisk's log first (what was missed, at its true times), then the snapshot for live state.
+        if follower is not None:
+            await follower.catch_up()
+        await events.resync(ami, speaks_for=follower.speaks_for if follower is not None else None)
+
+    ami.add_connect_hook(on_ami_connect)
     officers = OfficerService(engine)
     alerts = AlertBoard(engine)
 
@@ -106,7 +124,7 @@ def build(settings: Settings) -> Backend:
         host=settings.agi_host, port=settings.agi_port,
     )
     return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake,
-                   callbacks, IntakeStats())
+                   callbacks, IntakeStats(), follower)
 
 
 class TelephonyMetrics:
@@ -184,9 +202,13 @@ def make_web_app(backend: Backend) -> web.Application:
 
     async def ami_ctx(app: web.Application) -> AsyncIterator[None]:
         await backend.events.start()
+        if backend.cel is not None:
+            await backend.cel.start()
         await backend.ami.start()
         yield
         await backend.ami.stop()
+        if backend.cel is not None:
+            await backend.cel.stop()
         await backend.events.drain()
         await backend.events.wait_recordings()
         await backend.events.stop()
@@ -211,6 +233,11 @@ def make_web_app(backend: Backend) -> web.Application:
     def ami_health() -> dict:
         status = backend.ami.status()
         return {"ok": bool(status.get("connected")), **status}
+
+    def cel_health() -> dict:
+        if backend.cel is None:
+            return {"ok": True, "configured": False}
+        return {"configured": True, **backend.cel.health()}
 
     def intake_health() -> dict:
         return {**backend.intake_stats.health(), "port": backend.settings.intake_port}
@@ -241,7 +268,7 @@ def make_web_app(backend: Backend) -> web.Application:
     triage.set_handover_port(AsteriskHandover(backend.ami, backend.service, backend.dispatcher, backend.events.legs))
     app = make_app(
         backend.service,
-        health={"ami": ami_health, "intake": intake_health, "agi": agi_health},
+        health={"ami": ami_health, "intake": intake_health, "agi": agi_health, "cel": cel_health},
         cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,

@@ -81,3 +81,14 @@ class TicketCounter(Base):
 
     day: Mapped[str] = mapped_column(String(8), primary_key=True)  # YYYYMMDD, center time
     last: Mapped[int] = mapped_column(Integer)
+
+
+class LogCheckpoint(Base):
+    """How far the backend has replayed a log Asterisk writes (CEL): the file's inode and a byte offset."""
+
+    __tablename__ = "log_checkpoints"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    inode: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at_us: Mapped[int] = mapped_column(BigInteger)

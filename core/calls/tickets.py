@@ -160,7 +160,8 @@ class Source(StrEnum):
     INTAKE = "intake"  # the dialplan's intake request (CURL from Asterisk)
     AMI = "ami"  # AMI event adapter
     API = "api"  # web API (call-taker action)
-    RESYNC = "resync"  # reconciliation after a restart or AMI reconnect
+    RESYNC = "resync"  # reconciliation after a restart or AMI reconnect (channel snapshot)
+    CEL = "cel"  # Asterisk's channel event log, replayed after a gap
     SMS = "sms"  # inbound SMS webhook (text report)
     APP = "app"  # the 110 app's report API (text report)
 

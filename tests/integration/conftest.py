@@ -97,6 +97,7 @@ def backend_settings(lab_paths, tmp_path) -> Settings:
         db_url=f"sqlite+aiosqlite:///{tmp_path / 'tickets.db'}",
         http_port=_free_port(),
         recordings_dir=str(lab_paths.recordings),
+        cel_file=str(lab_paths.cel_file),
     )
 
 

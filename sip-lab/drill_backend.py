@@ -1,0 +1,222 @@
+"""Fault drill: a storm of 110 calls while the backend is killed (``kill -9``) or stopped (``kill -STOP``).
+
+The backend (``jiejing serve``, a fresh SQLite store) runs as its own process. SIPp places the calls;
+``--fault-at`` seconds into the storm the backend is killed (and started again ``--down`` seconds
+later) or stopped (and continued ``--down`` seconds later). When the storm is over and the backend
+has caught up, every ticket is compared with Asterisk's own log (CEL: steps and times, seat, end,
+recording sha256 of the finished file), ``jiejing journal verify`` walks the journal, and Asterisk's
+AMI time stamps tell how long each caller took to reach a seat. Needs the lab up
+(``jiejing lab up``) and no backend running, as root.
+
+    .venv/bin/python -m siplab.drill_backend --fault kill [--calls 60] [--rate 2] [--fault-at 5] [--down 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from core.config import Settings
+from siplab import asterisk, lab, storm, trail_check
+from telephony.ami.client import AMIClient
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BackendProcess:
+    """``jiejing serve`` as a child process, with its own store and log."""
+
+    def __init__(self, run_dir: Path, paths: asterisk.LabPaths) -> None:
+        self.run_dir = run_dir
+        self.port = _free_port()
+        self.db_url = f"sqlite+aiosqlite:///{run_dir / 'tickets.db'}"
+        self.env = {
+            **os.environ,
+            "JIEJING_DB_URL": self.db_url,
+            "JIEJING_HTTP_PORT": str(self.port),
+            "JIEJING_RECORDINGS_DIR": str(paths.recordings),
+            "JIEJING_CEL_FILE": str(paths.cel_file),
+            "JIEJING_WRAP_UP_S": "0",
+        }
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.run_dir / f"backend-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "jiejing"), "serve"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     pass_fds=())
+        log.close()
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read() or b"{}")
+        except (OSError, ValueError):
+            return None
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = await asyncio.to_thread(self.health)
+            if health and health.get("checks", {}).get("ami", {}).get("ok"):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SystemExit(f"the backend exited ({self.proc.returncode}); see {self.run_dir}")
+            await asyncio.sleep(0.2)
+        raise SystemExit(f"the backend was not ready within {timeout:.0f} s; see {self.run_dir}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def journal_verify(self) -> tuple[int, str]:
+        done = subprocess.run([str(Path(sys.executable).parent / "jiejing"), "journal", "verify"], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        return done.returncode, (done.stdout + done.stderr).strip()
+
+
+async def _fault(backend: BackendProcess, kind: str, at_s: float, down_s: float, marks: dict) -> None:
+    await asyncio.sleep(at_s)
+    marks["fault"] = time.time()
+    if kind == "kill":
+        backend.signal(signal.SIGKILL)
+        await asyncio.sleep(down_s)
+        marks["resumed"] = time.time()
+        backend.start()
+        await backend.wait_ready()
+        marks["ready"] = time.time()
+    else:
+        backend.signal(signal.SIGSTOP)
+        await asyncio.sleep(down_s)
+        marks["resumed"] = time.time()
+        backend.signal(signal.SIGCONT)
+
+
+async def run(fault: str, calls: int, rate: float, fault_at: float, down: float, talk_s: float,
+              tolerance_ms: float) -> dict:
+    paths = asterisk.LabPaths()
+    if asterisk.asterisk_pid(paths) is None:
+        raise SystemExit("the lab is not up: jiejing lab up")
+    current = lab.running_settings(paths) or lab.LabSettings()
+    lab.up(current, paths, log=lambda *_: None)
+    settings = Settings()
+    run_dir = paths.run / f"drill-{fault}-{int(time.time() * 1000)}"
+    run_dir.mkdir(parents=True)
+    backend = BackendProcess(run_dir, paths)
+    ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
+    events = ami.subscribe()
+    marks: dict[str, float] = {}
+    backend.start()
+    try:
+        await backend.wait_ready()
+        await ami.start()
+        await ami.wait_connected(10)
+        offset = trail_check.offset_now(paths.cel_file)
+        numbers = storm.caller_numbers(calls, int(time.time()) % 10_000)
+        storm.write_injection(run_dir / "callers.csv", [(n, "Drill") for n in numbers])
+        scenario = storm.prepare_callers(paths, run_dir, talk_s=talk_s, patience_s=60)
+        faulting = asyncio.create_task(_fault(backend, fault, fault_at, down, marks))
+        stats = await storm.drive_calls(run_dir, scenario, calls, rate, timeout=calls / rate + talk_s + 120)
+        await faulting
+        # The backend catches up by itself: wait until its store has every call ended, or give up.
+        cel = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            await asyncio.sleep(2)
+            cel = {u: c for u, c in trail_check.cel_calls(paths.cel_file, offset).items()
+                   if c.events[0].caller in numbers}
+            result = await trail_check.compare(backend.db_url, cel, paths.recordings, tolerance_ms=tolerance_ms)
+            if not result.differing and result.calls == calls:
+                break
+        health = await asyncio.to_thread(backend.health)
+        backend.stop()
+        verify_rc, verify_out = await asyncio.to_thread(backend.journal_verify)
+    finally:
+        await ami.stop()
+        backend.stop()
+    arrived: dict[str, float] = {}
+    seated: dict[str, float] = {}
+    while not events.empty():
+        event = events.get_nowait()
+        uid = event.get("Uniqueid") or ""
+        if event.name == "Newchannel" and event.get("CallerIDNum") in numbers:
+            arrived[uid] = event.timestamp
+        elif event.name == "AgentConnect" and uid in arrived:
+            seated.setdefault(uid, event.timestamp - arrived[uid])
+    within = sum(1 for s in seated.values() if s <= 3.0)
+    deltas = sorted(result.deltas_ms)
+    return {
+        "fault": fault, "calls": calls, "rate": rate, "fault_at_s": fault_at, "down_s": down,
+        "sipp_successful": storm._int(stats, "SuccessfulCall(C)"), "sipp_failed": storm._int(stats, "FailedCall(C)"),
+        "calls_in_log": result.calls, "tickets": result.tickets, "differing": result.differing,
+        "recordings_ok": result.recordings_ok,
+        "delta_ms_p50": storm.percentile(deltas, 50), "delta_ms_max": deltas[-1] if deltas else None,
+        "at_seat_within_3s": within, "answered": len(seated),
+        "seat_s_max": max(seated.values(), default=None),
+        "journal_verify_rc": verify_rc, "journal_verify": verify_out.splitlines()[-3:],
+        "health_after": health and {k: v.get("ok") for k, v in health.get("checks", {}).items()},
+        "run_dir": str(run_dir),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fault", choices=("kill", "stop"), required=True)
+    parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=2.0, help="calls per second")
+    parser.add_argument("--fault-at", type=float, default=5.0, help="seconds into the storm")
+    parser.add_argument("--down", type=float, default=10.0, help="seconds killed or stopped")
+    parser.add_argument("--talk", type=float, default=3.0, help="seconds a seat talks after answering")
+    parser.add_argument("--tolerance-ms", type=float, default=1.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = asyncio.run(run(args.fault, args.calls, args.rate, args.fault_at, args.down, args.talk,
+                             args.tolerance_ms))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(f"{'fault':<7}{'calls':>6}{'in log':>8}{'tickets':>9}{'differing':>11}{'rec ok':>8}"
+              f"{'Δ p50 ms':>10}{'Δ max ms':>10}{'seat ≤3 s':>11}{'journal':>9}")
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"{report['fault']:<7}{report['calls']:>6}{report['calls_in_log']:>8}{report['tickets']:>9}"
+              f"{len(report['differing']):>11}{report['recordings_ok']:>8}{fmt(report['delta_ms_p50']):>10}"
+              f"{fmt(report['delta_ms_max']):>10}{report['at_seat_within_3s']:>6}/{report['answered']:<4}"
+              f"{'clean' if report['journal_verify_rc'] == 0 else 'FINDINGS':>9}")
+        for uid, problems in list(report["differing"].items())[:20]:
+            print(f"  {uid}: {'; '.join(problems)}")
+        print(f"SIPp: {report['sipp_successful']} successful, {report['sipp_failed']} failed; run in {report['run_dir']}")
+    return 0 if not report["differing"] and report["journal_verify_rc"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
