@@ -80,6 +80,8 @@ class CallEvents:
         # False when Asterisk's log (CEL) is followed: it alone gives the call's steps, at its own times
         # (telephony/cel.py); AMI then only keeps the live channel names a dispatch needs.
         self.steps_from_ami = steps_from_ami
+        # Whether Asterisk's log has the call (set by the assembly to the follower's ``speaks_for``).
+        self.speaks_for = lambda uid: False
         self.intake_contexts = frozenset(intake_contexts)
         self.emergency_numbers = frozenset(emergency_numbers)
         self.recordings_dir = recordings_dir
@@ -166,6 +168,11 @@ class CallEvents:
                 self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
             elif name == "Hangup":
                 self._legs.pop(uid, None)
+                if uid in self._calls and not self.speaks_for(uid):
+                    # A call the log does not have (it began before the store first followed the log, its
+                    # ticket came from the channel snapshot): its end comes from here.
+                    await self._hangup(uid, at, source="ami", cause=event.get("Cause"),
+                                       cause_text=event.get("Cause-txt"))
             return
         if name == "Newchannel":
             if self.is_intake(event.get("Context"), event.get("Exten")):

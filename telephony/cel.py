@@ -43,6 +43,8 @@ log = logging.getLogger("jiejing.cel")
 # The columns of dialplan/cel_custom.conf, in order.
 CEL_COLUMNS = ("event", "at", "uniqueid", "linkedid", "channel", "context", "exten", "caller", "app", "appdata",
                "peer", "user_type", "extra")
+# A store's first start looks this far back in the file for calls still in progress.
+FIRST_TAIL = 16 << 20
 # One read takes at most this much of the file (a long gap is replayed in slices).
 READ_CHUNK = 4 << 20
 # A line longer than this is not one Asterisk wrote for us.
@@ -125,6 +127,19 @@ class CelFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    def tail_start(self, tail: int) -> tuple[int, int]:
+        """(inode, offset of the first whole line in the last ``tail`` bytes); (0, 0) without a file."""
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size <= tail:
+                    return st.st_ino, 0
+                f.seek(st.st_size - tail - 1)
+                f.readline()  # the rest of a line cut by the seek (or the newline just before the tail)
+                return st.st_ino, f.tell()
+        except FileNotFoundError:
+            return 0, 0
 
     def read(self, inode: int | None, offset: int, *, limit: int = READ_CHUNK) -> ReadResult:
         try:
@@ -304,6 +319,12 @@ class CallLog:
             out.append((oldest, False))
         return out
 
+    def forget_ended(self) -> None:
+        """Drop the calls whose caller has hung up (history before a store's first start)."""
+        for uid in [uid for uid, call in self.calls.items() if call.ended is not None]:
+            del self.calls[uid]
+            self._touched.discard(uid)
+
     def checkpoint(self, read_offset: int) -> int:
         """The offset a restart must read from: the start of the oldest call still held, else the read offset."""
         return min((c.start_offset for c in self.calls.values()), default=read_offset)
@@ -347,6 +368,7 @@ class CelFollower:
         self._inode: int | None = None
         self._offset = 0
         self._loaded = False
+        self._fresh = False
         self._saved: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -374,13 +396,11 @@ class CelFollower:
             self._inode, self._offset = saved
             self._saved = saved
         else:
-            # A store that has never followed this log starts at its end: the calls before it are not
-            # this store's (a new installation, a new database); from here on every call is.
-            try:
-                st = self.file.path.stat()
-                self._inode, self._offset = st.st_ino, st.st_size
-            except FileNotFoundError:
-                self._inode, self._offset = 0, 0
+            # A store that has never followed this log (a new installation, a new database) takes the calls
+            # still in progress and every later one; calls that ended before are not this store's. It reads
+            # the file's tail for the calls in progress (``_fresh``: the ended ones are then dropped).
+            self._inode, self._offset = await asyncio.to_thread(self.file.tail_start, FIRST_TAIL)
+            self._fresh = True
             log.info("CEL %s followed from offset %d on (no checkpoint in the store)", self.file.path, self._offset)
         self._loaded = True
 
@@ -410,6 +430,9 @@ class CelFollower:
                 self._inode, self._offset = result.inode or self._inode, result.offset
                 if result.at_end:
                     break
+            if self._fresh:
+                self.calls.forget_ended()
+                self._fresh = False
             self.stats.last_read = time.time()
             due = self.calls.due(everything=everything)
             for call, final in due:

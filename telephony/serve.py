@@ -97,6 +97,7 @@ def build(settings: Settings) -> Backend:
             CallLog(intake_contexts=settings.intake_contexts, emergency_numbers=settings.emergency_numbers),
             events.reconcile, Checkpoints(engine),
         )
+        events.speaks_for = follower.speaks_for
 
     async def on_ami_connect() -> None:
         # Asterisk's log first (what was missed, at its true times), then the snapshot for live state.

@@ -63,8 +63,10 @@ class RunningBackend:
             await asyncio.sleep(0.05)
 
     async def settle(self) -> None:
-        """Every AMI event applied and every recording bound."""
+        """Every event Asterisk has logged applied and every recording bound."""
         await asyncio.sleep(0.5)
+        if self.backend.cel is not None:
+            await self.backend.cel.poll()
         await self.backend.events.drain()
         await self.backend.events.wait_recordings()
 

@@ -8,6 +8,7 @@ adapter and a real store (SQLite file).
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from pathlib import Path
 
@@ -276,3 +277,15 @@ async def test_a_caller_answered_by_the_overflow_is_answered_not_abandoned(adapt
     assert [str(s.step) for s in gave_up.steps] == ["received", "queued", "abandoned"]
     assert gave_up.steps[2].at_us == round((t0 + 4.0) * 1e6)
     assert gave_up.steps[2].detail == {"queue": "emergency-110", "hold_s": "4"}
+
+
+async def test_resync_never_ends_a_ticket_the_log_speaks_for_nor_one_newer_than_its_snapshot(adapter, service):
+    now = time.time()
+    await service.open_call(uniqueid="7.1", caller_id="1", at=now - 5, source="intake")  # in Asterisk's log
+    await service.open_call(uniqueid="7.2", caller_id="2", at=now + 1, source="intake")  # arrived after the snapshot
+    await service.open_call(uniqueid="7.3", caller_id="3", at=now - 9, source="intake")  # gone, unknown to the log
+    gone = RecordedAMI({"CoreShowChannels": [], "QueueStatus": []})
+    result = await adapter.resync(gone, speaks_for=lambda uid: uid == "7.1")
+    assert result["ended"] == 1
+    states = {uid: (await service.find_by_uniqueid(uid)).state for uid in ("7.1", "7.2", "7.3")}
+    assert states == {"7.1": State.RECEIVED, "7.2": State.RECEIVED, "7.3": State.ABANDONED}
