@@ -46,8 +46,8 @@ from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.server import FastAGIServer, RouteStats
 from telephony.ami.client import AMIClient
 from telephony.call_events import CallEvents
-from telephony.cel import CallLog, CelFollower
 from telephony.callback import Callbacks
+from telephony.cel import CallLog, CelFollower
 from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
 from telephony.intake import Intake
