@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-at", type=float, default=5.0, help="seconds into the storm")
     parser.add_argument("--down", type=float, default=10.0, help="seconds killed or stopped")
     parser.add_argument("--talk", type=float, default=3.0, help="seconds a seat talks after answering")
-    parser.add_argument("--tolerance-ms", type=float, default=1.0)
+    parser.add_argument("--tolerance-ms", type=float, default=0.001, help="how far a step may be from the log (default: the same microsecond)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     report = asyncio.run(run(args.fault, args.calls, args.rate, args.fault_at, args.down, args.talk,

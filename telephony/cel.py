@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from core.calls.lifecycle import Step
+from core.errors import DomainError
 
 log = logging.getLogger("jiejing.cel")
 
@@ -53,6 +54,8 @@ LINE_MAX = 16 << 10
 CALLS_MAX = 20_000
 # After the caller's channel hung up, the call is held this long (seconds) before it is let go.
 SETTLE_S = 0.0
+# A pass over the log running longer than this (seconds) means the store is behind Asterisk: /healthz says so.
+BEHIND_S = 2.0
 # How often the file is looked at: the delay a step can have after Asterisk wrote it.
 POLL_S = 0.05
 
@@ -298,8 +301,9 @@ class CallLog:
     def due(self, *, everything: bool = False) -> list[tuple[CelCall, bool]]:
         """(call, final) to reconcile now: every call with new events (all calls for a catch-up).
 
-        ``final``: the caller has hung up (and ``settle_s`` has passed); the call is then let go.
-        Past ``calls_max`` held calls the oldest is let go as it stands (its ticket keeps what it has).
+        ``final``: the caller has hung up (and ``settle_s`` has passed); ``done`` lets it go once it
+        has been reconciled. Past ``calls_max`` held calls the oldest is let go as it stands (its
+        ticket keeps what it has).
         """
         now = self.clock()
         out: list[tuple[CelCall, bool]] = []
@@ -307,17 +311,18 @@ class CallLog:
             final = call.ended is not None and now - call.ended >= self.settle_s
             if everything or uid in self._touched or final:
                 out.append((call, final))
-                if final:
-                    del self.calls[uid]
-                    self._touched.discard(uid)
-                elif call.ended is None or uid in self._touched:
-                    self._touched.discard(uid)
         while len(self.calls) > self.calls_max:
             uid, oldest = self.calls.popitem(last=False)
             self._touched.discard(uid)
             self.evicted += 1
             out.append((oldest, False))
         return out
+
+    def done(self, call: CelCall, final: bool) -> None:
+        """``call`` has been reconciled: nothing new until its next event, and a final one is let go."""
+        self._touched.discard(call.uniqueid)
+        if final:
+            self.calls.pop(call.uniqueid, None)
 
     def forget_ended(self) -> None:
         """Drop the calls whose caller has hung up (history before a store's first start)."""
@@ -339,6 +344,7 @@ class FollowerStats:
     malformed: int = 0
     rotations: int = 0
     calls_reconciled: int = 0
+    unrecordable: int = 0
     catch_ups: int = 0
     last_read: float | None = None  # epoch seconds of the last successful read
     behind_bytes: int = 0
@@ -369,6 +375,7 @@ class CelFollower:
         self._offset = 0
         self._loaded = False
         self._fresh = False
+        self._busy_since: float | None = None  # monotonic start of the pass in progress
         self._saved: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -414,35 +421,52 @@ class CelFollower:
 
     async def _pass(self, *, everything: bool) -> int:
         async with self._lock:
-            await self._load()
-            while True:
-                result = await asyncio.to_thread(self.file.read, self._inode, self._offset)
-                self.stats.reads += 1
-                if result.rotated:
-                    self.stats.rotations += 1
-                    log.warning("CEL file %s was rotated or cut short: reading it from its start", self.file.path)
-                self.stats.malformed += result.malformed
-                self.stats.events += len(result.events)
-                for event in result.events:
-                    self.calls.feed(event)
-                    if event.uniqueid == event.linkedid and event.linkedid in self.calls.calls:
-                        self._remember(event.linkedid)
-                self._inode, self._offset = result.inode or self._inode, result.offset
-                if result.at_end:
-                    break
+            self._busy_since = time.monotonic()
+            try:
+                return await self._pass_locked(everything=everything)
+            finally:
+                self._busy_since = None
+
+    async def _pass_locked(self, *, everything: bool) -> int:
+        await self._load()
+        handled = 0
+        while True:  # one slice of the file at a time: a long gap is applied (and checkpointed) as it is read
+            result = await asyncio.to_thread(self.file.read, self._inode, self._offset)
+            self.stats.reads += 1
+            if result.rotated:
+                self.stats.rotations += 1
+                log.warning("CEL file %s was rotated or cut short: reading it from its start", self.file.path)
+            self.stats.malformed += result.malformed
+            self.stats.events += len(result.events)
+            for event in result.events:
+                self.calls.feed(event)
+                if event.uniqueid == event.linkedid and event.linkedid in self.calls.calls:
+                    self._remember(event.linkedid)
+            self._inode, self._offset = result.inode or self._inode, result.offset
+            if self._fresh and not result.at_end:
+                continue  # a first start: only the calls still in progress at the end are this store's
             if self._fresh:
                 self.calls.forget_ended()
                 self._fresh = False
-            self.stats.last_read = time.time()
             due = self.calls.due(everything=everything)
             for call, final in due:
-                await self.reconcile(call, final)
+                try:
+                    await self.reconcile(call, final)  # a store that refuses raises: the call stays held
+                except (ValueError, DomainError):
+                    # This call's record cannot be written as the log has it (a uniqueid the store refuses):
+                    # counted and logged; it must not hold up every later call.
+                    self.stats.unrecordable += 1
+                    log.exception("CEL call %s could not be recorded", call.uniqueid)
+                self.calls.done(call, final)
                 self.stats.calls_reconciled += final
+            handled += len(due)
             mark = (self._inode or 0, self.calls.checkpoint(self._offset))
             if mark != self._saved:
                 await self.checkpoints.save(self.name, *mark)
                 self._saved = mark
-            return len(due)
+            if result.at_end:
+                self.stats.last_read = time.time()
+                return handled
 
     def _remember(self, uid: str) -> None:
         self._seen[uid] = None
@@ -471,8 +495,16 @@ class CelFollower:
         except OSError:
             size = None
         behind = None if size is None else max(0, size - self._offset)
-        ok = self.stats.last_error is None and (behind is None or behind < READ_CHUNK)
-        return {"ok": ok, "file": str(self.file.path), "exists": size is not None, "behind_bytes": behind,
+        busy = 0.0 if self._busy_since is None else time.monotonic() - self._busy_since
+        reasons = []
+        if self.stats.last_error is not None:
+            reasons.append(f"the store refused the log's steps: {self.stats.last_error}")
+        if busy > BEHIND_S or (behind is not None and behind >= READ_CHUNK):
+            reasons.append(f"catching up with Asterisk's log: {len(self.calls.calls)} calls held, "
+                           f"{behind} bytes unread, this pass running {busy:.1f} s")
+        return {"ok": not reasons, "reason": "; ".join(reasons) or None,
+                "file": str(self.file.path), "exists": size is not None, "behind_bytes": behind,
                 "held_calls": len(self.calls.calls), "reconciled": self.stats.calls_reconciled,
                 "malformed": self.stats.malformed, "rotations": self.stats.rotations,
+                "unrecordable": self.stats.unrecordable,
                 "last_error": self.stats.last_error}

@@ -201,15 +201,22 @@ def test_call_log_holds_calls_until_they_end_and_checkpoints_before_the_oldest()
     b = line("CHAN_START", 1.0e9 + 1, "2.1")
     log.feed(parse_line(a, 0))
     log.feed(parse_line(b, len(a)))
-    due = log.due()
-    assert [(c.uniqueid, final) for c, final in due] == [("1.1", False), ("2.1", False)]
-    assert log.due() == []  # nothing new
+    def reconcile_due():
+        due = log.due()
+        for call, final in due:
+            log.done(call, final)
+        return [(c.uniqueid, final) for c, final in due]
+
+    assert reconcile_due() == [("1.1", False), ("2.1", False)]
+    assert reconcile_due() == []  # nothing new
     assert log.checkpoint(999) == 0
     log.feed(parse_line(line("HANGUP", 1.0e9 + 2, "1.1"), 999))
     assert [(c.uniqueid, final) for c, final in log.due()] == [("1.1", True)]
+    assert log.checkpoint(2000) == 0  # not reconciled yet: still held
+    assert reconcile_due() == [("1.1", True)]
     assert log.checkpoint(2000) == len(a)  # the second call is still held
     log.feed(parse_line(line("HANGUP", 1.0e9 + 3, "2.1"), 2000))
-    log.due()
+    reconcile_due()
     assert log.checkpoint(3000) == 3000
 
 
@@ -364,3 +371,60 @@ def test_tail_start_is_a_line_start(tmp_path):
     assert CelFile(path).tail_start(7)[1] == 10
     assert CelFile(path).tail_start(5)[1] == 10
     assert CelFile(tmp_path / "none").tail_start(5) == (0, 0)
+
+
+async def test_health_says_when_the_store_is_behind_the_log_or_refuses_it(tmp_path, store, monkeypatch):
+    import asyncio
+
+    import telephony.cel as cel
+
+    path = tmp_path / "jiejing.csv"
+    path.write_bytes(b"")
+    release = asyncio.Event()
+
+    async def slow(call, final):
+        await release.wait()
+
+    follower = CelFollower(path, CallLog(intake_contexts=["from-carrier"], emergency_numbers=["110"]), slow,
+                           Checkpoints(store), poll_s=0.01)
+    await follower.catch_up()
+    assert follower.health()["ok"] is True
+    monkeypatch.setattr(cel, "BEHIND_S", 0.05)
+    path.write_bytes(FIXTURE.read_bytes())
+    passing = asyncio.create_task(follower.poll())
+    await asyncio.sleep(0.2)
+    health = follower.health()
+    assert health["ok"] is False and "catching up with Asterisk's log" in health["reason"]
+    release.set()
+    await passing
+    assert follower.health()["ok"] is True
+
+    async def refused(call, final):
+        raise RuntimeError("database is locked")
+
+    failing = CelFollower(path, CallLog(intake_contexts=["from-carrier"], emergency_numbers=["110"]), refused,
+                          Checkpoints(store), name="other", poll_s=0.01)
+    path.write_bytes(b"")
+    await failing.catch_up()  # followed from the (empty) end on
+    path.write_bytes(FIXTURE.read_bytes())
+    await failing.start()
+    try:
+        for _ in range(100):
+            if failing.health()["ok"] is False:
+                break
+            await asyncio.sleep(0.02)
+        assert "database is locked" in failing.health()["reason"]
+        assert await Checkpoints(store).load("other") == (path.stat().st_ino, 0)  # nothing skipped
+    finally:
+        await failing.stop()
+
+
+async def test_a_call_the_store_cannot_take_does_not_hold_up_the_others(tmp_path, store, adapter, service):
+    bad = line("CHAN_START", 1796524600.0, "x" * 400)  # longer than any uniqueid Asterisk makes
+    follower = await _follow(tmp_path, store, adapter, bad + FIXTURE.read_bytes())
+    try:
+        assert follower.stats.unrecordable == 1
+        assert (await service.find_by_uniqueid(FIRST)).state is State.ENDED
+        assert follower.health()["ok"] is True
+    finally:
+        await adapter.stop()

@@ -257,7 +257,8 @@ def test_backend_variable_not_read_by_dialplan(folder):
 
 def test_variable_the_backend_reads_but_the_dialplan_never_sets(folder):
     ext_conf = folder / "extensions.conf"
-    edit(ext_conf, "Set(JIEJING_ARRIVED=", " same => n,Set(JIEJING_ARIVED=${STRFTIME(,,%s.%3q)})")
+    edit(ext_conf, "Set(JIEJING_ARRIVED=${CDR", " same => n,Set(JIEJING_ARIVED=${CDR(start,u)})")
+    edit(ext_conf, "Set(JIEJING_ARRIVED=${STRFTIME", " same => n,NoOp(no clock)")
     report = check(parse(folder))
     assert sorted(f.code for f in report.errors) == ["backend-var-unset", "var-never-set"]
 
