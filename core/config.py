@@ -32,6 +32,10 @@ def _default_web_vendor() -> str:
     return str(Path("vendor", "web", "dist").absolute())
 
 
+# The AMI secrets dialplan/manager.conf ships with: anyone who has read the repository knows them.
+LAB_AMI_SECRETS = frozenset({"jiejing-lab", "jiejing-lab-admin"})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     db_url: str = field(default_factory=_default_db_url)
@@ -59,6 +63,7 @@ class Settings:
     token_ttl_s: float = 12 * 3600.0  # a log-in lasts one long shift
     phones_file: str = ""  # browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py)
     web_vendor: str = field(default_factory=_default_web_vendor)  # served as /vendor/ (jssip.min.js)
+    lab: bool = False  # JIEJING_LAB=yes: the lab, where the shipped AMI secrets are allowed
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -74,6 +79,8 @@ class Settings:
                 values[f.name] = _list(name, raw)
             elif f.name.endswith("_s"):
                 values[f.name] = _seconds(name, raw)
+            elif f.name == "lab":
+                values[f.name] = _flag(name, raw)
             else:
                 values[f.name] = raw
         settings = cls(**values)
@@ -95,6 +102,24 @@ class Settings:
             raise ConfigError(
                 f"{PREFIX}TICKET_PREFIX must be 1-16 ASCII letters or digits, got {self.ticket_prefix!r}"
             )
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{name} must be yes or no, got {raw!r}")
+
+
+def refuse_lab_secret(settings: Settings) -> None:
+    """A center must not run on the AMI secret the repository ships (ConfigError), only the lab may."""
+    if settings.ami_secret in LAB_AMI_SECRETS and not settings.lab:
+        raise ConfigError(
+            f"{PREFIX}AMI_SECRET is the secret shipped in dialplan/manager.conf, which anyone can read: set your "
+            f"own in manager.conf and {PREFIX}AMI_SECRET (or {PREFIX}LAB=yes for the lab)"
+        )
 
 
 def _port(name: str, raw: str) -> int:

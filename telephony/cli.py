@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from core.config import ConfigError, Settings
+from core.config import LAB_AMI_SECRETS, ConfigError, Settings
 
 
 def _settings_with_lab_defaults() -> Settings:
@@ -16,12 +16,14 @@ def _settings_with_lab_defaults() -> Settings:
     if not env.get("JIEJING_RECORDINGS_DIR"):
         # Only the lab has a known place for recordings; a real center sets
         # JIEJING_RECORDINGS_DIR to where its Asterisk writes them.
-        from siplab.asterisk import LabPaths
+        from siplab.asterisk import LabPaths, asterisk_pid
 
         lab = LabPaths()
         if lab.root.exists():
             env["JIEJING_RECORDINGS_DIR"] = str(lab.recordings)
             env.setdefault("JIEJING_CEL_FILE", str(lab.cel_file))
+            if asterisk_pid(lab) is not None:
+                env.setdefault("JIEJING_LAB", "yes")  # the backend of the lab's own Asterisk
     if not env.get("JIEJING_CITY_FILE"):
         from siplab.asterisk import REPO
 
@@ -100,8 +102,15 @@ def _dialplan_admin(args: argparse.Namespace):
     port = int(os.environ.get("JIEJING_AMI_PORT") or 5038)
     user = os.environ.get("JIEJING_AMI_ADMIN_USER") or "jiejing-admin"
     secret = os.environ.get("JIEJING_AMI_ADMIN_SECRET") or "jiejing-lab-admin"
+    in_lab = Path(live) == lab.etc
 
     async def connect():
+        if secret in LAB_AMI_SECRETS and not in_lab:
+            raise ConfigError("JIEJING_AMI_ADMIN_SECRET is the secret shipped in dialplan/manager.conf: set your own "
+                              "(only the lab may use it)")
+        return await _connect()
+
+    async def _connect():
         ami = AMIClient(host, port, user, secret)
         await ami.start()
         try:
@@ -112,7 +121,7 @@ def _dialplan_admin(args: argparse.Namespace):
         return ami
 
     return DialplanAdmin(live_dir=Path(live), sources=sources, store=VersionStore(state / "dialplan-versions"),
-                         connect=connect, by=getattr(args, "by", None))
+                         connect=connect, by=getattr(args, "by", None), lab=in_lab)
 
 
 def cmd_dialplan(args: argparse.Namespace) -> int:
@@ -124,7 +133,7 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
     admin = _dialplan_admin(args)
     if args.dp_cmd == "check":
         extra = [*admin.sources[1:], admin.live_dir]
-        report = checking.check(model.parse_folder(admin.sources[0], extra_folders=extra))
+        report = checking.check(model.parse_folder(admin.sources[0], extra_folders=extra), lab=admin.lab)
         print(checking.format_report(report))
         return 0 if report.ok else 1
     if args.dp_cmd == "history":

@@ -29,7 +29,7 @@ from core.auth.users import AuthService
 from core.calls.checkpoints import Checkpoints
 from core.calls.metrics import buckets
 from core.calls.tickets import TicketService
-from core.config import Settings
+from core.config import Settings, refuse_lab_secret
 from core.dispatch.officers import OfficerService, load_city_file
 from core.dispatch.planner import DispatchPlanner
 from core.migrate import State, ensure_ready
@@ -287,6 +287,7 @@ def make_web_app(backend: Backend) -> web.Application:
 
 
 def run(settings: Settings) -> None:
+    refuse_lab_secret(settings)
     backend = build(settings)
     app = make_web_app(backend)
     web.run_app(app, host=settings.http_host, port=settings.http_port, print=lambda msg: log.info("%s", msg),

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config import LAB_AMI_SECRETS
 from telephony import channel_vars
 from telephony.dialplan_admin.model import (
     CONFBRIDGE,
@@ -397,9 +398,15 @@ class _Checker:
 
     # --- AMI, modules ------------------------------------------------------------------------------
 
-    def manager(self, backend_user: str) -> None:
+    def manager(self, backend_user: str, *, lab: bool = False) -> None:
         mc = self.config.manager
         path = self.config.path(MANAGER)
+        for user in mc.users.values():
+            secret = user.options.get("secret")
+            if secret is not None and secret.value in LAB_AMI_SECRETS:
+                self.add("warning" if lab else "error", secret.file, secret.line, "ami-lab-secret",
+                         f"AMI user {user.name} has the secret shipped with jiejing, which anyone can read: "
+                         "set a secret of your own (and JIEJING_AMI_SECRET / JIEJING_AMI_ADMIN_SECRET)")
         bind = mc.general.get("bindaddr")
         if mc.bindaddr != LOOPBACK:
             where = (bind.file, bind.line) if bind else (path, mc.line)
@@ -706,6 +713,7 @@ def check(
     set_by_backend: Iterable[str] = channel_vars.SET_BY_BACKEND,
     read_by_backend: Iterable[str] = channel_vars.READ_BY_BACKEND,
     backend_ami_user: str = "jiejing",
+    lab: bool = False,
 ) -> Report:
     """Every check on a parsed folder; ``Report.ok`` when there is no error (warnings allowed)."""
     report = Report(list(config.problems))
@@ -721,7 +729,7 @@ def check(
     c.emergency_queue_options(emergency_queues)
     c.members()
     c.endpoints()
-    c.manager(backend_ami_user)
+    c.manager(backend_ami_user, lab=lab)
     c.conference_profiles()
     c.modules()
     c.webrtc()

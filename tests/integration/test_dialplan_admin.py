@@ -37,11 +37,12 @@ def sources(tmp_path) -> list[Path]:
 @pytest.fixture
 async def admin(lab_paths, sources, tmp_path):
     admin = DialplanAdmin(live_dir=lab_paths.etc, sources=sources, store=VersionStore(tmp_path / "versions"),
-                          connect=connect_admin, by="tester", log=lambda *_: None)
+                          connect=connect_admin, by="tester", log=lambda *_: None, lab=True)
     yield admin
     # put the project's own dialplan back for the next tests
     restore = DialplanAdmin(live_dir=lab_paths.etc, sources=[REPO / "dialplan", REPO / "dialplan" / "lab"],
-                            store=VersionStore(tmp_path / "restore"), connect=connect_admin, log=lambda *_: None)
+                            store=VersionStore(tmp_path / "restore"), connect=connect_admin, log=lambda *_: None,
+                            lab=True)
     outcome = await restore.apply()
     assert outcome.ok, outcome.message
 

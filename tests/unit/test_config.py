@@ -67,3 +67,21 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
     assert message in str(caught.value)
+
+
+def test_a_center_refuses_the_shipped_ami_secret_the_lab_may_use_it():
+    from core.config import refuse_lab_secret
+
+    with pytest.raises(ConfigError, match="shipped in dialplan/manager.conf"):
+        refuse_lab_secret(Settings.from_env({}))
+    refuse_lab_secret(Settings.from_env({"JIEJING_LAB": "yes"}))
+    refuse_lab_secret(Settings.from_env({"JIEJING_AMI_SECRET": "a-secret-of-our-own"}))
+    with pytest.raises(ConfigError, match="JIEJING_LAB must be yes or no"):
+        Settings.from_env({"JIEJING_LAB": "maybe"})
+
+
+def test_serve_does_not_start_on_the_shipped_secret():
+    from telephony import serve
+
+    with pytest.raises(ConfigError):
+        serve.run(Settings.from_env({}))  # refused before anything is opened or listens

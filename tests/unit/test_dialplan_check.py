@@ -19,8 +19,20 @@ DIALPLAN = REPO / "dialplan"
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """A copy of the project's dialplan/ that a test may break."""
-    return Path(shutil.copytree(DIALPLAN, tmp_path / "dialplan"))
+    """A copy of the project's dialplan/ that a test may break, with secrets of its own as a center sets them."""
+    copy = Path(shutil.copytree(DIALPLAN, tmp_path / "dialplan"))
+    manager = copy / "manager.conf"
+    manager.write_text(manager.read_text().replace("secret = jiejing-lab-admin", "secret = s3cret-admin-7Qx")
+                       .replace("secret = jiejing-lab", "secret = s3cret-backend-9Kp"))
+    return copy
+
+
+def test_shipped_ami_secrets_are_an_error_outside_the_lab_and_a_warning_in_it(tmp_path):
+    shipped = parse_folder(Path(shutil.copytree(DIALPLAN, tmp_path / "shipped")))
+    outside = [f for f in check(shipped).findings if f.code == "ami-lab-secret"]
+    assert [(f.level, f.file.name) for f in outside] == [("error", "manager.conf")] * 2
+    inside = [f for f in check(shipped, lab=True).findings if f.code == "ami-lab-secret"]
+    assert {f.level for f in inside} == {"warning"} and check(shipped, lab=True).ok
 
 
 @pytest.fixture
@@ -70,11 +82,11 @@ def only_error(report: Report, code: str) -> Finding:
 
 
 def test_project_dialplan_with_lab_files_has_no_errors():
-    report = check(parse_folder(DIALPLAN, extra_folders=[DIALPLAN / "lab"]))
+    report = check(parse_folder(DIALPLAN, extra_folders=[DIALPLAN / "lab"]), lab=True)
     assert report.ok, format_report(report, relative_to=REPO)
     assert report.errors == []
-    # Only the lab's generated files (seats, members) are absent from the checkout.
-    assert {f.code for f in report.warnings} <= {"tryinclude-missing", "no-members"}
+    # Only the lab's generated files (seats, members) are absent from the checkout; its secrets are the lab's.
+    assert {f.code for f in report.warnings} <= {"tryinclude-missing", "no-members", "ami-lab-secret"}
 
 
 def test_lab_with_generated_seats_is_clean(folder, generated):
@@ -86,7 +98,9 @@ def test_lab_with_generated_seats_is_clean(folder, generated):
 
 
 def test_project_dialplan_without_lab_files_has_no_errors():
-    assert check(parse_folder(DIALPLAN)).ok
+    report = check(parse_folder(DIALPLAN))
+    # A center's copy: nothing wrong but the secrets it must set itself.
+    assert {f.code for f in report.errors} == {"ami-lab-secret"}
 
 
 # --- the model ------------------------------------------------------------------------------
