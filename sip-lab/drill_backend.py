@@ -154,7 +154,8 @@ async def _storm(paths, backend: BackendProcess, ami_events: asyncio.Queue, run_
         log_calls = {u: c for u, c in trail_check.cel_calls(paths.cel_file, offset).items()
                      if c.events[0].caller in numbers}
         result = await trail_check.compare(backend.db_url, log_calls, paths.recordings, tolerance_ms=tolerance_ms)
-        if not result.differing and result.calls == calls:
+        over = all(trail_check.expected(c).end_step is not None for c in log_calls.values())
+        if over and not result.differing and result.calls == calls:
             caught_up_s = time.monotonic() - ended
             break
         if time.monotonic() > deadline:
