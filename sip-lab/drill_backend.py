@@ -51,6 +51,7 @@ class BackendProcess:
             "JIEJING_RECORDINGS_DIR": str(paths.recordings),
             "JIEJING_CEL_FILE": str(paths.cel_file),
             "JIEJING_WRAP_UP_S": "0",
+            "JIEJING_LAB": "yes",  # the lab's Asterisk, with the AMI secrets the repository ships
         }
         self.proc: subprocess.Popen | None = None
         self.starts = 0

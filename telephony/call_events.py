@@ -120,7 +120,22 @@ class CallEvents:
         await self._queue.join()
 
     def on_event(self, event) -> None:
-        """AMI listener: cheap, never blocks the reader."""
+        """AMI listener: cheap, never blocks the reader.
+
+        With Asterisk's log followed, AMI only keeps the live channel names, done here at once; only a
+        hang-up of a call the log does not have goes into the queue. Otherwise every event is queued.
+        """
+        if not self.steps_from_ami:
+            name, uid = event.name, event.get("Uniqueid")
+            if not uid:
+                return
+            if name == "AgentConnect":
+                self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
+            elif name == "Hangup":
+                self._legs.pop(uid, None)
+                if uid in self._calls and not self.speaks_for(uid):
+                    self._queue.put_nowait(event)
+            return
         self._queue.put_nowait(event)
 
     async def reconcile(self, call: CelCall, final: bool) -> None:

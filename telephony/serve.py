@@ -269,7 +269,8 @@ def make_web_app(backend: Backend) -> web.Application:
     triage.set_handover_port(AsteriskHandover(backend.ami, backend.service, backend.dispatcher, backend.events.legs))
     app = make_app(
         backend.service,
-        health={"ami": ami_health, "intake": intake_health, "agi": agi_health, "cel": cel_health},
+        health={"ami": ami_health, "intake": intake_health, "agi": agi_health, "cel": cel_health,
+                "alerts": backend.alerts.health},
         cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,

@@ -39,12 +39,25 @@ class Alert(Base):
     resolved_at_us: Mapped[int | None] = mapped_column(BigInteger)
 
 
+# Alerts waiting to be stored at most; past it a new one is refused (counted, and /healthz says so).
+PENDING_MAX = 10_000
+# A write that failed is tried again after this long, doubling up to RETRY_MAX_S, until it is stored.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+# A refusal keeps /healthz not ok this long (seconds).
+REFUSED_SHOWN_S = 300.0
+
+
 class AlertBoard:
-    def __init__(self, engine: AsyncEngine, clock=time.time) -> None:
+    def __init__(self, engine: AsyncEngine, clock=time.time, *, pending_max: int = PENDING_MAX) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
-        self._pending: asyncio.Queue[tuple[str, str, str, int]] = asyncio.Queue()
+        self._pending: asyncio.Queue[tuple[str, str, str, int]] = asyncio.Queue(pending_max)
         self._task: asyncio.Task | None = None
+        self.refused = 0  # alerts not taken because too many were waiting
+        self._refused_at: float | None = None  # monotonic time of the last refusal
+        self.failures = 0  # failed writes (each tried again)
+        self.last_error: str | None = None  # of the write now failing, None once it is stored
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="alerts")
@@ -57,20 +70,49 @@ class AlertBoard:
 
     def raise_alert(self, kind: str, ref: str, message: str) -> None:
         log.warning("alert %s %s: %s", kind, ref, message)
-        self._pending.put_nowait((kind, ref, message, round(self._clock() * 1_000_000)))
+        try:
+            self._pending.put_nowait((kind, ref, message, round(self._clock() * 1_000_000)))
+        except asyncio.QueueFull:
+            self.refused += 1
+            self._refused_at = time.monotonic()
+            log.error("alert %s %s refused: %d alerts already wait for the store", kind, ref,
+                      self._pending.qsize())
 
     async def _run(self) -> None:
         while True:
             kind, ref, message, at_us = await self._pending.get()
             try:
+                await self._store(kind, ref, message, at_us)
+            finally:
+                self._pending.task_done()
+
+    async def _store(self, kind: str, ref: str, message: str, at_us: int) -> None:
+        """Store one alert; a failing store is tried again (with a growing pause) until it takes it."""
+        pause = RETRY_FIRST_S
+        while True:
+            try:
                 async with self._sessions() as session, session.begin():
                     session.add(Alert(kind=kind, ref=ref, message=message, created_at_us=at_us))
             except IntegrityError:
                 pass  # already open for this kind and reference
-            except Exception:
-                log.exception("alert %s %s not stored", kind, ref)
-            finally:
-                self._pending.task_done()
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"alert {kind} {ref}: {type(exc).__name__}: {exc}"
+                log.exception("alert %s %s not stored yet; trying again in %.1f s", kind, ref, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_S)
+                continue
+            self.last_error = None
+            return
+
+    def health(self) -> dict[str, Any]:
+        reasons = []
+        if self.last_error is not None:
+            reasons.append(f"alerts are not being stored ({self.last_error}); {self._pending.qsize()} waiting")
+        if self._refused_at is not None and time.monotonic() - self._refused_at < REFUSED_SHOWN_S:
+            reasons.append(f"{self.refused} alerts refused: too many waited for the store")
+        return {"ok": not reasons, "reason": "; ".join(reasons) or None, "waiting": self._pending.qsize(),
+                "failures": self.failures, "refused": self.refused}
 
     async def flush(self) -> None:
         await self._pending.join()

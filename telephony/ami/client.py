@@ -61,6 +61,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Unread events a subscriber queue holds at most (the oldest are dropped past it).
+SUBSCRIBER_MAX = 100_000
+
 EventListener = Callable[[Event], object]
 ConnectHook = Callable[[], Awaitable[object]]
 
@@ -187,6 +190,7 @@ class AMIClient:
         self._abandoned_lists: set[str] = set()
 
         self._queues: list[asyncio.Queue[Event]] = []
+        self.dropped_events = 0  # dropped from full subscriber queues
         self._listeners: list[EventListener] = []
         self._connect_hooks: list[ConnectHook] = []
 
@@ -236,13 +240,18 @@ class AMIClient:
             "reconnects": max(0, self._logins - 1),
             "last_error": self._last_error,
             "last_ping_ms": self._last_ping_ms,
+            "dropped_events": self.dropped_events,
         }
 
     # -- events ------------------------------------------------------------
 
-    def subscribe(self) -> asyncio.Queue[Event]:
-        """A new unbounded queue that receives every ordinary event."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+    def subscribe(self, maxsize: int = SUBSCRIBER_MAX) -> asyncio.Queue[Event]:
+        """A new queue that receives every ordinary event, at most ``maxsize`` unread.
+
+        The reader never waits for a subscriber: past ``maxsize`` the oldest unread event is dropped
+        and counted in ``status()["dropped_events"]``.
+        """
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._queues.append(queue)
         return queue
 
@@ -509,6 +518,9 @@ class AMIClient:
                     self._abandoned_lists.discard(action_id)
                 return
         for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+                self.dropped_events += 1
             queue.put_nowait(event)
         for listener in self._listeners:
             try:

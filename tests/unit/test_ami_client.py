@@ -434,3 +434,12 @@ async def test_logs_do_not_leak_the_secret(make_client, fake, caplog):
     await c.stop()
     assert "wrong-secret-value" not in caplog.text
     assert "Authentication failed" in caplog.text
+
+
+async def test_a_subscriber_that_does_not_read_loses_its_oldest_events_not_the_reader(client, fake):
+    queue = client.subscribe(maxsize=2)
+    for n in range(5):
+        fake.emit("UserEvent", [("UserEvent", f"n{n}")])
+    await client.action("Ping")  # round trip: every event was dispatched before the answer
+    assert [queue.get_nowait()["UserEvent"] for _ in range(queue.qsize())] == ["n3", "n4"]
+    assert client.status()["dropped_events"] == 3 and client.connected

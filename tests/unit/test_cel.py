@@ -428,3 +428,14 @@ async def test_a_call_the_store_cannot_take_does_not_hold_up_the_others(tmp_path
         assert follower.health()["ok"] is True
     finally:
         await adapter.stop()
+
+
+def test_in_cel_mode_the_ami_reader_queues_nothing_for_ordinary_events(adapter):
+    from telephony.ami.codec import Event
+
+    for name in ("Newchannel", "QueueCallerJoin", "AgentCalled", "AgentConnect", "Hangup"):
+        adapter.on_event(Event([("Event", name), ("Uniqueid", "6.1"), ("Channel", "PJSIP/carrier-1"),
+                                ("DestChannel", "PJSIP/seat001-2")]))
+        if name == "AgentConnect":
+            assert adapter.legs("6.1") == {"caller": "PJSIP/carrier-1", "seat": "PJSIP/seat001-2"}
+    assert adapter._queue.qsize() == 0 and adapter.legs("6.1") is None
