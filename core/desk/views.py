@@ -32,7 +32,7 @@ from core.calls.views import SERVICE, ticket_json
 from core.desk.hub import DeskHub, DeskSubscription
 from core.desk.suggest import highlights, suggest
 from core.errors import BadRequest, DomainError
-from core.http.replies import PRINCIPAL, dumps, json_body, json_reply
+from core.http.replies import PRINCIPAL, WS_PROTOCOLS, dumps, json_body, json_reply
 from core.http.routes import DESK, RouteTable
 from core.http.scopes import SEAT_HOLDER, TICKET_HOLDER
 from core.seats.views import SEATS
@@ -169,10 +169,10 @@ async def post_scan(request: web.Request) -> web.Response:
     return json_reply(answer)
 
 
-@routes.get("/api/desk/ws", DESK, "WebSocket of the desk: its seat, screen pops, its tickets' steps (?access_token=)",
+@routes.get("/api/desk/ws", DESK, "WebSocket of the desk: its seat, screen pops, its tickets' steps (token: subprotocol jiejing.bearer.<token>)",
             websocket=True)
 async def desk_ws(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, protocols=WS_PROTOCOLS)
     if not ws.can_prepare(request).ok:
         raise BadRequest("this endpoint is a WebSocket; send an Upgrade request", error_id="websocket-only")
     await ws.prepare(request)

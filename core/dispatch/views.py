@@ -41,6 +41,7 @@ from core.dispatch.planner import ADDRESS_MAX, DISPOSITION_MAX, DispatchPlanner
 from core.errors import BadRequest
 from core.http.replies import (
     PRINCIPAL,
+    WS_PROTOCOLS,
     actor,
     dumps,
     error_reply,
@@ -274,7 +275,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     station = request.query.get("station")
     if station is not None and not STATION_ID.fullmatch(station):
         raise BadRequest("station must be a station id", error_id="invalid-station")
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, protocols=WS_PROTOCOLS)
     if not ws.can_prepare(request).ok:
         raise BadRequest("this endpoint is a WebSocket; send an Upgrade request", error_id="websocket-only")
     await ws.prepare(request)

@@ -174,3 +174,10 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
         except RecursionError:
             raise BadRequest("body nested too deeply", error_id="invalid-body") from None
     return body
+
+
+# A browser's WebSocket cannot send an Authorization header; our pages offer the subprotocols ``jiejing`` and
+# ``jiejing.bearer.<token>`` instead (``Sec-WebSocket-Protocol``), so the token is in no URL that a proxy or a
+# server logs. Every WebSocket endpoint answers with ``jiejing``.
+WS_PROTOCOLS = ("jiejing",)
+WS_BEARER_PREFIX = "jiejing.bearer."

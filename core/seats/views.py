@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 from core.auth.users import Principal, Role
 from core.calls.views import SERVICE
 from core.errors import BadRequest, DomainError
-from core.http.replies import PRINCIPAL, dumps, error_reply, json_body, json_reply
+from core.http.replies import PRINCIPAL, WS_PROTOCOLS, dumps, error_reply, json_body, json_reply
 from core.http.routes import DESK, SUPERVISORS, RouteTable
 from core.seats.board import (
     QueueControlError,
@@ -175,10 +175,10 @@ async def wallboard_once(request: web.Request) -> web.Response:
     return json_reply(request.app[WALLBOARD].snapshot())
 
 
-@routes.get("/api/wallboard/ws", DESK, "WebSocket of wallboard figures (?access_token=)", tag="wallboard",
+@routes.get("/api/wallboard/ws", DESK, "WebSocket of wallboard figures (token: subprotocol jiejing.bearer.<token>)", tag="wallboard",
             websocket=True)
 async def wallboard_ws(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, protocols=WS_PROTOCOLS)
     if not ws.can_prepare(request).ok:
         raise BadRequest("this endpoint is a WebSocket; send an Upgrade request", error_id="websocket-only")
     await ws.prepare(request)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from core.auth.users import PASSWORD_MAX, AuthService, Role, TooManyLogIns
 from core.errors import BadRequest, NotFound
-from core.http.replies import BODY_SHA256, PRINCIPAL, error_reply, json_body, json_reply
+from core.http.replies import BODY_SHA256, PRINCIPAL, WS_BEARER_PREFIX, error_reply, json_body, json_reply
 from core.http.routes import ADMINS, ALL, PUBLIC, RouteTable
 
 AUTH = web.AppKey("auth", AuthService)
@@ -44,12 +44,18 @@ _LIMIT = re.compile(r"[0-9]{1,7}")
 
 
 def bearer_token(request: web.Request) -> str | None:
-    """The request's bearer token; a WebSocket upgrade may carry it as ``?access_token=`` (browsers set no headers)."""
+    """The request's bearer token: ``Authorization: Bearer``, or on a WebSocket upgrade the subprotocol
+    ``jiejing.bearer.<token>`` (the pages) or ``?access_token=`` (clients that can do neither; our access log
+    redacts it)."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     if request.headers.get("Upgrade", "").lower() == "websocket":
+        for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            offered = offered.strip()
+            if offered.startswith(WS_BEARER_PREFIX) and len(offered) > len(WS_BEARER_PREFIX):
+                return offered[len(WS_BEARER_PREFIX):]
         return request.query.get("access_token") or None
     return None
 

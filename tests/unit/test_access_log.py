@@ -41,3 +41,21 @@ def test_only_secret_parameters_are_redacted() -> None:
     assert redacted(URL("/ws?Access_Token=abc&access_token=def&a=b")) == (
         "/ws?Access_Token=redacted&access_token=redacted&a=b"
     )
+
+
+async def test_pages_send_the_token_as_a_websocket_subprotocol_not_in_the_url(
+    service: TicketService, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = (await login_headers(service.engine, Role.SUPERVISOR))["Authorization"].removeprefix("Bearer ")
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    server = TestServer(make_app(service, health={}))
+    await server.start_server(**serve_options())
+    async with TestClient(server) as client:
+        ws = await client.ws_connect("/api/events", protocols=("jiejing", f"jiejing.bearer.{token}"))
+        assert ws.protocol == "jiejing"  # the server picks the plain one: the token is not echoed
+        await ws.close()
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await client.ws_connect("/api/events", protocols=("jiejing", "jiejing.bearer.forged"))
+        assert refused.value.status == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/api/events" in line for line in lines) and not any(token in line for line in lines), lines

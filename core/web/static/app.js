@@ -58,9 +58,14 @@ const jj = (() => {
     else showLogin(onReady);
   }
 
+  // The token travels as a WebSocket subprotocol, never in the URL (servers and proxies log URLs).
   function socketUrl(path) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + path + "?access_token=" + encodeURIComponent(token());
+    return scheme + "//" + location.host + path;
+  }
+
+  function socketProtocols() {
+    return ["jiejing", "jiejing.bearer." + token()];
   }
 
   function el(tag, attrs = {}, text) {
@@ -70,5 +75,5 @@ const jj = (() => {
     return node;
   }
 
-  return { api, request, whenLoggedIn, socketUrl, el, token };
+  return { api, request, whenLoggedIn, socketUrl, socketProtocols, el, token };
 })();

@@ -405,7 +405,7 @@
 
   // -- the live connection ------------------------------------------------------------------
   function connect() {
-    socket = new WebSocket(jj.socketUrl("/api/desk/ws"));
+    socket = new WebSocket(jj.socketUrl("/api/desk/ws"), jj.socketProtocols());
     socket.onopen = () => {
       $("link").className = "status live";
       $("link").title = "实时连接 live";

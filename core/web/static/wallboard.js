@@ -56,7 +56,7 @@
 
   function connect() {
     const status = $("status");
-    const ws = new WebSocket(jj.socketUrl("/api/wallboard/ws"));
+    const ws = new WebSocket(jj.socketUrl("/api/wallboard/ws"), jj.socketProtocols());
     ws.onopen = () => { status.textContent = "● 实时 live"; status.className = "status live"; };
     ws.onmessage = (event) => draw(JSON.parse(event.data));
     ws.onclose = () => {

@@ -1,0 +1,147 @@
+"""The center's ceiling against Asterisk's own: answer time p99 by call rate, bare responder vs our backend.
+
+For each rate, SIPp places calls for ``--seconds`` over the lab's seats twice: once with a bare intake
+responder (an HTTP server on the intake port that answers every request at once with fixed values, the
+least any backend can do), once with ``jiejing serve`` (its own process and store). The answer time of a
+call is Asterisk's ``AgentConnect`` minus its ``Newchannel`` (AMI time stamps). The ceiling of each is the
+highest rate whose p99 stays within ``--margin-ms`` of the bare responder's p99 at the lowest rate; the
+ratio is ours over the bare responder's. Needs the lab up and no backend running, as root.
+
+    .venv/bin/python -m siplab.bench_ceiling --rates 20,30,40,50,60 --seconds 30 --seats 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import replace
+
+from aiohttp import web
+
+from core.config import Settings
+from siplab import asterisk, lab, storm
+from siplab.drill_backend import BackendProcess
+from telephony.ami.client import AMIClient
+
+
+async def _bare(request: web.Request) -> web.Response:
+    uid = request.query.get("uniqueid", "x")
+    return web.Response(text=f"ticket=110-00000000-000000&queue=emergency-110&priority=10&recording={uid}",
+                        content_type="text/plain")
+
+
+class BareResponder:
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/intake", _bare)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, host, port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def one_rate(paths, ami_events: asyncio.Queue, rate: float, seconds: float, talk_s: float) -> dict:
+    calls = max(1, int(rate * seconds))
+    run_dir = paths.run / f"ceiling-{int(time.time() * 1000)}"
+    run_dir.mkdir(parents=True)
+    numbers = set(storm.caller_numbers(calls, int(time.time() * 1000) % 10_000))
+    storm.write_injection(run_dir / "callers.csv", [(n, "Ceiling") for n in sorted(numbers)])
+    scenario = storm.prepare_callers(paths, run_dir, talk_s=talk_s, patience_s=60)
+    while not ami_events.empty():
+        ami_events.get_nowait()
+    stats = await storm.drive_calls(run_dir, scenario, calls, rate, timeout=seconds + talk_s + 120)
+    await asyncio.sleep(1)
+    arrived: dict[str, float] = {}
+    answer_ms: list[float] = []
+    while not ami_events.empty():
+        event = ami_events.get_nowait()
+        uid = event.get("Uniqueid") or ""
+        if event.name == "Newchannel" and event.get("CallerIDNum") in numbers:
+            arrived[uid] = event.timestamp
+        elif event.name == "AgentConnect" and uid in arrived:
+            answer_ms.append((event.timestamp - arrived.pop(uid)) * 1000)
+    answer_ms.sort()
+    return {"rate": rate, "calls": calls, "answered": len(answer_ms),
+            "sipp_failed": storm._int(stats, "FailedCall(C)"),
+            "p50": storm.percentile(answer_ms, 50), "p99": storm.percentile(answer_ms, 99)}
+
+
+async def run(rates: list[float], seconds: float, talk_s: float, seats: int | None) -> dict:
+    paths = asterisk.LabPaths()
+    if asterisk.asterisk_pid(paths) is None:
+        raise SystemExit("the lab is not up: jiejing lab up")
+    current = lab.running_settings(paths) or lab.LabSettings()
+    if seats is not None and seats != current.seats:
+        current = replace(current, seats=seats)
+    lab.up(current, paths, log=lambda *_: None)
+    settings = Settings()
+    ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
+    ami_events = ami.subscribe()
+    await ami.start()
+    await ami.wait_connected(10)
+    rows: dict[str, list[dict]] = {"bare": [], "jiejing": []}
+    try:
+        for rate in rates:
+            bare = BareResponder()
+            await bare.start(settings.intake_host, settings.intake_port)
+            try:
+                rows["bare"].append(await one_rate(paths, ami_events, rate, seconds, talk_s))
+            finally:
+                await bare.stop()
+            run_dir = paths.run / f"ceiling-backend-{int(time.time() * 1000)}"
+            run_dir.mkdir(parents=True)
+            backend = BackendProcess(run_dir, paths)
+            backend.start()
+            try:
+                await backend.wait_ready()
+                rows["jiejing"].append(await one_rate(paths, ami_events, rate, seconds, talk_s))
+            finally:
+                backend.stop()
+    finally:
+        await ami.stop()
+    return rows
+
+
+def ceilings(rows: dict[str, list[dict]], margin_ms: float) -> dict:
+    """Highest rate whose p99 is within ``margin_ms`` of the bare responder's p99 at its lowest rate."""
+    base = rows["bare"][0]["p99"]
+    out = {}
+    for name, results in rows.items():
+        ok = [r["rate"] for r in results if r["p99"] is not None and r["p99"] <= base + margin_ms
+              and r["answered"] == r["calls"]]
+        out[name] = max(ok, default=None)
+    out["ratio"] = (out["jiejing"] / out["bare"]) if out["bare"] and out["jiejing"] else None
+    out["base_p99_ms"] = base
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="20,30,40,50,60", help="calls per second, comma separated")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long each storm places calls")
+    parser.add_argument("--talk", type=float, default=2.0)
+    parser.add_argument("--seats", type=int, default=None)
+    parser.add_argument("--margin-ms", type=float, default=50.0)
+    args = parser.parse_args(argv)
+    rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    rows = asyncio.run(run(rates, args.seconds, args.talk, args.seats))
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    print(f"{'rate/s':>7}{'calls':>7}  {'bare p50':>9}{'bare p99':>9}{'ans':>6}  {'ours p50':>9}{'ours p99':>9}{'ans':>6}")
+    for bare, ours in zip(rows["bare"], rows["jiejing"], strict=True):
+        print(f"{bare['rate']:>7g}{bare['calls']:>7}  {fmt(bare['p50']):>9}{fmt(bare['p99']):>9}{bare['answered']:>6}"
+              f"  {fmt(ours['p50']):>9}{fmt(ours['p99']):>9}{ours['answered']:>6}")
+    c = ceilings(rows, args.margin_ms)
+    print(f"ceiling (p99 within {args.margin_ms:g} ms of the bare responder's {fmt(c['base_p99_ms'])} ms, every call "
+          f"answered): bare {c['bare']}/s, jiejing {c['jiejing']}/s, ratio {fmt(c['ratio'] and c['ratio'] * 100)} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
