@@ -354,6 +354,12 @@ class CallEvents:
         await asyncio.gather(*list(self._recording_tasks), return_exceptions=True)
 
     # -- reconciliation after (re)connect --------------------------------------
+    async def live_intake_channels(self, ami) -> set[str]:
+        """The uniqueids of the intake channels Asterisk has now."""
+        _, channels = await ami.list_action("CoreShowChannels")
+        return {ch.get("Uniqueid") for ch in channels
+                if ch.get("Uniqueid") and ch.get("Context") in self.intake_contexts}
+
     async def resync(self, ami, *, speaks_for=None) -> dict:
         """Bring live state in line with the channels Asterisk really has.
 

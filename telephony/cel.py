@@ -172,8 +172,11 @@ class CelFile:
                     events.append(parse_line(line, offset + pos))
                 except CelFormatError as exc:
                     malformed += 1
-                    log.warning("CEL line at offset %d skipped: %s", offset + pos, exc)
+                    if malformed == 1:  # one line in the log per read, the rest counted
+                        log.warning("CEL line at offset %d skipped: %s", offset + pos, exc)
             pos = stop
+        if malformed > 1:
+            log.warning("%d more CEL lines skipped as malformed", malformed - 1)
         return ReadResult(events, offset + end, st.st_ino, malformed, rotated, at_end=offset + end >= size)
 
 
@@ -325,10 +328,24 @@ class CallLog:
             self.calls.pop(call.uniqueid, None)
 
     def forget_ended(self) -> None:
-        """Drop the calls whose caller has hung up (history before a store's first start)."""
+        """Drop the calls whose caller has hung up (history before a store's first start).
+
+        The others wait, untouched, for a catch-up that knows which of them Asterisk still has.
+        """
         for uid in [uid for uid, call in self.calls.items() if call.ended is not None]:
             del self.calls[uid]
+        self._touched.clear()
+
+    def drop_dead(self, live: set[str], before: float) -> list[str]:
+        """Let go of calls that have no end in the log, started before ``before`` and are not among the
+        ``live`` channels Asterisk reported then: Asterisk stopped without logging their end (a crash, a
+        restart). Their uniqueids; the log cannot speak for how they ended."""
+        dead = [uid for uid, call in self.calls.items()
+                if call.ended is None and uid not in live and call.events and call.events[0].at < before]
+        for uid in dead:
+            del self.calls[uid]
             self._touched.discard(uid)
+        return dead
 
     def checkpoint(self, read_offset: int) -> int:
         """The offset a restart must read from: the start of the oldest call still held, else the read offset."""
@@ -345,6 +362,7 @@ class FollowerStats:
     rotations: int = 0
     calls_reconciled: int = 0
     unrecordable: int = 0
+    dead_calls: int = 0
     catch_ups: int = 0
     last_read: float | None = None  # epoch seconds of the last successful read
     behind_bytes: int = 0
@@ -411,23 +429,29 @@ class CelFollower:
             log.info("CEL %s followed from offset %d on (no checkpoint in the store)", self.file.path, self._offset)
         self._loaded = True
 
-    async def catch_up(self) -> int:
-        """Read to the end of the file now and reconcile every call in it, finished or not."""
+    async def catch_up(self, live: set[str] | None = None, snapshot_at: float | None = None) -> int:
+        """Read to the end of the file now and reconcile every call in it, finished or not.
+
+        With ``live`` (the intake channels Asterisk has, as of ``snapshot_at``), held calls that have no
+        end in the log and are not live are let go first: Asterisk stopped without logging their end.
+        """
         self.stats.catch_ups += 1
-        return await self._pass(everything=True)
+        return await self._pass(everything=True, live=live, snapshot_at=snapshot_at)
 
     async def poll(self) -> int:
         return await self._pass(everything=False)
 
-    async def _pass(self, *, everything: bool) -> int:
+    async def _pass(self, *, everything: bool, live: set[str] | None = None,
+                    snapshot_at: float | None = None) -> int:
         async with self._lock:
             self._busy_since = time.monotonic()
             try:
-                return await self._pass_locked(everything=everything)
+                return await self._pass_locked(everything=everything, live=live, snapshot_at=snapshot_at)
             finally:
                 self._busy_since = None
 
-    async def _pass_locked(self, *, everything: bool) -> int:
+    async def _pass_locked(self, *, everything: bool, live: set[str] | None,
+                           snapshot_at: float | None) -> int:
         await self._load()
         handled = 0
         while True:  # one slice of the file at a time: a long gap is applied (and checkpointed) as it is read
@@ -448,6 +472,13 @@ class CelFollower:
             if self._fresh:
                 self.calls.forget_ended()
                 self._fresh = False
+            if live is not None and result.at_end:
+                for uid in self.calls.drop_dead(live, snapshot_at if snapshot_at is not None else time.time()):
+                    self._seen.pop(uid, None)  # the channel snapshot may now end its ticket
+                    self.stats.dead_calls += 1
+                    log.warning("CEL call %s has no end in the log and Asterisk no longer has it", uid)
+            elif everything and not result.at_end:
+                continue  # a catch-up reconciles once it has read everything
             due = self.calls.due(everything=everything)
             for call, final in due:
                 try:
@@ -475,12 +506,11 @@ class CelFollower:
             self._seen.popitem(last=False)
 
     async def _run(self) -> None:
-        first = True
         while True:
             try:
-                # At start: what happened while the backend was down, calls in progress included.
-                await (self.catch_up() if first else self.poll())
-                first = False
+                # The first pass reads from the checkpoint: what happened while the backend was down. The
+                # AMI log-in's catch-up (with the live channels) settles the calls Asterisk no longer has.
+                await self.poll()
                 self.stats.last_error = None
             except asyncio.CancelledError:
                 raise

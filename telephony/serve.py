@@ -12,6 +12,7 @@ core never imports from here.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,12 @@ def build(settings: Settings) -> Backend:
         events.speaks_for = follower.speaks_for
 
     async def on_ami_connect() -> None:
-        # Asterisk's log first (what was missed, at its true times), then the snapshot for live state.
+        # Asterisk's log first (what was missed, at its true times; calls Asterisk lost without logging
+        # their end are let go), then the snapshot for live state.
         if follower is not None:
-            await follower.catch_up()
+            snapshot_at = time.time()
+            live = await events.live_intake_channels(ami)
+            await follower.catch_up(live, snapshot_at)
         await events.resync(ami, speaks_for=follower.speaks_for if follower is not None else None)
 
     ami.add_connect_hook(on_ami_connect)

@@ -439,3 +439,42 @@ def test_in_cel_mode_the_ami_reader_queues_nothing_for_ordinary_events(adapter):
         if name == "AgentConnect":
             assert adapter.legs("6.1") == {"caller": "PJSIP/carrier-1", "seat": "PJSIP/seat001-2"}
     assert adapter._queue.qsize() == 0 and adapter.legs("6.1") is None
+
+
+async def test_calls_asterisk_lost_without_logging_their_end_are_let_go(tmp_path, store, adapter, service):
+    """Asterisk crashed mid-call: the log has no HANGUP, the channel snapshot no channel."""
+    from tests.unit.test_call_events import RecordedAMI
+
+    data = FIXTURE.read_bytes()
+    cut = data.index(b'"BRIDGE_EXIT","1796524617')  # the second call, answered, never ends in the log
+    follower = await _follow(tmp_path, store, adapter, data[:cut])
+    try:
+        assert (await service.find_by_uniqueid(SECOND)).state is State.ANSWERED
+        assert follower.speaks_for(SECOND)
+        await follower.catch_up(live=set(), snapshot_at=1796524700.0)
+        assert SECOND not in follower.calls.calls and not follower.speaks_for(SECOND)
+        assert follower.stats.dead_calls == 1
+        # the snapshot may now end the ticket: the log cannot say how the call ended
+        await adapter.resync(RecordedAMI({"CoreShowChannels": [], "QueueStatus": []}),
+                             speaks_for=follower.speaks_for)
+        ticket = await service.find_by_uniqueid(SECOND)
+        assert ticket.state is State.ENDED and ticket.steps[-1].detail.get("reconciled") is True
+    finally:
+        await adapter.stop()
+
+
+async def test_a_new_store_takes_no_ticket_for_a_call_asterisk_lost(tmp_path, store, adapter, service):
+    data = FIXTURE.read_bytes()
+    cut = data.index(b'"BRIDGE_EXIT","1796524617')
+    path = tmp_path / "jiejing.csv"
+    path.write_bytes(data[:cut])
+    follower = CelFollower(path, CallLog(intake_contexts=["from-carrier"], emergency_numbers=["110"]),
+                           adapter.reconcile, Checkpoints(store))
+    await adapter.start()
+    try:
+        await follower.poll()  # a first start: the unended call waits for the AMI log-in's snapshot
+        assert await service.find_by_uniqueid(SECOND) is None
+        await follower.catch_up(live=set(), snapshot_at=1796524700.0)
+        assert await service.find_by_uniqueid(SECOND) is None and follower.calls.calls == {}
+    finally:
+        await adapter.stop()

@@ -391,7 +391,8 @@ async def test_serve_creates_the_schema_of_an_empty_database(tmp_path: Path) -> 
     from telephony import serve
 
     url = _url(tmp_path / "fresh.db")
-    settings = replace(Settings(), db_url=url, http_port=_free_port(), agi_port=_free_port(), ami_port=_free_port())
+    settings = replace(Settings(), db_url=url, http_port=_free_port(), agi_port=_free_port(), ami_port=_free_port(),
+                       intake_port=_free_port())
     runner = web.AppRunner(serve.make_web_app(serve.build(settings)))
     await runner.setup()
     try:
