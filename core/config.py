@@ -64,6 +64,9 @@ class Settings:
     phones_file: str = ""  # browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py)
     web_vendor: str = field(default_factory=_default_web_vendor)  # served as /vendor/ (jssip.min.js)
     lab: bool = False  # JIEJING_LAB=yes: the lab, where the shipped AMI secrets are allowed
+    # CPU priority below Asterisk's (os.nice increment): under overload the callers' Asterisk gets the CPU, and
+    # the record, which Asterisk's log keeps, catches up afterwards. 0 leaves it as started.
+    nice: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -81,6 +84,11 @@ class Settings:
                 values[f.name] = _seconds(name, raw)
             elif f.name == "lab":
                 values[f.name] = _flag(name, raw)
+            elif f.name == "nice":
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{name} must be a whole number 0..19, got {raw!r}") from None
             else:
                 values[f.name] = raw
         settings = cls(**values)
@@ -88,6 +96,8 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
+        if not 0 <= self.nice <= 19:
+            raise ConfigError(f"{PREFIX}NICE must be 0..19, got {self.nice}")
         if not self.token_ttl_s > 0:
             raise ConfigError(f"{PREFIX}TOKEN_TTL_S must be more than 0 seconds")
         try:

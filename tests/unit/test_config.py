@@ -85,3 +85,11 @@ def test_serve_does_not_start_on_the_shipped_secret():
 
     with pytest.raises(ConfigError):
         serve.run(Settings.from_env({}))  # refused before anything is opened or listens
+
+
+def test_the_backend_yields_the_cpu_to_asterisk_by_default():
+    assert Settings.from_env({}).nice == 10
+    assert Settings.from_env({"JIEJING_NICE": "0"}).nice == 0
+    for bad in ("-5", "20", "high"):
+        with pytest.raises(ConfigError, match="JIEJING_NICE"):
+            Settings.from_env({"JIEJING_NICE": bad})
