@@ -56,7 +56,10 @@ async def one_rate(paths, ami_events: asyncio.Queue, rate: float, seconds: float
     scenario = storm.prepare_callers(paths, run_dir, talk_s=talk_s, patience_s=60)
     while not ami_events.empty():
         ami_events.get_nowait()
-    stats = await storm.drive_calls(run_dir, scenario, calls, rate, timeout=seconds + talk_s + 120)
+    try:
+        stats = await storm.drive_calls(run_dir, scenario, calls, rate, timeout=seconds + talk_s + 120)
+    except asterisk.LabError:
+        stats = {"FailedCall(C)": "unfinished"}  # SIPp still had calls up long after the last was placed
     await asyncio.sleep(1)
     arrived: dict[str, float] = {}
     answer_ms: list[float] = []
@@ -69,11 +72,12 @@ async def one_rate(paths, ami_events: asyncio.Queue, rate: float, seconds: float
             answer_ms.append((event.timestamp - arrived.pop(uid)) * 1000)
     answer_ms.sort()
     return {"rate": rate, "calls": calls, "answered": len(answer_ms),
-            "sipp_failed": storm._int(stats, "FailedCall(C)"),
+            "sipp_failed": stats.get("FailedCall(C)"),
             "p50": storm.percentile(answer_ms, 50), "p99": storm.percentile(answer_ms, 99)}
 
 
-async def run(rates: list[float], seconds: float, talk_s: float, seats: int | None) -> dict:
+async def run(rates: list[float], seconds: float, talk_s: float, seats: int | None,
+              which: tuple[str, ...] = ("bare", "jiejing")) -> dict:
     paths = asterisk.LabPaths()
     if asterisk.asterisk_pid(paths) is None:
         raise SystemExit("the lab is not up: jiejing lab up")
@@ -89,12 +93,18 @@ async def run(rates: list[float], seconds: float, talk_s: float, seats: int | No
     rows: dict[str, list[dict]] = {"bare": [], "jiejing": []}
     try:
         for rate in rates:
-            bare = BareResponder()
-            await bare.start(settings.intake_host, settings.intake_port)
-            try:
-                rows["bare"].append(await one_rate(paths, ami_events, rate, seconds, talk_s))
-            finally:
-                await bare.stop()
+            if "bare" not in which:
+                rows["bare"].append(None)
+            else:
+                bare = BareResponder()
+                await bare.start(settings.intake_host, settings.intake_port)
+                try:
+                    rows["bare"].append(await one_rate(paths, ami_events, rate, seconds, talk_s))
+                finally:
+                    await bare.stop()
+            if "jiejing" not in which:
+                rows["jiejing"].append(None)
+                continue
             run_dir = paths.run / f"ceiling-backend-{int(time.time() * 1000)}"
             run_dir.mkdir(parents=True)
             backend = BackendProcess(run_dir, paths)
@@ -111,11 +121,11 @@ async def run(rates: list[float], seconds: float, talk_s: float, seats: int | No
 
 def ceilings(rows: dict[str, list[dict]], margin_ms: float) -> dict:
     """Highest rate whose p99 is within ``margin_ms`` of the bare responder's p99 at its lowest rate."""
-    base = rows["bare"][0]["p99"]
+    base = next((r["p99"] for r in rows["bare"] if r), None)
     out = {}
     for name, results in rows.items():
-        ok = [r["rate"] for r in results if r["p99"] is not None and r["p99"] <= base + margin_ms
-              and r["answered"] == r["calls"]]
+        ok = [r["rate"] for r in results if r and r["p99"] is not None and base is not None
+              and r["p99"] <= base + margin_ms and r["answered"] == r["calls"]]
         out[name] = max(ok, default=None)
     out["ratio"] = (out["jiejing"] / out["bare"]) if out["bare"] and out["jiejing"] else None
     out["base_p99_ms"] = base
@@ -129,14 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--talk", type=float, default=2.0)
     parser.add_argument("--seats", type=int, default=None)
     parser.add_argument("--margin-ms", type=float, default=50.0)
+    parser.add_argument("--only", choices=("bare", "jiejing"), help="measure one side only")
     args = parser.parse_args(argv)
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
-    rows = asyncio.run(run(rates, args.seconds, args.talk, args.seats))
+    which = (args.only,) if args.only else ("bare", "jiejing")
+    rows = asyncio.run(run(rates, args.seconds, args.talk, args.seats, which))
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    print(f"{'rate/s':>7}{'calls':>7}  {'bare p50':>9}{'bare p99':>9}{'ans':>6}  {'ours p50':>9}{'ours p99':>9}{'ans':>6}")
-    for bare, ours in zip(rows["bare"], rows["jiejing"], strict=True):
-        print(f"{bare['rate']:>7g}{bare['calls']:>7}  {fmt(bare['p50']):>9}{fmt(bare['p99']):>9}{bare['answered']:>6}"
-              f"  {fmt(ours['p50']):>9}{fmt(ours['p99']):>9}{ours['answered']:>6}")
+    print(f"{'rate/s':>7}{'calls':>7}  {'bare p50':>9}{'bare p99':>9}{'ans':>6}{'failed':>7}"
+          f"  {'ours p50':>9}{'ours p99':>9}{'ans':>6}{'failed':>7}")
+    empty = {"p50": None, "p99": None, "answered": "-", "sipp_failed": "-"}
+    for rate, bare, ours in zip(rates, rows["bare"], rows["jiejing"], strict=True):
+        calls = max(1, int(rate * args.seconds))
+        bare, ours = bare or empty, ours or empty
+        print(f"{rate:>7g}{calls:>7}  {fmt(bare['p50']):>9}{fmt(bare['p99']):>9}{bare['answered']:>6}"
+              f"{bare['sipp_failed']!s:>7}  {fmt(ours['p50']):>9}{fmt(ours['p99']):>9}{ours['answered']:>6}"
+              f"{ours['sipp_failed']!s:>7}")
     c = ceilings(rows, args.margin_ms)
     print(f"ceiling (p99 within {args.margin_ms:g} ms of the bare responder's {fmt(c['base_p99_ms'])} ms, every call "
           f"answered): bare {c['bare']}/s, jiejing {c['jiejing']}/s, ratio {fmt(c['ratio'] and c['ratio'] * 100)} %")

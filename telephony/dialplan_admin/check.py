@@ -496,6 +496,20 @@ class _Checker:
                 e = noload[module]
                 self.add("error", e.file, e.line, "module-noload", f"noload {module}: WebRTC seats ({names}) need it")
 
+    def tones(self) -> None:
+        """``Playtones(ring)`` names a tone of the channel's tone zone; without indications.conf there is none,
+        and Asterisk plays nothing (the lab found callers in silence in the overflow's pause)."""
+        if "indications.conf" in self.config.files:
+            return
+        for ctx, ext, p in self.config.priorities():
+            if p.app.lower() != "playtones":
+                continue
+            tone = p.data.split(",", 1)[0].strip()
+            if tone and not any(ch in tone for ch in "/+$"):
+                self.add("error", p.file, p.line, "tone-unknown",
+                         f"Playtones({tone}) in {_label(ext, ctx)}: no indications.conf defines the tone "
+                         f"'{tone}'; give the frequencies (e.g. 450/1000,0/4000)")
+
     def modules(self) -> None:
         cf = self.config.files.get(MODULES)
         sec = cf.section("modules") if cf else None
@@ -731,6 +745,7 @@ def check(
     c.endpoints()
     c.manager(backend_ami_user, lab=lab)
     c.conference_profiles()
+    c.tones()
     c.modules()
     c.webrtc()
     report.findings.sort(key=lambda f: (f.level != "error", str(f.file), f.line, f.code))

@@ -495,3 +495,10 @@ def test_options_separated_from_the_header_are_ignored_like_asterisk_does(tmp_pa
     assert [(f.code, f.line) for f in config.problems] == [("syntax", 4)]
     assert config.pjsip[("carrier", "endpoint")].get("direct_media") is None  # nothing inherited
     assert ("direct-media", 4) in {(f.code, f.line) for f in check(config).errors}
+
+
+def test_a_named_tone_without_a_tone_zone_is_an_error(folder):
+    ext_conf = folder / "extensions.conf"
+    line = edit(ext_conf, "n,Playtones(", " same => n,Playtones(ring)")
+    f = only_error(check(parse(folder)), "tone-unknown")
+    assert (f.file, f.line) == (ext_conf, line) and "450/1000" in f.message
