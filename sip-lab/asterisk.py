@@ -357,10 +357,15 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
         return False
 
 
+def lab_rx_prefix(paths: LabPaths) -> tuple[str, ...]:
+    """The command line that runs an Asterisk CLI command (appended) on the lab's Asterisk."""
+    return ("chroot", str(paths.root), "asterisk", "-C", f"{ETC_IN_CHROOT}/asterisk.conf", "-rx")
+
+
 def rx(paths: LabPaths, command: str, timeout: float = 15) -> str:
     """Run an Asterisk CLI command through the control socket (lab tooling only)."""
     res = _run(
-        ["chroot", str(paths.root), "asterisk", "-C", f"{ETC_IN_CHROOT}/asterisk.conf", "-rx", command],
+        [*lab_rx_prefix(paths), command],
         check=False,
         timeout=timeout,
     )

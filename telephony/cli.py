@@ -84,11 +84,12 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 def _dialplan_admin(args: argparse.Namespace):
     """Where the live configuration is and how to reach Asterisk as the admin user."""
+    import shlex
     from pathlib import Path
 
-    from siplab.asterisk import LabPaths
+    from siplab.asterisk import LabPaths, lab_rx_prefix
     from telephony.ami.client import AMIClient
-    from telephony.dialplan_admin.apply import DialplanAdmin
+    from telephony.dialplan_admin.apply import DialplanAdmin, asterisk_console
     from telephony.dialplan_admin.versions import VersionStore
 
     repo = Path(__file__).resolve().parent.parent
@@ -120,8 +121,14 @@ def _dialplan_admin(args: argparse.Namespace):
             raise
         return ami
 
+    if os.environ.get("JIEJING_ASTERISK_RX"):
+        console = asterisk_console(tuple(shlex.split(os.environ["JIEJING_ASTERISK_RX"])))
+    elif in_lab:
+        console = asterisk_console(lab_rx_prefix(lab))
+    else:
+        console = asterisk_console(("asterisk", "-rx"))
     return DialplanAdmin(live_dir=Path(live), sources=sources, store=VersionStore(state / "dialplan-versions"),
-                         connect=connect, by=getattr(args, "by", None), lab=in_lab)
+                         connect=connect, console=console, by=getattr(args, "by", None), lab=in_lab)
 
 
 def cmd_dialplan(args: argparse.Namespace) -> int:

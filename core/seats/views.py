@@ -18,7 +18,14 @@ from aiohttp import WSMsgType, web
 from core.auth.users import Principal, Role
 from core.calls.views import SERVICE
 from core.errors import BadRequest, DomainError
-from core.http.replies import PRINCIPAL, WS_PROTOCOLS, dumps, error_reply, json_body, json_reply
+from core.http.replies import (
+    PRINCIPAL,
+    WS_PROTOCOLS,
+    dumps,
+    error_reply,
+    json_body,
+    json_reply,
+)
 from core.http.routes import DESK, SUPERVISORS, RouteTable
 from core.seats.board import (
     QueueControlError,

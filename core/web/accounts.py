@@ -9,7 +9,14 @@ from aiohttp import web
 
 from core.auth.users import PASSWORD_MAX, AuthService, Role, TooManyLogIns
 from core.errors import BadRequest, NotFound
-from core.http.replies import BODY_SHA256, PRINCIPAL, WS_BEARER_PREFIX, error_reply, json_body, json_reply
+from core.http.replies import (
+    BODY_SHA256,
+    PRINCIPAL,
+    WS_BEARER_PREFIX,
+    error_reply,
+    json_body,
+    json_reply,
+)
 from core.http.routes import ADMINS, ALL, PUBLIC, RouteTable
 
 AUTH = web.AppKey("auth", AuthService)

@@ -441,12 +441,12 @@ class _Checker:
             if other.name == backend_user:
                 continue
             for kind, have in (("read", other.read), ("write", other.write)):
-                bad = have & FORBIDDEN_AMI_CLASSES
+                bad = have & (FORBIDDEN_AMI_CLASSES | ({"config"} if kind == "write" else set()))
                 if bad:
                     e = other.options.get(kind)
                     self.add("error", e.file if e else other.file, e.line if e else other.line, "ami-rights",
                              f"AMI user {other.name} may {kind} {', '.join(sorted(bad))}: no user may run shell "
-                             "commands or restart Asterisk")
+                             "commands, restart Asterisk or rewrite its configuration (UpdateConfig)")
 
     def conference_profiles(self) -> None:
         """``ConfBridge(room,bridge_profile,user_profile,menu)``: named profiles must exist, of that type."""

@@ -1,10 +1,12 @@
 """What the running Asterisk has loaded, read over AMI, in a form to compare.
 
-The admin AMI user (`jiejing-admin`: read/write `config,reporting`, no
-`system`, no `command`) can read the dialplan (ShowDialPlan), the queues
-(QueueStatus) and the configuration files as Asterisk reads them (GetConfig),
-and reload modules (Reload). PJSIP's own show actions need `system`, which we
-do not grant, so endpoints are compared through GetConfig of the live files.
+The admin AMI user (`jiejing-admin`: read/write `reporting` only) reads the
+dialplan (ShowDialPlan, `config` or `reporting`) and the queues (QueueStatus,
+no right needed). It has no `config` right: that class would also allow
+UpdateConfig, which can rewrite manager.conf itself. Modules are reloaded
+through Asterisk's control socket (``asterisk -rx``), which only a local user
+with the rights on Asterisk's files can use (``dialplan apply`` writes those
+files anyway).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ class QueueState:
 class RunningState:
     dialplan: Dialplan
     queues: dict[str, QueueState]
-    pjsip: dict[str, dict[str, str]]  # section -> options, as Asterisk reads pjsip.conf
 
 
 async def running_dialplan(ami) -> Dialplan:
@@ -68,36 +69,8 @@ async def running_queues(ami) -> dict[str, QueueState]:
     return queues
 
 
-async def running_config_file(ami, filename: str) -> dict[str, dict[str, str]]:
-    """A config file as Asterisk reads it (includes resolved), by "section/type".
-
-    PJSIP gives an endpoint and its AOR the same section name, so the type is
-    part of the key; sections without a type keep their bare name.
-    """
-    resp = await ami.action("GetConfig", {"Filename": filename})
-    if not resp.ok:
-        return {}
-    names: dict[str, str] = {}
-    options: dict[str, dict[str, str]] = {}
-    for key, value in resp.headers:
-        if key.startswith("Category-"):
-            index = key.split("-", 1)[1]
-            names[index] = value
-            options.setdefault(index, {})
-        elif key.startswith("Line-"):
-            index = key.split("-")[1]
-            opt, _, val = value.partition("=")
-            options.setdefault(index, {})[opt.strip()] = val.strip()
-    sections: dict[str, dict[str, str]] = {}
-    for index, opts in options.items():
-        name = names.get(index, index)
-        sections[f"{name}/{opts['type']}" if "type" in opts else name] = opts
-    return sections
-
-
 async def read_running(ami) -> RunningState:
     return RunningState(
         dialplan=await running_dialplan(ami),
         queues=await running_queues(ami),
-        pjsip=await running_config_file(ami, "pjsip.conf"),
     )

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from siplab.asterisk import lab_rx_prefix
 from telephony.ami.client import AMIClient
-from telephony.dialplan_admin.apply import DialplanAdmin
+from telephony.dialplan_admin.apply import DialplanAdmin, asterisk_console
 from telephony.dialplan_admin.running import running_dialplan
 from telephony.dialplan_admin.versions import VersionStore
 
@@ -37,12 +38,13 @@ def sources(tmp_path) -> list[Path]:
 @pytest.fixture
 async def admin(lab_paths, sources, tmp_path):
     admin = DialplanAdmin(live_dir=lab_paths.etc, sources=sources, store=VersionStore(tmp_path / "versions"),
-                          connect=connect_admin, by="tester", log=lambda *_: None, lab=True)
+                          connect=connect_admin, console=asterisk_console(lab_rx_prefix(lab_paths)), by="tester",
+                          log=lambda *_: None, lab=True)
     yield admin
     # put the project's own dialplan back for the next tests
     restore = DialplanAdmin(live_dir=lab_paths.etc, sources=[REPO / "dialplan", REPO / "dialplan" / "lab"],
-                            store=VersionStore(tmp_path / "restore"), connect=connect_admin, log=lambda *_: None,
-                            lab=True)
+                            store=VersionStore(tmp_path / "restore"), connect=connect_admin,
+                            console=asterisk_console(lab_rx_prefix(lab_paths)), log=lambda *_: None, lab=True)
     outcome = await restore.apply()
     assert outcome.ok, outcome.message
 

@@ -388,13 +388,17 @@ def test_ami_bound_to_every_interface(folder):
     assert (f.file, f.line) == (manager, line)
 
 
-def test_admin_user_may_have_config_but_never_command(folder):
+def test_no_user_may_write_config_or_command(folder):
     manager = folder / "manager.conf"
-    assert check(parse(folder)).ok  # the admin user has config rights already
+    assert check(parse(folder)).ok  # the admin user reads and writes `reporting` only
     with manager.open("a") as out:
-        out.write("\n[reloader]\nsecret = x\nread = config\nwrite = config,command\n")
+        out.write("\n[reloader]\nsecret = x\nread = config\nwrite = command\n")
     f = only_error(check(parse(folder)), "ami-rights")
     assert f.line == len(manager.read_text().splitlines()) and "command" in f.message
+    # `config` may be read (configuration events) but not written: UpdateConfig could rewrite manager.conf
+    manager.write_text(manager.read_text().replace("write = command", "write = config"))
+    f = only_error(check(parse(folder)), "ami-rights")
+    assert "config" in f.message and "UpdateConfig" in f.message
 
 
 # --- syntax --------------------------------------------------------------------------------------------------
@@ -502,3 +506,24 @@ def test_a_named_tone_without_a_tone_zone_is_an_error(folder):
     line = edit(ext_conf, "n,Playtones(", " same => n,Playtones(ring)")
     f = only_error(check(parse(folder)), "tone-unknown")
     assert (f.file, f.line) == (ext_conf, line) and "450/1000" in f.message
+
+
+async def test_reloads_go_through_the_console_and_a_refusal_is_reported(tmp_path):
+    from telephony.dialplan_admin.apply import DialplanAdmin, asterisk_console
+    from telephony.dialplan_admin.versions import VersionStore
+
+    asked = []
+
+    async def console(command: str) -> str:
+        asked.append(command)
+        return "Module 'pbx_config.so' reloaded successfully.\n" if "pbx_config" in command else "No such module\n"
+
+    admin = DialplanAdmin(live_dir=tmp_path, sources=[tmp_path], store=VersionStore(tmp_path / "v"),
+                          connect=None, console=console, log=lambda *_: None)
+    failures = await admin._reload(None, {"pbx_config", "app_queue"})
+    assert asked == ["module reload app_queue", "module reload pbx_config"]
+    assert failures == ["reload of app_queue refused: No such module"]
+    # the real runner: a command that fails is an error, its output otherwise
+    assert await asterisk_console(("echo",))("module reload x") == "module reload x\n"
+    with pytest.raises(RuntimeError):
+        await asterisk_console(("false",))("module reload x")
