@@ -36,6 +36,7 @@ from core.calls.lifecycle import CALL_CONNECTED_STATES, IllegalTransition, State
 from core.calls.tickets import Source, TicketService, UnknownCall
 from telephony.cel import CelCall, DerivedStep, derive_steps
 from telephony.channel_vars import recording_name
+from telephony.recording_files import OpenFiles
 
 log = logging.getLogger("jiejing.call_events")
 
@@ -75,6 +76,7 @@ class CallEvents:
         recordings_dir: Path | None,
         clock=time.time,
         steps_from_ami: bool = True,
+        open_files: OpenFiles | None = None,
     ) -> None:
         self.service = service
         # False when Asterisk's log (CEL) is followed: it alone gives the call's steps, at its own times
@@ -85,6 +87,8 @@ class CallEvents:
         self.intake_contexts = frozenset(intake_contexts)
         self.emergency_numbers = frozenset(emergency_numbers)
         self.recordings_dir = recordings_dir
+        self.open_files = open_files or OpenFiles()
+        self._open_files_unknown_logged = False
         self.clock = clock
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -330,23 +334,29 @@ class CallEvents:
     def recording_candidates(self, uid: str, number: str) -> list[Path]:
         # Named after the ticket when the backend answered the intake request,
         # after the channel's uniqueid when the dialplan used its fallback.
-        # Only the final name: MixMonitor writes <name>.part.wav and renames
-        # it when the file is finished (dialplan, JIEJING_RECORDING_DONE).
         assert self.recordings_dir is not None
         return [self.recordings_dir / f"{recording_name(number, uid)}.wav", self.recordings_dir / f"{uid}.wav"]
 
     async def _bind_recording(self, uid: str, number: str) -> None:
-        """Bind the file once it has its final name: Asterisk has finished it, so its hash is final."""
+        """Bind the file once Asterisk no longer has it open: MixMonitor has finished it, so its hash is final."""
         await asyncio.sleep(RECORDING_SETTLE_S)
         deadline = time.monotonic() + RECORDING_WAIT_S
         while time.monotonic() < deadline:
             for path in self.recording_candidates(uid, number):
-                if path.is_file():
-                    try:
-                        await self.service.bind_recording(number, path)
-                    except Exception:
-                        log.exception("recording %s of %s could not be bound", path, number)
-                    return
+                if not path.is_file():
+                    continue
+                still = await asyncio.to_thread(self.open_files.is_open, path)
+                if still:
+                    break  # still written: look again
+                if still is None and not self._open_files_unknown_logged:
+                    self._open_files_unknown_logged = True
+                    log.warning("Asterisk's open files cannot be read (run the backend as Asterisk's user or "
+                                "root): recordings are bound once their call has ended")
+                try:
+                    await self.service.bind_recording(number, path)
+                except Exception:
+                    log.exception("recording %s of %s could not be bound", path, number)
+                return
             await asyncio.sleep(0.2)
         log.warning("no finished recording for ticket %s (%s) within %.0f s", number, uid, RECORDING_WAIT_S)
 

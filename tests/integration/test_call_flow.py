@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
 import random
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from siplab import storm
+from telephony.recording_files import OpenFiles
 from tests.web_login import login_headers
 
 from .conftest import start_backend
@@ -28,8 +29,8 @@ def _number() -> str:
 async def test_one_call_one_ticket_with_steps_and_recording(backend, calls):
     number = _number()
     placed = asyncio.create_task(calls.place([(number, "Zhang San")], talk_s=2))
-    # While the call lasts, MixMonitor writes <name>.part.wav; the final name appears only when it has
-    # finished the file (its command renames it): nothing can hash a recording still being written.
+    # While the call lasts, Asterisk has the recording open (MixMonitor writes it): it is not bound, so
+    # nothing can hash a recording still being written.
     live = None
     for _ in range(100):
         live = next((t for t in await backend.service.list_recent(10) if t.caller_id == number), None)
@@ -39,11 +40,12 @@ async def test_one_call_one_ticket_with_steps_and_recording(backend, calls):
     assert live is not None and str(live.state) == "answered", live
     name = f"{live.number}_{live.uniqueid}"
     folder = backend.settings.recordings_dir
-    assert os.path.exists(f"{folder}/{name}.part.wav") and not os.path.exists(f"{folder}/{name}.wav")
+    assert OpenFiles().is_open(Path(f"{folder}/{name}.wav")) is True
+    assert live.recordings == ()
     stats = await placed
     assert stats.get("SuccessfulCall(C)") == "1", stats
     await backend.settle()
-    assert not os.path.exists(f"{folder}/{name}.part.wav")
+    assert OpenFiles().is_open(Path(f"{folder}/{name}.wav")) is False
 
     tickets = [t for t in await backend.service.list_recent(50) if t.caller_id == number]
     assert len(tickets) == 1

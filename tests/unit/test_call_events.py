@@ -8,6 +8,7 @@ adapter and a real store (SQLite file).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import wave
 from pathlib import Path
@@ -19,6 +20,7 @@ from core.calls.tickets import TicketService
 from telephony.ami.codec import NEED_DATA, AMIProtocol, Closed, Event
 from telephony.call_events import CallEvents
 from telephony.channel_vars import recording_name
+from telephony.recording_files import OpenFiles
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CALL_PATH = ["received", "queued", "seat_ringing", "answered", "hung_up"]
@@ -173,24 +175,43 @@ async def test_recording_of_another_call_with_the_same_number_is_never_bound(ada
     assert t.recordings[0].duration_s == pytest.approx(3.0)
 
 
-async def test_a_recording_is_bound_only_once_mixmonitor_has_finished_it(adapter, service, tmp_path):
-    """Asterisk writes ``<name>.part.wav`` and renames it to ``<name>.wav`` when MixMonitor ends (its
-    command): a file still being written is never bound, whatever its size does meanwhile."""
+async def test_a_recording_is_bound_only_once_asterisk_has_closed_it(service, tmp_path):
+    """MixMonitor writes ``<name>.wav`` and closes it when its thread ends, after the channel: a file still
+    open in Asterisk is never bound, whatever its size does meanwhile. Here this process plays Asterisk."""
+    adapter = CallEvents(service, intake_contexts=["from-carrier"], emergency_numbers=["110"],
+                         recordings_dir=tmp_path / "monitor", open_files=OpenFiles(find_pids=lambda: [os.getpid()]))
     events = live_events(transcript("ami_one_call_fallback.txt"))
     uid = next(e.get("Uniqueid") for e in events if e.name == "Newchannel" and e.get("Context") == "from-carrier")
-    monitor = tmp_path / "monitor"
-    part = monitor / f"{uid}.part.wav"
-    _wav(part, 0.0)  # the header alone: the size of a recording that has just started
-    await replay(adapter, events)
-    await asyncio.sleep(1.0)  # longer than any "size stopped growing" guess
-    (t,) = await service.list_recent(1)
-    assert t.recordings == ()
-    _wav(part, 2.5)  # MixMonitor ends: the whole file, then its final name
-    part.rename(monitor / f"{uid}.wav")
+    path = tmp_path / "monitor" / f"{uid}.wav"
+    _wav(path, 0.0)  # the header alone: the size of a recording that has just started
+    writing = open(path, "ab")  # noqa: SIM115 - held open as MixMonitor holds it
+    try:
+        await replay(adapter, events)
+        await asyncio.sleep(1.0)  # longer than any "size stopped growing" guess
+        (t,) = await service.list_recent(1)
+        assert t.recordings == ()
+    finally:
+        writing.close()
+    _wav(path, 2.5)  # MixMonitor ends: the whole file, closed
     await adapter.wait_recordings()
     t = await service.get(t.number)
-    assert [r.path for r in t.recordings] == [str(monitor / f"{uid}.wav")]
+    assert [r.path for r in t.recordings] == [str(path)]
     assert t.recordings[0].duration_s == pytest.approx(2.5)
+
+
+def test_open_files_are_seen_by_inode_and_unknown_without_a_process(tmp_path):
+    path = tmp_path / "x.wav"
+    path.write_bytes(b"RIFF")
+    mine = OpenFiles(find_pids=lambda: [os.getpid()])
+    with open(path, "rb"):
+        assert mine.is_open(path) is True
+        # another name for the same file (the lab's chroot path, a hard link) is the same file
+        os.link(path, tmp_path / "same.wav")
+        assert mine.is_open(tmp_path / "same.wav") is True
+    assert mine.is_open(path) is False
+    assert mine.is_open(tmp_path / "missing.wav") is False
+    assert OpenFiles(find_pids=lambda: []).is_open(path) is None
+    assert OpenFiles(find_pids=lambda: [2**22 + 7]).is_open(path) is None  # no such process
 
 
 async def test_fallback_recording_named_after_uniqueid_is_bound(adapter, service, tmp_path):
