@@ -364,11 +364,11 @@ class CallEvents:
         await asyncio.gather(*list(self._recording_tasks), return_exceptions=True)
 
     # -- reconciliation after (re)connect --------------------------------------
-    async def live_intake_channels(self, ami) -> set[str]:
-        """The uniqueids of the intake channels Asterisk has now."""
+    async def live_channels(self, ami) -> set[str]:
+        """The uniqueids of every channel Asterisk has now: a 110 caller may be in any context by then (a
+        dispatch's conference room, a hand-over)."""
         _, channels = await ami.list_action("CoreShowChannels")
-        return {ch.get("Uniqueid") for ch in channels
-                if ch.get("Uniqueid") and ch.get("Context") in self.intake_contexts}
+        return {ch.get("Uniqueid") for ch in channels if ch.get("Uniqueid")}
 
     async def resync(self, ami, *, speaks_for=None) -> dict:
         """Bring live state in line with the channels Asterisk really has.
@@ -430,9 +430,11 @@ class CallEvents:
                 ticket = await self.service.find_by_uniqueid(uid)
                 if ticket and ticket.state == State.RECEIVED:
                     await self._step(uid, Step.QUEUED, now, source="resync", queue=entry.get("Queue"))
-        # Tickets whose channel disappeared while we were not listening, and the log cannot tell.
+        # Tickets whose channel disappeared while we were not listening, and the log cannot tell. A caller
+        # moved to another context (a dispatch's conference room, a hand-over) is still there.
+        present = {ch.get("Uniqueid") for ch in channels if ch.get("Uniqueid")}
         for uid in await self.service.open_uniqueids():
-            if uid in live or logged(uid):
+            if uid in live or uid in present or logged(uid):
                 continue
             ticket = await self.service.find_by_uniqueid(uid)
             if ticket is None or not ticket.steps or ticket.steps[0].at_us >= snapshot_us:

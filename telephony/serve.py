@@ -106,7 +106,7 @@ def build(settings: Settings) -> Backend:
         # their end are let go), then the snapshot for live state.
         if follower is not None:
             snapshot_at = time.time()
-            live = await events.live_intake_channels(ami)
+            live = await events.live_channels(ami)
             await follower.catch_up(live, snapshot_at)
         await events.resync(ami, speaks_for=follower.speaks_for if follower is not None else None)
 

@@ -310,3 +310,13 @@ async def test_resync_never_ends_a_ticket_the_log_speaks_for_nor_one_newer_than_
     assert result["ended"] == 1
     states = {uid: (await service.find_by_uniqueid(uid)).state for uid in ("7.1", "7.2", "7.3")}
     assert states == {"7.1": State.RECEIVED, "7.2": State.RECEIVED, "7.3": State.ABANDONED}
+
+
+async def test_resync_keeps_a_caller_moved_to_another_context(adapter, service):
+    """After a dispatch the caller's channel is in the conference room's context, not the intake's."""
+    await service.open_call(uniqueid="8.1", caller_id="1", at=time.time() - 60, source="intake")
+    moved = [Event([("Event", "CoreShowChannel"), ("Uniqueid", "8.1"), ("Context", "dispatch-room"),
+                    ("Channel", "PJSIP/carrier-00000001"), ("Linkedid", "8.1")])]
+    result = await adapter.resync(RecordedAMI({"CoreShowChannels": moved, "QueueStatus": []}))
+    assert result["ended"] == 0 and (await service.find_by_uniqueid("8.1")).state is State.RECEIVED
+    assert await adapter.live_channels(RecordedAMI({"CoreShowChannels": moved})) == {"8.1"}
