@@ -129,18 +129,22 @@ class CallEvents:
         With Asterisk's log followed, AMI only keeps the live channel names, done here at once; only a
         hang-up of a call the log does not have goes into the queue. Otherwise every event is queued.
         """
-        if not self.steps_from_ami:
-            name, uid = event.name, event.get("Uniqueid")
-            if not uid:
-                return
-            if name == "AgentConnect":
-                self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
-            elif name == "Hangup":
-                self._legs.pop(uid, None)
-                if uid in self._calls and not self.speaks_for(uid):
-                    self._queue.put_nowait(event)
+        if not self.steps_from_ami and not self._keep_legs(event):
             return
         self._queue.put_nowait(event)
+
+    def _keep_legs(self, event) -> bool:
+        """With the log followed: keep the live channel names a dispatch needs. True for the one event that
+        must still be applied, the hang-up of a call the log does not have."""
+        uid = event.get("Uniqueid")
+        if not uid:
+            return False
+        if event.name == "AgentConnect":
+            self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
+        elif event.name == "Hangup":
+            self._legs.pop(uid, None)
+            return uid in self._calls and not self.speaks_for(uid)
+        return False
 
     async def reconcile(self, call: CelCall, final: bool) -> None:
         """Apply what Asterisk's log (CEL) says of one call, in turn with the live events; wait until done."""
@@ -183,15 +187,11 @@ class CallEvents:
             return
         at = event.timestamp or self.clock()
         if not self.steps_from_ami:
-            if name == "AgentConnect":
-                self._legs[uid] = {"caller": event.get("Channel"), "seat": event.get("DestChannel")}
-            elif name == "Hangup":
-                self._legs.pop(uid, None)
-                if uid in self._calls and not self.speaks_for(uid):
-                    # A call the log does not have (it began before the store first followed the log, its
-                    # ticket came from the channel snapshot): its end comes from here.
-                    await self._hangup(uid, at, source="ami", cause=event.get("Cause"),
-                                       cause_text=event.get("Cause-txt"))
+            if self._keep_legs(event):
+                # A call the log does not have (it began before the store first followed the log, its
+                # ticket came from the channel snapshot): its end comes from here.
+                await self._hangup(uid, at, source="ami", cause=event.get("Cause"),
+                                   cause_text=event.get("Cause-txt"))
             return
         if name == "Newchannel":
             if self.is_intake(event.get("Context"), event.get("Exten")):
