@@ -8,6 +8,8 @@ both keep the same precision, JSON through SQLAlchemy's generic type.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
+log = logging.getLogger(__name__)
+
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
 # Stable constraint names, so later migrations can refer to them.
@@ -52,6 +56,25 @@ _SQLITE_PRAGMAS = (
 )
 
 
+class _SqliteConnection(sqlite3.Connection):
+    """A connection that gives its write lock back when it is closed, whatever state it is in.
+
+    A task cancelled while its write runs (a request that timed out, a shutdown) gets its connection
+    invalidated and closed by SQLAlchemy. But SQLite closes a connection with a statement still referenced
+    only lazily (``sqlite3_close_v2``), and its open transaction then kept the database's write lock for
+    the process's whole life: every later write failed with "database is locked". Rolling back first
+    ends the transaction at once.
+    """
+
+    def close(self) -> None:
+        try:
+            if self.in_transaction:
+                self.rollback()
+        except sqlite3.Error:
+            log.warning("rollback before closing a store connection failed", exc_info=True)
+        super().close()
+
+
 def _json_dumps(value: Any) -> str:
     # Keep Chinese text readable in the database instead of \\u escapes.
     return json.dumps(value, ensure_ascii=False)
@@ -69,6 +92,8 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     else:
         # A restarted database server must not leave dead connections in the pool.
         kwargs.setdefault("pool_pre_ping", True)
+    if is_sqlite:
+        kwargs["connect_args"] = {"factory": _SqliteConnection, **kwargs.get("connect_args", {})}
     engine = create_async_engine(parsed, json_serializer=_json_dumps, **kwargs)
     if is_sqlite:
 

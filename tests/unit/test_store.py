@@ -92,6 +92,46 @@ async def test_check_reports_failure_without_raising(tmp_path: Path) -> None:
     assert "OperationalError" in result["error"]
 
 
+async def test_a_write_cancelled_mid_statement_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """A task cancelled while its INSERT runs (a request timed out, a shutdown) must not keep the write lock.
+
+    SQLAlchemy invalidates such a connection and closes it, but SQLite closes a connection whose statement is
+    still referenced only lazily: without a rollback first, its open transaction kept the write lock for the
+    process's whole life, and every later write failed with "database is locked".
+    """
+    db_file = tmp_path / "jiejing.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{db_file}")
+    other = make_engine(f"sqlite+aiosqlite:///{db_file}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (a INTEGER, b TEXT)"))
+        started = asyncio.Event()
+
+        async def long_write() -> None:
+            async with async_sessionmaker(engine)() as session, session.begin():
+                started.set()
+                # a second of work inside SQLite's thread, as one executemany (how the ORM inserts a batch)
+                await session.execute(text("INSERT INTO t VALUES (:a, :b)"),
+                                      [{"a": i, "b": "x" * 100} for i in range(2, 300_000)])
+
+        task = asyncio.create_task(long_write())
+        await started.wait()
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with other.begin() as conn:
+            await conn.execute(text("PRAGMA busy_timeout = 1000"))
+            await conn.execute(text("INSERT INTO t VALUES (1, '')"))
+        async with other.connect() as conn:
+            # the cancelled transaction is gone whole, the later one is kept
+            assert (await conn.execute(text("SELECT a FROM t ORDER BY a"))).scalars().all() == [1]
+    finally:
+        await other.dispose()
+        await engine.dispose()
+
+
 def test_day_is_the_centers_day() -> None:
     numbering = TicketNumbering(tz="Asia/Shanghai")
     # 16:30 UTC on the 28th is 00:30 on the 29th in Shanghai.
