@@ -339,13 +339,14 @@ class CallEvents:
 
     async def _bind_recording(self, uid: str, number: str) -> None:
         """Bind the file once Asterisk no longer has it open: MixMonitor has finished it, so its hash is final."""
+        ended = time.monotonic()  # any look at Asterisk's open files from now on shows the file if still open
         await asyncio.sleep(RECORDING_SETTLE_S)
         deadline = time.monotonic() + RECORDING_WAIT_S
         while time.monotonic() < deadline:
             for path in self.recording_candidates(uid, number):
                 if not path.is_file():
                     continue
-                still = await asyncio.to_thread(self.open_files.is_open, path)
+                still = await asyncio.to_thread(self.open_files.is_open, path, seen_after=ended)
                 if still:
                     break  # still written: look again
                 if still is None and not self._open_files_unknown_logged:

@@ -16,6 +16,7 @@ step records which keywords matched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    bindparam,
     case,
     cast,
     delete,
@@ -232,18 +234,21 @@ def _by_day(rows: Select[Any] | CompoundSelect[Any]) -> Select[Any]:
     )
 
 
-async def upsert_counts(conn: AsyncConnection, rows: Select[Any] | CompoundSelect[Any]) -> None:
-    """Add (hour_us, station, type, count) rows to the counts already there (``INSERT … SELECT … ON CONFLICT``)."""
+def _upsert_statement(dialect_name: str, rows: Select[Any] | CompoundSelect[Any]) -> Any:
     table = HOURLY_COUNTS
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect_name)
     if dialect is None:
-        raise NotImplementedError(f"hourly counts need an upsert, not written for {conn.dialect.name}")
+        raise NotImplementedError(f"hourly counts need an upsert, not written for {dialect_name}")
     statement = dialect.insert(table).from_select(["day_us", "station", "type", *HOUR_COLUMNS], _by_day(rows))
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[table.c.day_us, table.c.type, table.c.station],
         set_={name: table.c[name] + statement.excluded[name] for name in HOUR_COLUMNS},
     )
-    await conn.execute(statement)
+
+
+async def upsert_counts(conn: AsyncConnection, rows: Select[Any] | CompoundSelect[Any]) -> None:
+    """Add (hour_us, station, type, count) rows to the counts already there (``INSERT … SELECT … ON CONFLICT``)."""
+    await conn.execute(_upsert_statement(conn.dialect.name, rows))
 
 
 async def read_hourly_counts(conn: AsyncConnection) -> dict[tuple[int, str, str], int]:
@@ -259,12 +264,19 @@ async def read_hourly_counts(conn: AsyncConnection) -> dict[tuple[int, str, str]
     return counts
 
 
+# The two upserts of every new or moved ticket, built once per shape with the ticket's values as bound
+# parameters: building the 24-hour statement afresh took more of the backend's time than running it.
+@functools.cache
+def _count_ticket_statement(dialect_name: str) -> Any:
+    copy = TriageRow
+    return _upsert_statement(dialect_name, select(
+        hour_of(copy.created_at_us), or_none(copy.station_id), or_none(copy.type), bindparam("delta", type_=Integer),
+    ).where(copy.number == bindparam("number")))  # the WHERE also keeps SQLite's upsert-after-SELECT parse unambiguous
+
+
 async def _count_ticket(conn: AsyncConnection, number: str, delta: int) -> None:
     """Add ``delta`` to the count of the ticket's (hour, station, type) as its query copy now stands."""
-    copy = TriageRow
-    await upsert_counts(conn, select(
-        hour_of(copy.created_at_us), or_none(copy.station_id), or_none(copy.type), literal(delta, Integer),
-    ).where(copy.number == number))  # the WHERE also keeps SQLite's upsert-after-SELECT parse unambiguous
+    await conn.execute(_count_ticket_statement(conn.dialect.name), {"number": number, "delta": delta})
 
 
 async def _lock_copies_for_writing(conn: AsyncConnection) -> None:
@@ -278,21 +290,32 @@ async def _lock_copies_for_writing(conn: AsyncConnection) -> None:
     await conn.execute(text("LOCK TABLE ticket_triage IN ROW EXCLUSIVE MODE"))
 
 
-def _move(number: str, values: dict[str, Any]) -> CompoundSelect[Any]:
-    """The ticket's count rows before (-1) and after (+1) ``values`` are set on its query copy."""
+@functools.cache
+def _move_statement(dialect_name: str, shape: tuple[tuple[str, bool], ...]) -> Any:
+    """The upsert of a ticket's count rows before (-1) and after (+1) a change; ``shape`` says which counted
+    columns change and which of them to None (bound as ``number`` and ``new_<column>``)."""
     copy = TriageRow
+    changed = dict(shape)
 
     def after(name: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
-        if name not in values:
+        if name not in changed:
             return column
-        return null() if values[name] is None else cast(literal(values[name], String), String)
+        return null() if changed[name] else cast(bindparam(f"new_{name}", type_=String), String)
 
     hour = hour_of(copy.created_at_us)
-    return union_all(
+    number = bindparam("number")
+    return _upsert_statement(dialect_name, union_all(
         select(hour, or_none(copy.station_id), or_none(copy.type), literal(-1, Integer)).where(copy.number == number),
         select(hour, or_none(after("station_id", copy.station_id)), or_none(after("type", copy.type)),
                literal(1, Integer)).where(copy.number == number),
-    )
+    ))
+
+
+async def _move(conn: AsyncConnection, number: str, values: dict[str, Any]) -> None:
+    """Take the ticket out of its count rows and into those ``values`` give it, in the caller's transaction."""
+    shape = tuple(sorted((name, values[name] is None) for name in _COUNTED if name in values))
+    params = {"number": number, **{f"new_{name}": values[name] for name, is_none in shape if not is_none}}
+    await conn.execute(_move_statement(conn.dialect.name, shape), params)
 
 
 # Query-copy columns that decide which hourly count a ticket is in (its creation time never changes).
@@ -326,7 +349,7 @@ async def upsert_query_copy(engine: AsyncEngine, number: str, created_at_us: int
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:number))"), {"number": number})
                     await _lock_copies_for_writing(conn)
                 if moves:  # out of the old count and into the new one in one statement (nothing if no row yet)
-                    await upsert_counts(conn, _move(number, values))
+                    await _move(conn, number, values)
                 result = await conn.execute(update(table).where(table.c.number == number).values(**values))
                 created = not result.rowcount
                 if created:

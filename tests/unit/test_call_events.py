@@ -20,7 +20,7 @@ from core.calls.tickets import TicketService
 from telephony.ami.codec import NEED_DATA, AMIProtocol, Closed, Event
 from telephony.call_events import CallEvents
 from telephony.channel_vars import recording_name
-from telephony.recording_files import OpenFiles
+from telephony.recording_files import SNAPSHOT_S, OpenFiles
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CALL_PATH = ["received", "queued", "seat_ringing", "answered", "hung_up"]
@@ -212,6 +212,33 @@ def test_open_files_are_seen_by_inode_and_unknown_without_a_process(tmp_path):
     assert mine.is_open(tmp_path / "missing.wav") is False
     assert OpenFiles(find_pids=lambda: []).is_open(path) is None
     assert OpenFiles(find_pids=lambda: [2**22 + 7]).is_open(path) is None  # no such process
+
+
+def test_one_look_at_the_open_files_serves_every_recording_waiting_since_before_it(tmp_path):
+    """In a storm dozens of recordings wait at once: one look at Asterisk's descriptors answers for all that
+    began waiting before it, for ``SNAPSHOT_S``; a look older than the wait, or too old, is taken again."""
+    now = [100.0]
+    files = [tmp_path / f"{n}.wav" for n in range(3)]
+    for f in files:
+        f.write_bytes(b"RIFF")
+    mine = OpenFiles(find_pids=lambda: [os.getpid()], clock=lambda: now[0])
+    with open(files[0], "rb"):
+        assert [mine.is_open(f, seen_after=99.0) for f in files] == [True, False, False]
+        assert mine.scans == 1
+    # closed since that look: a recording that began waiting before it may still use it (and waits on) ...
+    assert mine.is_open(files[0], seen_after=99.5) is True and mine.scans == 1
+    # ... one that began waiting after it gets a new look, which sees the file closed
+    now[0] = 100.1
+    assert mine.is_open(files[0], seen_after=100.05) is False and mine.scans == 2
+    # a file opened after a look is not judged by that look: its wait began later
+    with open(files[1], "rb"):
+        now[0] = 100.15
+        assert mine.is_open(files[1], seen_after=100.12) is True and mine.scans == 3
+        # nor by a look older than SNAPSHOT_S
+        now[0] += SNAPSHOT_S + 0.01
+        assert mine.is_open(files[1], seen_after=0) is True and mine.scans == 4
+    # without seen_after the table is always read afresh
+    assert mine.is_open(files[1]) is False and mine.scans == 5
 
 
 async def test_fallback_recording_named_after_uniqueid_is_bound(adapter, service, tmp_path):
