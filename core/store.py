@@ -25,9 +25,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 log = logging.getLogger(__name__)
 
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
 # Stable constraint names, so later migrations can refer to them.

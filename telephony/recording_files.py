@@ -8,9 +8,8 @@ lab's chroot and a real install look the same). A file that merely stopped
 growing is not finished by this rule.
 
 One look at the table serves every recording waiting at that moment: in a
-storm, dozens of calls end each second, and Asterisk then has thousands of
-descriptors (a look each, per recording and per retry, took a sixth of the
-backend's time at 20 calls/s). A look is reused only if it was taken after
+storm, dozens of calls end each second (a look each, per recording and per
+retry, took a sixth of the backend's time at 20 calls/s). A look is reused only if it was taken after
 the caller's ``seen_after`` (its call had ended by then, so a file still open
 is in it) and is at most ``SNAPSHOT_S`` old.
 
