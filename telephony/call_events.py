@@ -66,6 +66,11 @@ def _duration_seconds(text: str) -> float:
         return 0.0
 
 
+def _uniqueids(channels) -> set[str]:
+    """The uniqueids of a ``CoreShowChannels`` answer's channels."""
+    return {ch.get("Uniqueid") for ch in channels if ch.get("Uniqueid")}
+
+
 class CallEvents:
     def __init__(
         self,
@@ -369,7 +374,7 @@ class CallEvents:
         """The uniqueids of every channel Asterisk has now: a 110 caller may be in any context by then (a
         dispatch's conference room, a hand-over)."""
         _, channels = await ami.list_action("CoreShowChannels")
-        return {ch.get("Uniqueid") for ch in channels if ch.get("Uniqueid")}
+        return _uniqueids(channels)
 
     async def resync(self, ami, *, speaks_for=None) -> dict:
         """Bring live state in line with the channels Asterisk really has.
@@ -433,9 +438,9 @@ class CallEvents:
                     await self._step(uid, Step.QUEUED, now, source="resync", queue=entry.get("Queue"))
         # Tickets whose channel disappeared while we were not listening, and the log cannot tell. A caller
         # moved to another context (a dispatch's conference room, a hand-over) is still there.
-        present = {ch.get("Uniqueid") for ch in channels if ch.get("Uniqueid")}
+        present = _uniqueids(channels)  # the intake's live channels among them
         for uid in await self.service.open_uniqueids():
-            if uid in live or uid in present or logged(uid):
+            if uid in present or logged(uid):
                 continue
             ticket = await self.service.find_by_uniqueid(uid)
             if ticket is None or not ticket.steps or ticket.steps[0].at_us >= snapshot_us:
