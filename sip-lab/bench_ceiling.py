@@ -111,12 +111,32 @@ async def run(rates: list[float], seconds: float, talk_s: float, seats: int | No
             backend.start()
             try:
                 await backend.wait_ready()
-                rows["jiejing"].append(await one_rate(paths, ami_events, rate, seconds, talk_s))
+                cpu_before = backend.cpu_seconds()
+                row = await one_rate(paths, ami_events, rate, seconds, talk_s)
+                row["backend_cpu_s"] = backend.cpu_seconds() - cpu_before
+                intake = ((await asyncio.to_thread(backend.health)) or {}).get("checks", {}).get("intake", {})
+                row["intake"] = intake_summary(intake)
+                rows["jiejing"].append(row)
             finally:
                 backend.stop()
     finally:
         await ami.stop()
     return rows
+
+
+def intake_summary(health: dict) -> str:
+    """The backend's own intake answers from its /healthz: requests, timeouts, and the bucket holding p50/p99."""
+    le = [(float(b), n) for b, n in (health.get("le_ms") or {}).items()]
+    total = le[-1][1] if le else 0
+
+    def bucket(q: float) -> str:
+        for bound, n in le:
+            if total and n >= q * total:
+                return f"≤{bound:g}"
+        return "-"
+
+    return (f"intake requests {health.get('requests', '-')}, timeouts {health.get('timeouts', '-')}, "
+            f"p50 {bucket(0.5)} ms, p99 {bucket(0.99)} ms")
 
 
 def ceilings(rows: dict[str, list[dict]], margin_ms: float) -> dict:
@@ -154,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rate:>7g}{calls:>7}  {fmt(bare['p50']):>9}{fmt(bare['p99']):>9}{bare['answered']:>6}"
               f"{bare['sipp_failed']!s:>7}  {fmt(ours['p50']):>9}{fmt(ours['p99']):>9}{ours['answered']:>6}"
               f"{ours['sipp_failed']!s:>7}")
+    for rate, ours in zip(rates, rows["jiejing"], strict=True):
+        if ours:
+            print(f"{rate:>7g}/s backend CPU {ours['backend_cpu_s']:.1f} s; {ours['intake']}")
     c = ceilings(rows, args.margin_ms)
     print(f"ceiling (p99 within {args.margin_ms:g} ms of the bare responder's {fmt(c['base_p99_ms'])} ms, every call "
           f"answered): bare {c['bare']}/s, jiejing {c['jiejing']}/s, ratio {fmt(c['ratio'] and c['ratio'] * 100)} %")

@@ -64,6 +64,14 @@ class BackendProcess:
                                      pass_fds=())
         log.close()
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU the backend has used so far (0 once it is gone)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (AttributeError, OSError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def health(self) -> dict | None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:

@@ -14,8 +14,11 @@ one of two sources:
   reconnect ``resync`` then reconciles tickets with the channels Asterisk
   reports, which is all it can do for what happened meanwhile.
 
-A call whose intake request never reached us (backend slow or down) still
-gets its ticket either way.
+The ticket is born here, not at the intake (``telephony/intake.py``): from the
+log's ``CHAN_START`` (or AMI's ``Newchannel``), so a call gets its ticket
+whether or not any of our processes was up when it came. The handset's
+position and the calls queued without the intake's answer are marks the
+dialplan writes into the same log.
 
 The reader of the AMI connection must never stall (Asterisk drops a manager
 session that does not read within 100 ms), so ``on_event`` only enqueues;
@@ -27,14 +30,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.calls.lifecycle import CALL_CONNECTED_STATES, IllegalTransition, State, Step
 from core.calls.tickets import Source, TicketService, UnknownCall
-from telephony.cel import CelCall, DerivedStep, derive_steps
+from telephony.cel import (
+    CelCall,
+    DerivedStep,
+    call_position,
+    derive_steps,
+    took_fallback,
+)
 from telephony.channel_vars import recording_name
 from telephony.recording_files import OpenFiles
 
@@ -49,6 +58,14 @@ LATE_HANGUP_STATES = {State.ON_SCENE, State.CLEARED}
 # a moment, then wait until the size stops changing.
 RECORDING_SETTLE_S = 0.3
 RECORDING_WAIT_S = 10.0
+# The located step of a position the network sent with the call.
+NETWORK_ADDRESS = "network position (PIDF-LO)"
+# /healthz says "not ok" for this long after a call took the dialplan's fallback (no intake answer).
+FALLBACK_WINDOW_S = 60.0
+# AMI events waiting to be applied; past it an event is left out (counted, logged), never the reader stalled.
+EVENTS_MAX = 100_000
+# Calls remembered as already counted or located (a call is reconciled several times while it lasts).
+NOTED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +112,8 @@ class CallEvents:
         self.open_files = open_files or OpenFiles()
         self._open_files_unknown_logged = False
         self.clock = clock
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._queue: asyncio.Queue = asyncio.Queue(EVENTS_MAX)
+        self.dropped_events = 0
         self._task: asyncio.Task | None = None
         self._recording_tasks: set[asyncio.Task] = set()
         # caller channels we hold a ticket for (uniqueid → recording name)
@@ -111,6 +129,11 @@ class CallEvents:
         self._overflowing: set[str] = set()
         self.applied = 0
         self.rejected = 0
+        # Where a position from the log goes (the dispatch planner's ``locate``), set by the assembly.
+        self.locate: Callable[..., Awaitable[object]] | None = None
+        self._noted: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._fallbacks: deque[float] = deque(maxlen=NOTED_MAX)  # monotonic times
+        self.fallbacks = 0
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -136,7 +159,13 @@ class CallEvents:
         """
         if not self.steps_from_ami and not self._keep_legs(event):
             return
-        self._queue.put_nowait(event)
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # Only without Asterisk's log can this cost a step; the next AMI log-in's resync reconciles.
+            self.dropped_events += 1
+            if self.dropped_events == 1 or self.dropped_events % 1000 == 0:
+                log.error("%d AMI events left out: %d waiting to be applied", self.dropped_events, EVENTS_MAX)
 
     def _keep_legs(self, event) -> bool:
         """With the log followed: keep the live channel names a dispatch needs. True for the one event that
@@ -154,7 +183,7 @@ class CallEvents:
     async def reconcile(self, call: CelCall, final: bool) -> None:
         """Apply what Asterisk's log (CEL) says of one call, in turn with the live events; wait until done."""
         done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Reconcile(call, final, done))
+        await self._queue.put(_Reconcile(call, final, done))  # the follower waits for room, nothing is left out
         await done
 
     async def _run(self) -> None:
@@ -301,10 +330,12 @@ class CallEvents:
         if ticket is None:
             first = steps[0]
             ticket = await self.service.open_call(uniqueid=uid, caller_id=first.detail.get("caller") or "",
+                                                  caller_name=first.detail.get("caller_name") or None,
                                                   at=first.at, source=Source.CEL)
         if ticket.state is State.CLOSED:
             return
         self._calls.setdefault(uid, ticket.number)
+        await self._marks(call, ticket)
         have = Counter(DerivedStep(s.step, 0.0, dict(s.detail)).key for s in ticket.steps)
         ended = any(s.step in (Step.HUNG_UP, Step.ABANDONED) for s in ticket.steps)
         seen: Counter = Counter()
@@ -324,6 +355,41 @@ class CallEvents:
             self._calls.pop(uid, None)
             self._legs.pop(uid, None)
 
+    def _note(self, what: str, uid: str) -> bool:
+        """True the first time (``what``, ``uid``) is noted."""
+        if (what, uid) in self._noted:
+            return False
+        self._noted[(what, uid)] = None
+        while len(self._noted) > NOTED_MAX:
+            self._noted.popitem(last=False)
+        return True
+
+    async def _marks(self, call: CelCall, ticket) -> None:
+        """The dialplan's marks in the log: the network's position (the incident's first location), a call
+        queued without the intake's answer (counted for /healthz)."""
+        uid = call.uniqueid
+        if took_fallback(call) and self._note("fallback", uid):
+            self.fallbacks += 1
+            self._fallbacks.append(time.monotonic())
+        position = call_position(call)
+        if position is None or self.locate is None or not self._note("located", uid):
+            return
+        if any(s.step is Step.LOCATED and s.detail.get("address") == NETWORK_ADDRESS for s in ticket.steps):
+            return  # recorded before a restart
+        try:
+            await self.locate(ticket.number, lat=position[0], lon=position[1], address=NETWORK_ADDRESS,
+                              at=position[2])
+        except Exception:
+            log.exception("%s: network position %.5f,%.5f not recorded", ticket.number, *position[:2])
+
+    def fallback_health(self, *, window_s: float = FALLBACK_WINDOW_S) -> dict:
+        """Not ok while calls took the dialplan's fallback within ``window_s``: the intake did not answer them."""
+        now = time.monotonic()
+        recent = sum(1 for t in self._fallbacks if now - t < window_s)
+        return {"ok": not recent, "fallbacks": self.fallbacks,
+                "reason": (f"{recent} calls in the last {window_s:.0f} s were queued without the intake's answer "
+                           "(the dialplan's fallback)") if recent else None}
+
     # -- recordings ----------------------------------------------------------
     def bind_recording_of(self, uid: str, number: str) -> None:
         """Bind the recording of channel ``uid`` to ticket ``number`` once written (a call-back's call)."""
@@ -337,10 +403,10 @@ class CallEvents:
         task.add_done_callback(self._recording_tasks.discard)
 
     def recording_candidates(self, uid: str, number: str) -> list[Path]:
-        # Named after the ticket when the backend answered the intake request,
-        # after the channel's uniqueid when the dialplan used its fallback.
+        # Named after the channel's uniqueid (the dialplan's); after the ticket as well on a call-back, and on
+        # a 110 call of a release whose intake gave the ticket number.
         assert self.recordings_dir is not None
-        return [self.recordings_dir / f"{recording_name(number, uid)}.wav", self.recordings_dir / f"{uid}.wav"]
+        return [self.recordings_dir / f"{uid}.wav", self.recordings_dir / f"{recording_name(number, uid)}.wav"]
 
     async def _bind_recording(self, uid: str, number: str) -> None:
         """Bind the file once Asterisk no longer has it open: MixMonitor has finished it, so its hash is final."""

@@ -29,12 +29,14 @@ import csv
 import json
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from core.calls.lifecycle import Step
 from core.errors import DomainError
@@ -43,7 +45,10 @@ log = logging.getLogger("jiejing.cel")
 
 # The columns of dialplan/cel_custom.conf, in order.
 CEL_COLUMNS = ("event", "at", "uniqueid", "linkedid", "channel", "context", "exten", "caller", "app", "appdata",
-               "peer", "user_type", "extra")
+               "peer", "user_type", "extra", "caller_name")
+# A log written before the caller's name was a column has the others.
+_OLD_COLUMNS = CEL_COLUMNS[:-1]
+NAME_MAX = 200
 # A store's first start looks this far back in the file for calls still in progress.
 FIRST_TAIL = 16 << 20
 # One read takes at most this much of the file (a long gap is replayed in slices).
@@ -58,6 +63,16 @@ SETTLE_S = 0.0
 BEHIND_S = 2.0
 # How often the file is looked at: the delay a step can have after Asterisk wrote it.
 POLL_S = 0.05
+
+
+# The dialplan's own marks in the log (CELGenUserEvent): the network's position of the handset, and a call
+# whose intake request got no answer.
+LOCATION_EVENT = "jiejing_location"
+FALLBACK_EVENT = "jiejing_fallback"
+# location_info of a GML point as Asterisk renders it: shape="Point",crs="2d",pos="31.2304 121.4737"
+_POS = re.compile(r'pos="?\s*(-?\d{1,3}(?:\.\d+)?)\s+(-?\d{1,3}(?:\.\d+)?)')
+_SHAPE = re.compile(r'shape="?Point"?', re.IGNORECASE)
+LOCATION_MAX = 1000
 
 
 class CelFormatError(ValueError):
@@ -80,6 +95,7 @@ class CelEvent:
     user_type: str
     extra: dict[str, Any]
     offset: int = 0  # byte offset of the line's start in the file
+    caller_name: str = ""
 
 
 def parse_line(line: bytes, offset: int = 0) -> CelEvent:
@@ -91,9 +107,9 @@ def parse_line(line: bytes, offset: int = 0) -> CelEvent:
         rows = list(csv.reader([text], strict=True))
     except csv.Error as exc:
         raise CelFormatError(str(exc)) from None
-    if len(rows) != 1 or len(rows[0]) != len(CEL_COLUMNS):
+    if len(rows) != 1 or len(rows[0]) not in (len(CEL_COLUMNS), len(_OLD_COLUMNS)):
         raise CelFormatError(f"expected {len(CEL_COLUMNS)} columns")
-    values = dict(zip(CEL_COLUMNS, rows[0], strict=True))
+    values = dict(zip(CEL_COLUMNS if len(rows[0]) == len(CEL_COLUMNS) else _OLD_COLUMNS, rows[0], strict=True))
     try:
         at = float(values["at"])
     except ValueError:
@@ -111,7 +127,7 @@ def parse_line(line: bytes, offset: int = 0) -> CelEvent:
         event=values["event"], at=at, uniqueid=values["uniqueid"], linkedid=values["linkedid"] or values["uniqueid"],
         channel=values["channel"], context=values["context"], exten=values["exten"], caller=values["caller"],
         app=values["app"], appdata=values["appdata"], peer=values["peer"], user_type=values["user_type"],
-        extra=extra, offset=offset,
+        extra=extra, offset=offset, caller_name=unquote(values.get("caller_name", "")[:3 * NAME_MAX])[:NAME_MAX],
     )
 
 
@@ -235,7 +251,7 @@ def derive_steps(call: CelCall) -> list[DerivedStep]:
     for e in call.events:
         own = e.uniqueid == uid
         if own and e.event == "CHAN_START":
-            steps.append(DerivedStep(Step.RECEIVED, e.at, {"caller": e.caller}))
+            steps.append(DerivedStep(Step.RECEIVED, e.at, {"caller": e.caller, "caller_name": e.caller_name}))
         elif own and e.event == "APP_START":
             in_app = e.app
             if e.app == "Queue" and not answered:
@@ -270,6 +286,38 @@ def derive_steps(call: CelCall) -> list[DerivedStep]:
             steps.append(DerivedStep(Step.SEAT_NO_ANSWER, e.at,
                                      {"seat": seat, "interface": interface, "ring_ms": round((e.at - rang) * 1000)}))
     return steps
+
+
+def network_position(info: str | None) -> tuple[float, float] | None:
+    """(lat, lon) from the network's ``location_info`` (as is or URI-encoded), or None (absent, not a point,
+    out of range)."""
+    if not info or not isinstance(info, str):
+        return None
+    info = unquote(info[:3 * LOCATION_MAX])[:LOCATION_MAX]
+    if not _SHAPE.search(info):
+        return None  # circles, polygons, civic addresses: left to the call-taker for now
+    m = _POS.search(info)
+    if not m:
+        return None
+    lat, lon = float(m.group(1)), float(m.group(2))
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return lat, lon
+
+
+def call_position(call: CelCall) -> tuple[float, float, float] | None:
+    """(lat, lon, when) of the handset's position the dialplan wrote into the log for this call, if the network
+    sent one."""
+    for e in call.events:
+        if e.uniqueid == call.uniqueid and e.user_type == LOCATION_EVENT:
+            position = network_position(e.extra.get("extra"))
+            return None if position is None else (*position, e.at)
+    return None
+
+
+def took_fallback(call: CelCall) -> bool:
+    """Whether the dialplan marked this call as queued without the intake's answer."""
+    return any(e.uniqueid == call.uniqueid and e.user_type == FALLBACK_EVENT for e in call.events)
 
 
 class CallLog:

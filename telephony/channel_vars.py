@@ -5,14 +5,16 @@ names; ``jiejing dialplan check`` will compare the two sets. Keep the comment
 next to each name in step with the dialplan.
 """
 
-# Set by the dialplan before the intake request, sent in it (``arrived``).
-ARRIVED = "JIEJING_ARRIVED"  # epoch seconds with milliseconds, when the call entered the dialplan
-
 # The intake's answer (telephony/intake_http.py); the dialplan sets them from HASH(jiejing).
-TICKET = "JIEJING_TICKET"  # human-readable ticket number, e.g. 110-20261129-000042
 QUEUE = "JIEJING_QUEUE"  # queue the call goes to
 PRIORITY = "JIEJING_PRIORITY"  # app_queue priority (higher is served first)
-RECORDING = "JIEJING_RECORDING"  # file name (no folder, no extension) for MixMonitor
+
+# Set over AMI (Originate) on the channels the backend places: an officer's leg of a dispatch
+# (telephony/dispatcher.py) and a call-back (telephony/callback.py).
+TICKET = "JIEJING_TICKET"  # human-readable ticket number, e.g. 110-20261129-000042
+# File name (no folder, no extension) for MixMonitor: the caller's uniqueid on a 110 call (set by the
+# dialplan), set by the call-back's Originate on a call-back.
+RECORDING = "JIEJING_RECORDING"
 
 # Set over AMI (Setvar) by telephony/handover.py, read by the [handover] context.
 HANDOVER_TO = "JIEJING_HANDOVER_TO"  # PJSIP/name the call is transferred to
@@ -24,12 +26,12 @@ CALLBACK_TO = "JIEJING_CALLBACK_TO"  # the number a seat calls back: digits, opt
 
 
 def recording_name(ticket_number: str, uniqueid: str) -> str:
-    """Value of RECORDING: the ticket number, plus the uniqueid so that a file
-    can never be taken for another call's (numbers restart with a new store;
-    uniqueids do not repeat on one Asterisk). The dialplan's fallback, with no
-    ticket, names the file after the uniqueid alone."""
+    """Value of RECORDING on a call-back: the ticket number, plus the uniqueid so
+    that a file can never be taken for another call's (numbers restart with a
+    new store; uniqueids do not repeat on one Asterisk). A 110 call's recording
+    is named after its uniqueid alone (the dialplan's)."""
     return f"{ticket_number}_{uniqueid}"
 
 
-READ_BY_BACKEND = frozenset({ARRIVED})
+READ_BY_BACKEND: frozenset[str] = frozenset()
 SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING, HANDOVER_TO, CALLBACK_TO})

@@ -38,6 +38,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_intake(args: argparse.Namespace) -> int:
+    from telephony import intake_http, intake_process
+    from telephony.intake import Intake
+
+    if args.child:
+        intake_process.die_with_parent()
+        intake_process.full_priority()
+    settings = Settings.from_env()
+    intake_http.run(args.host or settings.intake_host, args.port or settings.intake_port,
+                    Intake(queue=args.queue, priority=args.priority))
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from siplab import lab
     from siplab.asterisk import LabError
@@ -238,6 +251,13 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the backend: AMI + FastAGI + HTTP (settings from JIEJING_* variables)")
     s.set_defaults(func=cmd_serve)
+    it = sub.add_parser("intake", help="run the intake alone (serve starts its own): what the dialplan's CURL asks")
+    it.add_argument("--host", default="", help="default: JIEJING_INTAKE_HOST")
+    it.add_argument("--port", type=int, default=0, help="default: JIEJING_INTAKE_PORT")
+    it.add_argument("--queue", default="emergency-110")
+    it.add_argument("--priority", type=int, default=10)
+    it.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # started by serve: ends with it
+    it.set_defaults(func=cmd_intake)
 
     dp = sub.add_parser("dialplan", help="check, diff, apply, roll back the dialplan/ configuration")
     dp_sub = dp.add_subparsers(dest="dp_cmd", required=True)
@@ -312,7 +332,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # serve logs what it does; the other commands print their own results.
-    quiet = logging.INFO if args.cmd == "serve" else logging.WARNING
+    quiet = logging.INFO if args.cmd in ("serve", "intake") else logging.WARNING
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else quiet,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",

@@ -63,6 +63,8 @@ from core.triage.surge import SurgeConfig, SurgeWatch, load_surge_config
 __all__ = ["DIALPLAN", "TriageDesk", "default_files"]
 
 log = logging.getLogger(__name__)
+# Officers' briefings waiting to be built and pushed.
+JOINS_MAX = 1000
 
 DIALPLAN = Path(__file__).resolve().parents[2] / "dialplan"
 
@@ -114,7 +116,7 @@ class TriageDesk:
         self.index = QueryIndex(tickets.engine)
         self.port: HandoverPort | None = None
         self._removers: list[Callable[[], None]] = []
-        self._joins: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._joins: asyncio.Queue[tuple[str, str]] = asyncio.Queue(JOINS_MAX)
         self._join_task: asyncio.Task[None] | None = None
 
     # -- wiring ----------------------------------------------------------------------
@@ -354,7 +356,18 @@ class TriageDesk:
         """``TicketService`` listener: an officer who joins is queued for his briefing (built off the call path)."""
         badge = step.detail.get("badge")
         if step.step is Step.OFFICER_JOINED and isinstance(badge, str):
-            self._joins.put_nowait((ticket.number, badge))
+            try:
+                self._joins.put_nowait((ticket.number, badge))
+            except asyncio.QueueFull:
+                # A briefing is a courtesy on top of the ticket the officer already has on his page.
+                log.warning("%s: %d briefings waiting; officer %s gets none", ticket.number, JOINS_MAX, badge)
+
+    def health(self) -> dict[str, Any]:
+        """The background work on new tickets (repeat callers, query copies, surge counts): bounded queues."""
+        parts = {"repeat": self.repeat.health(), "index": self.index.health(), "surge": self.surge.health()}
+        reasons = [p["reason"] for p in parts.values() if p["reason"]]
+        return {"ok": not reasons, "reason": "; ".join(reasons) or None, **parts,
+                "briefings_waiting": self._joins.qsize()}
 
     async def _brief_joined(self) -> None:
         while True:

@@ -37,7 +37,7 @@ from core.calls.tables import Ticket
 from core.calls.tickets import StepView, TicketView, iso_utc
 from core.dispatch.planner import IncidentRow
 from core.errors import DomainError
-from core.tasks import stop_task
+from core.tasks import WORK_MAX, Overflow, drain_then_repair, stop_task
 from core.triage.classify import (
     DAY_US,
     HOUR_COLUMNS,
@@ -328,19 +328,29 @@ class QueryIndex:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._pending: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue()
+        self._pending: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(WORK_MAX)
+        self.overflow = Overflow("query copies", log=log)
         self._task: asyncio.Task[None] | None = None
 
     def on_step(self, ticket: TicketView, step: StepView) -> None:
-        """``TicketService`` listener: queue the change (synchronous, no I/O)."""
+        """``TicketService`` listener: queue the change (synchronous, no I/O; bounded: see ``repair``)."""
         if step.step in (Step.RECEIVED, Step.REPORTED):  # a call's ticket, a text report's
-            self._pending.put_nowait((ticket.number, ticket.created_at_us, {"updated_at_us": step.at_us}))
+            self._queue((ticket.number, ticket.created_at_us, {"updated_at_us": step.at_us}))
         elif step.step is Step.LOCATED:
             station, cell = step.detail.get("station"), step.detail.get("cell")
-            self._pending.put_nowait((ticket.number, ticket.created_at_us, {
+            self._queue((ticket.number, ticket.created_at_us, {
                 "station_id": station if isinstance(station, str) else None,
                 "cell": cell if isinstance(cell, str) else None, "updated_at_us": step.at_us,
             }))
+
+    def _queue(self, item: tuple[str, int, dict[str, Any]]) -> None:
+        try:
+            self._pending.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflow.note(item[1])
+
+    def health(self) -> dict[str, Any]:
+        return self.overflow.health(self._pending.qsize())
 
     async def start(self) -> None:
         try:
@@ -376,6 +386,21 @@ class QueryIndex:
                 log.exception("query copy of %s not written; the next start fills it in", number)
             finally:
                 self._pending.task_done()
+            await drain_then_repair(self._pending, self.overflow, self.repair, log=log)
+
+    async def repair(self, since_us: int) -> int:
+        """After a full queue: every ticket gets its copy, and those located since ``since_us`` their place."""
+        added = await self.backfill()
+        located = (select(IncidentRow.number, Ticket.created_at_us, IncidentRow.station_id, IncidentRow.cell,
+                          IncidentRow.located_at_us)
+                   .join(Ticket, Ticket.number == IncidentRow.number)
+                   .where(IncidentRow.located_at_us >= since_us))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(located)).all()
+        for number, created_at_us, station, cell, at_us in rows:
+            await upsert_query_copy(self._engine, number, created_at_us, station_id=station, cell=cell,
+                                    updated_at_us=at_us)
+        return added + len(rows)
 
     async def backfill(self) -> int:
         """Add the query copy of every ticket that has none (from the ticket and its incident row), and count it."""

@@ -33,7 +33,7 @@ from core.calls.lifecycle import IllegalTransition, State, Step
 from core.calls.tables import Ticket
 from core.calls.tickets import Source, StepView, TicketService, TicketView, iso_utc
 from core.store import TEXT_MAX, Base
-from core.tasks import stop_task
+from core.tasks import WORK_MAX, Overflow, drain_then_repair, stop_task
 
 __all__ = ["PHONE", "PrankNumber", "RepeatCallers", "TicketLinkRow", "PrankNumberRow", "normalise_phone"]
 
@@ -106,15 +106,22 @@ class RepeatCallers:
         self._window_us = round(window_s * 1_000_000)
         self._clock = clock
         self._publish = publish
-        self._pending: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: asyncio.Queue[str] = asyncio.Queue(WORK_MAX)
+        self.overflow = Overflow("repeat-caller checks", log=log)
         self._task: asyncio.Task[None] | None = None
 
     # -- the listener and its worker -------------------------------------------
 
     def on_step(self, ticket: TicketView, step: StepView) -> None:
-        """``TicketService`` listener: queue each new ticket for the look-up."""
+        """``TicketService`` listener: queue each new ticket for the look-up (bounded: see ``repair``)."""
         if step.step is Step.RECEIVED:
-            self._pending.put_nowait(ticket.number)
+            try:
+                self._pending.put_nowait(ticket.number)
+            except asyncio.QueueFull:
+                self.overflow.note(ticket.created_at_us)
+
+    def health(self) -> dict[str, Any]:
+        return self.overflow.health(self._pending.qsize())
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="repeat-callers")
@@ -135,6 +142,16 @@ class RepeatCallers:
                 log.exception("repeat-caller check of %s failed", number)
             finally:
                 self._pending.task_done()
+            await drain_then_repair(self._pending, self.overflow, self.repair, log=log)
+
+    async def repair(self, since_us: int) -> int:
+        """Check every ticket received since ``since_us`` (the queue was full then); a linked one is left as is."""
+        async with self._sessions() as session:
+            numbers = list(await session.scalars(
+                select(Ticket.number).where(Ticket.created_at_us >= since_us).order_by(Ticket.created_at_us)))
+        for number in numbers:
+            await self.check(number)
+        return len(numbers)
 
     async def check(self, number: str) -> str | None:
         """Link ``number`` to the caller's open ticket of the last ``window_s``; returns the earlier number."""

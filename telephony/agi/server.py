@@ -12,7 +12,7 @@ number and queues the call with its defaults. An emergency call is never
 held up by this server.
 
     async def intake(request: Request, session: AGISession) -> None:
-        arrived = await session.get_variable(channel_vars.ARRIVED)
+        ticket = await session.get_variable(channel_vars.TICKET)
         await session.set_variable(channel_vars.QUEUE, "emergency-110")
 
     server = FastAGIServer({"intake": intake})

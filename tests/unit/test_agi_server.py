@@ -91,7 +91,7 @@ async def test_run_call_reads_and_sets_variables_with_hostile_text() -> None:
 
     async def intake(request: Request, session: AGISession) -> None:
         seen["args"] = request.args
-        seen["arrived"] = await session.get_variable(channel_vars.ARRIVED)
+        seen["arrived"] = await session.get_variable("JIEJING_ARRIVED")
         seen["missing"] = await session.get_variable("JIEJING_NOT_SET")
         await session.set_variables(
             {
@@ -104,7 +104,7 @@ async def test_run_call_reads_and_sets_variables_with_hostile_text() -> None:
 
     async with serving({"intake": intake}) as server:
         result = await run_call(
-            HOST, server.port, "intake", {channel_vars.ARRIVED: "1764400000.123"}, args=["1764400000.123"]
+            HOST, server.port, "intake", {"JIEJING_ARRIVED": "1764400000.123"}, args=["1764400000.123"]
         )
     assert seen == {"args": ["1764400000.123"], "arrived": "1764400000.123", "missing": None}
     assert result == {
@@ -243,7 +243,7 @@ async def test_hangup_line_before_the_reply_is_not_taken_for_it() -> None:
     async def intake(request: Request, session: AGISession) -> None:
         await session.set_variable(channel_vars.QUEUE, "emergency-110")
         results["hung_up_after_set"] = session.hung_up
-        results["arrived"] = await session.get_variable(channel_vars.ARRIVED)
+        results["arrived"] = await session.get_variable("JIEJING_ARRIVED")
         results["reply"] = await session.command("GET", "VARIABLE", "CHANNEL(state)")
 
     async with serving({"intake": intake}) as server:
@@ -353,12 +353,12 @@ async def test_connections_over_the_limit_are_turned_away() -> None:
 
 async def test_many_concurrent_calls() -> None:
     async def intake(request: Request, session: AGISession) -> None:
-        arrived = await session.get_variable(channel_vars.ARRIVED)
+        arrived = await session.get_variable("JIEJING_ARRIVED")
         await session.set_variable(channel_vars.TICKET, f"T-{arrived}")
 
     async with serving({"intake": intake}) as server:
         results = await asyncio.gather(
-            *(run_call(HOST, server.port, "intake", {channel_vars.ARRIVED: str(n)}) for n in range(50))
+            *(run_call(HOST, server.port, "intake", {"JIEJING_ARRIVED": str(n)}) for n in range(50))
         )
         assert results == [{channel_vars.TICKET: f"T-{n}"} for n in range(50)]
         assert server.stats.routes["intake"].requests == 50

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -33,8 +35,9 @@ FIRST, SECOND = "1796524606.0", "1796524610.2"
 
 def line(event: str, at: float, uid: str, linkedid: str | None = None, *, channel: str = "PJSIP/carrier-00000000",
          context: str = "from-carrier", exten: str = "110", caller: str = "13800138000", app: str = "",
-         appdata: str = "", peer: str = "", extra: str = "") -> bytes:
-    values = [event, f"{at:.6f}", uid, linkedid or uid, channel, context, exten, caller, app, appdata, peer, "", extra]
+         appdata: str = "", peer: str = "", extra: str = "", user_type: str = "", name: str = "") -> bytes:
+    values = [event, f"{at:.6f}", uid, linkedid or uid, channel, context, exten, caller, app, appdata, peer,
+              user_type, extra, quote(name, safe="")]  # the name as URIENCODE() writes it
     assert len(values) == len(CEL_COLUMNS)
     return (",".join('"' + v.replace('"', '""') + '"' for v in values) + "\n").encode()
 
@@ -84,6 +87,15 @@ def test_hostile_caller_number_survives_quoting():
     hostile = '1" ,"HANGUP","9,\\x00'
     event = parse_line(line("CHAN_START", 1796524606.5, "1.1", caller=hostile))
     assert event.caller == hostile and event.event == "CHAN_START"
+
+
+def test_a_hostile_caller_name_comes_back_as_it_was_sent():
+    hostile = '张三" ,"HANGUP"\r\n"CHAN_START",${SHELL(id)}'
+    raw = line("CHAN_START", 1796524606.5, "1.1", name=hostile)
+    assert raw.count(b"\n") == 1  # one line, whatever the name holds
+    event = parse_line(raw)
+    assert event.caller_name == hostile and event.event == "CHAN_START"
+    assert len(parse_line(line("CHAN_START", 1.5, "1.2", name="x" * 5000)).caller_name) == 200
 
 
 def test_a_line_still_being_written_waits_for_its_newline(tmp_path):
@@ -476,5 +488,38 @@ async def test_a_new_store_takes_no_ticket_for_a_call_asterisk_lost(tmp_path, st
         assert await service.find_by_uniqueid(SECOND) is None
         await follower.catch_up(live=set(), snapshot_at=1796524700.0)
         assert await service.find_by_uniqueid(SECOND) is None and follower.calls.calls == {}
+    finally:
+        await adapter.stop()
+
+
+async def test_the_dialplans_marks_locate_the_call_once_and_count_its_fallback(tmp_path, store, adapter, service):
+    located: list[tuple] = []
+
+    async def locate(number: str, **kw) -> None:
+        located.append((number, kw))
+
+    adapter.locate = locate
+    where = quote('shape="Point",crs="2d",pos="31.2406 121.4858"', safe="")
+    uid = "1796600000.1"
+    first = (line("CHAN_START", 1796600000.0, uid)
+             + line("jiejing_location", 1796600000.002, uid, app="CELGenUserEvent", user_type="jiejing_location",
+                    extra=json.dumps({"extra": where}))
+             + line("jiejing_fallback", 1796600001.5, uid, app="CELGenUserEvent", user_type="jiejing_fallback",
+                    extra='{"extra":""}'))
+    follower = await _follow(tmp_path, store, adapter, first)
+    try:
+        assert adapter.fallback_health()["ok"] is False
+        assert "queued without the intake's answer" in adapter.fallback_health()["reason"]
+        with (tmp_path / "jiejing.csv").open("ab") as f:
+            f.write(line("APP_START", 1796600001.6, uid, app="Queue", appdata="emergency-110,r")
+                    + line("HANGUP", 1796600003.0, uid, extra='{"hangupcause":16}'))
+        await follower.poll()
+        ticket = await service.find_by_uniqueid(uid)
+        assert [s.step for s in ticket.steps] == ["received", "queued", "abandoned"]
+        # once, though the call was reconciled twice; at the time the dialplan wrote it
+        assert located == [(ticket.number, {"lat": 31.2406, "lon": 121.4858, "address": "network position (PIDF-LO)",
+                                            "at": 1796600000.002})]
+        assert adapter.fallbacks == 1
+        assert adapter.fallback_health(window_s=0.0)["ok"] is True
     finally:
         await adapter.stop()

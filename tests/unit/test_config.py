@@ -88,7 +88,7 @@ def test_serve_does_not_start_on_the_shipped_secret():
 
 
 def test_the_backend_yields_the_cpu_to_asterisk_by_default():
-    assert Settings.from_env({}).nice == 10
+    assert Settings.from_env({}).nice == 19
     assert Settings.from_env({"JIEJING_NICE": "0"}).nice == 0
     for bad in ("-5", "20", "high"):
         with pytest.raises(ConfigError, match="JIEJING_NICE"):

@@ -226,3 +226,39 @@ async def test_the_query_copy_follows_new_tickets_and_fills_in_missing_ones(
     assert await QueryIndex(service.engine).backfill() == 1
     page = await search(service.engine, TicketQuery(station="east"))
     assert [t["number"] for t in page["tickets"]] == [unindexed.number, ticket.number]
+
+
+async def test_a_full_queue_leaves_work_out_says_so_and_redoes_it_from_the_store(
+    service: TicketService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from core.triage import queries
+    from core.triage.queries import QueryIndex
+    from tests.dispatch_city import CENTER, answered_call, load, point_in
+
+    monkeypatch.setattr(queries, "WORK_MAX", 2)
+    planner = planner_for(service, clock)
+    await load(planner.officers)
+    located = []
+    for i in range(5):  # written while nobody listened: their copies wait for the index
+        ticket = await answered_call(service, f"7.{i}")
+        view, _ = await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])
+        located.append((view, next(s for s in view.steps if s.step == "located")))
+    index = QueryIndex(service.engine)
+    await index.start()  # the start's own backfill gives each a copy, without its place
+    try:
+        for view, step in located:  # five at once, before the worker runs: two fit, three are left out
+            index.on_step(view, step)
+        assert index.overflow.dropped == 3
+        health = index.health()
+        assert health["ok"] is False and "query copies" in health["reason"] and health["waiting"] == 2
+        for _ in range(200):
+            if index.overflow.repairs == 1 and not index.overflow.pending:
+                break
+            await asyncio.sleep(0.01)
+        assert index.health()["ok"] is True and index.overflow.repairs == 1
+        page = await search(service.engine, TicketQuery(station="east"))
+        assert sorted(t["number"] for t in page["tickets"]) == sorted(v.number for v, _ in located)
+    finally:
+        await index.stop()

@@ -79,3 +79,31 @@ async def test_the_listener_links_new_calls_and_flags_prank_numbers(service: Tic
         assert (await client.delete("/api/prank-numbers/13800000009", headers=supervisor)).status == 404
         got = await (await client.get(f"/api/tickets/{second.number}", headers=taker)).json()
         assert got["triage"]["prank"] is False
+
+
+async def test_calls_left_out_of_a_full_queue_are_checked_from_the_store(
+    service: TicketService, clock: FakeClock, monkeypatch
+) -> None:
+    import asyncio
+
+    from core.triage import repeat as repeat_module
+
+    monkeypatch.setattr(repeat_module, "WORK_MAX", 1)
+    repeat = RepeatCallers(service, clock=clock)
+    remove = service.add_listener(repeat.on_step)
+    try:
+        first = await _call(service, clock, "8.1")
+        clock.now += 60
+        second = await _call(service, clock, "8.2")  # no room: the first is still waiting
+        assert repeat.overflow.dropped == 1 and repeat.health()["ok"] is False
+        await repeat.start()
+        for _ in range(200):
+            if repeat.overflow.repairs == 1 and not repeat.overflow.pending:
+                break
+            await asyncio.sleep(0.01)
+        assert repeat.health()["ok"] is True
+        stored = await service.get(second.number)
+        assert stored.steps[-1].step == Step.REPEAT_LINKED and stored.steps[-1].detail["to"] == first.number
+    finally:
+        remove()
+        await repeat.stop()

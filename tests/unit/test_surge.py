@@ -135,3 +135,33 @@ def test_configuration_per_region_and_its_errors() -> None:
         parse_surge_config("[region.east]\ngrowth = 0.5\n")
     with pytest.raises(SurgeError, match="window_min"):
         parse_surge_config("[default]\nwindow_min = 0\n")
+
+
+async def test_located_tickets_left_out_of_a_full_queue_are_counted_from_the_store(
+    service: TicketService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from core.triage import surge as surge_module
+    from tests.triage_setup import planner_for
+
+    monkeypatch.setattr(surge_module, "WORK_MAX", 1)
+    planner = planner_for(service, clock)
+    await load(planner.officers)
+    watch = _watch(service.engine, clock, [], station_threshold=2)
+    remove = service.add_listener(watch.on_step)
+    try:
+        for uniqueid in ("9.1", "9.2"):  # the worker is not running: the second finds no room
+            ticket = await answered_call(service, uniqueid)
+            await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])
+        assert watch.overflow.dropped == 1 and watch.health()["ok"] is False
+        await watch.start()
+        for _ in range(200):
+            if watch.overflow.repairs == 1 and not watch.overflow.pending:
+                break
+            await asyncio.sleep(0.01)
+        assert watch.health()["ok"] is True
+    finally:
+        remove()
+        await watch.stop()
+    assert [a.ref for a in await _surge_alerts(service.engine)] == ["station:east"]
