@@ -1,21 +1,14 @@
-"""Benchmark: what the intake costs on top of a bare HTTP answer.
+"""Benchmark: what the intake costs on top of a bare HTTP answer, and what the backend's own work does to it.
 
 Plays Asterisk's side of the intake over loopback, as ``CURL()`` does (a new
-connection, ``GET /intake?…``, read to the end) against our intake server with
-these cases:
+connection, ``GET /intake?…``, read to the end) against:
 
-- ``echo``: a bare aiohttp server answering the same four values, touching
-  nothing else (the floor);
-- ``intake``: the real server on a real store (SQLite file, or --db URL);
-- ``intake`` for calls the AMI adapter opened first (the usual order in the
-  lab), while it writes the other steps of every call (queued, seat ringing,
-  answered, hung up), as during a storm;
-- ``intake`` for calls already opened, while another task writes the steps of
-  OTHER calls (open + 4 steps each) at --steps-rate record_step/s, and then
-  flat out: what the store's writes cost the event loop that also answers
-  Asterisk.
+- ``echo``: a bare aiohttp server in this process answering the same two values (the floor);
+- the intake answering in this process (``JIEJING_INTAKE_PROCESS=no``), with the store idle, then while
+  a task writes tickets and steps flat out on the same event loop, as a backend does under a storm;
+- the intake in its own process (``jiejing intake``, as ``jiejing serve`` starts it), the same two ways.
 
-    .venv/bin/python -m siplab.bench_intake [--calls 300] [--rate 20] [--steps-rate 25] [--db URL]
+    .venv/bin/python -m siplab.bench_intake [--calls 300] [--rate 20] [--db URL]
 
 Prints a table of round-trip times (connect → connection closed) in ms, then
 the cost of single TicketService operations run one at a time: wall time, and
@@ -43,26 +36,26 @@ from core.store import make_engine
 from core.tables import init_schema
 from telephony.intake import Intake
 from telephony.intake_http import make_intake_app
+from telephony.intake_process import IntakeProcess
 
 CALL_STEPS = (Step.QUEUED, Step.SEAT_RINGING, Step.ANSWERED, Step.HUNG_UP)
-ECHO = "queue=emergency-110&priority=10&recording=x&ticket=110-00000000-000000"
+ECHO = "queue=emergency-110&priority=10"
 
 
-def _request(uniqueid: str, arrived: float) -> bytes:
-    query = urlencode({"uniqueid": uniqueid, "arrived": f"{arrived:.3f}", "caller": "13800138000", "name": "Bench",
-                       "location": ""})
+def _request(uniqueid: str) -> bytes:
+    query = urlencode({"uniqueid": uniqueid, "caller": "13800138000"})
     return f"GET /intake?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
 
 
 async def one_request(port: int, uniqueid: str) -> float:
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_request(uniqueid, time.time()))
+    writer.write(_request(uniqueid))
     answer = await reader.read()  # to the end: the server closes (Connection: close)
     writer.close()
     await writer.wait_closed()
-    if b"ticket=" not in answer:
-        raise RuntimeError(f"no ticket in the answer: {answer[:200]!r}")
+    if b"queue=" not in answer:
+        raise RuntimeError(f"no queue in the answer: {answer[:200]!r}")
     return (time.perf_counter() - start) * 1000
 
 
@@ -87,24 +80,11 @@ async def _open(service: TicketService, uid: str) -> None:
     await service.open_call(uniqueid=uid, caller_id="13800138000", at=time.time(), source="ami")
 
 
-async def run_case(server_port: int, calls: int, rate: float, service: TicketService | None,
-                   tag: str, steps: bool) -> list[float]:
+async def run_case(server_port: int, calls: int, rate: float, tag: str) -> list[float]:
     results: list[float] = []
-
-    async def call(i: int) -> None:
-        uid = f"{tag}.{i}"
-        if steps and service is not None:
-            # in the lab the AMI Newchannel event usually opens the ticket first
-            await _open(service, uid)
-        results.append(await one_request(server_port, uid))
-        if steps and service is not None:
-            # what the AMI adapter writes for the same call, right behind the AGI request
-            for step in CALL_STEPS:
-                await service.record_step(uid, step, at=time.time(), source="ami", seat="seat001")
-
     tasks = []
     for i in range(calls):
-        tasks.append(asyncio.create_task(call(i)))
+        tasks.append(asyncio.create_task(_append(results, one_request(server_port, f"{tag}.{i}"))))
         await asyncio.sleep(1 / rate)
     await asyncio.gather(*tasks)
     return results
@@ -112,14 +92,12 @@ async def run_case(server_port: int, calls: int, rate: float, service: TicketSer
 
 async def run_case_other_writes(server_port: int, calls: int, rate: float, service: TicketService, tag: str,
                                 steps_rate: float | None) -> tuple[list[float], float]:
-    """Intake requests for calls already opened while a writer works on other calls.
+    """Intake requests while a writer works on other calls on this process's event loop.
 
     The writer is one task, like the AMI adapter: it opens a call and writes its
     four steps, then the next call, paced at ``steps_rate`` record_step/s (None:
     flat out). Returns the round trips and the writer's record_step/s.
     """
-    for i in range(calls):
-        await _open(service, f"{tag}.{i}")
     stop = asyncio.Event()
     written = 0
 
@@ -188,6 +166,14 @@ async def measure_ops(service: TicketService, tag: str, n: int) -> list[tuple[st
     return [(name, wall, cpu) for name, (wall, cpu) in costs.items()]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 async def main(args) -> None:
     tmp = tempfile.mkdtemp(prefix="jiejing-bench-")
     db = args.db or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
@@ -197,25 +183,26 @@ async def main(args) -> None:
     echo_app = web.Application()
     echo_app.router.add_get("/intake", _echo)
     echo_runner, echo_port = await _serve(echo_app)
-    intake_runner, intake_port = await _serve(make_intake_app(Intake(service)))
+    here_runner, here_port = await _serve(make_intake_app(Intake()))
+    own = IntakeProcess("127.0.0.1", _free_port(), Intake())
+    await own.start()
     tag = str(int(time.time()))
     rows = []
     notes = []
     try:
-        for name, port, steps in (("bare echo (4 values)", echo_port, False),
-                                  ("intake, store idle", intake_port, False),
-                                  ("intake after AMI, + AMI steps", intake_port, True)):
-            res = await run_case(port, args.calls, args.rate, service, f"{tag}{len(rows)}", steps)
+        for name, port in (("bare echo, this process", echo_port), ("intake, this process, store idle", here_port),
+                           ("intake, own process, store idle", own.port)):
+            res = await run_case(port, args.calls, args.rate, f"{tag}{len(rows)}")
             rows.append((name, len(res), pct(res, 50), pct(res, 95), pct(res, 99), max(res)))
-        for name, steps_rate in ((f"intake, other calls {args.steps_rate:g} st/s", args.steps_rate),
-                                 ("intake, other calls flat out", None)):
-            res, achieved = await run_case_other_writes(intake_port, args.calls, args.rate, service,
-                                                        f"{tag}{len(rows)}", steps_rate)
+        for name, port in (("intake, this process, writes", here_port), ("intake, own process, writes", own.port)):
+            res, achieved = await run_case_other_writes(port, args.calls, args.rate, service, f"{tag}{len(rows)}",
+                                                        None)
             rows.append((name, len(res), pct(res, 50), pct(res, 95), pct(res, 99), max(res)))
-            notes.append(f"{name}: writer achieved {achieved:.1f} record_step/s")
+            notes.append(f"{name}: the writer on this process's loop achieved {achieved:.1f} record_step/s")
         ops = await measure_ops(service, f"{tag}ops", args.ops)
     finally:
-        await intake_runner.cleanup()
+        await own.stop()
+        await here_runner.cleanup()
         await echo_runner.cleanup()
         await engine.dispose()
     print(f"Intake round trip over HTTP, {args.calls} calls at {args.rate:g}/s, store {db.split(':')[0]}")
@@ -236,8 +223,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--steps-rate", type=float, default=25.0,
-                        help="record_step/s of the writer in the fourth case (25: the lab's 5 calls/s)")
     parser.add_argument("--ops", type=int, default=200, help="operations of each kind in the per-op table")
     parser.add_argument("--db", default=None)
     asyncio.run(main(parser.parse_args()))

@@ -153,20 +153,32 @@ async def _storm(paths, backend: BackendProcess, ami_events: asyncio.Queue, run_
     storm.write_injection(run_dir / "callers.csv", [(n, "Drill") for n in sorted(numbers)])
     scenario = storm.prepare_callers(paths, run_dir, talk_s=talk_s, patience_s=60)
     faulting = asyncio.create_task(fault) if fault is not None else None
-    stats = await storm.drive_calls(run_dir, scenario, calls, rate, timeout=calls / rate + talk_s + 180)
+    try:
+        stats = await storm.drive_calls(run_dir, scenario, calls, rate, timeout=calls / rate + talk_s + 180)
+    except asterisk.LabError as exc:
+        # An overloaded Asterisk may keep SIPp's calls past its bound: the record is compared all the same.
+        print(f"SIPp: {exc} (its counts below are then 0)", flush=True)
+        stats = {}
     if faulting is not None:
         await faulting
     ended = time.monotonic()
     caught_up_s = None
     deadline = time.monotonic() + catch_up_s
+    candidate: tuple[float, int] | None = None  # (seconds after the storm, calls in the log) when it matched
     while True:
         log_calls = {u: c for u, c in trail_check.cel_calls(paths.cel_file, offset).items()
                      if c.events[0].caller in numbers}
         result = await trail_check.compare(backend.db_url, log_calls, paths.recordings, tolerance_ms=tolerance_ms)
         over = all(trail_check.expected(c).end_step is not None for c in log_calls.values())
-        if over and not result.differing and result.calls == calls:
-            caught_up_s = time.monotonic() - ended
+        # The record equals Asterisk's log: every call in it has its ticket, none differs. The log may have
+        # fewer calls than were placed (INVITEs an overloaded Asterisk never took) or more (an INVITE it took
+        # again as a new call after answering the first late), so it must also have stopped growing: caught
+        # up at the first match that the next look confirms.
+        matches = over and bool(log_calls) and not result.differing and result.tickets == result.calls
+        if matches and candidate is not None and candidate[1] == len(log_calls):
+            caught_up_s = candidate[0]
             break
+        candidate = (time.monotonic() - ended, len(log_calls)) if matches else None
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(2)

@@ -42,7 +42,7 @@ from telephony.cel import (
     DerivedStep,
     call_position,
     derive_steps,
-    took_fallback,
+    fallback_at,
 )
 from telephony.channel_vars import recording_name
 from telephony.recording_files import OpenFiles
@@ -132,7 +132,7 @@ class CallEvents:
         # Where a position from the log goes (the dispatch planner's ``locate``), set by the assembly.
         self.locate: Callable[..., Awaitable[object]] | None = None
         self._noted: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._fallbacks: deque[float] = deque(maxlen=NOTED_MAX)  # monotonic times
+        self._fallbacks: deque[float] = deque(maxlen=NOTED_MAX)  # when calls took the fallback (the log's times)
         self.fallbacks = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -368,9 +368,10 @@ class CallEvents:
         """The dialplan's marks in the log: the network's position (the incident's first location), a call
         queued without the intake's answer (counted for /healthz)."""
         uid = call.uniqueid
-        if took_fallback(call) and self._note("fallback", uid):
+        fell_back = fallback_at(call)
+        if fell_back is not None and self._note("fallback", uid):
             self.fallbacks += 1
-            self._fallbacks.append(time.monotonic())
+            self._fallbacks.append(fell_back)
         position = call_position(call)
         if position is None or self.locate is None or not self._note("located", uid):
             return
@@ -384,7 +385,7 @@ class CallEvents:
 
     def fallback_health(self, *, window_s: float = FALLBACK_WINDOW_S) -> dict:
         """Not ok while calls took the dialplan's fallback within ``window_s``: the intake did not answer them."""
-        now = time.monotonic()
+        now = self.clock()  # Asterisk's times: a call replayed after a restart counts from when it came
         recent = sum(1 for t in self._fallbacks if now - t < window_s)
         return {"ok": not recent, "fallbacks": self.fallbacks,
                 "reason": (f"{recent} calls in the last {window_s:.0f} s were queued without the intake's answer "

@@ -315,9 +315,9 @@ def call_position(call: CelCall) -> tuple[float, float, float] | None:
     return None
 
 
-def took_fallback(call: CelCall) -> bool:
-    """Whether the dialplan marked this call as queued without the intake's answer."""
-    return any(e.uniqueid == call.uniqueid and e.user_type == FALLBACK_EVENT for e in call.events)
+def fallback_at(call: CelCall) -> float | None:
+    """When the dialplan marked this call as queued without the intake's answer (epoch seconds), if it did."""
+    return next((e.at for e in call.events if e.uniqueid == call.uniqueid and e.user_type == FALLBACK_EVENT), None)
 
 
 class CallLog:

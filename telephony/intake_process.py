@@ -82,9 +82,13 @@ class IntakeProcess:
         log.info("intake process started (pid %d)", self.proc.pid)
 
     async def start(self) -> None:
-        await self._spawn()
+        """Start the child and wait (up to 10 s) until it answers; the backend starts in any case."""
+        try:
+            await self._spawn()
+        except OSError:
+            log.exception("intake process could not be started; calls take the dialplan's fallback")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.proc.returncode is None:
+        while self.proc is not None and self.proc.returncode is None and time.monotonic() < deadline:
             if await self._probe():
                 break
             await asyncio.sleep(0.05)
@@ -108,8 +112,8 @@ class IntakeProcess:
         pause = RESTART_S
         while True:
             await asyncio.sleep(WATCH_S)
-            if self.proc is not None and self.proc.returncode is not None:
-                self.last_exit = self.proc.returncode
+            if self.proc is None or self.proc.returncode is not None:
+                self.last_exit = None if self.proc is None else self.proc.returncode
                 log.error("intake process ended (%s); starting it again in %.1f s", self.proc.returncode, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RESTART_MAX_S)
