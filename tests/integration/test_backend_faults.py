@@ -70,7 +70,7 @@ async def test_call_entirely_while_the_backend_is_down(lab_paths, tmp_path) -> N
                 break
             await asyncio.sleep(0.2)
         assert result.tickets == 1 and result.differing == {}, result.differing
-        assert result.recordings_ok == 1  # named after the uniqueid by the dialplan's fallback
+        assert result.recordings_ok == 1  # the recording, named after the caller's uniqueid by the dialplan
     finally:
         backend.stop()
     rc, out = backend.journal_verify()
