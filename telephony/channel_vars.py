@@ -9,8 +9,8 @@ next to each name in step with the dialplan.
 QUEUE = "JIEJING_QUEUE"  # queue the call goes to
 PRIORITY = "JIEJING_PRIORITY"  # app_queue priority (higher is served first)
 
-# Set over AMI (Originate) on the channels the backend places: an officer's leg of a dispatch
-# (telephony/dispatcher.py) and a call-back (telephony/callback.py).
+# Set over AMI on the channels the backend places (Originate: an officer's leg of a dispatch, a call-back)
+# and on a caller's before a hand-over (Setvar, telephony/handover.py).
 TICKET = "JIEJING_TICKET"  # human-readable ticket number, e.g. 110-20261129-000042
 # File name (no folder, no extension) for MixMonitor: the caller's uniqueid on a 110 call (set by the
 # dialplan), set by the call-back's Originate on a call-back.

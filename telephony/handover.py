@@ -62,10 +62,11 @@ class AsteriskHandover:
     async def transfer(self, number: str, endpoint: str) -> None:
         endpoint = self._checked(endpoint)
         _, legs = await self._call(number)
-        resp = await self.ami.action("Setvar", {"Channel": legs["caller"], "Variable": channel_vars.HANDOVER_TO,
-                                                "Value": endpoint})
-        if not resp.ok:
-            raise HandoverFailed(f"{number}: {resp.message}")
+        # The ticket's number too: the caller's channel carries none of its own (the ticket comes from the log).
+        for variable, value in ((channel_vars.TICKET, number), (channel_vars.HANDOVER_TO, endpoint)):
+            resp = await self.ami.action("Setvar", {"Channel": legs["caller"], "Variable": variable, "Value": value})
+            if not resp.ok:
+                raise HandoverFailed(f"{number}: {resp.message}")
         resp = await self.ami.action("Redirect", {"Channel": legs["caller"], "Context": "handover",
                                                   "Exten": "transfer", "Priority": "1"})
         if not resp.ok:
