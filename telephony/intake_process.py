@@ -114,7 +114,7 @@ class IntakeProcess:
             await asyncio.sleep(WATCH_S)
             if self.proc is None or self.proc.returncode is not None:
                 self.last_exit = None if self.proc is None else self.proc.returncode
-                log.error("intake process ended (%s); starting it again in %.1f s", self.proc.returncode, pause)
+                log.error("intake process ended (%s); starting it again in %.1f s", self.last_exit, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RESTART_MAX_S)
                 try:
@@ -149,6 +149,6 @@ class IntakeProcess:
                            "dialplan's fallback")
         elif heard is None or heard > SILENT_S:
             reasons.append("the intake process does not answer: calls take the dialplan's fallback")
-        return {"ok": not reasons, "reason": "; ".join(reasons) or None, "process": "own",
+        return {**self.last_stats, "ok": not reasons, "reason": "; ".join(reasons) or None, "process": "own",
                 "pid": self.proc.pid if alive else None, "starts": self.starts,
-                "heard_s_ago": None if heard is None else round(heard, 1), **self.last_stats}
+                "heard_s_ago": None if heard is None else round(heard, 1)}

@@ -1,7 +1,8 @@
 """`jiejing serve`: the backend process, assembled.
 
 Owns, in start order: the ticket store, the AMI connection with the event
-adapter, the intake's own HTTP listener (what the dialplan's CURL() asks), the
+adapter and the follower of Asterisk's log, the intake (what the dialplan's
+CURL() asks: a process of its own, ``telephony/intake_process.py``), the
 FastAGI server (the seats' feature codes), and the HTTP API (with the seat
 board driving queue membership over AMI, and the AMI, intake and FastAGI
 figures in /metrics). aiohttp's cleanup contexts stop
