@@ -38,7 +38,7 @@ async def every(interval_s: float, work, *, what: str, log) -> None:
 
 
 # Items a background worker may have waiting (a new ticket's repeat-caller check, its query copy, its surge count):
-# at 30 calls/s for a minute with the store stopped, under 2,000.
+# a minute of 30 calls/s with the store stopped is 1,800 tickets.
 WORK_MAX = 10_000
 
 
