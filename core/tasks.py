@@ -43,54 +43,60 @@ WORK_MAX = 10_000
 
 
 class Overflow:
-    """What a bounded work queue had to leave out: counted, said in /healthz, repaired from the store later.
+    """A bounded work queue's overflow: what it had to leave out, counted, said in /healthz, repaired later.
 
-    A listener that finds its queue full calls ``note(at_us)`` with the time of the item it could not queue
-    (the ticket's time). Once the queue is empty again, the worker repairs everything since the earliest such
-    time from the store (``drain_then_repair``); until a repair has run to its end, ``health`` is not ok.
+    A listener offers each item with ``put(item, at_us)`` (``at_us``: the ticket's time); one that finds the
+    queue full is left out and noted. Once the queue is empty again, the worker's ``after_item(repair)``
+    redoes everything since the earliest such time from the store; until a repair has run to its end,
+    ``health`` is not ok.
     """
 
-    def __init__(self, what: str, *, log) -> None:
+    def __init__(self, what: str, queue: asyncio.Queue, *, log) -> None:
         self.what = what
+        self.queue = queue
         self._log = log
         self.dropped = 0
         self.repairs = 0
         self._since_us: int | None = None
 
-    def note(self, at_us: int) -> None:
-        if self._since_us is None:
-            self._log.warning("%s: queue full; work from here on is redone from the store once it drains", self.what)
-        self.dropped += 1
-        self._since_us = at_us if self._since_us is None else min(self._since_us, at_us)
+    def put(self, item, at_us: int) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            if self._since_us is None:
+                self._log.warning("%s: queue full; work from here on is redone from the store once it drains",
+                                  self.what)
+            self.dropped += 1
+            self._since_us = at_us if self._since_us is None else min(self._since_us, at_us)
 
     @property
     def pending(self) -> bool:
         return self._since_us is not None
 
-    def health(self, waiting: int) -> dict:
+    def health(self) -> dict:
+        waiting = self.queue.qsize()
         reason = (f"{self.what}: queue was full ({self.dropped} left out so far); redone from the store once "
                   f"the {waiting} waiting are done") if self.pending else None
         return {"ok": reason is None, "reason": reason, "waiting": waiting, "dropped": self.dropped,
                 "repairs": self.repairs}
 
+    async def after_item(self, repair) -> None:
+        """In the worker, after an item: if the queue is empty and items were left out, ``repair(since_us)``.
 
-async def drain_then_repair(queue: asyncio.Queue, overflow: Overflow, repair, *, log) -> None:
-    """After an item: if the queue is empty and items were left out, repair from their earliest time on.
-
-    A repair that fails stays due (tried again after the next item); one during which more was left out
-    stays due as well, from the same time.
-    """
-    since = overflow._since_us
-    if since is None or not queue.empty():
-        return
-    dropped = overflow.dropped
-    try:
-        await repair(since)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s: repair from the store failed; tried again after the next item", overflow.what)
-        return
-    overflow.repairs += 1
-    if overflow.dropped == dropped:
-        overflow._since_us = None
+        A repair that fails stays due (tried again after the next item); one during which more was left out
+        stays due as well, from the same time.
+        """
+        since = self._since_us
+        if since is None or not self.queue.empty():
+            return
+        dropped = self.dropped
+        try:
+            await repair(since)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._log.exception("%s: repair from the store failed; tried again after the next item", self.what)
+            return
+        self.repairs += 1
+        if self.dropped == dropped:
+            self._since_us = None

@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import time
-from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -43,11 +42,6 @@ ANSWER_KEYS = {
 }
 UNIQUEID = re.compile(r"[A-Za-z0-9._-]{1,150}")
 CALLER_MAX = 200  # characters of a caller id looked at
-
-
-def stats_of(stats: RouteStats) -> dict[str, Any]:
-    return {"requests": stats.requests, "failures": stats.failures, "timeouts": stats.timeouts,
-            "le_ms": {str(b): n for b, n in stats.durations.cumulative()}, "sum_ms": stats.durations.sum_ms}
 
 
 INTAKE = web.AppKey("intake", Intake)
@@ -80,7 +74,7 @@ async def intake(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"pid": os.getpid(), **stats_of(request.app[STATS])})
+    return web.json_response({"pid": os.getpid(), **request.app[STATS].summary()})
 
 
 def make_intake_app(service_intake: Intake, stats: RouteStats | None = None) -> web.Application:

@@ -54,7 +54,7 @@ from telephony.cel import CallLog, CelFollower
 from telephony.dispatcher import Dispatcher
 from telephony.handover import AsteriskHandover
 from telephony.intake import Intake
-from telephony.intake_http import make_intake_app, stats_of
+from telephony.intake_http import make_intake_app
 from telephony.intake_process import IntakeProcess
 from telephony.seat_control import AMIQueuePort, pause_listener, sync_board
 
@@ -81,7 +81,7 @@ class Backend:
     def intake_figures(self) -> dict:
         if self.intake_process is not None:
             return self.intake_process.last_stats
-        return stats_of(self.intake_stats)
+        return self.intake_stats.summary()
 
     async def open_alerts(self) -> list[dict]:
         await self.alerts.flush()
@@ -264,7 +264,7 @@ def make_web_app(backend: Backend) -> web.Application:
 
     def intake_health() -> dict:
         found = (backend.intake_process.health() if backend.intake_process is not None
-                 else {"ok": True, "process": "this", **stats_of(backend.intake_stats)})
+                 else {"ok": True, "process": "this", **backend.intake_stats.summary()})
         fallback = backend.events.fallback_health()
         if not fallback["ok"]:
             found["ok"] = False
@@ -276,11 +276,7 @@ def make_web_app(backend: Backend) -> web.Application:
         return {
             "ok": True, "port": backend.agi.port, "active_connections": backend.agi.active_connections,
             "connections": stats.connections, "bad_requests": stats.bad_requests,
-            "routes": {
-                name: {"requests": r.requests, "failures": r.failures, "timeouts": r.timeouts,
-                       "le_ms": {str(b): n for b, n in r.durations.cumulative()}}
-                for name, r in stats.routes.items()
-            },
+            "routes": {name: r.summary() for name, r in stats.routes.items()},
         }
 
     settings = backend.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from core.calls.events import StepBroadcaster
 from core.calls.tickets import TicketService
 from core.dispatch.officers import OfficerService
 from core.dispatch.planner import DispatchPlanner
+from core.tasks import Overflow
 from core.triage.desk import TriageDesk, default_files
 from core.triage.keywords import parse_keywords
 from core.triage.push import Poster
@@ -125,3 +127,11 @@ async def desk_client(
         desk.set_publisher(broadcaster.publish)
     async with TestClient(TestServer(app)) as client:
         yield client
+
+
+async def repaired(overflow: Overflow, timeout_s: float = 2.0) -> None:
+    """Until the worker has drained its queue and run the one repair its overflow asked for."""
+    for _ in range(round(timeout_s / 0.01)):
+        if overflow.repairs == 1 and not overflow.pending:
+            return
+        await asyncio.sleep(0.01)

@@ -37,7 +37,7 @@ from core.calls.tables import Ticket
 from core.calls.tickets import StepView, TicketView, iso_utc
 from core.dispatch.planner import IncidentRow
 from core.errors import DomainError
-from core.tasks import WORK_MAX, Overflow, drain_then_repair, stop_task
+from core.tasks import WORK_MAX, Overflow, stop_task
 from core.triage.classify import (
     DAY_US,
     HOUR_COLUMNS,
@@ -329,28 +329,22 @@ class QueryIndex:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._pending: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(WORK_MAX)
-        self.overflow = Overflow("query copies", log=log)
+        self.overflow = Overflow("query copies", self._pending, log=log)
         self._task: asyncio.Task[None] | None = None
 
     def on_step(self, ticket: TicketView, step: StepView) -> None:
         """``TicketService`` listener: queue the change (synchronous, no I/O; bounded: see ``repair``)."""
         if step.step in (Step.RECEIVED, Step.REPORTED):  # a call's ticket, a text report's
-            self._queue((ticket.number, ticket.created_at_us, {"updated_at_us": step.at_us}))
+            self.overflow.put((ticket.number, ticket.created_at_us, {"updated_at_us": step.at_us}), ticket.created_at_us)
         elif step.step is Step.LOCATED:
             station, cell = step.detail.get("station"), step.detail.get("cell")
-            self._queue((ticket.number, ticket.created_at_us, {
+            self.overflow.put((ticket.number, ticket.created_at_us, {
                 "station_id": station if isinstance(station, str) else None,
                 "cell": cell if isinstance(cell, str) else None, "updated_at_us": step.at_us,
-            }))
-
-    def _queue(self, item: tuple[str, int, dict[str, Any]]) -> None:
-        try:
-            self._pending.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflow.note(item[1])
+            }), ticket.created_at_us)
 
     def health(self) -> dict[str, Any]:
-        return self.overflow.health(self._pending.qsize())
+        return self.overflow.health()
 
     async def start(self) -> None:
         try:
@@ -386,7 +380,7 @@ class QueryIndex:
                 log.exception("query copy of %s not written; the next start fills it in", number)
             finally:
                 self._pending.task_done()
-            await drain_then_repair(self._pending, self.overflow, self.repair, log=log)
+            await self.overflow.after_item(self.repair)
 
     async def repair(self, since_us: int) -> int:
         """After a full queue: every ticket gets its copy, and those located since ``since_us`` their place."""

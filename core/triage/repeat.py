@@ -33,7 +33,7 @@ from core.calls.lifecycle import IllegalTransition, State, Step
 from core.calls.tables import Ticket
 from core.calls.tickets import Source, StepView, TicketService, TicketView, iso_utc
 from core.store import TEXT_MAX, Base
-from core.tasks import WORK_MAX, Overflow, drain_then_repair, stop_task
+from core.tasks import WORK_MAX, Overflow, stop_task
 
 __all__ = ["PHONE", "PrankNumber", "RepeatCallers", "TicketLinkRow", "PrankNumberRow", "normalise_phone"]
 
@@ -107,7 +107,7 @@ class RepeatCallers:
         self._clock = clock
         self._publish = publish
         self._pending: asyncio.Queue[str] = asyncio.Queue(WORK_MAX)
-        self.overflow = Overflow("repeat-caller checks", log=log)
+        self.overflow = Overflow("repeat-caller checks", self._pending, log=log)
         self._task: asyncio.Task[None] | None = None
 
     # -- the listener and its worker -------------------------------------------
@@ -115,13 +115,10 @@ class RepeatCallers:
     def on_step(self, ticket: TicketView, step: StepView) -> None:
         """``TicketService`` listener: queue each new ticket for the look-up (bounded: see ``repair``)."""
         if step.step is Step.RECEIVED:
-            try:
-                self._pending.put_nowait(ticket.number)
-            except asyncio.QueueFull:
-                self.overflow.note(ticket.created_at_us)
+            self.overflow.put(ticket.number, ticket.created_at_us)
 
     def health(self) -> dict[str, Any]:
-        return self.overflow.health(self._pending.qsize())
+        return self.overflow.health()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="repeat-callers")
@@ -142,7 +139,7 @@ class RepeatCallers:
                 log.exception("repeat-caller check of %s failed", number)
             finally:
                 self._pending.task_done()
-            await drain_then_repair(self._pending, self.overflow, self.repair, log=log)
+            await self.overflow.after_item(self.repair)
 
     async def repair(self, since_us: int) -> int:
         """Check every ticket received since ``since_us`` (the queue was full then); a linked one is left as is."""

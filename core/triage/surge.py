@@ -41,7 +41,7 @@ from core.calls.lifecycle import Step
 from core.calls.tables import Ticket
 from core.calls.tickets import StepView, TicketView, iso_utc
 from core.dispatch.planner import IncidentRow
-from core.tasks import WORK_MAX, Overflow, drain_then_repair, stop_task
+from core.tasks import WORK_MAX, Overflow, stop_task
 
 __all__ = ["SurgeConfig", "SurgeError", "SurgeSettings", "SurgeWatch", "load_surge_config", "parse_surge_config"]
 
@@ -161,7 +161,7 @@ class SurgeWatch:
         self._active: dict[str, _Surge] = {}
         self._baselines: dict[str, tuple[int, float]] = {}  # key -> (computed at, average)
         self._pending: asyncio.Queue[tuple[str, str | None, str | None, int]] = asyncio.Queue(WORK_MAX)
-        self.overflow = Overflow("surge counts", log=log)
+        self.overflow = Overflow("surge counts", self._pending, log=log)
         self._task: asyncio.Task[None] | None = None
 
     def _now_us(self) -> int:
@@ -174,11 +174,8 @@ class SurgeWatch:
         if step.step is Step.LOCATED:
             station = step.detail.get("station")
             cell = step.detail.get("cell")
-            try:
-                self._pending.put_nowait((ticket.number, station if isinstance(station, str) else None,
-                                          cell if isinstance(cell, str) else None, ticket.created_at_us))
-            except asyncio.QueueFull:
-                self.overflow.note(ticket.created_at_us)
+            self.overflow.put((ticket.number, station if isinstance(station, str) else None,
+                               cell if isinstance(cell, str) else None, ticket.created_at_us), ticket.created_at_us)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="surge-watch")
@@ -201,10 +198,10 @@ class SurgeWatch:
                 await self._guarded(self.observe(*item))
             finally:
                 self._pending.task_done()
-            await drain_then_repair(self._pending, self.overflow, self.repair, log=log)
+            await self.overflow.after_item(self.repair)
 
     def health(self) -> dict[str, Any]:
-        return self.overflow.health(self._pending.qsize())
+        return self.overflow.health()
 
     async def repair(self, since_us: int) -> int:
         """After a full queue: count every ticket located since ``since_us`` (a counted one is only moved)."""

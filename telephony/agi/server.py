@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from telephony.agi.codec import (
     NEED_DATA,
@@ -188,6 +188,11 @@ class RouteStats:
     failures: int = 0
     timeouts: int = 0
     durations: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def summary(self) -> dict[str, Any]:
+        """The counters and the cumulative histogram (bound in ms → count), as /healthz and /metrics read them."""
+        return {"requests": self.requests, "failures": self.failures, "timeouts": self.timeouts,
+                "le_ms": {str(b): n for b, n in self.durations.cumulative()}, "sum_ms": self.durations.sum_ms}
 
 
 @dataclass

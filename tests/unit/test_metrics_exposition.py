@@ -28,7 +28,6 @@ from core.web.metrics import registry_of
 from telephony.agi.codec import Request
 from telephony.agi.server import AGISession, FastAGIServer, RouteStats
 from telephony.ami.client import AMIClient
-from telephony.intake_http import stats_of
 from telephony.serve import TelephonyMetrics
 from tests.unit.conftest import T0, FakeClock
 
@@ -55,7 +54,7 @@ def _telephony() -> TelephonyMetrics:
     intake.requests, intake.failures, intake.timeouts = 3, 1, 1
     for ms in (0.7, 3.0, 240.0):
         intake.durations.observe(ms)
-    return TelephonyMetrics(ami, agi, lambda: stats_of(intake))
+    return TelephonyMetrics(ami, agi, intake.summary)
 
 
 @pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),

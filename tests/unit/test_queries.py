@@ -23,7 +23,7 @@ from core.triage.queries import (
     hourly_series,
     search,
 )
-from tests.triage_setup import desk_client, make_desk, planner_for
+from tests.triage_setup import desk_client, make_desk, planner_for, repaired
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
 
@@ -231,8 +231,6 @@ async def test_the_query_copy_follows_new_tickets_and_fills_in_missing_ones(
 async def test_a_full_queue_leaves_work_out_says_so_and_redoes_it_from_the_store(
     service: TicketService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-
     from core.triage import queries
     from core.triage.queries import QueryIndex
     from tests.dispatch_city import CENTER, answered_call, load, point_in
@@ -253,10 +251,7 @@ async def test_a_full_queue_leaves_work_out_says_so_and_redoes_it_from_the_store
         assert index.overflow.dropped == 3
         health = index.health()
         assert health["ok"] is False and "query copies" in health["reason"] and health["waiting"] == 2
-        for _ in range(200):
-            if index.overflow.repairs == 1 and not index.overflow.pending:
-                break
-            await asyncio.sleep(0.01)
+        await repaired(index.overflow)
         assert index.health()["ok"] is True and index.overflow.repairs == 1
         page = await search(service.engine, TicketQuery(station="east"))
         assert sorted(t["number"] for t in page["tickets"]) == sorted(v.number for v, _ in located)

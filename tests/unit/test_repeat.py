@@ -6,7 +6,7 @@ from core.auth.users import Role
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService, TicketView
 from core.triage.repeat import RepeatCallers
-from tests.triage_setup import desk_client, make_desk, planner_for
+from tests.triage_setup import desk_client, make_desk, planner_for, repaired
 from tests.unit.conftest import FakeClock
 from tests.web_login import login_headers
 
@@ -84,8 +84,6 @@ async def test_the_listener_links_new_calls_and_flags_prank_numbers(service: Tic
 async def test_calls_left_out_of_a_full_queue_are_checked_from_the_store(
     service: TicketService, clock: FakeClock, monkeypatch
 ) -> None:
-    import asyncio
-
     from core.triage import repeat as repeat_module
 
     monkeypatch.setattr(repeat_module, "WORK_MAX", 1)
@@ -97,10 +95,7 @@ async def test_calls_left_out_of_a_full_queue_are_checked_from_the_store(
         second = await _call(service, clock, "8.2")  # no room: the first is still waiting
         assert repeat.overflow.dropped == 1 and repeat.health()["ok"] is False
         await repeat.start()
-        for _ in range(200):
-            if repeat.overflow.repairs == 1 and not repeat.overflow.pending:
-                break
-            await asyncio.sleep(0.01)
+        await repaired(repeat.overflow)
         assert repeat.health()["ok"] is True
         stored = await service.get(second.number)
         assert stored.steps[-1].step == Step.REPEAT_LINKED and stored.steps[-1].detail["to"] == first.number

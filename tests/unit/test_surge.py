@@ -140,10 +140,8 @@ def test_configuration_per_region_and_its_errors() -> None:
 async def test_located_tickets_left_out_of_a_full_queue_are_counted_from_the_store(
     service: TicketService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-
     from core.triage import surge as surge_module
-    from tests.triage_setup import planner_for
+    from tests.triage_setup import planner_for, repaired
 
     monkeypatch.setattr(surge_module, "WORK_MAX", 1)
     planner = planner_for(service, clock)
@@ -156,10 +154,7 @@ async def test_located_tickets_left_out_of_a_full_queue_are_counted_from_the_sto
             await planner.locate(ticket.number, lat=point_in(CENTER)[0], lon=point_in(CENTER)[1])
         assert watch.overflow.dropped == 1 and watch.health()["ok"] is False
         await watch.start()
-        for _ in range(200):
-            if watch.overflow.repairs == 1 and not watch.overflow.pending:
-                break
-            await asyncio.sleep(0.01)
+        await repaired(watch.overflow)
         assert watch.health()["ok"] is True
     finally:
         remove()
