@@ -1,25 +1,30 @@
-"""Settings of one backend process, read from ``JIEJING_*`` environment variables.
+"""Settings of jiejing: a configuration file, ``JIEJING_*`` environment variables over it.
 
-Each field ``name`` is set by ``JIEJING_NAME`` (e.g. ``JIEJING_HTTP_PORT``); an
-unset or empty variable keeps the default. Lists are comma-separated. A bad
-value stops the process at start-up with a message naming the variable, not
-at the first call.
+Each field ``name`` is set by ``name = …`` in the configuration file (``/etc/jiejing/jiejing.toml``, or the
+file ``JIEJING_CONFIG`` names) or by ``JIEJING_NAME`` (e.g. ``JIEJING_HTTP_PORT``), the variable winning; an
+unset or empty variable keeps the file's value or the default. Lists are comma-separated. A secret can be
+read from a file instead (``JIEJING_AMI_SECRET_FILE``). A bad value stops the process at start-up with a
+message naming the setting, not at the first call. ``jiejing config check`` prints what is in effect and
+``docs/configuration.md`` (generated from the fields' docs here) describes every setting.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PREFIX = "JIEJING_"
+CONFIG_FILE = "/etc/jiejing/jiejing.toml"  # read when it exists; JIEJING_CONFIG names another
 
 
 class ConfigError(ValueError):
-    """A ``JIEJING_*`` variable holds a value the backend cannot use."""
+    """A setting holds a value the backend cannot use."""
 
 
 def _default_db_url() -> str:
@@ -36,43 +41,130 @@ def _default_web_vendor() -> str:
 LAB_AMI_SECRETS = frozenset({"jiejing-lab", "jiejing-lab-admin"})
 
 
+def setting(doc: str, default: Any = None, *, factory: Any = None, secret: bool = False) -> Any:
+    """A settings field with its documentation (``docs/configuration.md`` is generated from it)."""
+    meta = {"doc": doc, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+def environment(env: Mapping[str, str] | None = None, *, known: Collection[str] | None = None) -> dict[str, str]:
+    """The settings' source as variables: the configuration file's values, ``JIEJING_*`` variables over them, and
+    each ``JIEJING_<SECRET>_FILE`` read into ``JIEJING_<SECRET>``. With ``known`` (setting names), a key of the
+    file that is none of them is an error: a misspelt setting must not pass as unset."""
+    env = os.environ if env is None else env
+    named = env.get(PREFIX + "CONFIG", "").strip()
+    path = Path(named) if named else Path(CONFIG_FILE)
+    out: dict[str, str] = {}
+    if named or path.exists():
+        out.update(_file_values(path, known))
+    out.update({k: v for k, v in env.items() if not (k.startswith(PREFIX) and not v.strip())})
+    for name in secret_names():
+        var, file_var = PREFIX + name.upper(), PREFIX + name.upper() + "_FILE"
+        if out.get(file_var, "").strip():
+            if env.get(var, "").strip():
+                raise ConfigError(f"both {var} and {file_var} are set: keep one")
+            try:
+                out[var] = Path(out[file_var].strip()).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{file_var}: cannot read the secret: {exc}") from None
+            if not out[var]:
+                raise ConfigError(f"{file_var}: {out[file_var]} is empty")
+    return out
+
+
+_SECRETS: set[str] = set()
+
+
+def secret_names() -> set[str]:
+    """Fields whose value may come from a file (``…_FILE``) and is masked when printed."""
+    return _SECRETS
+
+
+def register_secrets(cls: type) -> type:
+    _SECRETS.update(f.name for f in fields(cls) if f.metadata.get("secret"))
+    return cls
+
+
+def _file_values(path: Path, known: Collection[str] | None) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {path}: {exc}") from None
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = key[:-5] if key.endswith("_file") and key[:-5] in secret_names() else key
+        if known is not None and name not in known:
+            raise ConfigError(f"configuration file {path}: unknown setting {key!r} (see `jiejing config reference`)")
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif isinstance(value, (int, float, str)):
+            text = str(value)
+        elif isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                                             for v in value):
+            text = ",".join(str(v) for v in value)
+        else:
+            raise ConfigError(f"configuration file {path}: {key} must be a string, number, yes/no or a list, "
+                              f"got {type(value).__name__}")
+        out[PREFIX + key.upper()] = text
+    return out
+
+
+@register_secrets
 @dataclass(frozen=True, slots=True)
 class Settings:
-    db_url: str = field(default_factory=_default_db_url)
-    http_host: str = "127.0.0.1"
-    http_port: int = 8110
-    intake_host: str = "127.0.0.1"  # the dialplan's CURL() intake (JIEJING_INTAKE in extensions.conf)
-    intake_port: int = 4574
-    # The intake answers in a process of its own (telephony/intake_process.py); no: in this one (tests, debugging).
-    intake_process: bool = True
-    agi_host: str = "127.0.0.1"  # FastAGI: the seats' feature codes
-    agi_port: int = 4573
-    ami_host: str = "127.0.0.1"
-    ami_port: int = 5038
-    ami_user: str = "jiejing"
-    ami_secret: str = field(default="jiejing-lab", repr=False)  # kept out of logs
-    recordings_dir: str = ""  # empty: recordings are not bound (the lab sets it)
-    # Asterisk's channel event log (dialplan/cel_custom.conf: <astlogdir>/cel-custom/jiejing.csv), replayed after
-    # any gap; empty: no replay, the channel snapshot alone reconciles after a reconnect (the lab sets it)
-    cel_file: str = ""
-    timezone: str = "Asia/Shanghai"
-    ticket_prefix: str = "110"
-    intake_contexts: tuple[str, ...] = ("from-carrier",)
-    emergency_numbers: tuple[str, ...] = ("110",)
-    city_file: str = ""  # stations, cells, officers, roster (JSON or TOML); the lab's by default
-    seat_queue: str = "emergency-110"  # the queue seats join when their call-takers log in
-    wrap_up_s: float = 10.0  # after each call, before the seat rings again
-    token_ttl_s: float = 12 * 3600.0  # a log-in lasts one long shift
-    phones_file: str = ""  # browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py)
-    web_vendor: str = field(default_factory=_default_web_vendor)  # served as /vendor/ (jssip.min.js)
-    lab: bool = False  # JIEJING_LAB=yes: the lab, where the shipped AMI secrets are allowed
-    # CPU priority below Asterisk's (os.nice increment, and its session's: telephony/serve.py yield_cpu): under
-    # load the callers' Asterisk gets the CPU, and the record, which Asterisk's log keeps, catches up afterwards.
-    # 0 leaves it as started. At 10 the backend still moved the answer p99 at 40 calls/s by 0.1-0.2 s in the lab.
-    nice: int = 19
+    lab: bool = setting("The lab: the AMI secrets dialplan/manager.conf ships are allowed, and `serve` takes the lab's "
+                        "city, recordings folder and channel event log where they are not set. Never in a center.",
+                        False)
+    db_url: str = setting("The store, an SQLAlchemy URL: `sqlite+aiosqlite:////var/lib/jiejing/jiejing.db` (an "
+                          "absolute path) or `postgresql+asyncpg://user@host/db`. Default: var/jiejing.db under the "
+                          "directory the command is started in (the lab only).", factory=_default_db_url)
+    http_host: str = setting("Address of the operations web (pages, API, /healthz, /metrics); put a TLS proxy in "
+                             "front of it.", "127.0.0.1")
+    http_port: int = setting("Port of the operations web.", 8110)
+    intake_host: str = setting("Address of the intake the dialplan's CURL() asks (JIEJING_INTAKE in "
+                               "extensions.conf).", "127.0.0.1")
+    intake_port: int = setting("Port of the intake.", 4574)
+    intake_process: bool = setting("The intake answers in a process of its own (telephony/intake_process.py); no: "
+                                   "in the backend's (tests, debugging).", True)
+    agi_host: str = setting("Address of the FastAGI server: the seats' feature codes.", "127.0.0.1")
+    agi_port: int = setting("Port of the FastAGI server.", 4573)
+    ami_host: str = setting("Asterisk's manager interface (AMI): address.", "127.0.0.1")
+    ami_port: int = setting("AMI port.", 5038)
+    ami_user: str = setting("AMI user of the backend (dialplan/manager.conf [jiejing]).", "jiejing")
+    ami_secret: str = setting("AMI secret of that user. The lab's shipped secret is refused outside the lab.",
+                              "jiejing-lab", secret=True)
+    recordings_dir: str = setting("Where Asterisk writes the recordings (MixMonitor): they are hashed and bound to "
+                                  "tickets from here, and retention removes files only inside it. Required in a "
+                                  "center.", "")
+    cel_file: str = setting("Asterisk's channel event log (dialplan/cel_custom.conf: "
+                            "<astlogdir>/cel-custom/jiejing.csv), replayed after any gap. Required in a center: "
+                            "without it calls made while the backend was down have no ticket.", "")
+    timezone: str = setting("The center's time zone (IANA name): shifts, hourly counts, ticket numbers.",
+                            "Asia/Shanghai")
+    ticket_prefix: str = setting("First part of every ticket number (1-16 ASCII letters or digits).", "110")
+    intake_contexts: tuple[str, ...] = setting("Dialplan contexts whose calls are emergency calls.",
+                                               ("from-carrier",))
+    emergency_numbers: tuple[str, ...] = setting("Numbers dialled for the emergency line.", ("110",))
+    city_file: str = setting("The city: stations, cells, officers and roster (JSON or TOML, as sip-lab/city.json). "
+                             "Required in a center; the lab's synthetic city is refused outside the lab.", "")
+    seat_queue: str = setting("The Asterisk queue seats join when their call-takers log in.", "emergency-110")
+    wrap_up_s: float = setting("Seconds after each call before the seat rings again.", 10.0)
+    token_ttl_s: float = setting("Seconds a web log-in lasts (one long shift).", 12 * 3600.0)
+    phones_file: str = setting("Browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py).", "")
+    web_vendor: str = setting("The pages' browser libraries, served as /vendor/ (set-up bundles them from npm).",
+                              factory=_default_web_vendor)
+    nice: int = setting("CPU priority below Asterisk's (0-19; the backend's session too, telephony/serve.py "
+                        "yield_cpu): under load the callers' Asterisk gets the CPU, and the record, which "
+                        "Asterisk's log keeps, catches up afterwards. 0 leaves it as started.", 19)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """From ``env`` as given, or, by default, from the configuration file and the process's variables."""
+        env = environment() if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name.upper()
@@ -126,13 +218,60 @@ def _flag(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be yes or no, got {raw!r}")
 
 
-def refuse_lab_secret(settings: Settings) -> None:
-    """A center must not run on the AMI secret the repository ships (ConfigError), only the lab may."""
-    if settings.ami_secret in LAB_AMI_SECRETS and not settings.lab:
-        raise ConfigError(
-            f"{PREFIX}AMI_SECRET is the secret shipped in dialplan/manager.conf, which anyone can read: set your "
-            f"own in manager.conf and {PREFIX}AMI_SECRET (or {PREFIX}LAB=yes for the lab)"
-        )
+def refuse_lab_defaults(settings: Settings, source: Mapping[str, str]) -> None:
+    """Outside the lab, a ConfigError naming every lab default ``settings`` would run a center on."""
+    problems = production_problems(settings, source)
+    if problems:
+        raise ConfigError(f"not starting outside the lab ({PREFIX}LAB=yes is for the lab only):\n  - "
+                          + "\n  - ".join(problems))
+
+
+def production_problems(settings: Settings, source: Mapping[str, str]) -> list[str]:
+    """What stops ``serve`` outside the lab: each a lab default that would silently run a center wrong.
+
+    ``source`` is what the settings were read from (``environment()``): it tells a value set from a default.
+    """
+    if settings.lab:
+        return []
+    problems = []
+    if settings.ami_secret in LAB_AMI_SECRETS:
+        problems.append(f"{PREFIX}AMI_SECRET is the secret shipped in dialplan/manager.conf, which anyone can read: "
+                        "set your own in manager.conf and here")
+    if not settings.city_file:
+        problems.append(f"{PREFIX}CITY_FILE is not set: the center's stations, cells, officers and roster")
+    elif _is_lab_city(settings.city_file):
+        problems.append(f"{PREFIX}CITY_FILE {settings.city_file} is the lab's synthetic city (\"lab\": true)")
+    if not settings.recordings_dir:
+        problems.append(f"{PREFIX}RECORDINGS_DIR is not set: recordings would not be bound to tickets")
+    elif not Path(settings.recordings_dir).is_absolute():
+        problems.append(f"{PREFIX}RECORDINGS_DIR {settings.recordings_dir!r} is relative: give an absolute path")
+    if not settings.cel_file:
+        problems.append(f"{PREFIX}CEL_FILE is not set: calls made while the backend is down would get no ticket")
+    if not source.get(PREFIX + "DB_URL", "").strip():
+        problems.append(f"{PREFIX}DB_URL is not set: the store would be var/jiejing.db under whatever directory "
+                        "the service starts in")
+    elif (path := _sqlite_path(settings.db_url)) is not None and not Path(path).is_absolute():
+        problems.append(f"{PREFIX}DB_URL names the relative SQLite path {path!r}: give an absolute one "
+                        "(sqlite+aiosqlite:////var/lib/jiejing/jiejing.db)")
+    return problems
+
+
+def _is_lab_city(path: str) -> bool:
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(raw) if path.endswith(".toml") else json.loads(raw)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # unreadable: serve's own loading of the city says why
+    return isinstance(data, dict) and data.get("lab") is True
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of an SQLite URL (``sqlite[+driver]:///path``), None for another database or in-memory."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not scheme.split("+")[0] == "sqlite":
+        return None
+    path = rest.split("?")[0]
+    return path if path and path != ":memory:" else None
 
 
 def _port(name: str, raw: str) -> int:
@@ -160,3 +299,27 @@ def _list(name: str, raw: str) -> tuple[str, ...]:
     if not all(items):
         raise ConfigError(f"{name} has an empty item in {raw!r}")
     return items
+
+
+@register_secrets
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """Settings of the admin commands (``jiejing dialplan``); the AMI address is ``Settings``'."""
+
+    asterisk_etc: str = setting("The configuration folder of the Asterisk `jiejing dialplan apply` changes. "
+                                "Default: the lab's when the lab is provisioned, else /etc/asterisk.", "")
+    state_dir: str = setting("Where the dialplan's applied versions are kept (dialplan-versions/), outside the "
+                             "checkout, next to the database.", "var")
+    ami_admin_user: str = setting("AMI user of the admin commands (dialplan/manager.conf [jiejing-admin]).",
+                                  "jiejing-admin")
+    ami_admin_secret: str = setting("AMI secret of that user. The lab's shipped secret is refused outside the lab.",
+                                    "jiejing-lab-admin", secret=True)
+    asterisk_rx: str = setting("The command that runs an Asterisk CLI command, e.g. `asterisk -rx` (shell words). "
+                               "Default: the lab's chroot in the lab, else `asterisk -rx`.", "")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AdminSettings:
+        env = environment() if env is None else env
+        values = {f.name: env[PREFIX + f.name.upper()].strip() for f in fields(cls)
+                  if env.get(PREFIX + f.name.upper(), "").strip()}
+        return cls(**values)

@@ -5,37 +5,63 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-from core.config import LAB_AMI_SECRETS, ConfigError, Settings
+from core.config import (
+    LAB_AMI_SECRETS,
+    AdminSettings,
+    ConfigError,
+    Settings,
+    environment,
+)
+from telephony.config_cmd import setting_names
 
 
-def _settings_with_lab_defaults() -> Settings:
-    env = dict(os.environ)
-    if not env.get("JIEJING_RECORDINGS_DIR"):
-        # Only the lab has a known place for recordings; a real center sets
-        # JIEJING_RECORDINGS_DIR to where its Asterisk writes them.
-        from siplab.asterisk import LabPaths, asterisk_pid
+def _lab_paths():
+    """The lab's places when the lab package is there (a checkout), else None (an installed center)."""
+    try:
+        from siplab.asterisk import LabPaths
+    except ImportError:
+        return None
+    return LabPaths()
+
+
+def _serve_settings(*, lab: bool = False) -> tuple[Settings, dict[str, str]]:
+    """The settings ``serve`` runs on, and their source. Only in the lab (``JIEJING_LAB=yes``, or ``lab``) are
+    the lab's recordings folder, channel event log and city filled in where unset; elsewhere nothing is guessed."""
+    source = environment(known=setting_names())
+    if lab:
+        source["JIEJING_LAB"] = "yes"
+    if Settings.from_env(source).lab:
+        from siplab.asterisk import REPO, LabPaths
 
         lab = LabPaths()
         if lab.root.exists():
-            env["JIEJING_RECORDINGS_DIR"] = str(lab.recordings)
-            env.setdefault("JIEJING_CEL_FILE", str(lab.cel_file))
-            if asterisk_pid(lab) is not None:
-                env.setdefault("JIEJING_LAB", "yes")  # the backend of the lab's own Asterisk
-    if not env.get("JIEJING_CITY_FILE"):
-        from siplab.asterisk import REPO
+            source.setdefault("JIEJING_RECORDINGS_DIR", str(lab.recordings))
+            source.setdefault("JIEJING_CEL_FILE", str(lab.cel_file))
+        source.setdefault("JIEJING_CITY_FILE", str(REPO / "sip-lab" / "city.json"))
+    return Settings.from_env(source), source
 
-        env["JIEJING_CITY_FILE"] = str(REPO / "sip-lab" / "city.json")
-    return Settings.from_env(env)
+
+def _settings_with_lab_defaults() -> Settings:
+    return _serve_settings(lab=True)[0]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from telephony import serve
 
-    serve.run(_settings_with_lab_defaults())
+    settings, source = _serve_settings()
+    serve.run(settings, source)
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from telephony import config_cmd
+
+    if args.config_cmd == "reference":
+        print(config_cmd.reference_markdown(), end="")
+        return 0
+    return config_cmd.check(sys.stdout, as_json=args.json)
 
 
 def cmd_intake(args: argparse.Namespace) -> int:
@@ -100,23 +126,22 @@ def _dialplan_admin(args: argparse.Namespace):
     import shlex
     from pathlib import Path
 
-    from siplab.asterisk import LabPaths, lab_rx_prefix
     from telephony.ami.client import AMIClient
     from telephony.dialplan_admin.apply import DialplanAdmin, asterisk_console
     from telephony.dialplan_admin.versions import VersionStore
 
+    source = environment(known=setting_names())
+    admin, settings = AdminSettings.from_env(source), Settings.from_env(source)
     repo = Path(__file__).resolve().parent.parent
-    lab = LabPaths()
-    live = os.environ.get("JIEJING_ASTERISK_ETC") or (str(lab.etc) if lab.etc.exists() else "/etc/asterisk")
+    lab = _lab_paths()
+    live = admin.asterisk_etc or (str(lab.etc) if lab is not None and lab.etc.exists() else "/etc/asterisk")
+    in_lab = lab is not None and Path(live) == lab.etc
     sources = [repo / "dialplan"]
-    if Path(live) == lab.etc:
+    if in_lab:
         sources.append(repo / "dialplan" / "lab")  # the lab also runs the lab-only files
-    state = Path(os.environ.get("JIEJING_STATE_DIR") or "var")
-    host = os.environ.get("JIEJING_AMI_HOST") or "127.0.0.1"
-    port = int(os.environ.get("JIEJING_AMI_PORT") or 5038)
-    user = os.environ.get("JIEJING_AMI_ADMIN_USER") or "jiejing-admin"
-    secret = os.environ.get("JIEJING_AMI_ADMIN_SECRET") or "jiejing-lab-admin"
-    in_lab = Path(live) == lab.etc
+    state = Path(admin.state_dir)
+    host, port = settings.ami_host, settings.ami_port
+    user, secret = admin.ami_admin_user, admin.ami_admin_secret
 
     async def connect():
         if secret in LAB_AMI_SECRETS and not in_lab:
@@ -134,9 +159,11 @@ def _dialplan_admin(args: argparse.Namespace):
             raise
         return ami
 
-    if os.environ.get("JIEJING_ASTERISK_RX"):
-        console = asterisk_console(tuple(shlex.split(os.environ["JIEJING_ASTERISK_RX"])))
+    if admin.asterisk_rx:
+        console = asterisk_console(tuple(shlex.split(admin.asterisk_rx)))
     elif in_lab:
+        from siplab.asterisk import lab_rx_prefix
+
         console = asterisk_console(lab_rx_prefix(lab))
     else:
         console = asterisk_console(("asterisk", "-rx"))
@@ -162,8 +189,10 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
         return 0
     if args.dp_cmd == "diff":
         outcome = asyncio.run(admin.diff())
-        print("\n".join(outcome.changes) or "no differences: Asterisk runs what dialplan/ says")
-        return 0
+        for line in outcome.changes:
+            print(line)
+        print(outcome.message)
+        return 0 if outcome.ok else 1
     if args.dp_cmd == "apply":
         outcome = asyncio.run(admin.apply(note=args.note or ""))
     else:
@@ -244,13 +273,30 @@ def cmd_users(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jiejing")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jiejing", description="Unified 110 call-intake center backend")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"jiejing {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="run the backend: AMI + FastAGI + HTTP (settings from JIEJING_* variables)")
+    s = sub.add_parser("serve", help="run the backend: AMI + FastAGI + HTTP (settings: `jiejing config reference`)")
     s.set_defaults(func=cmd_serve)
+    cf = sub.add_parser("config", help="the settings: the reference, and a check of those in effect")
+    cf_sub = cf.add_subparsers(dest="config_cmd", required=True)
+    cc = cf_sub.add_parser("check", help="print the settings in effect (secrets masked) and what would stop serve "
+                                         "outside the lab (exit 1)")
+    cc.add_argument("--json", action="store_true", help="print the report as JSON")
+    cf_sub.add_parser("reference", help="every setting, documented (docs/configuration.md)")
+    cf.set_defaults(func=cmd_config)
     it = sub.add_parser("intake", help="run the intake alone (serve starts its own): what the dialplan's CURL asks")
     it.add_argument("--host", default="", help="default: JIEJING_INTAKE_HOST")
     it.add_argument("--port", type=int, default=0, help="default: JIEJING_INTAKE_PORT")
@@ -262,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("dialplan", help="check, diff, apply, roll back the dialplan/ configuration")
     dp_sub = dp.add_subparsers(dest="dp_cmd", required=True)
     dp_sub.add_parser("check", help="parse dialplan/ and report errors and warnings (exit 1 on errors)")
-    dp_sub.add_parser("diff", help="what would change in the running Asterisk")
+    dp_sub.add_parser("diff", help="what apply would change in the running Asterisk (exit 1 if anything)")
     ap = dp_sub.add_parser("apply", help="check, copy, reload, verify; roll back by itself on failure")
     ap.add_argument("--note", default="", help="why (kept in the history)")
     ap.add_argument("--by", default=None, help="who applies (default: the login user)")
@@ -336,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else quiet,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        datefmt="%Y-%m-%d %H:%M:%S",
     )
     try:
         return args.func(args)

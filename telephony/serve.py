@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from core.auth.users import AuthService
 from core.calls.checkpoints import Checkpoints
 from core.calls.metrics import buckets
 from core.calls.tickets import TicketService
-from core.config import Settings, refuse_lab_secret
+from core.config import Settings, refuse_lab_defaults
 from core.dispatch.officers import OfficerService, load_city_file
 from core.dispatch.planner import DispatchPlanner
 from core.migrate import State, ensure_ready
@@ -342,8 +342,9 @@ def yield_cpu(nice: int, *, autogroup: Path = AUTOGROUP) -> str:
     return f"nice +{nice}, in a session of its own at nice {nice}"
 
 
-def run(settings: Settings) -> None:
-    refuse_lab_secret(settings)
+def run(settings: Settings, source: Mapping[str, str]) -> None:
+    """``jiejing serve``: ``source`` is what ``settings`` were read from (it tells a value set from a default)."""
+    refuse_lab_defaults(settings, source)
     # Asterisk first: an overloaded machine serves the callers, and the record catches up from the log.
     log.info("CPU: %s", yield_cpu(settings.nice))
     backend = build(settings)

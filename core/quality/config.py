@@ -6,34 +6,40 @@ Twilio credentials are secrets that the intake side never needs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from core.config import PREFIX, ConfigError
+from core.config import PREFIX, ConfigError, environment, register_secrets, setting
 
 
+@register_secrets
 @dataclass(frozen=True, slots=True)
 class QualitySettings:
-    # The anchor key lives in a file outside the database (and ideally off the
-    # database host); anchors are appended to a file the database cannot reach.
-    journal_key_file: str = ""
-    journal_anchor_file: str = ""
-    journal_anchor_interval_s: float = 3600.0
-    twilio_account_sid: str = ""
-    twilio_auth_token: str = field(default="", repr=False)
-    twilio_from: str = ""
-    twilio_base_url: str = ""  # empty: Twilio itself; a URL: a stand-in or a relay
-    twilio_webhook_url: str = ""  # the public URL Twilio posts replies to; the signature covers it
-    survey_enabled: bool = False
-    spot_check_size: int = 20
-    shift_starts: tuple[int, ...] = (0, 8, 16)  # hours, center time
-    follow_up_hours: int = 72
-    retention_days: int = 0  # 0: keep forever
+    # The anchor key lives in a file outside the database (and ideally off the database host); anchors are
+    # appended to a file the database cannot reach.
+    journal_key_file: str = setting("Key that signs the journal's anchors (a file outside the database, ideally "
+                                    "off its host). With journal_anchor_file; without both no anchors are "
+                                    "written and a rewrite of the whole database cannot be told.", "")
+    journal_anchor_file: str = setting("File the signed anchors are appended to, out of the database's reach.", "")
+    journal_anchor_interval_s: float = setting("Seconds between anchors.", 3600.0)
+    twilio_account_sid: str = setting("Twilio account for SMS (surveys, reporters' links, text reports).", "")
+    twilio_auth_token: str = setting("Twilio auth token: sends SMS and checks the signature of Twilio's webhooks.",
+                                     "", secret=True)
+    twilio_from: str = setting("The number SMS are sent from.", "")
+    twilio_base_url: str = setting("Empty: Twilio itself; a URL: a stand-in or a relay.", "")
+    twilio_webhook_url: str = setting("The public URL Twilio posts replies and text reports to; the signature "
+                                      "covers it.", "")
+    survey_enabled: bool = setting("Send callers the SMS survey after their call (needs the Twilio settings).",
+                                   False)
+    spot_check_size: int = setting("Calls drawn for supervisors' spot checks per shift.", 20)
+    shift_starts: tuple[int, ...] = setting("Hours (center time) at which shifts start.", (0, 8, 16))
+    follow_up_hours: int = setting("Hours within which a complaint must be followed up.", 72)
+    retention_days: int = setting("Days tickets and recordings are kept; 0 keeps them forever.", 0)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> QualitySettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> QualitySettings:
+        env = environment() if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name.upper()

@@ -62,6 +62,7 @@ def who() -> str:
 class Desired:
     dialplan: dict[str, dict[str, tuple[PriorityLine, ...]]]
     queues: dict[str, QueueState]
+    globals: dict[str, str] = field(default_factory=dict)
 
 
 def desired_from(config: model.Config) -> Desired:
@@ -79,7 +80,7 @@ def desired_from(config: model.Config) -> Desired:
         for q in config.queues.values()
         if q.name != "general"
     }
-    return Desired(plan, queues)
+    return Desired(plan, queues, {name: e.value.strip() for name, e in config.globals.items()})
 
 
 def differences(desired: Desired, running: RunningState) -> list[str]:
@@ -123,6 +124,68 @@ def differences(desired: Desired, running: RunningState) -> list[str]:
                 out.append(f"+ queue {name} member {m}")
             for m in sorted(h.members - w.members):
                 out.append(f"- queue {name} member {m}")
+    for name in sorted(desired.globals):
+        want, have = desired.globals[name], running.globals.get(name, desired.globals[name])
+        if "$" in want:
+            continue  # Asterisk keeps the value with its ${…} substituted: the live file's is compared instead
+        if have is None:
+            out.append(f"+ global {name} = {want}")
+        elif have != want:
+            out.append(f"~ global {name}: {have} -> {want}")
+    return out
+
+
+# What Asterisk reports back, and so what `diff` compares with the running Asterisk itself; every other
+# option is compared with the live files, which Asterisk loaded at its last reload.
+COMPARED_RUNNING = "the dialplan, its globals, each queue's strategy and members"
+
+
+def file_differences(desired: model.Config, live: model.Config) -> list[str]:
+    """Every option ``apply`` would change in the live files, section by section (the dialplan's contexts are
+    compared with the running dialplan instead, priority by priority)."""
+    out: list[str] = []
+    for name in sorted(desired.files):
+        want = _options(desired.files[name], name)
+        have = _options(live.files[name], name) if name in live.files else None
+        if have is None:
+            out.append(f"+ file {name} ({len(want)} sections)")
+            continue
+        for section in sorted(set(want) | set(have)):
+            w, h = want.get(section), have.get(section)
+            if w is None:
+                out.append(f"- {name} [{section}]")
+            elif h is None:
+                out.append(f"+ {name} [{section}]")
+            else:
+                out.extend(_option_changes(f"{name} [{section}]", w, h))
+    return out
+
+
+def _options(cf: model.ConfigFile, name: str) -> dict[str, dict[str, list[str]]]:
+    """Each section (same-named ones together, templates applied) as option -> values in order."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for sec in cf.categories():
+        if name == model.EXTENSIONS and sec.name.lower() not in ("general", "globals"):
+            continue
+        options = out.setdefault(sec.name, {})
+        for e in sec.all_entries:
+            options.setdefault(e.key.lower(), []).append(e.value.strip())
+    return out
+
+
+def _option_changes(where: str, want: dict[str, list[str]], have: dict[str, list[str]]) -> list[str]:
+    out = []
+    for key in sorted(set(want) | set(have)):
+        w, h = want.get(key, []), have.get(key, [])
+        if w == h:
+            continue
+        if len(w) == 1 and len(h) == 1:
+            out.append(f"~ {where} {key}: {h[0]} -> {w[0]}")
+            continue
+        out.extend(f"- {where} {key} = {v}" for v in h if v not in w)
+        out.extend(f"+ {where} {key} = {v}" for v in w if v not in h)
+        if sorted(w) == sorted(h):
+            out.append(f"~ {where} {key}: order changed")
     return out
 
 
@@ -220,15 +283,23 @@ class DialplanAdmin:
         return failures
 
     async def diff(self, files: dict[str, bytes] | None = None) -> Outcome:
+        """What ``apply`` would change: in the running Asterisk where it reports it (``COMPARED_RUNNING``), and
+        option by option against the live files for the rest. ``ok`` is False when there is any difference."""
         config, report, staging = self.stage(self.source_files() if files is None else files)
         shutil.rmtree(staging, ignore_errors=True)
+        desired = desired_from(config)
         ami = await self.connect()
         try:
-            running = await read_running(ami)
+            running = await read_running(ami, desired.globals)
         finally:
             await ami.stop()
-        changes = differences(desired_from(config), running)
-        return Outcome(True, f"{len(changes)} differences", changes=changes, report=checking.format_report(report))
+        changes = differences(desired, running)
+        seen = set(changes)
+        changes += [c for c in file_differences(config, model.parse_folder(self.live_dir)) if c not in seen]
+        message = (f"{len(changes)} differences" if changes else "no differences") + (
+            f"; compared with the running Asterisk: {COMPARED_RUNNING}; every other option with the live files "
+            f"in {self.live_dir}, as Asterisk loaded them at its last reload (it does not report them)")
+        return Outcome(not changes, message, changes=changes, report=checking.format_report(report))
 
     async def apply(self, files: dict[str, bytes] | None = None, *, note: str = "") -> Outcome:
         files = self.source_files() if files is None else files
@@ -251,8 +322,8 @@ class DialplanAdmin:
         try:
             self._write(changed)
             failures = await self._reload(ami, modules)
-            running = await read_running(ami)
-            mismatch = differences(desired_from(config), running)
+            desired = desired_from(config)
+            mismatch = differences(desired, await read_running(ami, desired.globals))
             if not failures and not mismatch:
                 meta = self.store.add({**before, **files}, by=self.by, status="applied", note=note,
                                       errors=len(report.errors), warnings=len(report.warnings))
@@ -270,8 +341,8 @@ class DialplanAdmin:
                     (self.live_dir / n).unlink(missing_ok=True)
             self._write(restore)
             await self._reload(ami, modules)
-            check_back = differences(desired_from(model.parse_folder(self.live_dir)),
-                                    await read_running(ami))
+            previous = desired_from(model.parse_folder(self.live_dir))
+            check_back = differences(previous, await read_running(ami, previous.globals))
             meta = self.store.add({**before, **files}, by=self.by, status="rolled back",
                                   note="; ".join(problems)[:500], errors=len(report.errors),
                                   warnings=len(report.warnings))

@@ -38,6 +38,7 @@ class QueueState:
 class RunningState:
     dialplan: Dialplan
     queues: dict[str, QueueState]
+    globals: dict[str, str | None] = field(default_factory=dict)  # only those asked for; None: not set
 
 
 async def running_dialplan(ami) -> Dialplan:
@@ -69,8 +70,20 @@ async def running_queues(ami) -> dict[str, QueueState]:
     return queues
 
 
-async def read_running(ami) -> RunningState:
+async def running_globals(ami, names) -> dict[str, str | None]:
+    """The dialplan's global variables ``names`` as Asterisk holds them (Getvar without a channel; the
+    ``reporting`` right reads them). None for one that is not set."""
+    out: dict[str, str | None] = {}
+    for name in sorted(names):
+        response = await ami.action("Getvar", (("Variable", name),))
+        value = response.get("Value") if response.ok else None
+        out[name] = value if value not in (None, "(null)") else None
+    return out
+
+
+async def read_running(ami, global_names=()) -> RunningState:
     return RunningState(
         dialplan=await running_dialplan(ami),
         queues=await running_queues(ami),
+        globals=await running_globals(ami, global_names),
     )

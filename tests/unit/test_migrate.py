@@ -364,6 +364,7 @@ def test_serve_refuses_an_earlier_release_database(
     prev_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`jiejing serve` on an unversioned database: exit 3 with what to run, before listening anywhere."""
+    monkeypatch.setenv("JIEJING_LAB", "yes")  # the lab's secrets and city: the schema is what is refused
     monkeypatch.setenv("JIEJING_DB_URL", _url(prev_db))
     monkeypatch.setenv("JIEJING_HTTP_PORT", str(_free_port()))
     monkeypatch.setenv("JIEJING_AGI_PORT", str(_free_port()))
