@@ -250,7 +250,7 @@ def production_problems(settings: Settings, source: Mapping[str, str]) -> list[s
     if not source.get(PREFIX + "DB_URL", "").strip():
         problems.append(f"{PREFIX}DB_URL is not set: the store would be var/jiejing.db under whatever directory "
                         "the service starts in")
-    elif (path := _sqlite_path(settings.db_url)) is not None and not Path(path).is_absolute():
+    elif (path := sqlite_path(settings.db_url)) is not None and not Path(path).is_absolute():
         problems.append(f"{PREFIX}DB_URL names the relative SQLite path {path!r}: give an absolute one "
                         "(sqlite+aiosqlite:////var/lib/jiejing/jiejing.db)")
     return problems
@@ -265,7 +265,7 @@ def _is_lab_city(path: str) -> bool:
     return isinstance(data, dict) and data.get("lab") is True
 
 
-def _sqlite_path(url: str) -> str | None:
+def sqlite_path(url: str) -> str | None:
     """The file of an SQLite URL (``sqlite[+driver]:///path``), None for another database or in-memory."""
     scheme, sep, rest = url.partition(":///")
     if not sep or not scheme.split("+")[0] == "sqlite":

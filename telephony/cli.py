@@ -113,6 +113,37 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.quality import backup
+    from core.quality.config import QualitySettings
+
+    source = environment(known=setting_names())
+    settings, quality = Settings.from_env(source), QualitySettings.from_env(source)
+    try:
+        if args.cmd == "backup":
+            summary = backup.backup(settings, quality, Path(args.folder))
+        else:
+            summary = backup.restore(settings, quality, Path(args.folder))
+    except backup.BackupError as exc:
+        print(f"jiejing {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    report = {"store": summary.store, "recordings": summary.recordings, "journal_files": summary.journal_files,
+              "bytes": summary.bytes, "notes": summary.notes}
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    done = "backed up" if args.cmd == "backup" else "restored"
+    print(f"{done}: store {summary.store}; {summary.recordings} recordings; {summary.journal_files} journal files; "
+          f"{summary.bytes} bytes")
+    for note in summary.notes:
+        print(f"note: {note}")
+    if args.cmd == "restore":
+        print("next: jiejing journal verify (with the same settings) proves the restored trail whole")
+    return 0
+
+
 def cmd_journal(args: argparse.Namespace) -> int:
     from core.quality.journal_cli import verify_command
 
@@ -227,9 +258,20 @@ def cmd_db(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _read_password(name: str) -> str | None:
+    import getpass
+
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != password:
+        print("jiejing: the passwords differ", file=sys.stderr)
+        return None
+    return password
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     import asyncio
-    import getpass
 
     from core.auth.users import AuthService, UserExists
     from core.migrate import ensure_ready
@@ -244,27 +286,29 @@ def cmd_users(args: argparse.Namespace) -> int:
             auth = AuthService(engine)
             if args.users_cmd == "list":
                 for user in await auth.users():
-                    state = " (disabled)" if user.disabled else ""
+                    state = (" (disabled)" if user.disabled else "") + (
+                        " (must change password)" if user.must_change_password else "")
                     print(f"{user.username}\t{user.role}\t{user.station or '-'}{state}")
                 return 0
-            if args.users_cmd == "disable":
-                await auth.set_disabled(args.name, True)
+            if args.users_cmd in ("disable", "enable"):
+                await auth.set_disabled(args.name, args.users_cmd == "disable")
                 return 0
-            if sys.stdin.isatty():
-                password = getpass.getpass(f"password for {args.name}: ")
-                if getpass.getpass("again: ") != password:
-                    print("jiejing: the passwords differ", file=sys.stderr)
-                    return 1
-            else:
-                password = sys.stdin.readline().rstrip("\r\n")
-            try:
-                user = await auth.add_user(args.name, password, args.role, args.station)
-            except (UserExists, ValueError) as exc:
-                print(f"jiejing: {exc}", file=sys.stderr)
+            if args.users_cmd == "role":
+                user = await auth.set_role(args.name, args.role, args.station)
+                print(f"{user.username} is now {user.role}; his log-ins ended")
+                return 0
+            password = _read_password(args.name)
+            if password is None:
                 return 1
+            if args.users_cmd == "passwd":
+                user = await auth.set_password(args.name, password, must_change=args.temporary)
+                print(f"password of {user.username} set; his log-ins ended"
+                      + ("; he must change it at his next log-in" if args.temporary else ""))
+                return 0
+            user = await auth.add_user(args.name, password, args.role, args.station, must_change=args.temporary)
             print(f"added {user.username} ({user.role})")
             return 0
-        except LookupError as exc:
+        except (LookupError, UserExists, ValueError) as exc:
             print(f"jiejing: {exc}", file=sys.stderr)
             return 1
         finally:
@@ -352,6 +396,17 @@ def parser() -> argparse.ArgumentParser:
     jv.add_argument("--json", action="store_true", help="print the report as JSON")
     journal.set_defaults(func=cmd_journal)
 
+    bk = sub.add_parser("backup", help="copy the store (SQLite online), the recordings and the journal's key and "
+                                       "anchors into a new folder, with a manifest of sha256s")
+    bk.add_argument("folder")
+    bk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    bk.set_defaults(func=cmd_backup)
+    rs = sub.add_parser("restore", help="put a backup back (every file checked first; an empty store only); then "
+                                        "run journal verify")
+    rs.add_argument("folder")
+    rs.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rs.set_defaults(func=cmd_backup)
+
     db = sub.add_parser("db", help="the database's schema: status, upgrade (settings as for serve)")
     db_sub = db.add_subparsers(dest="db_cmd", required=True)
     db_sub.add_parser("status", help="empty, current, behind, unversioned or unknown (exit 0 only when current)")
@@ -362,15 +417,26 @@ def parser() -> argparse.ArgumentParser:
                      help="compare with this database, upgraded to head first (default: a throw-away SQLite)")
     db.set_defaults(func=cmd_db)
 
-    users = sub.add_parser("users", help="users of the operations web: add, list, disable")
+    users = sub.add_parser("users", help="users of the operations web: add, list, passwd, role, disable, enable")
     users_sub = users.add_subparsers(dest="users_cmd", required=True)
+    roles = ["call_taker", "supervisor", "admin", "officer", "station", "gateway"]
     ua = users_sub.add_parser("add", help="add a user; the password is read from stdin or asked for")
     ua.add_argument("name")
-    ua.add_argument("--role", required=True, choices=["call_taker", "supervisor", "admin", "officer", "station", "gateway"])
+    ua.add_argument("--role", required=True, choices=roles)
     ua.add_argument("--station", default=None, help="the station id of a station user")
+    ua.add_argument("--temporary", action="store_true", help="he must choose his own password at his first log-in")
     users_sub.add_parser("list", help="every user with role and station")
+    up_ = users_sub.add_parser("passwd", help="set a user's password (stdin or asked for); his log-ins end")
+    up_.add_argument("name")
+    up_.add_argument("--temporary", action="store_true", help="he must change it at his next log-in")
+    ur = users_sub.add_parser("role", help="change a user's role; his log-ins end")
+    ur.add_argument("name")
+    ur.add_argument("--role", required=True, choices=roles)
+    ur.add_argument("--station", default=None, help="the station id of a station user")
     ud = users_sub.add_parser("disable", help="disable a user; his tokens stop working at once")
     ud.add_argument("name")
+    ue = users_sub.add_parser("enable", help="enable a disabled user again")
+    ue.add_argument("name")
     users.set_defaults(func=cmd_users)
     return p
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Integer,
     String,
     delete,
+    false,
     func,
     select,
     update,
@@ -94,6 +95,13 @@ class TooManyLogIns(DomainError):
         self.refusal = refusal
 
 
+class WrongPassword(DomainError):
+    """The current password given for a change is wrong (the log-in itself stays valid)."""
+
+    status = 403
+    error_id = "wrong-password"
+
+
 class UserExists(DomainError):
     status = 409
     error_id = "user-exists"
@@ -110,6 +118,8 @@ class UserRow(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
+    # A password someone else set (a new user's, a reset): its holder must choose his own before anything else.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class TokenRow(Base):
@@ -141,9 +151,11 @@ class Principal:
     username: str
     role: Role
     station: str | None
+    must_change_password: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"username": self.username, "role": str(self.role), "station": self.station}
+        return {"username": self.username, "role": str(self.role), "station": self.station,
+                "must_change_password": self.must_change_password}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +165,12 @@ class UserView:
     station: str | None
     disabled: bool
     created_at_us: int
+    must_change_password: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"username": self.username, "role": str(self.role), "station": self.station,
-                "disabled": self.disabled, "created_at_us": self.created_at_us}
+                "disabled": self.disabled, "created_at_us": self.created_at_us,
+                "must_change_password": self.must_change_password}
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,28 +268,78 @@ class AuthService:
 
     # -- users -----------------------------------------------------------------
 
-    async def add_user(self, username: str, password: str, role: Role | str, station: str | None = None) -> UserView:
+    async def add_user(self, username: str, password: str, role: Role | str, station: str | None = None, *,
+                       must_change: bool = False) -> UserView:
         username, role, station = check_user_fields(username, role, station)
-        if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-            raise ValueError(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
-        hashed = await self._scrypt(hash_password, password, n=self._scrypt_n)
+        hashed = await self._scrypt(hash_password, _checked_password(password), n=self._scrypt_n)
         async with self._sessions.begin() as session:
             if await session.scalar(select(UserRow.id).where(UserRow.username == username)) is not None:
                 raise UserExists(f"user {username!r} exists")
             row = UserRow(username=username, role=role.value, station_id=station, password_hash=hashed,
-                          disabled=False, created_at_us=self._now_us())
+                          disabled=False, created_at_us=self._now_us(), must_change_password=must_change)
             session.add(row)
         return _user_view(row)
 
     async def set_disabled(self, username: str, disabled: bool) -> UserView:
         async with self._sessions.begin() as session:
-            row = await session.scalar(select(UserRow).where(UserRow.username == username))
-            if row is None:
-                raise LookupError(f"no user {username!r}")
+            row = await self._row(session, username)
             row.disabled = disabled
             if disabled:
                 await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id))
         return _user_view(row)
+
+    async def set_password(self, username: str, password: str, *, must_change: bool = True) -> UserView:
+        """An admin's reset: the user's log-ins end, and (by default) he must choose his own at the next."""
+        hashed = await self._scrypt(hash_password, _checked_password(password), n=self._scrypt_n)
+        async with self._sessions.begin() as session:
+            row = await self._row(session, username)
+            row.password_hash, row.must_change_password = hashed, must_change
+            await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id))
+        return _user_view(row)
+
+    async def change_own_password(self, username: str, current: str, new: str, *, token: str,
+                                  address: str = "-") -> UserView:
+        """The user's own change: ``current`` must be right (``WrongPassword``; wrong guesses count towards the
+        log-in lock-out like failed log-ins), the new one differ from it; his other log-ins end, the one asking
+        (``token``) goes on."""
+        refusal = self.throttle.check(username, address)
+        if refusal is not None:
+            raise TooManyLogIns(refusal)
+        if current == new:
+            raise ValueError("the new password must differ from the current one")
+        _checked_password(new)
+        async with self._sessions() as session:
+            stored = (await self._row(session, username)).password_hash
+        if not await self._scrypt(verify_password, current, stored):
+            self.throttle.failed(username, address)
+            raise WrongPassword("the current password is wrong")
+        self.throttle.succeeded(username, address)
+        hashed = await self._scrypt(hash_password, new, n=self._scrypt_n)
+        async with self._sessions.begin() as session:
+            row = await self._row(session, username)
+            if row.password_hash != stored:
+                raise WrongPassword("the password was changed meanwhile: log in again")
+            row.password_hash, row.must_change_password = hashed, False
+            await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id,
+                                                         TokenRow.token_sha256 != _token_key(token)))
+        return _user_view(row)
+
+    async def set_role(self, username: str, role: Role | str, station: str | None = None) -> UserView:
+        """A new role (and station, which a station user needs); the user's log-ins end: a token carries no
+        role, but a page opened for the old one should not go on."""
+        username, role, station = check_user_fields(username, role, station)
+        async with self._sessions.begin() as session:
+            row = await self._row(session, username)
+            row.role, row.station_id = role.value, station
+            await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id))
+        return _user_view(row)
+
+    @staticmethod
+    async def _row(session: Any, username: str) -> UserRow:
+        row = await session.scalar(select(UserRow).where(UserRow.username == username))
+        if row is None:
+            raise LookupError(f"no user {username!r}")
+        return row
 
     async def users(self) -> list[UserView]:
         async with self._sessions() as session:
@@ -324,7 +388,8 @@ class AuthService:
             await session.execute(delete(TokenRow).where(TokenRow.expires_at_us <= now_us))
             session.add(TokenRow(token_sha256=_token_key(token), user_id=row.id, created_at_us=now_us,
                                  expires_at_us=expires_us))
-        return token, expires_us, Principal(row.username, Role(row.role), row.station_id)
+        return token, expires_us, Principal(row.username, Role(row.role), row.station_id,
+                                            bool(row.must_change_password))
 
     async def _scrypt(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # scrypt is CPU-bound for a good part of a second: off the event loop, a bounded number at once.
@@ -339,14 +404,14 @@ class AuthService:
             found = (
                 await session.execute(
                     select(UserRow.username, UserRow.role, UserRow.station_id, UserRow.disabled,
-                           TokenRow.expires_at_us)
+                           UserRow.must_change_password, TokenRow.expires_at_us)
                     .join(TokenRow, TokenRow.user_id == UserRow.id)
                     .where(TokenRow.token_sha256 == _token_key(token))
                 )
             ).one_or_none()
         if found is None or found.disabled or found.expires_at_us <= self._now_us():
             return None
-        return Principal(found.username, Role(found.role), found.station_id)
+        return Principal(found.username, Role(found.role), found.station_id, bool(found.must_change_password))
 
     async def logout(self, token: str) -> None:
         async with self._sessions.begin() as session:
@@ -369,4 +434,11 @@ class AuthService:
 
 
 def _user_view(row: UserRow) -> UserView:
-    return UserView(row.username, Role(row.role), row.station_id, bool(row.disabled), row.created_at_us)
+    return UserView(row.username, Role(row.role), row.station_id, bool(row.disabled), row.created_at_us,
+                    bool(row.must_change_password))
+
+
+def _checked_password(password: Any) -> str:
+    if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise ValueError(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
+    return password

@@ -46,7 +46,33 @@ USER_BODY: dict[str, Any] = {
         "station": {**_STATION_ID, "type": ["string", "null"]},
     },
 }
+USER_BODY["properties"]["must_change_password"] = {
+    "type": "boolean",
+    "description": "the user must choose his own password at his first log-in (default: yes, but for a gateway)"}
 DISABLED_BODY: dict[str, Any] = {"type": "object", "required": ["disabled"], "properties": {"disabled": {"type": "boolean"}}}
+OWN_PASSWORD_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["current", "new"],
+    "properties": {
+        "current": {"type": "string", "minLength": 1, "maxLength": PASSWORD_MAX},
+        "new": {"type": "string", "minLength": 8, "maxLength": PASSWORD_MAX},
+    },
+}
+RESET_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["password"],
+    "properties": {
+        "password": {"type": "string", "minLength": 8, "maxLength": PASSWORD_MAX},
+        "must_change_password": {"type": "boolean", "description": "default yes"},
+    },
+}
+ROLE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {"role": USER_BODY["properties"]["role"], "station": USER_BODY["properties"]["station"]},
+}
+# What a user whose password must change may still do: see who he is, change it, log out.
+PASSWORD_CHANGE_ROUTES = frozenset({("GET", "/api/me"), ("POST", "/api/password"), ("POST", "/api/logout")})
 _LIMIT = re.compile(r"[0-9]{1,7}")
 
 
@@ -107,9 +133,13 @@ async def list_users(request: web.Request) -> web.Response:
 @routes.post("/api/users", ADMINS, "Create a user", body=USER_BODY)
 async def add_user(request: web.Request) -> web.Response:
     body = await json_body(request)
+    request[BODY_SHA256] = None  # the body holds a password
     try:
         user = await request.app[AUTH].add_user(body["username"], body["password"], body["role"],
-                                                body.get("station"))
+                                                body.get("station"),
+                                                # a machine account (a report gateway) has nobody to change it
+                                                must_change=body.get("must_change_password",
+                                                                     body["role"] != Role.GATEWAY))
     except ValueError as exc:
         raise BadRequest(str(exc), error_id="invalid-user") from None
     return json_reply(user.to_json(), 201)
@@ -122,6 +152,51 @@ async def set_disabled(request: web.Request) -> web.Response:
         user = await request.app[AUTH].set_disabled(request.match_info["username"], body["disabled"])
     except LookupError:
         raise NotFound("no such user", error_id="unknown-user") from None
+    return json_reply(user.to_json())
+
+
+@routes.post("/api/password", ALL, "Change one's own password; one's other log-ins end", body=OWN_PASSWORD_BODY)
+async def change_own_password(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    request[BODY_SHA256] = None  # the passwords' digest is not audited: it could be tested offline
+    try:
+        user = await request.app[AUTH].change_own_password(request[PRINCIPAL].username, body["current"],
+                                                           body["new"], token=bearer_token(request) or "",
+                                                           address=request.remote or "-")
+    except TooManyLogIns as exc:
+        return error_reply(exc.status, str(exc), {"Retry-After": str(exc.refusal.retry_after_s)},
+                           error_id=exc.error_id, details=exc.details)
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_id="invalid-password") from None
+    return json_reply(user.to_json())
+
+
+@routes.post("/api/users/{username}/password", ADMINS,
+             "Reset a user's password; his log-ins end, and he must change it at the next (unless told not to)",
+             body=RESET_BODY)
+async def reset_password(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    request[BODY_SHA256] = None
+    try:
+        user = await request.app[AUTH].set_password(request.match_info["username"], body["password"],
+                                                    must_change=body.get("must_change_password", True))
+    except LookupError:
+        raise NotFound("no such user", error_id="unknown-user") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_id="invalid-password") from None
+    return json_reply(user.to_json())
+
+
+@routes.post("/api/users/{username}/role", ADMINS, "Change a user's role (and station); his log-ins end",
+             body=ROLE_BODY)
+async def set_role(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    try:
+        user = await request.app[AUTH].set_role(request.match_info["username"], body["role"], body.get("station"))
+    except LookupError:
+        raise NotFound("no such user", error_id="unknown-user") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_id="invalid-user") from None
     return json_reply(user.to_json())
 
 

@@ -27,7 +27,13 @@ from core.auth.users import Role
 from core.errors import DomainError
 from core.http.replies import BODY_SCHEMA, BODY_SHA256, PRINCIPAL, error_reply
 from core.http.routes import ROUTE_SPECS
-from core.web.accounts import AUDIT_SKIP, AUDIT_WHO, AUTH, bearer_token
+from core.web.accounts import (
+    AUDIT_SKIP,
+    AUDIT_WHO,
+    AUTH,
+    PASSWORD_CHANGE_ROUTES,
+    bearer_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ async def _admit(request: web.Request) -> web.StreamResponse | None:
     request[PRINCIPAL] = principal
     if resource is None:
         return None  # aiohttp's own 404/405 follows
+    if principal.must_change_password and (method, resource.canonical) not in PASSWORD_CHANGE_ROUTES:
+        return error_reply(403, "choose your own password first: POST /api/password", error_id="password-change-required")
     if spec is None:
         if principal.role is Role.ADMIN:
             return None

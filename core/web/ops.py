@@ -37,6 +37,7 @@ PAGES = {
     "/desk": ("desk.html", "The call-taker's desk"),
     "/supervisor": ("supervisor.html", "The supervisor's page: satisfaction, spot checks, follow-ups, journal"),
     "/phone": ("phone.html", "The browser seat's phone on its own (WebRTC; a call-taker logs in)"),
+    "/admin": ("admin.html", "The admins' page: users, passwords, roles"),
 }
 # Browser libraries the set-up installs (vendor/web/package.json): file served → what it is.
 VENDOR_FILES = {"jssip.min.js": "JsSIP, SIP over WebSocket for the browser seat"}

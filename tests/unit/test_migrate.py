@@ -201,23 +201,24 @@ def test_previous_release_database_upgraded_by_the_cli_keeps_every_row(
     ``pg_dump --schema-only``).
     """
 
-    async def read() -> dict:
+    async def read(columns: dict[str, list[str]] | None = None) -> dict:
         engine = make_engine(_url(prev_db))
         try:
             async with engine.connect() as conn:
-                return await prev_release.snapshot(conn)
+                return await prev_release.snapshot(conn, columns)
         finally:
             await engine.dispose()
 
     before = asyncio.run(read())
     assert all(rows for _, rows in before.values()), "every table of the test has rows"
+    columns = {table: names for table, (names, _) in before.items()}  # later migrations add columns
     monkeypatch.setenv("JIEJING_DB_URL", _url(prev_db))
     assert cli.main(["db", "status"]) == 1
     assert "unversioned" in capsys.readouterr().out
     assert cli.main(["db", "upgrade"]) == 0
     out = capsys.readouterr().out
     assert f"match the baseline: recorded as revision {migrate.BASELINE}" in out
-    assert asyncio.run(read()) == before
+    assert asyncio.run(read(columns)) == before
 
     async def check() -> None:
         engine = make_engine(_url(prev_db))

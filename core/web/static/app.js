@@ -41,8 +41,32 @@ const jj = (() => {
     });
   }
 
+  // A password someone else set (a new account, a reset): the user chooses his own before anything else.
+  function showPasswordChange(onReady) {
+    const form = el("form", { id: "password-change" });
+    form.innerHTML = '<h2>请设置您自己的密码 Choose your own password</h2>' +
+      '<p>此密码由管理员设置，须先修改。The password was set by an administrator: change it first.</p>' +
+      '<label>当前密码 Current<input name="current" type="password" autocomplete="current-password" required></label>' +
+      '<label>新密码 New (8+)<input name="new" type="password" autocomplete="new-password" minlength="8" required></label>' +
+      '<label>再输一次 Again<input name="again" type="password" autocomplete="new-password" minlength="8" required></label>' +
+      '<div class="error"></div><button type="submit">修改 Change</button>';
+    document.body.insertBefore(form, document.getElementById("content"));
+    form.current.focus();
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = form.querySelector(".error");
+      error.textContent = "";
+      if (form.new.value !== form.again.value) { error.textContent = "两次输入不一致 The two differ"; return; }
+      const answer = await request("POST", "/api/password", { current: form.current.value, new: form.new.value });
+      if (!answer.ok) { error.textContent = answer.body.error || "修改失败"; return; }
+      form.remove();
+      start(onReady);
+    });
+  }
+
   async function start(onReady) {
     const me = await api("/api/me");
+    if (me.must_change_password) { showPasswordChange(onReady); return; }
     document.querySelectorAll(".who").forEach((el) => { el.textContent = me.username + " · " + me.role; });
     document.querySelectorAll(".logout").forEach((el) => {
       el.hidden = false;
