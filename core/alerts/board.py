@@ -37,6 +37,50 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
     resolved_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    # A supervisor has seen it and is on it; then who resolved it and how ("-" by: resolved by the system,
+    # e.g. a follow-up answered, a surge over).
+    acknowledged_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class AlertResolved(ValueError):
+    """The alert is resolved already: it cannot be acknowledged or resolved again."""
+
+
+def alert_view(a: Alert) -> dict[str, Any]:
+    return {"id": a.id, "kind": a.kind, "ref": a.ref, "message": a.message, "created_at_us": a.created_at_us,
+            "acknowledged_at_us": a.acknowledged_at_us, "acknowledged_by": a.acknowledged_by,
+            "resolved_at_us": a.resolved_at_us, "resolved_by": a.resolved_by, "resolution": a.resolution}
+
+
+async def acknowledge_alert(engine: AsyncEngine, alert_id: int, *, by: str, at_us: int) -> dict[str, Any]:
+    """Mark an open alert seen by ``by`` (the first acknowledgement stays); LookupError, AlertResolved."""
+    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
+        alert = await _open_alert(session, alert_id)
+        if alert.acknowledged_at_us is None:
+            alert.acknowledged_at_us, alert.acknowledged_by = at_us, by
+        return alert_view(alert)
+
+
+async def resolve_alert(engine: AsyncEngine, alert_id: int, *, by: str, resolution: str, at_us: int) -> dict[str, Any]:
+    """Close an open alert with who, when and how; LookupError, AlertResolved."""
+    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
+        alert = await _open_alert(session, alert_id)
+        if alert.acknowledged_at_us is None:
+            alert.acknowledged_at_us, alert.acknowledged_by = at_us, by
+        alert.resolved_at_us, alert.resolved_by, alert.resolution = at_us, by, resolution
+        return alert_view(alert)
+
+
+async def _open_alert(session: Any, alert_id: int) -> Alert:
+    alert = await session.get(Alert, alert_id, with_for_update=True)
+    if alert is None:
+        raise LookupError(f"no alert {alert_id}")
+    if alert.resolved_at_us is not None:
+        raise AlertResolved(f"alert {alert_id} was resolved by {alert.resolved_by or '-'}")
+    return alert
 
 
 # Alerts waiting to be stored at most; past it a new one is refused (counted, and /healthz says so).

@@ -92,6 +92,7 @@ class Complaints:
         outbox: Outbox | None = None,
         check_interval_s: float = 300.0,
     ) -> None:
+        self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
         self.deadline_hours = deadline_hours
@@ -161,7 +162,8 @@ class Complaints:
             row.answer, row.answered_by, row.answered_at_us = answer[:2000], by, now
             await session.execute(
                 update(Alert).where(Alert.kind == OVERDUE, Alert.ref == str(follow_up_id),
-                                    Alert.resolved_at_us.is_(None)).values(resolved_at_us=now)
+                                    Alert.resolved_at_us.is_(None))
+                .values(resolved_at_us=now, resolved_by=by[:64], resolution="the follow-up was answered")
             )
             view = FollowUpView.of(row)
         if caller and self._outbox is not None:

@@ -14,6 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from core.alerts.board import (
+    AlertResolved,
+    acknowledge_alert,
+    alert_view,
+    resolve_alert,
+)
 from core.calls.numbering import looks_like_number
 from core.errors import BadRequest
 from core.http.replies import actor, error_reply, json_body, json_reply, text_field
@@ -271,10 +277,40 @@ async def answer_follow_up(request: web.Request) -> web.Response:
 @complaint_routes.route("GET", "/api/alerts", DESK, "Open alerts (all with ?all)", tag="quality", query={"all": {"type": "string"}})
 async def list_alerts(request: web.Request) -> web.Response:
     alerts = await request.app[COMPLAINTS].alerts(open_only=request.query.get("all") is None)
-    return json_reply({"alerts": [
-        {"id": a.id, "kind": a.kind, "ref": a.ref, "message": a.message, "created_at_us": a.created_at_us,
-         "resolved_at_us": a.resolved_at_us} for a in alerts
-    ]})
+    return json_reply({"alerts": [alert_view(a) for a in alerts]})
+
+
+RESOLVE_BODY = {"type": "object", "required": ["resolution"],
+                "properties": {"resolution": {"type": "string", "minLength": 1, "maxLength": 2000}}}
+
+
+@complaint_routes.route("POST", "/api/alerts/{id}/acknowledge", SUPERVISORS,
+                        "Acknowledge an open alert: a supervisor is on it (who and when are kept)", tag="quality")
+async def acknowledge(request: web.Request) -> web.Response:
+    return await _alert_action(request, acknowledge_alert)
+
+
+@complaint_routes.route("POST", "/api/alerts/{id}/resolve", SUPERVISORS,
+                        "Resolve an open alert with what was done (who and when are kept)", tag="quality",
+                        body=RESOLVE_BODY)
+async def resolve(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    resolution = text_field(body, "resolution") or ""
+    return await _alert_action(request, resolve_alert, resolution=resolution.strip())
+
+
+async def _alert_action(request: web.Request, action: Any, **extra: Any) -> web.Response:
+    raw = request.match_info["id"]
+    if not _ID.fullmatch(raw):
+        return error_reply(404, "no such alert", error_id="unknown-alert")
+    complaints = request.app[COMPLAINTS]
+    try:
+        view = await action(complaints.engine, int(raw), by=actor(request), at_us=complaints.now_us(), **extra)
+    except LookupError:
+        return error_reply(404, "no such alert", error_id="unknown-alert")
+    except AlertResolved as exc:
+        return error_reply(409, str(exc), error_id="alert-resolved")
+    return json_reply(view)
 
 
 # -- the journal -------------------------------------------------------------------------------

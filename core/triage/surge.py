@@ -355,8 +355,12 @@ class SurgeWatch:
                 return
             if not resolve and row.resolved_at_us is not None:
                 row.created_at_us = now  # a new surge at a place that had one before
+                row.acknowledged_at_us = row.acknowledged_by = None
+            if row.resolved_at_us is not None and resolve:
+                return  # resolved already (by a supervisor, or before)
             row.message = message
             row.resolved_at_us = now if resolve else None
+            row.resolved_by, row.resolution = ("surge watch", "the surge is over") if resolve else (None, None)
 
     def _tell(self, key: str, what: str, count: int, reason: str, started_us: int) -> None:
         log.warning("%s at %s: %d (%s)", what, key, count, reason)

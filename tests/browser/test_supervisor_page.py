@@ -11,9 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestServer
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.request_validator import RequestValidator
 
+from core.alerts.board import Alert, AlertBoard
 from core.auth.users import AuthService, Role
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
@@ -55,6 +57,7 @@ class Center:
     day: str
     overdue_ticket: str
     overdue_id: int
+    engine: AsyncEngine
 
 
 async def _calls(service: TicketService, clock: _Clock, survey: Survey) -> tuple[str, list[str]]:
@@ -114,6 +117,11 @@ async def center(engine: AsyncEngine) -> AsyncIterator[Center]:
     late = Complaints(engine, clock=lambda: time.time() - 80 * 3600)
     overdue = await late.open(numbers[1], origin="complaint", reason="报警人称民警四十分钟未到场，要求答复",
                               station="南京东路派出所")
+    alerts = AlertBoard(engine)
+    await alerts.start()
+    alerts.raise_alert("major_incident", numbers[2], f"重大警情 major incident {numbers[2]}: 持刀, 抢劫")
+    alerts.raise_alert("dispatch_exhausted", numbers[3], f"{numbers[3]}: 派出所值班台及所长均未接听 nobody answered")
+    await alerts.stop()
     journaler = Journaler(engine)
     await journaler.catch_up()
     retention = RetentionSchedule(engine, journaler, days=180)
@@ -123,7 +131,7 @@ async def center(engine: AsyncEngine) -> AsyncIterator[Center]:
                            journal=JournalWatch(engine, retention=retention))
     await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("zhang", PASSWORD, Role.SUPERVISOR)
     async with TestServer(app, host="127.0.0.1", port=0) as server:
-        yield Center(server, spot_checks, complaints, day, numbers[1], overdue.id)
+        yield Center(server, spot_checks, complaints, day, numbers[1], overdue.id, engine)
 
 
 async def _count(browser: Browser, selector: str) -> int:
@@ -178,6 +186,21 @@ async def test_supervisor_sees_rates_sample_and_follow_ups_and_scores_a_call(
         stored = next(c for c in (await center.spot_checks.sample(center.day))["calls"] if c["ticket"] == ticket)
         assert stored["scores"] == {"speed": 4, "attitude": 5, "classification": 3, "dispatch": 4, "script": 5}
         assert (stored["scored_by"], stored["comment"]) == ("zhang", "分类有误：纠纷应为盗窃")
+
+        # Alerts: acknowledge one; resolve the other, which needs a word on what was done.
+        assert await _count(browser, "#alert-list tr.new") == 2
+        first, second = await browser.evaluate("[...document.querySelectorAll('#alert-list tr')].map(r => r.dataset.id)")
+        await browser.click(f"#alert-list tr[data-id='{first}'] .ack")
+        await browser.wait_for(f"document.querySelector('#alert-list tr[data-id=\"{first}\"]').className === 'acknowledged'")
+        await browser.click(f"#alert-list tr[data-id='{second}'] .resolve")
+        await browser.wait_for(f"document.querySelector('#alert-list tr[data-id=\"{second}\"] .error').textContent !== ''")
+        await browser.type_into(f"#alert-list tr[data-id='{second}'] .resolution", "已联系分局指挥室改派巡逻组")
+        await browser.click(f"#alert-list tr[data-id='{second}'] .resolve")
+        await browser.wait_for(f"document.querySelector('#alert-list tr[data-id=\"{second}\"]') === null")
+        async with center.engine.connect() as conn:
+            rows = {r.id: r for r in (await conn.execute(select(Alert))).all()}
+        assert (rows[int(first)].acknowledged_by, rows[int(first)].resolved_at_us) == ("zhang", None)
+        assert (rows[int(second)].resolved_by, rows[int(second)].resolution) == ("zhang", "已联系分局指挥室改派巡逻组")
 
         height = await browser.evaluate("document.documentElement.scrollHeight")
         await browser.send("Emulation.setDeviceMetricsOverride", width=1500, height=int(height), deviceScaleFactor=1,

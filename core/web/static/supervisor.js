@@ -1,4 +1,4 @@
-// The supervisor's page: satisfaction rates, the day's spot checks and report, follow-ups, the journal.
+// The supervisor's page: satisfaction rates, the day's spot checks and report, follow-ups, alerts, the journal.
 // Each panel loads on its own: a part that is not mounted (e.g. the survey without Twilio) says so and
 // leaves the others working.
 "use strict";
@@ -174,6 +174,47 @@
     }
   }
 
+  // -- alerts --------------------------------------------------------------------------------
+
+  const whenUs = (us) => us ? new Date(us / 1000).toLocaleString("zh-CN", { hour12: false }) : "–";
+
+  async function loadAlerts() {
+    const tbody = $("alert-list");
+    try {
+      const { alerts } = await jj.api("/api/alerts");
+      if (!alerts.length) { message(tbody, "无未处理告警 no open alert", 7); return; }
+      tbody.replaceChildren(...alerts.map((a) => {
+        const acked = a.acknowledged_at_us ? a.acknowledged_by + " · " + whenUs(a.acknowledged_at_us) : null;
+        const ackCell = jj.el("td");
+        if (acked) ackCell.textContent = acked;
+        else ackCell.append(jj.el("button", { type: "button", class: "ack" }, "确认 Acknowledge"));
+        const resolveCell = jj.el("td");
+        resolveCell.append(jj.el("input", { class: "resolution", maxlength: "2000", placeholder: "处理结果 what was done",
+                                            "aria-label": "resolution of alert " + a.id }),
+                           jj.el("button", { type: "button", class: "resolve" }, "已处理 Resolve"),
+                           jj.el("span", { class: "error" }));
+        return row([String(a.id), a.kind, a.ref, a.message, whenUs(a.created_at_us), ackCell, resolveCell],
+                   { "data-id": String(a.id), class: acked ? "acknowledged" : "new" });
+      }));
+    } catch (error) {
+      message(tbody, "不可用 unavailable: " + error.message, 7);
+    }
+  }
+
+  async function alertAction(tr, action) {
+    const error = tr.querySelector(".error");
+    error.textContent = "";
+    let body;
+    if (action === "resolve") {
+      const resolution = tr.querySelector(".resolution").value.trim();
+      if (!resolution) { error.textContent = "请写明处理结果 say what was done"; return; }
+      body = { resolution };
+    }
+    const answer = await jj.request("POST", `/api/alerts/${tr.dataset.id}/${action}`, body);
+    if (!answer.ok) { error.textContent = answer.body.error || "失败 failed"; return; }
+    await loadAlerts();
+  }
+
   // -- journal -------------------------------------------------------------------------------
 
   async function loadJournal() {
@@ -279,6 +320,12 @@
         await loadFollowUps();
       });
     });
+    $("alert-list").addEventListener("click", (event) => {
+      const tr = event.target.closest("tr[data-id]");
+      if (!tr) return;
+      if (event.target.classList.contains("ack")) alertAction(tr, "acknowledge");
+      else if (event.target.classList.contains("resolve")) alertAction(tr, "resolve");
+    });
     $("follow-up-list").addEventListener("click", (event) => {
       const tr = event.target.closest("tr[data-id]");
       if (tr) answer.id.value = tr.dataset.id;
@@ -290,7 +337,7 @@
   }
 
   async function loadAll() {
-    await Promise.all([loadRates(), refreshSpotChecks(), loadFollowUps(), loadJournal()]);
+    await Promise.all([loadRates(), refreshSpotChecks(), loadFollowUps(), loadAlerts(), loadJournal()]);
     $("loaded").textContent = "更新于 updated " + new Date().toLocaleTimeString("zh-CN", { hour12: false });
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
   }
