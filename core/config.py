@@ -37,6 +37,7 @@ def _default_web_vendor() -> str:
     return str(Path("vendor", "web", "dist").absolute())
 
 
+RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml")  # the triage's rules (core/triage/desk.py)
 # The AMI secrets dialplan/manager.conf ships with: anyone who has read the repository knows them.
 LAB_AMI_SECRETS = frozenset({"jiejing-lab", "jiejing-lab-admin"})
 
@@ -151,6 +152,9 @@ class Settings:
     emergency_numbers: tuple[str, ...] = setting("Numbers dialled for the emergency line.", ("110",))
     city_file: str = setting("The city: stations, cells, officers and roster (JSON or TOML, as sip-lab/city.json). "
                              "Required in a center; the lab's synthetic city is refused outside the lab.", "")
+    rules_dir: str = setting("Folder of the triage rule files routing.toml, keywords.toml and surge.toml. Default: "
+                             "dialplan/ of the source tree; an installed center keeps its own (e.g. /etc/jiejing).",
+                             "")
     seat_queue: str = setting("The Asterisk queue seats join when their call-takers log in.", "emergency-110")
     wrap_up_s: float = setting("Seconds after each call before the seat rings again.", 10.0)
     token_ttl_s: float = setting("Seconds a web log-in lasts (one long shift).", 12 * 3600.0)
@@ -245,6 +249,11 @@ def production_problems(settings: Settings, source: Mapping[str, str]) -> list[s
         problems.append(f"{PREFIX}RECORDINGS_DIR is not set: recordings would not be bound to tickets")
     elif not Path(settings.recordings_dir).is_absolute():
         problems.append(f"{PREFIX}RECORDINGS_DIR {settings.recordings_dir!r} is relative: give an absolute path")
+    rules = Path(settings.rules_dir) if settings.rules_dir else Path(__file__).resolve().parents[1] / "dialplan"
+    missing = [name for name in RULE_FILES if not (rules / name).is_file()]
+    if missing:
+        problems.append(f"{PREFIX}RULES_DIR: {', '.join(missing)} not found in {rules} (copy them from dialplan/ "
+                        "and set the folder)")
     if not settings.cel_file:
         problems.append(f"{PREFIX}CEL_FILE is not set: calls made while the backend is down would get no ticket")
     if not source.get(PREFIX + "DB_URL", "").strip():

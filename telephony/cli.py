@@ -209,20 +209,35 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
     from telephony.dialplan_admin import model
 
     admin = _dialplan_admin(args)
+    as_json = getattr(args, "json", False)
     if args.dp_cmd == "check":
         extra = [*admin.sources[1:], admin.live_dir]
         report = checking.check(model.parse_folder(admin.sources[0], extra_folders=extra), lab=admin.lab)
-        print(checking.format_report(report))
+        if as_json:
+            print(json.dumps({"ok": report.ok, "findings": [
+                {"level": f.level, "file": str(f.file), "line": f.line, "code": f.code, "message": f.message}
+                for f in report.findings]}, ensure_ascii=False, indent=2))
+        else:
+            print(checking.format_report(report))
         return 0 if report.ok else 1
     if args.dp_cmd == "history":
-        for meta in admin.store.list():
+        versions = admin.store.list()
+        if as_json:
+            print(json.dumps([{"version": m.version, "created_at": m.created_at, "by": m.by, "status": m.status,
+                               "note": m.note, "errors": m.errors, "warnings": m.warnings} for m in versions],
+                             ensure_ascii=False, indent=2))
+        for meta in [] if as_json else versions:
             print(meta.describe())
         return 0
     if args.dp_cmd == "diff":
         outcome = asyncio.run(admin.diff())
-        for line in outcome.changes:
-            print(line)
-        print(outcome.message)
+        if as_json:
+            print(json.dumps({"differences": outcome.changes, "message": outcome.message}, ensure_ascii=False,
+                             indent=2))
+        else:
+            for line in outcome.changes:
+                print(line)
+            print(outcome.message)
         return 0 if outcome.ok else 1
     if args.dp_cmd == "apply":
         outcome = asyncio.run(admin.apply(note=args.note or ""))
@@ -284,6 +299,9 @@ def cmd_users(args: argparse.Namespace) -> int:
         try:
             await ensure_ready(engine)
             auth = AuthService(engine)
+            if args.users_cmd == "list" and args.json:
+                print(json.dumps([u.to_json() for u in await auth.users()], ensure_ascii=False, indent=2))
+                return 0
             if args.users_cmd == "list":
                 for user in await auth.users():
                     state = (" (disabled)" if user.disabled else "") + (
@@ -351,15 +369,17 @@ def parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser("dialplan", help="check, diff, apply, roll back the dialplan/ configuration")
     dp_sub = dp.add_subparsers(dest="dp_cmd", required=True)
-    dp_sub.add_parser("check", help="parse dialplan/ and report errors and warnings (exit 1 on errors)")
-    dp_sub.add_parser("diff", help="what apply would change in the running Asterisk (exit 1 if anything)")
+    for name, text in (("check", "parse dialplan/ and report errors and warnings (exit 1 on errors)"),
+                       ("diff", "what apply would change in the running Asterisk (exit 1 if anything)")):
+        dp_sub.add_parser(name, help=text).add_argument("--json", action="store_true", help="print it as JSON")
     ap = dp_sub.add_parser("apply", help="check, copy, reload, verify; roll back by itself on failure")
     ap.add_argument("--note", default="", help="why (kept in the history)")
     ap.add_argument("--by", default=None, help="who applies (default: the login user)")
     rb = dp_sub.add_parser("rollback", help="return to an earlier version, the same safe way")
     rb.add_argument("version", type=int)
     rb.add_argument("--by", default=None)
-    dp_sub.add_parser("history", help="every applied version: who, when, result")
+    dp_sub.add_parser("history", help="every applied version: who, when, result").add_argument(
+        "--json", action="store_true", help="print it as JSON")
     dp.set_defaults(func=cmd_dialplan)
 
     lab = sub.add_parser("lab", help="the SIPp/Asterisk lab")
@@ -425,7 +445,8 @@ def parser() -> argparse.ArgumentParser:
     ua.add_argument("--role", required=True, choices=roles)
     ua.add_argument("--station", default=None, help="the station id of a station user")
     ua.add_argument("--temporary", action="store_true", help="he must choose his own password at his first log-in")
-    users_sub.add_parser("list", help="every user with role and station")
+    users_sub.add_parser("list", help="every user with role and station").add_argument(
+        "--json", action="store_true", help="print them as JSON")
     up_ = users_sub.add_parser("passwd", help="set a user's password (stdin or asked for); his log-ins end")
     up_.add_argument("name")
     up_.add_argument("--temporary", action="store_true", help="he must change it at his next log-in")

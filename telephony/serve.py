@@ -41,7 +41,7 @@ from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard, SeatState
 from core.seats.phones import PhoneBook
 from core.store import make_engine
-from core.triage.desk import TriageDesk
+from core.triage.desk import TriageDesk, default_files
 from core.triage.push_http import HttpPoster
 from core.web.app import make_app, serve_options
 from telephony import callback_api, dispatch_api
@@ -165,7 +165,9 @@ class TelephonyMetrics:
         durations = HistogramMetricFamily("jiejing_fastagi_duration_seconds", "FastAGI handler durations by route.",
                                           labels=["route"])
         for name, r in routes.items():
-            for outcome, n in (("all", r.requests), ("failed", r.failures), ("timed_out", r.timeouts)):
+            # Disjoint outcomes: sum() over them is every request.
+            for outcome, n in (("ok", r.requests - r.failures - r.timeouts), ("failed", r.failures),
+                               ("timed_out", r.timeouts)):
                 requests.add_metric([name, outcome], n)
             rows = [(bound / 1000, n) for bound, n in r.durations.cumulative()]
             durations.add_metric([name], buckets(rows), r.durations.sum_ms / 1000)
@@ -176,7 +178,8 @@ class TelephonyMetrics:
             return  # the intake's own process has not answered yet
         requests = CounterMetricFamily("jiejing_intake_requests_total",
                                        "The dialplan's intake requests (CURL) by outcome.", labels=["outcome"])
-        for outcome, key in (("all", "requests"), ("failed", "failures"), ("timed_out", "timeouts")):
+        requests.add_metric(["ok"], r["requests"] - r["failures"] - r["timeouts"])
+        for outcome, key in (("failed", "failures"), ("timed_out", "timeouts")):
             requests.add_metric([outcome], r[key])
         yield requests
         rows = [(float(bound) / 1000, n) for bound, n in r["le_ms"].items()]
@@ -289,7 +292,8 @@ def make_web_app(backend: Backend) -> web.Application:
     supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
     # Routing rules, keywords and surge settings from the dialplan folder;
     # hand-overs (anti-fraud desk, 12345) go through Asterisk.
-    triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster())
+    triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster(),
+                        files=default_files(settings.rules_dir))
     triage.set_handover_port(AsteriskHandover(backend.ami, backend.service, backend.dispatcher, backend.events.legs))
     app = make_app(
         backend.service,
@@ -298,7 +302,7 @@ def make_web_app(backend: Backend) -> web.Application:
         cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,
-        metrics=[TelephonyMetrics(backend.ami, backend.agi, backend.intake_figures)],
+        metrics=[TelephonyMetrics(backend.ami, backend.agi, backend.intake_figures), supervision.metrics()],
         dispatch=backend.planner,
         timezone=settings.timezone,
         triage=triage,

@@ -55,6 +55,7 @@ KIND_STEP = "step"
 KIND_RECORDING = "recording"
 KIND_EXPIRY = "expiry"
 KIND_ANCHOR = "anchor"
+KIND_ACCESS = "access"  # someone played a recording (core/quality/playback.py)
 
 # Tickets retention never takes: calls still up, and text reports nobody has closed yet.
 STILL_OPEN: frozenset[State] = frozenset({*CALL_LIVE_STATES, State.REPORTED, State.TAKEN})
@@ -211,6 +212,8 @@ class Journaler:
         self._anchor_interval_s = anchor_interval_s
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.appended = 0  # step and recording entries this process appended: /metrics
+        self.anchored = 0  # anchors it signed
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -308,7 +311,8 @@ class Journaler:
                         ((kind, row.id, make(row, number)) for row, number in rows),
                         at_us=round(self._clock() * 1_000_000),
                     )
-                    return len(rows)
+                self.appended += len(rows)
+                return len(rows)
             except IntegrityError:
                 # Another process appended first; link onto its head instead.
                 if attempt == _APPEND_ATTEMPTS:
@@ -346,6 +350,7 @@ class Journaler:
                 except IntegrityError:
                     if attempt == _APPEND_ATTEMPTS:
                         raise
+            self.anchored += 1
             log.info("journal anchored at entry %d", seq)
             return signed
 

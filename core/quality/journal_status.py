@@ -38,6 +38,7 @@ class JournalWatch:
         max_age_s: float = 60.0,
     ) -> None:
         self._engine = engine
+        self.engine = engine
         self._anchor_file = anchor_file
         self._anchor_key = anchor_key
         self.retention = retention

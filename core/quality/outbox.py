@@ -123,6 +123,7 @@ class Outbox:
         self._poll_s = poll_s
         self._batch = batch
         self._wake = asyncio.Event()
+        self.settled: dict[str, int] = {}  # attempts by their outcome (sent, failed, pending, unknown): /metrics
         self._task: asyncio.Task[None] | None = None
 
     def _now_us(self) -> int:
@@ -275,6 +276,7 @@ class Outbox:
         self, row: OutboxMessage, state: str, *, provider_id: str | None = None, error: str | None = None
     ) -> None:
         now = self._now_us()
+        self.settled[state] = self.settled.get(state, 0) + 1
         values: dict[str, Any] = {"state": state}
         if state == SENT:
             values.update(provider_id=provider_id, sent_at_us=now, last_error=None)

@@ -205,6 +205,7 @@ class RetentionSchedule:
         self._last_result: ExpiryResult | None = None
         self._last_error: str | None = None
         self._runs = 0
+        self.expired = {"tickets": 0, "recordings": 0}  # since the start: /metrics
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -229,6 +230,8 @@ class RetentionSchedule:
             raise
         self._last_run, self._last_result, self._last_error = started, result, None
         self._runs += 1
+        self.expired["tickets"] += result.tickets
+        self.expired["recordings"] += result.recordings
         log.info("retention: daily run expired %d tickets, %d recordings (%d files removed) older than %d days; "
                  "journal entries %s", result.tickets, result.recordings, result.files_removed, self.days,
                  result.entries or "none")
@@ -247,6 +250,14 @@ class RetentionSchedule:
 
     async def _run(self) -> None:
         await every(self._poll_s, self.run_due, what="retention run", log=log)
+
+    @property
+    def runs(self) -> int:
+        return self._runs
+
+    @property
+    def last_run(self) -> float | None:
+        return self._last_run
 
     def status(self) -> dict[str, Any]:
         def at(seconds: float | None) -> str | None:

@@ -10,9 +10,11 @@ webhook is not mounted.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from core.calls.tickets import TicketService
 from core.config import Settings
@@ -40,6 +42,7 @@ class Supervision:
     _removers: list[Any]
     retention: RetentionSchedule | None = None
     journal_watch: JournalWatch | None = None
+    recordings_dir: str | None = None  # recordings are played only from inside it
 
     async def cleanup_ctx(self, _app: Any) -> AsyncIterator[None]:
         await self.journaler.start()
@@ -62,11 +65,50 @@ class Supervision:
         if self.messenger is not None:
             self.messenger.close()
 
+    def metrics(self) -> Any:
+        """The journal, the SMS outbox and retention in /metrics: a prometheus-client collector."""
+        return _Collector(self)
+
+    def families(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("jiejing_journal_entries_appended_total",
+                                  "Step and recording entries this process appended to the journal's chain.",
+                                  value=self.journaler.appended)
+        yield CounterMetricFamily("jiejing_journal_anchors_total", "Anchors this process signed.",
+                                  value=self.journaler.anchored)
+        outbox = CounterMetricFamily("jiejing_outbox_attempts_total",
+                                     "SMS send attempts by outcome (sent, failed for good, pending a retry, unknown "
+                                     "until the provider's list settles it).", labels=["outcome"])
+        for outcome in ("sent", "failed", "pending", "unknown"):
+            outbox.add_metric([outcome], self.outbox.settled.get(outcome, 0))
+        yield outbox
+        if self.retention is not None:
+            yield CounterMetricFamily("jiejing_retention_runs_total", "Retention runs since the start.",
+                                      value=self.retention.runs)
+            expired = CounterMetricFamily("jiejing_retention_expired_total",
+                                          "Tickets and recordings retention expired since the start.",
+                                          labels=["what"])
+            for what, n in self.retention.expired.items():
+                expired.add_metric([what], n)
+            yield expired
+            if self.retention.last_run is not None:
+                yield GaugeMetricFamily("jiejing_retention_last_run_timestamp_seconds",
+                                        "When retention last ran (Unix time).", value=self.retention.last_run)
+
     def add_routes(self, app: Any) -> None:
         from core.quality import views as web_quality
 
         web_quality.add_routes(app, spot_checks=self.spot_checks, survey=self.survey, complaints=self.complaints,
-                               journal=self.journal_watch)
+                               journal=self.journal_watch, recordings_dir=self.recordings_dir)
+
+
+class _Collector:
+    name = "supervision"  # in jiejing_metrics_collector_errors_total
+
+    def __init__(self, supervision: Supervision) -> None:
+        self._supervision = supervision
+
+    def collect(self) -> Iterator[Metric]:
+        return self._supervision.families()
 
 
 def build(service: TicketService, settings: Settings, quality: QualitySettings) -> Supervision:
@@ -98,4 +140,5 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings) 
                                   recordings_dir=settings.recordings_dir or None)
     journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
     return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,
-                       retention=retention, journal_watch=journal_watch)
+                       retention=retention, journal_watch=journal_watch,
+                       recordings_dir=settings.recordings_dir or None)

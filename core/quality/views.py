@@ -26,6 +26,7 @@ from core.http.replies import actor, error_reply, json_body, json_reply, text_fi
 from core.http.routes import DESK, PUBLIC, SUPERVISORS, RouteTable
 from core.quality.complaints import Complaints
 from core.quality.journal_status import JournalWatch
+from core.quality.playback import PlaybackRefused, open_for_playback
 from core.quality.spot_checks import CRITERIA, SpotChecks
 from core.quality.survey import Survey, WebhookVerdict
 from core.triage.report_views import REPORTS
@@ -47,6 +48,7 @@ spot_check_routes = RouteTable("quality")
 survey_routes = RouteTable("quality")
 complaint_routes = RouteTable("quality")
 journal_routes = RouteTable("quality")
+RECORDINGS_DIR = web.AppKey("recordings_dir", str)
 TABLES = (spot_check_routes, survey_routes, complaint_routes, journal_routes)
 
 _DAY = re.compile(r"[0-9]{8}")
@@ -326,6 +328,25 @@ async def journal_status(request: web.Request) -> web.Response:
         return error_reply(503, f"journal verification failed: {type(exc).__name__}")
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@journal_routes.route("GET", "/api/tickets/{number}/recordings/{sha256}", SUPERVISORS,
+                      "Play a ticket's recording (the WAV file): refused if altered; each playback is journaled",
+                      tag="quality", content="audio/wav")
+async def play_recording(request: web.Request) -> web.StreamResponse:
+    number, sha256 = request.match_info["number"], request.match_info["sha256"]
+    if not looks_like_number(number) or not _SHA256.fullmatch(sha256):
+        return error_reply(404, "no such recording", error_id="unknown-recording")
+    watch = request.app[JOURNAL]
+    try:
+        path = await open_for_playback(watch.engine, number, sha256, by=actor(request),
+                                       recordings_dir=request.app.get(RECORDINGS_DIR))
+    except PlaybackRefused as exc:
+        return error_reply(exc.status, str(exc), error_id=exc.error_id)
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
+
+
 def add_routes(
     app: web.Application,
     *,
@@ -333,8 +354,11 @@ def add_routes(
     survey: Survey | None = None,
     complaints: Complaints | None = None,
     journal: JournalWatch | None = None,
+    recordings_dir: str | None = None,
 ) -> None:
     """Register the routes of the parts given on ``app`` (the application from ``core.web.make_app``)."""
+    if recordings_dir:
+        app[RECORDINGS_DIR] = recordings_dir
     if spot_checks is not None:
         app[SPOT_CHECKS] = spot_checks
         spot_check_routes.add_to(app)

@@ -72,9 +72,10 @@ DIALPLAN = Path(__file__).resolve().parents[2] / "dialplan"
 Publisher = Callable[..., object]
 
 
-def default_files() -> dict[str, Path]:
-    return {"routing": DIALPLAN / "routing.toml", "keywords": DIALPLAN / "keywords.toml",
-            "surge": DIALPLAN / "surge.toml"}
+def default_files(folder: str | Path | None = None) -> dict[str, Path]:
+    """The rule files in ``folder`` (JIEJING_RULES_DIR), by default the source tree's dialplan/."""
+    root = Path(folder) if folder else DIALPLAN
+    return {"routing": root / "routing.toml", "keywords": root / "keywords.toml", "surge": root / "surge.toml"}
 
 
 class TriageDesk:

@@ -11,9 +11,11 @@ set-up installs them from the npm registry and bundles them into a folder
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -101,6 +103,19 @@ def _gauges(app: web.Application) -> Iterable[Metric]:
     yield seats
 
 
+def _build_info() -> Iterable[Metric]:
+    info = GaugeMetricFamily("jiejing_build_info", "The release running (always 1).", labels=["version"])
+    info.add_metric([release()], 1)
+    yield info
+
+
+def release() -> str:
+    try:
+        return version("jiejing")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 for _path, (_file, _summary) in PAGES.items():
     routes.get(_path, PUBLIC, _summary, tag="pages", content="text/html")(page)
 
@@ -118,7 +133,9 @@ def add_ops_routes(app: web.Application, *, metrics: Iterable[Collector] = (),
     app[VENDOR] = Path(vendor) if vendor else Path("vendor", "web", "dist").absolute()
     calls = CallMetrics()
     app[CALL_METRICS] = calls
-    app[METRICS] = registry_of([calls, FunctionCollector("queue", lambda: _gauges(app)), *metrics])
+    app[METRICS] = registry_of([calls, FunctionCollector("queue", lambda: _gauges(app)),
+                                FunctionCollector("build", _build_info),
+                                ProcessCollector(namespace="jiejing", registry=None), *metrics])
 
     async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         remove = service.add_listener(calls.on_step)

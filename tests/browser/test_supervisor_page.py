@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 import time
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +25,7 @@ from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
 from core.quality import views as web_quality
 from core.quality.complaints import Complaints
-from core.quality.journal import Journaler
+from core.quality.journal import KIND_ACCESS, JournalEntry, Journaler, verify
 from core.quality.journal_status import JournalWatch
 from core.quality.outbox import Outbox
 from core.quality.retention import RetentionSchedule
@@ -37,6 +41,11 @@ URL = "https://jiejing.example.gov.cn/api/twilio/sms"
 SEATS = [f"seat-{n:02d}" for n in range(1, 7)]
 # Replies cycle through these: mostly satisfied, some not, one complaint.
 REPLIES = ["5 5", "4 5", "5 4", "5 3", "2 4", "5 5", "4 4", "投诉：民警迟到 3 1", "5 5", "3 5"]
+
+
+def engine_dir(engine: AsyncEngine) -> Path:
+    """The folder of the test's SQLite store (the browser tests' engine fixture puts it in tmp_path)."""
+    return Path(engine.url.database).parent
 
 
 class _Clock:
@@ -117,6 +126,17 @@ async def center(engine: AsyncEngine) -> AsyncIterator[Center]:
     late = Complaints(engine, clock=lambda: time.time() - 80 * 3600)
     overdue = await late.open(numbers[1], origin="complaint", reason="报警人称民警四十分钟未到场，要求答复",
                               station="南京东路派出所")
+    # One recorded call per ticket of the day (the same short file): the supervisor plays one to score it.
+    wav = engine_dir(engine) / "recordings" / "call.wav"
+    wav.parent.mkdir(exist_ok=True)
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 8000 * 2 * math.pi * 440)))
+                               for i in range(8000)))
+    for number in numbers:
+        await service.bind_recording(number, str(wav))
     alerts = AlertBoard(engine)
     await alerts.start()
     alerts.raise_alert("major_incident", numbers[2], f"重大警情 major incident {numbers[2]}: 持刀, 抢劫")
@@ -128,7 +148,7 @@ async def center(engine: AsyncEngine) -> AsyncIterator[Center]:
     await retention.run_due()
     app = make_app(service, health={})
     web_quality.add_routes(app, spot_checks=spot_checks, survey=survey, complaints=complaints,
-                           journal=JournalWatch(engine, retention=retention))
+                           journal=JournalWatch(engine, retention=retention), recordings_dir=str(wav.parent))
     await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("zhang", PASSWORD, Role.SUPERVISOR)
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         yield Center(server, spot_checks, complaints, day, numbers[1], overdue.id, engine)
@@ -186,6 +206,19 @@ async def test_supervisor_sees_rates_sample_and_follow_ups_and_scores_a_call(
         stored = next(c for c in (await center.spot_checks.sample(center.day))["calls"] if c["ticket"] == ticket)
         assert stored["scores"] == {"speed": 4, "attitude": 5, "classification": 3, "dispatch": 4, "script": 5}
         assert (stored["scored_by"], stored["comment"]) == ("zhang", "分类有误：纠纷应为盗窃")
+
+        # Play the call being scored: fetched with the log-in, played, and journaled with who played it.
+        playing = await browser.evaluate("document.querySelector('#score-form select[name=ticket]').value")
+        await browser.click("#play")
+        await browser.wait_for(f"document.getElementById('player').dataset.ticket === '{playing}' && "
+                               "document.getElementById('play-status').textContent.includes('journaled')")
+        await browser.wait_for("document.getElementById('player').readyState >= 1")
+        assert round(await browser.evaluate("document.getElementById('player').duration")) == 1
+        async with center.engine.connect() as conn:
+            access = (await conn.execute(select(JournalEntry.payload).where(JournalEntry.kind == KIND_ACCESS))).scalars()
+            played = [json.loads(payload) for payload in access]
+        assert [(p["ticket"], p["by"], p["what"]) for p in played] == [(playing, "zhang", "recording_played")]
+        assert (await verify(center.engine)).ok
 
         # Alerts: acknowledge one; resolve the other, which needs a word on what was done.
         assert await _count(browser, "#alert-list tr.new") == 2

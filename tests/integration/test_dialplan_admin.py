@@ -120,3 +120,20 @@ async def test_history_and_rollback(admin, sources):
     assert "holiday-route" not in await running_contexts()
     assert [m.status for m in admin.store.list()] == ["snapshot", "applied", "applied"]
     assert admin.store.list()[-1].note == f"rollback to version {snapshot.version}"
+
+
+async def test_diff_sees_a_changed_global_and_queue_option_and_none_once_applied(admin, sources):
+    """An admin who trusts diff before a change is not misled: every option apply would change shows."""
+    before = await admin.diff()
+    assert before.ok and before.changes == [], before.changes
+    assert "compared with the running Asterisk" in before.message
+    ext, queues = sources[0] / "extensions.conf", sources[0] / "queues.conf"
+    ext.write_text(ext.read_text().replace("JIEJING_DEFAULT_PRIORITY = 10", "JIEJING_DEFAULT_PRIORITY = 9", 1))
+    queues.write_text(queues.read_text().replace("timeout = 10 ", "timeout = 11 ", 1))
+    outcome = await admin.diff()
+    assert not outcome.ok
+    assert "~ global JIEJING_DEFAULT_PRIORITY: 10 -> 9" in outcome.changes
+    assert "~ queues.conf [emergency-110] timeout: 10 -> 11" in outcome.changes
+    assert (await admin.apply(note="priority 9, timeout 11")).ok
+    after = await admin.diff()
+    assert after.ok and after.changes == [], after.changes

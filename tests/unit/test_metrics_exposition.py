@@ -18,10 +18,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
+from core.config import Settings
+from core.quality.config import QualitySettings
+from core.quality.journal import JournalEntry
+from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard
 from core.web.app import make_app
 from core.web.metrics import registry_of
@@ -65,7 +70,8 @@ async def test_promtool_accepts_the_metrics_of_a_busy_app(
     if PROMTOOL is None:
         pytest.fail("promtool is missing in CI: sip-lab/bootstrap.sh installs the Debian package prometheus")
     seats = SeatBoard(engine, clock=clock)
-    app = make_app(service, health={}, seats=seats, metrics=[_telephony(), Broken()])
+    supervision = build_supervision(service, Settings(), QualitySettings(retention_days=180))
+    app = make_app(service, health={}, seats=seats, metrics=[_telephony(), Broken(), supervision.metrics()])
     async with TestClient(TestServer(app)) as client:
         await seats.login("seat-01", "王")
         for uid, answer_after in (("1.1", 2.5), ("1.2", 12.0), ("1.3", None), ("1.4", None)):
@@ -74,6 +80,11 @@ async def test_promtool_accepts_the_metrics_of_a_busy_app(
             if answer_after is not None:
                 await service.record_step(uid, Step.ANSWERED, at=T0 + answer_after, source="ami", seat="seat-01")
         await service.record_step("1.3", Step.ABANDONED, at=T0 + 20, source="ami")
+        assert await supervision.journaler.catch_up() >= 11  # the calls' steps, and the seat's
+        await supervision.retention.run_due()
+        async with engine.connect() as conn:
+            journaled = await conn.scalar(select(func.count()).select_from(JournalEntry)
+                                          .where(JournalEntry.kind.in_(("step", "recording"))))
         resp = await client.get("/metrics")
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain; version=")
@@ -95,7 +106,27 @@ async def test_promtool_accepts_the_metrics_of_a_busy_app(
         "jiejing_intake_requests_total": "counter",
         "jiejing_intake_duration_seconds": "histogram",
         "jiejing_metrics_collector_errors_total": "counter",
+        "jiejing_build_info": "gauge",
+        "jiejing_process_cpu_seconds_total": "counter",
+        "jiejing_process_virtual_memory_bytes": "gauge",
+        "jiejing_process_resident_memory_bytes": "gauge",
+        "jiejing_process_start_time_seconds": "gauge",
+        "jiejing_process_open_fds": "gauge",
+        "jiejing_process_max_fds": "gauge",
+        "jiejing_journal_entries_appended_total": "counter",
+        "jiejing_journal_anchors_total": "counter",
+        "jiejing_outbox_attempts_total": "counter",
+        "jiejing_retention_runs_total": "counter",
+        "jiejing_retention_expired_total": "counter",
+        "jiejing_retention_last_run_timestamp_seconds": "gauge",
     }
+    assert f"jiejing_journal_entries_appended_total {float(journaled)}" in text.splitlines()  # each step once
+    assert "jiejing_retention_runs_total 1.0" in text.splitlines()
+    assert 'jiejing_outbox_attempts_total{outcome="sent"} 0.0' in text.splitlines()
+    # Outcomes are disjoint, so a sum() over them counts each request once.
+    outcomes = dict(re.findall(r'^jiejing_intake_requests_total\{outcome="(\w+)"\} (\S+)$', text, re.M))
+    assert outcomes == {"ok": "1.0", "failed": "1.0", "timed_out": "1.0"}  # 3 requests: 1 failed, 1 timed out
+    assert 'jiejing_build_info{version="' in text
     assert 'jiejing_answer_seconds_bucket{le="3"} 1.0' in text.splitlines()
     assert 'jiejing_intake_requests_total{outcome="timed_out"} 1.0' in text.splitlines()
     assert 'jiejing_intake_duration_seconds_bucket{le="0.25"} 3.0' in text.splitlines()

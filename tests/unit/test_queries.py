@@ -257,3 +257,40 @@ async def test_a_full_queue_leaves_work_out_says_so_and_redoes_it_from_the_store
         assert sorted(t["number"] for t in page["tickets"]) == sorted(v.number for v, _ in located)
     finally:
         await index.stop()
+
+
+async def test_csv_export_has_every_matching_ticket_and_no_formula(
+    service: TicketService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv as csv_module
+    import io
+
+    from sqlalchemy import update
+
+    from core.triage import views as triage_views
+
+    monkeypatch.setattr(triage_views, "EXPORT_PAGE", 7)  # many pages, cursor to cursor
+    rows = await _generate(service.engine)
+    async with service.engine.begin() as conn:  # a hostile caller id must not become a spreadsheet formula
+        await conn.execute(update(Ticket).where(Ticket.id == N).values(caller_id="=HYPERLINK(\"http://x\")"))
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    async with desk_client(service, planner, desk) as client:
+        supervisor = await login_headers(service.engine, Role.SUPERVISOR)
+        resp = await client.get("/api/tickets.csv", headers=supervisor)
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/csv")
+        text = (await resp.read()).decode("utf-8")
+        assert text.startswith("\ufeff")
+        table = list(csv_module.reader(io.StringIO(text[1:])))
+        assert table[0] == list(triage_views._CSV_COLUMNS)
+        assert [r[0] for r in table[1:]] == _expected(rows)  # all 400, in order, none twice
+        hostile = next(r for r in table[1:] if r[0] == f"110-20261129-{N:06d}")
+        assert hostile[-1] == "'=HYPERLINK(\"http://x\")"
+        west = await login_headers(service.engine, Role.STATION, station="west")
+        mine = list(csv_module.reader(io.StringIO((await (await client.get(
+            "/api/tickets.csv", params={"station": "east", "type": "fraud"}, headers=west)).read()).decode()[1:])))
+        assert [r[0] for r in mine[1:]] == _expected(rows, station="west", type="fraud")
+        assert (await client.get("/api/tickets.csv", params={"page": "2"}, headers=supervisor)).status == 400
+        assert (await client.get("/api/tickets.csv", params={"limit": "5"}, headers=supervisor)).status == 400
+        taker = await login_headers(service.engine, Role.CALL_TAKER)
+        assert (await client.get("/api/tickets.csv", headers=taker)).status == 403

@@ -64,7 +64,7 @@ async def headers(engine: AsyncEngine) -> dict[Role, dict[str, str]]:
 
 
 _SAMPLES = {"number": NUMBER, "day": "20261129", "id": "1", "badge": OFFICER_BADGE, "seat": "seat-01",
-            "username": "nobody", "name": "app.js", "phone": "13800000000"}
+            "username": "nobody", "name": "app.js", "phone": "13800000000", "sha256": "0" * 64}
 
 
 def _path(template: str) -> str:

@@ -1,0 +1,80 @@
+"""A recording played in the browser: only a bound, unaltered file, and never without its journal entry.
+
+Each playback appends an ``access`` entry to the journal (who, which ticket and recording, its sha256, when)
+before the file is served: if the entry cannot be written the recording is not played. The file must still
+match the sha256 it was bound with (an altered file is refused and ``journal verify`` names it), and must lie
+inside the recordings folder when one is set (a path in the store is not trusted to point anywhere else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from core.calls.tables import Recording, Ticket
+from core.quality.journal import KIND_ACCESS, append_entries
+
+_APPEND_ATTEMPTS = 5
+
+
+class PlaybackRefused(Exception):
+    """Why a recording is not played: ``status`` 404 (unknown, gone) or 409 (altered, outside the folder)."""
+
+    def __init__(self, status: int, error_id: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_id = status, error_id
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def open_for_playback(engine: AsyncEngine, number: str, sha256: str, *, by: str,
+                            recordings_dir: str | Path | None = None,
+                            clock: Callable[[], float] = time.time) -> Path:
+    """The file of ticket ``number``'s recording ``sha256``, once its playback by ``by`` is journaled."""
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions() as session:
+        row = (await session.execute(
+            select(Recording.id, Recording.path).join(Ticket, Ticket.id == Recording.ticket_id)
+            .where(Ticket.number == number, Recording.sha256 == sha256)
+        )).first()
+    if row is None:
+        raise PlaybackRefused(404, "unknown-recording", f"ticket {number} has no recording {sha256}")
+    path = Path(row.path)
+    if recordings_dir is not None:
+        real, folder = path.resolve(), Path(recordings_dir).resolve()
+        if folder not in real.parents:
+            raise PlaybackRefused(409, "recording-outside-folder",
+                                  f"the recording's file is not inside the recordings folder {recordings_dir}")
+    try:
+        actual = await asyncio.to_thread(_sha256, path)
+    except OSError:
+        raise PlaybackRefused(404, "recording-gone", f"the recording file of {number} is gone") from None
+    if actual != sha256:
+        raise PlaybackRefused(409, "recording-altered",
+                              f"the recording file of {number} no longer matches its sha256: it is not played "
+                              "(jiejing journal verify names it)")
+    at_us = round(clock() * 1_000_000)
+    payload = {"kind": KIND_ACCESS, "what": "recording_played", "ticket": number, "recording": row.id,
+               "sha256": sha256, "by": by, "at_us": at_us}
+    for attempt in range(1, _APPEND_ATTEMPTS + 1):
+        try:
+            async with sessions() as session, session.begin():
+                await append_entries(session, [(KIND_ACCESS, row.id, payload)], at_us=at_us)
+            break
+        except IntegrityError:
+            if attempt == _APPEND_ATTEMPTS:
+                raise  # the journal's head kept moving: not played rather than played unrecorded
+    return path
