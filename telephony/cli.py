@@ -152,6 +152,10 @@ def cmd_journal(args: argparse.Namespace) -> int:
     )
 
 
+class AsteriskUnreachable(RuntimeError):
+    """The admin commands could not log in to Asterisk."""
+
+
 def _dialplan_admin(args: argparse.Namespace):
     """Where the live configuration is and how to reach Asterisk as the admin user."""
     import shlex
@@ -185,6 +189,12 @@ def _dialplan_admin(args: argparse.Namespace):
         await ami.start()
         try:
             await ami.wait_connected(timeout=5)
+        except TimeoutError:
+            last = ami.status().get("last_error") or "no answer"
+            await ami.stop()
+            raise AsteriskUnreachable(f"cannot log in to Asterisk's AMI at {host}:{port} as {user} within 5 s "
+                                      f"({last}): is Asterisk running, and are JIEJING_AMI_HOST/PORT and "
+                                      "JIEJING_AMI_ADMIN_USER/SECRET right?") from None
         except Exception:
             await ami.stop()
             raise
@@ -476,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jiejing: {exc}", file=sys.stderr)
         return 2
+    except AsteriskUnreachable as exc:
+        print(f"jiejing: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         # A schema this release cannot run on: core.migrate is imported (it loads alembic) only by the
         # commands that open the database, so it is looked up rather than imported for every command.

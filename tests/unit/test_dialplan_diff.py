@@ -73,3 +73,21 @@ def test_a_global_asterisk_holds_otherwise_is_a_difference() -> None:
     assert globals_only == ["~ global JIEJING_DEFAULT_PRIORITY: 9 -> 10", "+ global JIEJING_OVERFLOW_RING_S = 20"]
     same = RunningState(dialplan={}, queues={q: QueueState() for q in desired.queues}, globals=desired.globals)
     assert not [c for c in differences(desired, same) if "global" in c]
+
+
+def test_diff_without_asterisk_says_so_plainly(folders, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import socket
+
+    from telephony import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    live, _ = folders
+    monkeypatch.setenv("JIEJING_ASTERISK_ETC", str(live))
+    monkeypatch.setenv("JIEJING_AMI_PORT", str(port))
+    monkeypatch.setenv("JIEJING_AMI_ADMIN_SECRET", "an-admin-secret")
+    assert cli.main(["dialplan", "diff"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot log in to Asterisk's AMI at 127.0.0.1:{port} as jiejing-admin" in err
+    assert "Traceback" not in err
