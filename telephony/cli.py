@@ -261,6 +261,49 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from telephony import rules_admin
+    from telephony.dialplan_admin.apply import who
+    from telephony.dialplan_admin.versions import VersionStore
+
+    source_env = environment(known=setting_names())
+    settings, admin_settings = Settings.from_env(source_env), AdminSettings.from_env(source_env)
+    source = Path(args.source) if args.source else Path(__file__).resolve().parent.parent / "dialplan"
+    if not settings.rules_dir and args.rules_cmd in ("diff", "apply", "rollback"):
+        print("jiejing rules: JIEJING_RULES_DIR is not set: the backend reads the rule files of the source tree "
+              "itself, so there is nothing to apply", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    admin = rules_admin.RulesAdmin(source, Path(settings.rules_dir or source),
+                                   VersionStore(Path(admin_settings.state_dir) / "rules-versions"),
+                                   healthz=f"http://{host}:{settings.http_port}/healthz",
+                                   by=getattr(args, "by", None) or who())
+    if args.rules_cmd == "check":
+        errors = rules_admin.check(admin.source_files())
+        for line in errors:
+            print(line)
+        print(f"{len(errors)} errors" if errors else f"ok: {', '.join(rules_admin.PARSERS)} load")
+        return 1 if errors else 0
+    if args.rules_cmd == "diff":
+        lines = rules_admin.diff(admin.source_files(), admin.live_files())
+        for line in lines:
+            print(line)
+        if not lines:
+            print(f"no differences: {settings.rules_dir} holds what {source} says")
+        return 1 if lines else 0
+    if args.rules_cmd == "history":
+        for meta in admin.store.list():
+            print(meta.describe())
+        return 0
+    outcome = admin.apply(note=args.note or "") if args.rules_cmd == "apply" else admin.rollback(args.version)
+    for line in outcome.lines:
+        print(f"  {line}")
+    print(outcome.message)
+    return 0 if outcome.ok else 1
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -391,6 +434,23 @@ def parser() -> argparse.ArgumentParser:
     dp_sub.add_parser("history", help="every applied version: who, when, result").add_argument(
         "--json", action="store_true", help="print it as JSON")
     dp.set_defaults(func=cmd_dialplan)
+
+    rl = sub.add_parser("rules", help="check, diff, apply, roll back the rule files (routing, keywords, surge)")
+    rl_sub = rl.add_subparsers(dest="rules_cmd", required=True)
+    for name, text in (("check", "load the source's rule files as the backend would (exit 1 on errors)"),
+                       ("diff", "what apply would change in JIEJING_RULES_DIR (exit 1 if anything)"),
+                       ("apply", "check, keep a version, write, and see the running backend load them"),
+                       ("history", "every version: who, when, result")):
+        cmd = rl_sub.add_parser(name, help=text)
+        cmd.add_argument("--source", default=None, help="the edited rule files' folder (default: dialplan/)")
+        if name == "apply":
+            cmd.add_argument("--note", default="", help="why (kept in the history)")
+            cmd.add_argument("--by", default=None, help="who applies (default: the login user)")
+    rr = rl_sub.add_parser("rollback", help="return to an earlier version, the same safe way")
+    rr.add_argument("version", type=int)
+    rr.add_argument("--source", default=None, help=argparse.SUPPRESS)
+    rr.add_argument("--by", default=None)
+    rl.set_defaults(func=cmd_rules)
 
     lab = sub.add_parser("lab", help="the SIPp/Asterisk lab")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)

@@ -19,6 +19,7 @@ web application's cleanup context.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -72,6 +73,16 @@ DIALPLAN = Path(__file__).resolve().parents[2] / "dialplan"
 Publisher = Callable[..., object]
 
 
+RULES_POLL_S = 2.0  # how often the rule files are looked at for a change
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def default_files(folder: str | Path | None = None) -> dict[str, Path]:
     """The rule files in ``folder`` (JIEJING_RULES_DIR), by default the source tree's dialplan/."""
     root = Path(folder) if folder else DIALPLAN
@@ -119,6 +130,11 @@ class TriageDesk:
         self._removers: list[Callable[[], None]] = []
         self._joins: asyncio.Queue[tuple[str, str]] = asyncio.Queue(JOINS_MAX)
         self._join_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        # The rule files as last read: sha256 of each, and the errors of the last reload (a bad file keeps the
+        # running version; `jiejing rules apply` reads these back from /healthz).
+        self.loaded: dict[str, str | None] = {name: _digest(path) for name, path in self.files.items()}
+        self.reload_errors: dict[str, str] = {}
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -146,6 +162,7 @@ class TriageDesk:
         await self.repeat.start()
         await self.surge.start()
         self._join_task = asyncio.create_task(self._brief_joined(), name="briefing-on-join")
+        self._watch_task = asyncio.create_task(self._watch_files(), name="rule-files")
         self._removers = [self.tickets.add_listener(self.index.on_step),
                           self.tickets.add_listener(self.repeat.on_step),
                           self.tickets.add_listener(self.surge.on_step),
@@ -157,6 +174,8 @@ class TriageDesk:
         self._removers = []
         task, self._join_task = self._join_task, None
         await stop_task(task)
+        task, self._watch_task = self._watch_task, None
+        await stop_task(task)
         await self.surge.stop()
         await self.repeat.stop()
         await self.pusher.stop()
@@ -164,8 +183,23 @@ class TriageDesk:
         if self._owns_alerts:
             await self.alerts.stop()
 
+    async def _watch_files(self) -> None:
+        """Reload when a rule file changes (``jiejing rules apply`` writes them); a bad one keeps the running one."""
+        while True:
+            await asyncio.sleep(RULES_POLL_S)
+            try:
+                now = {name: await asyncio.to_thread(_digest, path) for name, path in self.files.items()}
+                if now != self.loaded:
+                    changed = sorted(name for name in now if now[name] != self.loaded.get(name))
+                    result = self.reload()
+                    log.info("rule files changed (%s): %s", ", ".join(changed),
+                             "reloaded" if result["ok"] else f"kept the running version of {sorted(result['errors'])}")
+            except Exception:
+                log.exception("watching the rule files failed; trying again")
+
     def reload(self) -> dict[str, Any]:
         """Re-read the three files; each one that is bad keeps its running version, and its error is reported."""
+        self.loaded = {name: _digest(path) for name, path in self.files.items()}
         errors: dict[str, str] = {}
         try:
             self.rules.reload(self.files["routing"])
@@ -180,6 +214,7 @@ class TriageDesk:
         except ValueError as exc:
             errors["surge"] = str(exc)
             log.error("surge settings not reloaded, the running ones stay: %s", exc)
+        self.reload_errors = errors
         return {"ok": not errors, "errors": errors}
 
     def config_json(self) -> dict[str, Any]:
@@ -367,8 +402,13 @@ class TriageDesk:
         """The background work on new tickets (repeat callers, query copies, surge counts): bounded queues."""
         parts = {"repeat": self.repeat.health(), "index": self.index.health(), "surge": self.surge.health()}
         reasons = [p["reason"] for p in parts.values() if p["reason"]]
+        if self.reload_errors:
+            reasons.append("rule files not loaded, the running versions stay: " + "; ".join(
+                f"{name}: {error}" for name, error in sorted(self.reload_errors.items())))
         return {"ok": not reasons, "reason": "; ".join(reasons) or None, **parts,
-                "briefings_waiting": self._joins.qsize()}
+                "briefings_waiting": self._joins.qsize(),
+                "rule_files": {name: {"path": str(self.files[name]), "sha256": digest,
+                                      "error": self.reload_errors.get(name)} for name, digest in self.loaded.items()}}
 
     async def _brief_joined(self) -> None:
         while True:
