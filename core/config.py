@@ -161,6 +161,8 @@ class Settings:
     phones_file: str = setting("Browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py).", "")
     web_vendor: str = setting("The pages' browser libraries, served as /vendor/ (set-up bundles them from npm).",
                               factory=_default_web_vendor)
+    log_format: str = setting("Log lines as text (dated, for a person) or json (one object per line, for a "
+                              "collector).", "text")
     nice: int = setting("CPU priority below Asterisk's (0-19; the backend's session too, telephony/serve.py "
                         "yield_cpu): under load the callers' Asterisk gets the CPU, and the record, which "
                         "Asterisk's log keeps, catches up afterwards. 0 leaves it as started.", 19)
@@ -195,6 +197,8 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"{PREFIX}LOG_FORMAT must be text or json, got {self.log_format!r}")
         if not 0 <= self.nice <= 19:
             raise ConfigError(f"{PREFIX}NICE must be 0..19, got {self.nice}")
         if not self.token_ttl_s > 0:

@@ -242,3 +242,21 @@ def test_the_backend_yields_the_cpu_to_asterisk_by_default():
     for bad in ("-5", "20", "high"):
         with pytest.raises(ConfigError, match="JIEJING_NICE"):
             Settings.from_env({"JIEJING_NICE": bad})
+
+
+def test_json_log_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import logging
+
+    from telephony import cli
+
+    monkeypatch.setenv("JIEJING_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    assert cli._log_format() == "text"
+    monkeypatch.setenv("JIEJING_LOG_FORMAT", "json")
+    assert cli._log_format() == "json"
+    record = logging.LogRecord("jiejing.test", logging.WARNING, __file__, 1, "警情 %s", ("来了",), None)
+    line = json.loads(cli.JsonLogFormatter().format(record))
+    assert (line["level"], line["logger"], line["message"]) == ("WARNING", "jiejing.test", "警情 来了")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", line["time"])
+    with pytest.raises(ConfigError, match="JIEJING_LOG_FORMAT must be text or json"):
+        Settings.from_env({"JIEJING_LOG_FORMAT": "xml"})
