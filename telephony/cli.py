@@ -144,6 +144,32 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dossier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.quality.dossier import DossierError, check
+    from core.quality.journal import read_key
+
+    try:
+        dossier = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        findings = check(dossier, recording=Path(args.recording).read_bytes() if args.recording else None,
+                         key=read_key(args.key) if args.key else None)
+    except (OSError, ValueError, DossierError) as exc:
+        print(f"jiejing dossier: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"ok": not findings, "findings": findings}, ensure_ascii=False, indent=2))
+        return 1 if findings else 0
+    entries = len(dossier.get("journal", []))
+    for finding in findings:
+        print(f"FOUND {finding}")
+    print(f"dossier of {dossier['ticket']['number']}: {entries} journal entries, "
+          f"{'intact' if not findings else f'{len(findings)} finding(s)'}"
+          + ("" if args.key else "; anchor signatures not checked (no --key)")
+          + ("" if args.recording else "; no recording file given"))
+    return 1 if findings else 0
+
+
 def cmd_journal(args: argparse.Namespace) -> int:
     from core.quality.journal_cli import verify_command
 
@@ -519,6 +545,17 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("folder")
     rs.add_argument("--json", action="store_true", help="print the summary as JSON")
     rs.set_defaults(func=cmd_backup)
+
+    ds = sub.add_parser("dossier", help="a ticket's dossier (exported from the supervisor's page or "
+                                        "/api/tickets/{number}/dossier), checked away from the center")
+    ds_sub = ds.add_subparsers(dest="dossier_cmd", required=True)
+    dc = ds_sub.add_parser("check", help="recompute every entry's hash; compare steps, recordings and anchors "
+                                         "(exit 1 on a finding)")
+    dc.add_argument("file")
+    dc.add_argument("--recording", default=None, help="the WAV file handed over with it")
+    dc.add_argument("--key", default=None, help="the anchor key file, to verify the anchors' signatures")
+    dc.add_argument("--json", action="store_true", help="print the result as JSON")
+    ds.set_defaults(func=cmd_dossier)
 
     db = sub.add_parser("db", help="the database's schema: status, upgrade (settings as for serve)")
     db_sub = db.add_subparsers(dest="db_cmd", required=True)

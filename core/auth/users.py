@@ -283,6 +283,8 @@ class AuthService:
     async def set_disabled(self, username: str, disabled: bool) -> UserView:
         async with self._sessions.begin() as session:
             row = await self._row(session, username)
+            if disabled:
+                await self._keep_an_admin(session, row)
             row.disabled = disabled
             if disabled:
                 await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id))
@@ -330,9 +332,21 @@ class AuthService:
         username, role, station = check_user_fields(username, role, station)
         async with self._sessions.begin() as session:
             row = await self._row(session, username)
+            if role is not Role.ADMIN:
+                await self._keep_an_admin(session, row)
             row.role, row.station_id = role.value, station
             await session.execute(delete(TokenRow).where(TokenRow.user_id == row.id))
         return _user_view(row)
+
+    @staticmethod
+    async def _keep_an_admin(session: Any, row: UserRow) -> None:
+        """ValueError if ``row`` is the last enabled admin: nobody could manage users any more."""
+        if row.role != Role.ADMIN or row.disabled:
+            return
+        others = await session.scalar(select(func.count()).select_from(UserRow).where(
+            UserRow.role == Role.ADMIN, UserRow.disabled.is_(False), UserRow.id != row.id))
+        if not others:
+            raise ValueError(f"{row.username} is the last enabled admin: make another admin first")
 
     @staticmethod
     async def _row(session: Any, username: str) -> UserRow:

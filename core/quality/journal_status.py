@@ -39,6 +39,7 @@ class JournalWatch:
     ) -> None:
         self._engine = engine
         self.engine = engine
+        self.anchor_file = anchor_file
         self._anchor_file = anchor_file
         self._anchor_key = anchor_key
         self.retention = retention

@@ -66,15 +66,22 @@ async def open_for_playback(engine: AsyncEngine, number: str, sha256: str, *, by
         raise PlaybackRefused(409, "recording-altered",
                               f"the recording file of {number} no longer matches its sha256: it is not played "
                               "(jiejing journal verify names it)")
+    await record_access(engine, "recording_played", number, by=by, ref_id=row.id,
+                        extra={"recording": row.id, "sha256": sha256}, clock=clock)
+    return path
+
+
+async def record_access(engine: AsyncEngine, what: str, number: str, *, by: str, ref_id: int | None = None,
+                        extra: dict | None = None, clock: Callable[[], float] = time.time) -> None:
+    """Append an ``access`` entry (who did ``what`` with ticket ``number``, when) to the journal's chain."""
     at_us = round(clock() * 1_000_000)
-    payload = {"kind": KIND_ACCESS, "what": "recording_played", "ticket": number, "recording": row.id,
-               "sha256": sha256, "by": by, "at_us": at_us}
+    payload = {"kind": KIND_ACCESS, "what": what, "ticket": number, "by": by, "at_us": at_us, **(extra or {})}
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
     for attempt in range(1, _APPEND_ATTEMPTS + 1):
         try:
             async with sessions() as session, session.begin():
-                await append_entries(session, [(KIND_ACCESS, row.id, payload)], at_us=at_us)
-            break
+                await append_entries(session, [(KIND_ACCESS, ref_id, payload)], at_us=at_us)
+            return
         except IntegrityError:
             if attempt == _APPEND_ATTEMPTS:
-                raise  # the journal's head kept moving: not played rather than played unrecorded
-    return path
+                raise  # the journal's head kept moving: refused rather than done unrecorded

@@ -21,12 +21,14 @@ from core.alerts.board import (
     resolve_alert,
 )
 from core.calls.numbering import looks_like_number
+from core.calls.views import SERVICE
 from core.errors import BadRequest
 from core.http.replies import actor, error_reply, json_body, json_reply, text_field
 from core.http.routes import DESK, PUBLIC, SUPERVISORS, RouteTable
 from core.quality.complaints import Complaints
+from core.quality.dossier import build as build_dossier
 from core.quality.journal_status import JournalWatch
-from core.quality.playback import PlaybackRefused, open_for_playback
+from core.quality.playback import PlaybackRefused, open_for_playback, record_access
 from core.quality.spot_checks import CRITERIA, SpotChecks
 from core.quality.survey import Survey, WebhookVerdict
 from core.triage.report_views import REPORTS
@@ -345,6 +347,23 @@ async def play_recording(request: web.Request) -> web.StreamResponse:
     except PlaybackRefused as exc:
         return error_reply(exc.status, str(exc), error_id=exc.error_id)
     return web.FileResponse(path, headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
+
+
+@journal_routes.route("GET", "/api/tickets/{number}/dossier", SUPERVISORS,
+                      "A ticket's dossier for a court or a complaint: the ticket and its journal entries, checkable "
+                      "away from the center (jiejing dossier check); each export is journaled", tag="quality")
+async def export_dossier(request: web.Request) -> web.Response:
+    number = request.match_info["number"]
+    if not looks_like_number(number):
+        return error_reply(404, "no such ticket", error_id="unknown-ticket")
+    watch, service, by = request.app[JOURNAL], request.app[SERVICE], actor(request)
+    if await service.get(number) is None:
+        return error_reply(404, "no such ticket", error_id="unknown-ticket")
+    await record_access(watch.engine, "dossier_exported", number, by=by)  # in the chain, and in the dossier
+    dossier = await build_dossier(service, number, anchor_file=watch.anchor_file, by=by)
+    response = json_reply(dossier)
+    response.headers["Content-Disposition"] = f'attachment; filename="dossier-{number}.json"'
+    return response
 
 
 def add_routes(

@@ -152,6 +152,8 @@ async def set_disabled(request: web.Request) -> web.Response:
         user = await request.app[AUTH].set_disabled(request.match_info["username"], body["disabled"])
     except LookupError:
         raise NotFound("no such user", error_id="unknown-user") from None
+    except ValueError as exc:
+        return error_reply(409, str(exc), error_id="last-admin")
     return json_reply(user.to_json())
 
 
@@ -196,6 +198,8 @@ async def set_role(request: web.Request) -> web.Response:
     except LookupError:
         raise NotFound("no such user", error_id="unknown-user") from None
     except ValueError as exc:
+        if "last enabled admin" in str(exc):
+            return error_reply(409, str(exc), error_id="last-admin")
         raise BadRequest(str(exc), error_id="invalid-user") from None
     return json_reply(user.to_json())
 

@@ -220,6 +220,15 @@ async def test_supervisor_sees_rates_sample_and_follow_ups_and_scores_a_call(
         assert [(p["ticket"], p["by"], p["what"]) for p in played] == [(playing, "zhang", "recording_played")]
         assert (await verify(center.engine)).ok
 
+        # Export its dossier for a complaint: downloaded as a file, the export journaled too.
+        await browser.click("#dossier")
+        await browser.wait_for("document.getElementById('play-status').textContent.includes('dossier exported')")
+        assert await browser.evaluate("document.getElementById('play-status').dataset.dossier") == playing
+        async with center.engine.connect() as conn:
+            access = (await conn.execute(select(JournalEntry.payload).where(JournalEntry.kind == KIND_ACCESS)
+                                         .order_by(JournalEntry.seq))).scalars()
+            assert [json.loads(p)["what"] for p in access] == ["recording_played", "dossier_exported"]
+
         # Alerts: acknowledge one; resolve the other, which needs a word on what was done.
         assert await _count(browser, "#alert-list tr.new") == 2
         first, second = await browser.evaluate("[...document.querySelectorAll('#alert-list tr')].map(r => r.dataset.id)")

@@ -125,3 +125,14 @@ async def test_passwords_are_not_kept_in_the_audit_log(client: TestClient, engin
     entries = {e.path: e for e in await AuthService(engine).audit_log()}
     assert entries["/api/users/sun/password"].status == 200 and entries["/api/users/sun/password"].body_sha256 is None
     assert entries["/api/password"].status == 200 and entries["/api/password"].body_sha256 is None
+
+
+async def test_the_last_admin_cannot_be_demoted_or_disabled(client: TestClient, engine: AsyncEngine) -> None:
+    await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("root", PASSWORD, Role.ADMIN)
+    root = _bearer((await _login(client, "root", PASSWORD))[1]["token"])
+    resp = await client.post("/api/users/root/role", json={"role": "supervisor"}, headers=root)
+    assert resp.status == 409 and (await resp.json())["error_id"] == "last-admin"
+    resp = await client.post("/api/users/root/disabled", json={"disabled": True}, headers=root)
+    assert resp.status == 409 and (await resp.json())["error_id"] == "last-admin"
+    await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("root2", PASSWORD, Role.ADMIN)
+    assert (await client.post("/api/users/root/role", json={"role": "supervisor"}, headers=root)).status == 200

@@ -201,6 +201,31 @@
     }
   }
 
+  // A ticket's dossier (ticket, steps, journal entries, anchor) as a JSON file, for a court or a complaint;
+  // `jiejing dossier check` verifies it away from the center. The export is journaled by the server.
+  async function exportDossier(number) {
+    const status = $("play-status");
+    status.classList.remove("bad");
+    try {
+      const resp = await fetch(`/api/tickets/${encodeURIComponent(number)}/dossier`,
+                               { headers: { "Authorization": "Bearer " + jj.token() } });
+      if (!resp.ok) throw new Error((await resp.json()).error || resp.statusText);
+      const text = await resp.text();
+      const dossier = JSON.parse(text);
+      const link = jj.el("a", { href: URL.createObjectURL(new Blob([text], { type: "application/json" })),
+                                download: `dossier-${number}.json`, id: "dossier-link" });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      status.textContent = `${number} · 卷宗已导出 dossier exported: ${dossier.journal.length} 条日志 entries` +
+        (dossier.anchors.length ? " · 含签名锚点 anchored" : "");
+      status.dataset.dossier = number;
+    } catch (error) {
+      status.textContent = "不能导出 cannot export: " + error.message;
+      status.classList.add("bad");
+    }
+  }
+
   // -- alerts --------------------------------------------------------------------------------
 
   const whenUs = (us) => us ? new Date(us / 1000).toLocaleString("zh-CN", { hour12: false }) : "–";
@@ -348,6 +373,7 @@
       });
     });
     $("play").addEventListener("click", () => play(score.ticket.value));
+    $("dossier").addEventListener("click", () => exportDossier(score.ticket.value));
     $("alert-list").addEventListener("click", (event) => {
       const tr = event.target.closest("tr[data-id]");
       if (!tr) return;
