@@ -38,6 +38,7 @@ def _default_web_vendor() -> str:
 
 
 RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml")  # the triage's rules (core/triage/desk.py)
+DEFAULT_RULES_DIR = Path(__file__).resolve().parents[1] / "dialplan"  # the source tree's, when rules_dir is unset
 # The AMI secrets dialplan/manager.conf ships with: anyone who has read the repository knows them.
 LAB_AMI_SECRETS = frozenset({"jiejing-lab", "jiejing-lab-admin"})
 
@@ -253,7 +254,7 @@ def production_problems(settings: Settings, source: Mapping[str, str]) -> list[s
         problems.append(f"{PREFIX}RECORDINGS_DIR is not set: recordings would not be bound to tickets")
     elif not Path(settings.recordings_dir).is_absolute():
         problems.append(f"{PREFIX}RECORDINGS_DIR {settings.recordings_dir!r} is relative: give an absolute path")
-    rules = Path(settings.rules_dir) if settings.rules_dir else Path(__file__).resolve().parents[1] / "dialplan"
+    rules = Path(settings.rules_dir) if settings.rules_dir else DEFAULT_RULES_DIR
     missing = [name for name in RULE_FILES if not (rules / name).is_file()]
     if missing:
         problems.append(f"{PREFIX}RULES_DIR: {', '.join(missing)} not found in {rules} (copy them from dialplan/ "

@@ -25,6 +25,7 @@ from core.config import RULE_FILES
 from core.triage.keywords import parse_keywords
 from core.triage.routing import parse_rules
 from core.triage.surge import parse_surge_config
+from telephony.dialplan_admin.apply import write_files
 from telephony.dialplan_admin.versions import VersionStore, digest_files
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -76,13 +77,6 @@ class RulesAdmin:
     def live_files(self) -> dict[str, bytes]:
         return {n: (self.live / n).read_bytes() for n in RULE_FILES if (self.live / n).is_file()}
 
-    def _write(self, files: dict[str, bytes]) -> None:
-        self.live.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            tmp = self.live / f".{name}.jiejing-tmp"
-            tmp.write_bytes(data)
-            tmp.replace(self.live / name)
-
     def backend_state(self) -> dict[str, Any] | None:
         """The rule files the running backend has loaded (name -> {sha256, error}), None if it cannot be asked."""
         try:
@@ -122,11 +116,11 @@ class RulesAdmin:
         latest = self.store.latest()
         if before and (latest is None or latest.files != digest_files(before)):
             self.store.add(before, by=self.by, status="snapshot", note="rule files before an apply")
-        self._write(changed)
+        write_files(self.live, changed)
         result, backend_errors = self._wait_loaded(files)
         if result == "refused":
             restore = {n: before[n] for n in changed if n in before}
-            self._write(restore)
+            write_files(self.live, restore)
             meta = self.store.add(files, by=self.by, status="rolled back",
                                   note="; ".join(f"{k}: {v}" for k, v in backend_errors.items())[:500])
             return Outcome(False, f"rolled back (attempt kept as version {meta.version}): the backend refused it",

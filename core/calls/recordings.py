@@ -39,6 +39,15 @@ def _is_riff_wave(path: str) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of the file at ``path``, read in chunks; raises OSError if it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def inspect_recording(path: str | os.PathLike[str]) -> RecordingInfo:
     """Measure and hash the file at ``path``; raises OSError if it cannot be read."""
     path = os.fspath(path)

@@ -11,7 +11,6 @@ the manifest before it writes anything, and refuses to overwrite a store that ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.calls.recordings import file_sha256
 from core.config import Settings, sqlite_path
 from core.quality.config import QualitySettings
 
@@ -39,14 +39,6 @@ class Summary:
     journal_files: int = 0
     bytes: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -75,7 +67,7 @@ def backup(settings: Settings, quality: QualitySettings, folder: Path) -> Summar
             dst.close()
             src.close()
         files.append({"kind": "store", "file": "store.db", "path": str(Path(db).absolute()),
-                      "sha256": _sha256(target), "size": target.stat().st_size})
+                      "sha256": file_sha256(target), "size": target.stat().st_size})
         summary = Summary(store=f"SQLite {db}")
     else:
         summary = Summary(store="not included")
@@ -87,7 +79,7 @@ def backup(settings: Settings, quality: QualitySettings, folder: Path) -> Summar
             relative = path.relative_to(root)
             _copy(path, folder / "recordings" / relative)
             files.append({"kind": "recording", "file": f"recordings/{relative}", "path": str(path.absolute()),
-                          "sha256": _sha256(folder / "recordings" / relative), "size": path.stat().st_size})
+                          "sha256": file_sha256(folder / "recordings" / relative), "size": path.stat().st_size})
             summary.recordings += 1
     else:
         summary.notes.append("no recordings folder is set: no recordings were copied")
@@ -104,7 +96,7 @@ def backup(settings: Settings, quality: QualitySettings, folder: Path) -> Summar
         if kind == "journal_key":
             os.chmod(folder / "journal" / name, 0o600)
         files.append({"kind": kind, "file": f"journal/{name}", "path": str(Path(configured).absolute()),
-                      "sha256": _sha256(folder / "journal" / name), "size": Path(configured).stat().st_size})
+                      "sha256": file_sha256(folder / "journal" / name), "size": Path(configured).stat().st_size})
         summary.journal_files += 1
     summary.bytes = sum(f["size"] for f in files)
     manifest = {"format": FORMAT, "made_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "store": summary.store,
@@ -136,7 +128,7 @@ def restore(settings: Settings, quality: QualitySettings, folder: Path) -> Summa
             raise BackupError(f"{MANIFEST} names a file outside the backup: {name!r}")
         if not source.is_file():
             raise BackupError(f"{name} is missing from the backup")
-        if _sha256(source) != entry.get("sha256"):
+        if file_sha256(source) != entry.get("sha256"):
             raise BackupError(f"{name} does not match its sha256 in the manifest: the backup is damaged")
         kind = entry.get("kind")
         if kind == "store":
@@ -156,7 +148,7 @@ def restore(settings: Settings, quality: QualitySettings, folder: Path) -> Summa
             target = Path(configured or entry["path"])
         else:
             raise BackupError(f"{MANIFEST} names a file of unknown kind {kind!r}")
-        if kind != "store" and target.exists() and _sha256(target) != entry["sha256"]:
+        if kind != "store" and target.exists() and file_sha256(target) != entry["sha256"]:
             raise BackupError(f"{target} exists and differs from the backup's: move it away first")
         plan.append((entry, source, target))
     summary = Summary(store=str(manifest.get("store", "")), notes=list(manifest.get("notes", [])))

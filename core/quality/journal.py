@@ -44,6 +44,7 @@ from core.calls.lifecycle import (
     Step,
     advance,
 )
+from core.calls.recordings import file_sha256
 from core.calls.tables import Recording, Ticket, TicketStep
 from core.quality.tables import JournalEntry
 from core.tasks import stop_task
@@ -72,7 +73,6 @@ _CLOCK_SLACK_US = 300_000_000
 _LOOKBACK_IDS = 1000
 _BATCH = 500
 _APPEND_ATTEMPTS = 5
-_HASH_CHUNK = 1 << 20
 # Verification reports at most this many rows of one kind, then a count.
 _REPORT_MAX = 100
 
@@ -163,6 +163,22 @@ async def append_entries(
     session.add_all(rows)
     await session.flush()
     return rows
+
+
+async def append_entry(
+    sessions: async_sessionmaker[AsyncSession], kind: str, ref_id: int | None, payload: dict[str, Any], *,
+    at_us: int,
+) -> None:
+    """Link one entry onto the head in a transaction of its own; if another process appended first (the head
+    moved), link onto the new head, up to ``_APPEND_ATTEMPTS`` times, then raise: never left out silently."""
+    for attempt in range(1, _APPEND_ATTEMPTS + 1):
+        try:
+            async with sessions() as session, session.begin():
+                await append_entries(session, [(kind, ref_id, payload)], at_us=at_us)
+            return
+        except IntegrityError:
+            if attempt == _APPEND_ATTEMPTS:
+                raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,22 +350,9 @@ class Journaler:
             at_us = round(self._clock() * 1_000_000)
             signed = Anchor(seq, head, at_us, anchor_mac(self._anchor_key, seq, head, at_us))
             await asyncio.to_thread(_append_line, self._anchor_file, signed.line())
-            for attempt in range(1, _APPEND_ATTEMPTS + 1):
-                try:
-                    async with self._sessions() as session, session.begin():
-                        payload = {
-                            "kind": KIND_ANCHOR,
-                            "head_seq": seq,
-                            "head_hash": head,
-                            "at_us": at_us,
-                            "mac": signed.mac,
-                            "v": signed.version,
-                        }
-                        await append_entries(session, [(KIND_ANCHOR, None, payload)], at_us=at_us)
-                    break
-                except IntegrityError:
-                    if attempt == _APPEND_ATTEMPTS:
-                        raise
+            payload = {"kind": KIND_ANCHOR, "head_seq": seq, "head_hash": head, "at_us": at_us, "mac": signed.mac,
+                       "v": signed.version}
+            await append_entry(self._sessions, KIND_ANCHOR, None, payload, at_us=at_us)
             self.anchored += 1
             log.info("journal anchored at entry %d", seq)
             return signed
@@ -828,14 +831,10 @@ async def _compare_rows(
 
 
 def _file_sha256(path: str) -> str | None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
+        return file_sha256(path)
     except FileNotFoundError:
         return None
-    return digest.hexdigest()
 
 
 async def _unjournaled(session: AsyncSession, max_ref: dict[str, int], report: Report) -> None:

@@ -37,10 +37,8 @@ class JournalWatch:
         clock: Callable[[], float] = time.time,
         max_age_s: float = 60.0,
     ) -> None:
-        self._engine = engine
         self.engine = engine
         self.anchor_file = anchor_file
-        self._anchor_file = anchor_file
         self._anchor_key = anchor_key
         self.retention = retention
         self._clock = clock
@@ -56,14 +54,14 @@ class JournalWatch:
             if self._last is None or self._checked_at is None or now - self._checked_at >= self._max_age_s:
                 started = time.monotonic()
                 retention_days = self.retention.days if self.retention is not None else 0
-                report = await verify(self._engine, recordings=False, anchor_file=self._anchor_file,
+                report = await verify(self.engine, recordings=False, anchor_file=self.anchor_file,
                                       anchor_key=self._anchor_key, retention_days=retention_days or None,
                                       clock=self._clock)
                 answer = report.to_json()
                 answer["findings_total"] = len(report.findings)
                 answer["findings"] = answer["findings"][:FINDINGS_SHOWN]
                 answer["recordings_rehashed"] = False
-                answer["anchored"] = self._anchor_file is not None and self._anchor_key is not None
+                answer["anchored"] = self.anchor_file is not None and self._anchor_key is not None
                 answer["checked_at"] = iso_utc(round(now * 1_000_000))
                 answer["duration_s"] = round(time.monotonic() - started, 3)
                 self._last, self._checked_at = answer, now

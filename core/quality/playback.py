@@ -9,19 +9,16 @@ inside the recordings folder when one is set (a path in the store is not trusted
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.calls.recordings import file_sha256
 from core.calls.tables import Recording, Ticket
-from core.quality.journal import KIND_ACCESS, append_entries
-
-_APPEND_ATTEMPTS = 5
+from core.quality.journal import KIND_ACCESS, append_entry
 
 
 class PlaybackRefused(Exception):
@@ -30,14 +27,6 @@ class PlaybackRefused(Exception):
     def __init__(self, status: int, error_id: str, message: str) -> None:
         super().__init__(message)
         self.status, self.error_id = status, error_id
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def open_for_playback(engine: AsyncEngine, number: str, sha256: str, *, by: str,
@@ -59,7 +48,7 @@ async def open_for_playback(engine: AsyncEngine, number: str, sha256: str, *, by
             raise PlaybackRefused(409, "recording-outside-folder",
                                   f"the recording's file is not inside the recordings folder {recordings_dir}")
     try:
-        actual = await asyncio.to_thread(_sha256, path)
+        actual = await asyncio.to_thread(file_sha256, path)
     except OSError:
         raise PlaybackRefused(404, "recording-gone", f"the recording file of {number} is gone") from None
     if actual != sha256:
@@ -76,12 +65,6 @@ async def record_access(engine: AsyncEngine, what: str, number: str, *, by: str,
     """Append an ``access`` entry (who did ``what`` with ticket ``number``, when) to the journal's chain."""
     at_us = round(clock() * 1_000_000)
     payload = {"kind": KIND_ACCESS, "what": what, "ticket": number, "by": by, "at_us": at_us, **(extra or {})}
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    for attempt in range(1, _APPEND_ATTEMPTS + 1):
-        try:
-            async with sessions() as session, session.begin():
-                await append_entries(session, [(KIND_ACCESS, ref_id, payload)], at_us=at_us)
-            return
-        except IntegrityError:
-            if attempt == _APPEND_ATTEMPTS:
-                raise  # the journal's head kept moving: refused rather than done unrecorded
+    # If it cannot be written, what it records is refused rather than done unrecorded.
+    await append_entry(async_sessionmaker(engine, expire_on_commit=False), KIND_ACCESS, ref_id, payload,
+                       at_us=at_us)

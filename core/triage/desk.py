@@ -31,6 +31,7 @@ from sqlalchemy import select
 from core.alerts.board import AlertBoard
 from core.calls.lifecycle import Step
 from core.calls.tickets import Source, StepView, TicketService, TicketView
+from core.config import DEFAULT_RULES_DIR
 from core.dispatch.officers import OfficerService
 from core.dispatch.planner import Incident, IncidentRow
 from core.tasks import stop_task
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 # Officers' briefings waiting to be built and pushed.
 JOINS_MAX = 1000
 
-DIALPLAN = Path(__file__).resolve().parents[2] / "dialplan"
+DIALPLAN = DEFAULT_RULES_DIR
 
 # ``(message, station)``; the event stream's also takes ``badge=`` to reach one officer only.
 Publisher = Callable[..., object]

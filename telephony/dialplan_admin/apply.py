@@ -47,6 +47,16 @@ MODULE_BY_FILE = (
 RESTART_ONLY = ("asterisk.conf", "modules.conf")
 
 
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Write each file into ``folder`` through a temporary name and a rename: a reader sees the old file or
+    the new one, never half of one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = folder / f".{name}.jiejing-tmp"
+        tmp.write_bytes(data)
+        tmp.replace(folder / name)
+
+
 def module_for(filename: str) -> str | None:
     for pattern, module in MODULE_BY_FILE:
         if fnmatch.fnmatch(filename, pattern):
@@ -262,13 +272,6 @@ class DialplanAdmin:
         config = model.parse_folder(staging)
         return config, checking.check(config, lab=self.lab), staging
 
-    def _write(self, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            target = self.live_dir / name
-            tmp = target.with_name(f".{name}.jiejing-tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-
     # -- Asterisk ------------------------------------------------------------------
     async def _reload(self, ami, modules: set[str]) -> list[str]:
         failures = []
@@ -320,7 +323,7 @@ class DialplanAdmin:
             self.store.add(before, by=self.by, status="snapshot", note="live files before an apply")
         ami = await self.connect()
         try:
-            self._write(changed)
+            write_files(self.live_dir, changed)
             failures = await self._reload(ami, modules)
             desired = desired_from(config)
             mismatch = differences(desired, await read_running(ami, desired.globals))
@@ -339,7 +342,7 @@ class DialplanAdmin:
             for n in changed:
                 if n not in before:
                     (self.live_dir / n).unlink(missing_ok=True)
-            self._write(restore)
+            write_files(self.live_dir, restore)
             await self._reload(ami, modules)
             previous = desired_from(model.parse_folder(self.live_dir))
             check_back = differences(previous, await read_running(ami, previous.globals))
