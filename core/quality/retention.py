@@ -16,6 +16,16 @@ its incident location, query copy (and its place in the hourly counts, so
 and its pushes (a later ticket's link to it keeps the expired number).
 Outbox messages of expired tickets lose their recipient.
 
+Recording files that no recording row names — the fallback ``<uniqueid>.wav`` a call left when its
+file was never bound to its ticket (the backend was down, the file came too late), or one whose
+row went by hand — expire by the same period: after the tickets, each run removes those
+directly in the recordings folder (regular files, not links; names ending as Asterisk's recording
+formats do; not hidden) last modified before the cutoff, when no recording row's path, of a ticket
+of any age, has the same file name. Each batch writes its own signed ``expiry`` entry first (no
+tickets or recordings; ``unbound_files``: each file's path, size, modification time and sha256),
+then removes the files it names, unless one changed since it was hashed. A file inside the period
+is never looked at, and nothing is archived elsewhere: the backup (``jiejing backup``) is the copy.
+
 ``RetentionSchedule`` runs ``expire`` once a day in a background task it
 owns, for the retention period of the settings (0: keep forever, nothing
 runs), and keeps its last run for the journal status endpoint.
@@ -35,6 +45,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.calls.recordings import file_sha256
 from core.calls.tables import Recording, Ticket, TicketStep
 from core.calls.tickets import iso_utc
 from core.dispatch.planner import IncidentRow
@@ -55,6 +66,9 @@ log = logging.getLogger(__name__)
 
 _DAY_US = 86_400_000_000
 DAY_S = 86_400.0
+# What MixMonitor may write (the dialplan writes .wav): the sweep of unbound files looks at nothing else, so a
+# store, key or note kept in the recordings folder by mistake is never removed.
+RECORDING_SUFFIXES = (".wav", ".wav49", ".gsm", ".ulaw", ".alaw", ".sln", ".g722")
 
 
 @dataclass(slots=True)
@@ -63,6 +77,7 @@ class ExpiryResult:
     recordings: int = 0
     files_removed: int = 0
     files_left: int = 0  # paths outside the recordings folder (or no folder given): reported, never removed
+    unbound_files: int = 0  # files no recording row names, older than the period, removed from the folder
     entries: list[int] = field(default_factory=list)  # journal seqs of the expiry entries
 
 
@@ -79,7 +94,8 @@ async def expire(
 
     Recording files are removed only when their real path lies inside ``recordings_dir``: a path is
     data in the store, and one that points elsewhere (a forged row, ``..``, a symlink out of the
-    folder) is logged and left. Without ``recordings_dir`` no file is removed.
+    folder) is logged and left. Without ``recordings_dir`` no file is removed. Then the files of the
+    folder that no recording row names and that are older than the period go (``expire_unbound``).
     """
     if older_than_days < 1:
         raise ValueError("older_than_days must be at least 1")
@@ -150,6 +166,129 @@ async def expire(
         result.files_left += left
         log.info("retention: expired %d tickets and %d recordings (journal entry %d)",
                  len(ids), len(files), entry.seq)
+    if recordings_dir is not None:
+        await expire_unbound(engine, journaler, Path(recordings_dir), before_us=cutoff,
+                             older_than_days=older_than_days, now_us=now_us, batch=batch, result=result)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    path: str
+    name: str
+    size: int
+    mtime_ns: int
+    key: tuple[int, int]  # (device, inode)
+
+    def unchanged(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return ((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns) == (self.key, self.size, self.mtime_ns)
+
+
+def _old_files(folder: Path, before_us: int) -> list[_File]:
+    """Recording-like regular files directly in ``folder`` last modified before ``before_us``, oldest first."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        log.warning("retention: the recordings folder %s does not exist", folder)
+        return []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.lower().endswith(RECORDING_SUFFIXES):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_mtime_ns // 1000 < before_us:
+            found.append(_File(os.path.abspath(entry.path), entry.name, st.st_size, st.st_mtime_ns,
+                               (st.st_dev, st.st_ino)))
+    return sorted(found, key=lambda f: (f.mtime_ns, f.name))
+
+
+def _describe(files: list[_File]) -> list[tuple[_File, dict[str, Any]]]:
+    """Each file still as it was listed, with what the journal says of it."""
+    described = []
+    for f in files:
+        try:
+            digest = file_sha256(f.path)
+        except FileNotFoundError:
+            continue
+        if f.unchanged():
+            described.append((f, {"path": f.path, "size": f.size, "modified_us": f.mtime_ns // 1000,
+                                  "sha256": digest}))
+    return described
+
+
+def _remove_unbound(files: list[_File]) -> int:
+    removed = 0
+    for f in files:
+        if not f.unchanged():  # written to, or replaced, since it was hashed: the entry is not about this file
+            log.warning("retention: %s changed since it was listed; left in place", f.path)
+            continue
+        try:
+            os.remove(f.path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+async def expire_unbound(
+    engine: AsyncEngine,
+    journaler: Journaler,
+    folder: Path,
+    *,
+    before_us: int,
+    older_than_days: int,
+    now_us: int,
+    batch: int = 1000,
+    result: ExpiryResult | None = None,
+) -> ExpiryResult:
+    """Remove the files of ``folder`` older than ``before_us`` that no recording row names, journaled first.
+
+    A row names a file when its path has the file's name: a row's path is as it was bound (the folder
+    may since be reached another way), and recording names carry the call's uniqueid, so a name alone
+    keeps every bound file and costs one pass over the paths, only when there are old files at all.
+    """
+    result = ExpiryResult() if result is None else result
+    candidates = await asyncio.to_thread(_old_files, folder, before_us)
+    if not candidates:
+        return result
+    names = {f.name for f in candidates}
+    named: set[str] = set()
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions() as session:
+        paths = await session.stream_scalars(select(Recording.path).execution_options(yield_per=5000))
+        async for path in paths:
+            name = path.rsplit("/", 1)[-1]
+            if name in names:
+                named.add(name)
+    unbound = [f for f in candidates if f.name not in named]
+    for start in range(0, len(unbound), batch):
+        described = await asyncio.to_thread(_describe, unbound[start:start + batch])
+        if not described:
+            continue
+        payload = journaler.sign_expiry({
+            "kind": KIND_EXPIRY,
+            "before_us": before_us,
+            "retention_days": older_than_days,
+            "tickets": [],
+            "recordings": [],
+            "unbound_files": [about for _, about in described],
+        })
+        async with journaler.lock, sessions() as session, session.begin():
+            (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
+        removed = await asyncio.to_thread(_remove_unbound, [f for f, _ in described])
+        result.unbound_files += removed
+        result.entries.append(entry.seq)
+        log.info("retention: removed %d of %d recording files no ticket names, older than %d days (journal "
+                 "entry %d)", removed, len(described), older_than_days, entry.seq)
     return result
 
 
@@ -205,7 +344,7 @@ class RetentionSchedule:
         self._last_result: ExpiryResult | None = None
         self._last_error: str | None = None
         self._runs = 0
-        self.expired = {"tickets": 0, "recordings": 0}  # since the start: /metrics
+        self.expired = {"tickets": 0, "recordings": 0, "unbound_files": 0}  # since the start: /metrics
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -232,9 +371,10 @@ class RetentionSchedule:
         self._runs += 1
         self.expired["tickets"] += result.tickets
         self.expired["recordings"] += result.recordings
-        log.info("retention: daily run expired %d tickets, %d recordings (%d files removed) older than %d days; "
-                 "journal entries %s", result.tickets, result.recordings, result.files_removed, self.days,
-                 result.entries or "none")
+        self.expired["unbound_files"] += result.unbound_files
+        log.info("retention: daily run expired %d tickets, %d recordings (%d files removed) and %d recording files "
+                 "no ticket names, older than %d days; journal entries %s", result.tickets, result.recordings,
+                 result.files_removed, result.unbound_files, self.days, result.entries or "none")
         return result
 
     async def start(self) -> None:
@@ -273,6 +413,7 @@ class RetentionSchedule:
             "last_error": self._last_error,
             "last_result": None if result is None else {
                 "tickets": result.tickets, "recordings": result.recordings,
-                "files_removed": result.files_removed, "files_left": result.files_left, "journal_entries": list(result.entries),
+                "files_removed": result.files_removed, "files_left": result.files_left,
+                "unbound_files": result.unbound_files, "journal_entries": list(result.entries),
             },
         }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from core.calls.lifecycle import Step
 from core.calls.tables import Recording, Ticket, TicketStep
 from core.calls.tickets import TicketService
 from core.dispatch.planner import IncidentRow
+from core.quality import retention
 from core.quality.journal import KIND_EXPIRY, Journaler, verify
 from core.quality.journal_status import JournalWatch
 from core.quality.retention import RetentionSchedule, expire
@@ -29,6 +32,7 @@ from core.triage.classify import (
 from core.triage.push import PushRow
 from core.triage.queries import hourly_series
 from core.triage.repeat import TicketLinkRow
+from tests.unit.test_journal import KEY
 
 T0 = 1_795_951_800.0
 DAY = 86400.0
@@ -293,3 +297,82 @@ async def test_retention_removes_files_only_inside_the_recordings_folder(
     late = await expire(engine, journaler, older_than_days=90, clock=clock)
     assert (late.tickets, late.files_removed, late.files_left) == (1, 0, 1)
     assert (monitor / "recent.wav").exists()
+
+
+def _age(path: Path, at: float) -> None:
+    os.utime(path, ns=(round(at * 1e9), round(at * 1e9)), follow_symlinks=False)
+
+
+async def test_recording_files_no_ticket_names_expire_after_the_period_and_are_journaled(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path
+) -> None:
+    """The fallback ``<uniqueid>.wav`` of a call whose file was never bound (the backend was down, the file came
+    too late) goes once it is older than the period, in a signed expiry entry of its own; every file a recording
+    row names stays, however old, and so does anything that is not a recording directly in the folder."""
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    alias = tmp_path / "spool"
+    alias.symlink_to(monitor)  # the folder as the backend once reached it: a row's path is as it was bound
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.wav").write_bytes(b"not ours")
+    await _old_call(service, clock, "1.1", T0, monitor / "1.1.wav")  # expires with its ticket
+    live = await service.open_call(uniqueid="1.2", caller_id="13800000000", at=T0, source="agi")  # still up
+    (monitor / f"{live.number}_1.2.wav").write_bytes(b"a long call")
+    await service.bind_recording(live.number, str(alias / f"{live.number}_1.2.wav"))
+    await _old_call(service, clock, "1.3", T0 + 200 * DAY, monitor / "1.3.wav")  # recent: the newest ids
+    unbound = {"1.4.wav": T0, "1.5.WAV": T0 + 10 * DAY, "1.6.wav": T0 + 190 * DAY, ".1.7.wav": T0,
+               "notes.txt": T0, "jiejing.db": T0}
+    for name, at in unbound.items():
+        (monitor / name).write_bytes(b"RIFF fallback " + name.encode())
+    (monitor / "sub").mkdir()
+    (monitor / "sub" / "1.8.wav").write_bytes(b"kept in a folder of its own")
+    (monitor / "link.wav").symlink_to(elsewhere / "precious.wav")
+    for path in [*monitor.iterdir(), monitor / "sub" / "1.8.wav", elsewhere / "precious.wav"]:
+        _age(path, unbound.get(path.name, T0))
+    _age(monitor / "1.3.wav", T0 + 200 * DAY)
+    journaler = Journaler(engine, clock=clock, anchor_key=KEY, anchor_file=tmp_path / "anchors")
+    schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, recordings_dir=monitor)
+
+    result = await schedule.run_due()
+
+    assert result is not None
+    assert (result.tickets, result.files_removed, result.unbound_files, len(result.entries)) == (1, 1, 2, 2)
+    assert sorted(p.name for p in monitor.iterdir()) == [".1.7.wav", "1.3.wav", "1.6.wav",
+                                                         f"{live.number}_1.2.wav", "jiejing.db", "link.wav",
+                                                         "notes.txt", "sub"]
+    assert (monitor / "sub" / "1.8.wav").exists() and (elsewhere / "precious.wav").read_bytes() == b"not ours"
+    async with async_sessionmaker(engine)() as session:
+        entry = await session.get(JournalEntry, result.entries[1])
+    assert entry is not None and entry.kind == KIND_EXPIRY
+    payload = json.loads(entry.payload)
+    assert (payload["tickets"], payload["recordings"], payload["retention_days"]) == ([], [], 180)
+    contents = {name: b"RIFF fallback " + name.encode() for name in ("1.4.wav", "1.5.WAV")}
+    assert payload["unbound_files"] == [
+        {"path": str(monitor / name), "size": len(data), "modified_us": round(unbound[name] * 1e6),
+         "sha256": hashlib.sha256(data).hexdigest()} for name, data in contents.items()]
+    assert payload["mac"] and payload["before_us"] == round((T0 + 20 * DAY) * 1e6)
+    report = await verify(engine, anchor_key=KEY, clock=clock)
+    assert report.ok, report.findings
+    assert schedule.status()["last_result"]["unbound_files"] == 2 and schedule.expired["unbound_files"] == 2
+
+    # The next day: nothing more to remove, and no entry for nothing.
+    clock.now += DAY
+    again = await schedule.run_due()
+    assert again is not None and (again.unbound_files, again.entries) == (0, [])
+    # Once the file modified 10 days before the first run is past the period too, it goes.
+    clock.now = T0 + 371 * DAY
+    later = await schedule.run_due()
+    assert later is not None and later.unbound_files == 1 and not (monitor / "1.6.wav").exists()
+    assert (monitor / f"{live.number}_1.2.wav").exists() and (monitor / "1.3.wav").exists()
+
+
+def test_a_file_changed_after_it_was_hashed_is_left(tmp_path: Path) -> None:
+    wav = tmp_path / "1.1.wav"
+    wav.write_bytes(b"first")
+    _age(wav, T0)
+    (listed,) = retention._old_files(tmp_path, round((T0 + DAY) * 1e6))
+    assert [about["sha256"] for _, about in retention._describe([listed])] == [hashlib.sha256(b"first").hexdigest()]
+    wav.write_bytes(b"other")  # same size, new content and time: not the file the entry names
+    assert retention._remove_unbound([listed]) == 0 and wav.exists()
+    assert retention._old_files(tmp_path / "missing", 0) == []
