@@ -10,6 +10,7 @@ message naming the setting, not at the first call. ``jiejing config check`` prin
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -162,6 +163,10 @@ class Settings:
     phones_file: str = setting("Browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py).", "")
     web_vendor: str = setting("The pages' browser libraries, served as /vendor/ (set-up bundles them from npm).",
                               factory=_default_web_vendor)
+    trusted_proxies: tuple[str, ...] = setting(
+        "Addresses of the TLS proxies in front of the web (e.g. 127.0.0.1): for a request from one of them, the "
+        "client's address is the last one the proxy put in X-Forwarded-For (log-in throttling and the addresses handlers record). "
+        "Empty: X-Forwarded-For is ignored.", ())
     log_format: str = setting("Log lines as text (dated, for a person) or json (one object per line, for a "
                               "collector).", "text")
     nice: int = setting("CPU priority below Asterisk's (0-19; the backend's session too, telephony/serve.py "
@@ -180,7 +185,7 @@ class Settings:
                 continue
             if f.name.endswith("_port"):
                 values[f.name] = _port(name, raw)
-            elif f.name in ("intake_contexts", "emergency_numbers"):
+            elif f.name in ("intake_contexts", "emergency_numbers", "trusted_proxies"):
                 values[f.name] = _list(name, raw)
             elif f.name.endswith("_s"):
                 values[f.name] = _seconds(name, raw)
@@ -198,6 +203,11 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
+        for address in self.trusted_proxies:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"{PREFIX}TRUSTED_PROXIES: {address!r} is not an IP address") from None
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"{PREFIX}LOG_FORMAT must be text or json, got {self.log_format!r}")
         if not 0 <= self.nice <= 19:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from telephony.asterisk_host import AsteriskHostError, build_root
+
 DEFAULT_CACHE = Path(os.environ.get("JIEJING_LAB_CACHE", "/var/cache/jiejing"))
 READY_MARK = ".jiejing-ready"
 # Inside the chroot: our own configuration folder, rewritten at every start, so
@@ -87,21 +89,6 @@ def _run(cmd: list[str], *, check: bool = True, timeout: float | None = 600, **k
     return subprocess.run(cmd, check=check, timeout=timeout, text=True, capture_output=True, **kw)
 
 
-def host_mirror() -> str:
-    """The Debian mirror the host's apt already uses (the chroot takes sid from the same archive)."""
-    candidates = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
-    for path in candidates:
-        if not path.exists():
-            continue
-        for line in path.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if line.startswith("URIs:") and "/debian" in line and "security" not in line:
-                return line.split(":", 1)[1].strip().split()[0]
-            if line.startswith("deb ") and "/debian" in line and "security" not in line:
-                return line.split()[1]
-    raise LabError("no Debian mirror found in /etc/apt/sources.list(.d): the sid chroot needs the host's archive")
-
-
 def provision(paths: LabPaths, *, log=print) -> None:
     """Build the sid chroot with Asterisk if it is not already there."""
     root = paths.root
@@ -109,37 +96,16 @@ def provision(paths: LabPaths, *, log=print) -> None:
         return
     if os.geteuid() != 0:
         raise LabError("provisioning the lab Asterisk needs root (debootstrap and chroot)")
-    if shutil.which("debootstrap") is None:
-        raise LabError("debootstrap is missing: run sip-lab/bootstrap.sh (apt-get install debootstrap)")
     paths.cache.mkdir(parents=True, exist_ok=True)
     tmp = paths.cache / "asterisk-sid.tmp"
     if tmp.exists():
         _umount_all(tmp)
         shutil.rmtree(tmp)
-    mirror = host_mirror()
-    log(f"lab: building a Debian sid chroot from {mirror} (about a minute, once)")
-    res = _run(["debootstrap", "--variant=minbase", "sid", str(tmp), mirror], check=False, timeout=1200)
-    if res.returncode != 0:
-        raise LabError(f"debootstrap of Debian sid failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
-    # The archive this machine sees may serve a sid Release file past its
-    # Valid-Until date; apt would then refuse every package.
-    (tmp / "etc/apt/apt.conf.d/99jiejing").write_text('Acquire::Check-Valid-Until "false";\n')
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    res = _run(["chroot", str(tmp), "apt-get", "update", "-qq"], check=False, env=env)
-    if res.returncode != 0:
-        raise LabError(f"apt-get update in the sid chroot failed:\n{res.stderr[-2000:]}")
-    res = _run(
-        ["chroot", str(tmp), "apt-get", "install", "-y", "-qq", "--no-install-recommends", "asterisk"],
-        check=False,
-        env=env,
-        timeout=1200,
-    )
-    if res.returncode != 0 or not (tmp / "usr/sbin/asterisk").exists():
-        raise LabError(
-            "installing asterisk in the Debian sid chroot failed. sid is rolling: if the package "
-            f"disappeared from sid, the lab cannot be built this way any more.\n{res.stdout[-1500:]}{res.stderr[-1500:]}"
-        )
-    (tmp / READY_MARK).write_text(_run(["chroot", str(tmp), "dpkg-query", "-W", "asterisk"]).stdout)
+    try:
+        version = build_root(tmp, log=log)
+    except AsteriskHostError as exc:
+        raise LabError(str(exc)) from None
+    (tmp / READY_MARK).write_text(version + "\n")
     tmp.rename(root)
     log(f"lab: Asterisk installed in {root}")
 

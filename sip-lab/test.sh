@@ -11,6 +11,8 @@ if command -v pg_lsclusters >/dev/null; then
     if [ -n "$cluster" ]; then
         pg_ctlcluster $cluster start 2>/dev/null || true
         su postgres -c "psql -qtc \"SELECT 1 FROM pg_roles WHERE rolname='jiejing'\" | grep -q 1 || psql -qc \"CREATE ROLE jiejing LOGIN PASSWORD 'jiejing'\"" >/dev/null
+        # the backup tests restore into databases of their own
+        su postgres -c "psql -qc 'ALTER ROLE jiejing CREATEDB'" >/dev/null
         su postgres -c "psql -qc 'DROP DATABASE IF EXISTS jiejing_test' && psql -qc 'CREATE DATABASE jiejing_test OWNER jiejing'" >/dev/null
         export JIEJING_TEST_PG_URL=${JIEJING_TEST_PG_URL:-postgresql+asyncpg://jiejing:jiejing@127.0.0.1:5432/jiejing_test}
     fi

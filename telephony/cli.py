@@ -14,6 +14,7 @@ from core.config import (
     Settings,
     environment,
 )
+from telephony import host_cmd
 from telephony.config_cmd import setting_names
 
 
@@ -277,6 +278,8 @@ def cmd_dialplan(args: argparse.Namespace) -> int:
         return 0 if outcome.ok else 1
     if args.dp_cmd == "apply":
         outcome = asyncio.run(admin.apply(note=args.note or ""))
+    elif args.dp_cmd == "install":
+        outcome = asyncio.run(admin.install(note=args.note or ""))
     else:
         outcome = asyncio.run(admin.rollback(args.version))
     if outcome.report and not outcome.ok:
@@ -474,6 +477,10 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("check", "parse dialplan/ and report errors and warnings (exit 1 on errors)"),
                        ("diff", "what apply would change in the running Asterisk (exit 1 if anything)")):
         dp_sub.add_parser(name, help=text).add_argument("--json", action="store_true", help="print it as JSON")
+    ins = dp_sub.add_parser("install", help="first deployment while Asterisk is stopped: check, keep, write "
+                                            "(then start Asterisk; `diff` verifies)")
+    ins.add_argument("--note", default="", help="why (kept in the history)")
+    ins.add_argument("--by", default=None, help="who installs (default: the login user)")
     ap = dp_sub.add_parser("apply", help="check, copy, reload, verify; roll back by itself on failure")
     ap.add_argument("--note", default="", help="why (kept in the history)")
     ap.add_argument("--by", default=None, help="who applies (default: the login user)")
@@ -589,6 +596,7 @@ def parser() -> argparse.ArgumentParser:
     ue = users_sub.add_parser("enable", help="enable a disabled user again")
     ue.add_argument("name")
     users.set_defaults(func=cmd_users)
+    host_cmd.add_parsers(sub)
     return p
 
 

@@ -308,6 +308,7 @@ def make_web_app(backend: Backend) -> web.Application:
         triage=triage,
         phones=PhoneBook(settings.phones_file),
         web_vendor=settings.web_vendor,
+        trusted_proxies=settings.trusted_proxies,
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)

@@ -48,6 +48,7 @@ from core.web import accounts as auth_views
 from core.web import ops
 from core.web.access_log import RedactingAccessLogger
 from core.web.auth import authenticate
+from core.web.forwarded import client_address
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def make_app(
     triage: TriageDesk | None = None,
     phones: PhoneBook | None = None,
     web_vendor: str | None = None,
+    trusted_proxies: Iterable[str] = (),
 ) -> web.Application:
     """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
 
@@ -150,7 +152,8 @@ def make_app(
     on the same store with the dialplan's rule files); ``phones`` the browser
     seats' WebRTC accounts (by default none); ``web_vendor`` the folder of the
     browser libraries served under ``/vendor/`` (by default the set-up's
-    ``vendor/web/dist``).
+    ``vendor/web/dist``); ``trusted_proxies`` the TLS proxies whose
+    X-Forwarded-For names the client (``core.web.forwarded``).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
@@ -158,7 +161,10 @@ def make_app(
     async def database() -> dict[str, Any]:
         return await check_database(service.engine)
 
-    app = web.Application(middlewares=[_errors_as_json, authenticate], client_max_size=MAX_BODY)
+    middlewares = [_errors_as_json, authenticate]
+    if trusted_proxies:
+        middlewares.insert(0, client_address(trusted_proxies))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[HEALTH] = {"database": database, **health}
     routes.add_to(app)
     call_views.add_call_routes(app, service)

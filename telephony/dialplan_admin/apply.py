@@ -304,6 +304,36 @@ class DialplanAdmin:
             f"in {self.live_dir}, as Asterisk loaded them at its last reload (it does not report them)")
         return Outcome(not changes, message, changes=changes, report=checking.format_report(report))
 
+    async def install(self, files: dict[str, bytes] | None = None, *, note: str = "") -> Outcome:
+        """The first deployment, into the configuration folder of an Asterisk that is not running (its AMI
+        and modules come from these very files, so there is nothing to reload or read back yet): check, keep
+        what was there as a version, write. Refused while Asterisk runs: that is ``apply``'s work, which
+        verifies. After the start, ``diff`` proves Asterisk runs what was installed."""
+        files = self.source_files() if files is None else files
+        config, report, staging = self.stage(files)
+        shutil.rmtree(staging, ignore_errors=True)
+        text = checking.format_report(report)
+        if not report.ok:
+            return Outcome(False, "refused: the check found errors; nothing was changed", report=text)
+        try:
+            await self.console("core show version")
+        except (OSError, TimeoutError, RuntimeError):
+            pass  # not running (or not reachable): the case install is for
+        else:
+            return Outcome(False, "refused: Asterisk is running; use `jiejing dialplan apply`, which reloads and "
+                                  "verifies what it changes", report=text)
+        before = self.live_files()
+        changed = {n: d for n, d in files.items() if before.get(n) != d}
+        latest = self.store.latest()
+        if before and (latest is None or latest.files != digest_files(before)):
+            self.store.add(before, by=self.by, status="snapshot", note="live files before an install")
+        write_files(self.live_dir, changed)
+        meta = self.store.add({**before, **files}, by=self.by, status="installed", note=note,
+                              errors=len(report.errors), warnings=len(report.warnings))
+        msg = (f"installed as version {meta.version} ({len(changed)} files written) while Asterisk is stopped: "
+               "start it, then `jiejing dialplan diff` shows whether it runs them")
+        return Outcome(True, msg, version=meta.version, report=text, changes=sorted(changed))
+
     async def apply(self, files: dict[str, bytes] | None = None, *, note: str = "") -> Outcome:
         files = self.source_files() if files is None else files
         config, report, staging = self.stage(files)

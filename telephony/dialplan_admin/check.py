@@ -406,7 +406,8 @@ class _Checker:
             if secret is not None and secret.value in LAB_AMI_SECRETS:
                 self.add("warning" if lab else "error", secret.file, secret.line, "ami-lab-secret",
                          f"AMI user {user.name} has the secret shipped with jiejing, which anyone can read: "
-                         "set a secret of your own (and JIEJING_AMI_SECRET / JIEJING_AMI_ADMIN_SECRET)")
+                         "set a secret of your own in manager_site.conf (`jiejing site init` writes one) and the "
+                         "same in JIEJING_AMI_SECRET / JIEJING_AMI_ADMIN_SECRET")
         bind = mc.general.get("bindaddr")
         if mc.bindaddr != LOOPBACK:
             where = (bind.file, bind.line) if bind else (path, mc.line)
