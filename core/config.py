@@ -70,6 +70,11 @@ def environment(env: Mapping[str, str] | None = None, *, known: Collection[str] 
                 raise ConfigError(f"both {var} and {file_var} are set: keep one")
             try:
                 out[var] = Path(out[file_var].strip()).read_text(encoding="utf-8").strip()
+            except PermissionError as exc:
+                # Not this user's secret (the backend's user cannot read the admin commands' one): an error
+                # only for a command that needs it (require_readable_secrets).
+                out[file_var + UNREADABLE] = f"{file_var}: cannot read the secret: {exc}"
+                continue
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{file_var}: cannot read the secret: {exc}") from None
             if not out[var]:
@@ -78,6 +83,14 @@ def environment(env: Mapping[str, str] | None = None, *, known: Collection[str] 
 
 
 _SECRETS: set[str] = set()
+UNREADABLE = "_UNREADABLE"
+
+
+def require_readable_secrets(cls: type, env: Mapping[str, str]) -> None:
+    """A ``…_FILE`` secret of ``cls`` that this user may not read is an error where ``cls`` is read."""
+    for f in fields(cls):
+        if f.metadata.get("secret") and (problem := env.get(PREFIX + f.name.upper() + "_FILE" + UNREADABLE)):
+            raise ConfigError(problem)
 
 
 def secret_names() -> set[str]:
@@ -177,6 +190,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """From ``env`` as given, or, by default, from the configuration file and the process's variables."""
         env = environment() if env is None else env
+        require_readable_secrets(cls, env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name.upper()
@@ -344,6 +358,7 @@ class AdminSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AdminSettings:
         env = environment() if env is None else env
+        require_readable_secrets(cls, env)
         values = {f.name: env[PREFIX + f.name.upper()].strip() for f in fields(cls)
                   if env.get(PREFIX + f.name.upper(), "").strip()}
         return cls(**values)

@@ -109,18 +109,37 @@ def _ids(root: Path, user: str = "asterisk") -> tuple[int, int]:
     raise AsteriskHostError(f"no user {user!r} in {root}/etc/passwd: is Asterisk installed there?")
 
 
-def host_group(gid: int, name: str = "asterisk") -> str:
-    """The host's name for the root's Asterisk group: the group with that gid, made as ``name`` if none has it."""
+def host_group(root: Path, name: str = "asterisk") -> tuple[str, int]:
+    """The host's group for the root's Asterisk group, with the same gid in both: the backend's user joins it to
+    read what Asterisk writes. The root's gid is kept when the host has it free; when the host already uses it
+    for another group (a Debian host's gid 101 may be ``crontab``), the root's group takes the gid of a new host
+    group and the root's files follow: membership must never mean another group's rights."""
     import grp
 
+    gid = _ids(root)[1]
     try:
-        return grp.getgrgid(gid).gr_name
+        existing = grp.getgrnam(name)
     except KeyError:
-        pass
-    res = _run(["groupadd", "--system", "--gid", str(gid), name], check=False)
-    if res.returncode != 0:
-        raise AsteriskHostError(f"cannot make the group {name} with gid {gid} on this host: {res.stderr.strip()}")
-    return name
+        existing = None
+    if existing is None:
+        try:
+            grp.getgrgid(gid)
+        except KeyError:
+            free = True
+        else:
+            free = False
+        res = _run(["groupadd", "--system", *(["--gid", str(gid)] if free else []), name], check=False)
+        if res.returncode != 0:
+            raise AsteriskHostError(f"cannot make the group {name} on this host: {res.stderr.strip()}")
+        existing = grp.getgrnam(name)
+    target = existing.gr_gid
+    if target != gid:
+        res = _run(["chroot", str(root), "groupmod", "--gid", str(target), name], check=False)
+        if res.returncode != 0:
+            raise AsteriskHostError(f"cannot give {name} the gid {target} in {root}: {res.stderr.strip()}")
+        _run(["find", str(root), "-xdev", "-gid", str(gid), "-exec", "chgrp", "--no-dereference", str(target), "{}",
+              "+"])
+    return name, target
 
 
 def install(root: Path = DEFAULT_ROOT, *, member: str | None = None,
@@ -146,6 +165,7 @@ def install(root: Path = DEFAULT_ROOT, *, member: str | None = None,
         (tmp / READY_MARK).write_text(version + "\n")
         tmp.rename(root)
         log(f"asterisk: {version} installed in {root}")
+    group, _ = host_group(root)
     uid, gid = _ids(root)
     for sub, mode in ((MONITOR, 0o2770), (CEL_DIR, 0o2750), ("var/run/asterisk", 0o755),
                       ("var/lib/asterisk", 0o750), ("var/log/asterisk", 0o2750), ("var/spool/asterisk", 0o750)):
@@ -157,7 +177,6 @@ def install(root: Path = DEFAULT_ROOT, *, member: str | None = None,
     etc = root / "etc/asterisk"
     os.chown(etc, 0, gid)
     os.chmod(etc, 0o2750)
-    group = host_group(gid)
     if member:
         res = _run(["usermod", "--append", "--groups", group, member], check=False)
         if res.returncode != 0:

@@ -542,7 +542,7 @@ def parser() -> argparse.ArgumentParser:
     jv.add_argument("--json", action="store_true", help="print the report as JSON")
     journal.set_defaults(func=cmd_journal)
 
-    bk = sub.add_parser("backup", help="copy the store (SQLite online), the recordings and the journal's key and "
+    bk = sub.add_parser("backup", help="copy the store (SQLite online, or pg_dump), the recordings and the journal's key and "
                                        "anchors into a new folder, with a manifest of sha256s")
     bk.add_argument("folder")
     bk.add_argument("--json", action="store_true", help="print the summary as JSON")

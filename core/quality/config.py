@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from core.config import PREFIX, ConfigError, environment, register_secrets, setting
+from core.config import PREFIX, ConfigError, environment, register_secrets, require_readable_secrets, setting
 
 
 @register_secrets
@@ -40,6 +40,7 @@ class QualitySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> QualitySettings:
         env = environment() if env is None else env
+        require_readable_secrets(cls, env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name.upper()

@@ -260,3 +260,33 @@ def test_json_log_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", line["time"])
     with pytest.raises(ConfigError, match="JIEJING_LOG_FORMAT must be text or json"):
         Settings.from_env({"JIEJING_LOG_FORMAT": "xml"})
+
+
+def test_a_secret_file_this_user_may_not_read_stops_only_the_commands_that_need_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Found installing a center: the backend's user (`db upgrade`, `serve`) could not start because the admin
+    commands' AMI secret, readable by root only, was read for every command."""
+    from core.config import AdminSettings, environment
+
+    backend, admin = tmp_path / "ami-secret", tmp_path / "ami-admin-secret"
+    (tmp_path / "none.toml").write_text("")
+    backend.write_text("backend-secret\n")
+    admin.write_text("admin-secret\n")
+    real_read = Path.read_text
+
+    def read_text(self: Path, *args, **kwargs) -> str:
+        if self == admin:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    source = environment({"JIEJING_CONFIG": str(tmp_path / "none.toml"), "JIEJING_AMI_SECRET_FILE": str(backend),
+                          "JIEJING_AMI_ADMIN_SECRET_FILE": str(admin)})
+    assert Settings.from_env(source).ami_secret == "backend-secret"
+    with pytest.raises(ConfigError, match="JIEJING_AMI_ADMIN_SECRET_FILE: cannot read the secret"):
+        AdminSettings.from_env(source)
+    # a missing or empty file is still an error at once: that is a mistake, not another user's secret
+    with pytest.raises(ConfigError, match="cannot read the secret"):
+        environment({"JIEJING_CONFIG": str(tmp_path / "none.toml"),
+                     "JIEJING_AMI_SECRET_FILE": str(tmp_path / "missing")})
