@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -264,7 +265,10 @@ class Journaler:
         await self.catch_up()  # steps of the last moments before shutdown
 
     async def _run(self) -> None:
-        last_anchor = time.monotonic()
+        # A center's first anchor is not an interval away: until one exists, `journal verify` cannot prove the
+        # chain against it (and says so), so the first round after the start writes one when the file is new.
+        fresh = self._anchor_file is not None and not Path(self._anchor_file).exists()
+        last_anchor = -math.inf if fresh else time.monotonic()
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)

@@ -354,3 +354,25 @@ def test_cli_verify_exits_non_zero_and_names_the_entry(
     assert cli.main(["journal", "verify", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["findings"][0]["seq"] == 2
 
+
+
+async def test_a_new_center_gets_its_first_anchor_at_once(service: TicketService, engine: AsyncEngine,
+                                                         tmp_path: Path) -> None:
+    """Found installing a center: `journal verify` failed (anchor file missing) for the first hour, and
+    `jiejing backup` refused, until the first interval's anchor."""
+    await _call(service, "1.1")
+    anchor_file = tmp_path / "anchors" / "journal.anchors"
+    journaler = Journaler(engine, interval_s=0.05, batch_delay_s=0, anchor_key=KEY, anchor_file=anchor_file)
+    await journaler.start()
+    try:
+        for _ in range(200):
+            if anchor_file.exists():
+                break
+            await asyncio.sleep(0.01)
+        assert anchor_file.exists() and journaler.anchored == 1
+        await asyncio.sleep(0.2)
+        assert journaler.anchored == 1  # then once per interval (an hour here), not every round
+    finally:
+        await journaler.stop()
+    report = await verify(engine, anchor_file=anchor_file, anchor_key=KEY)
+    assert report.ok and report.anchors_checked == 1, report.findings
