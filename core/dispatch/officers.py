@@ -148,6 +148,7 @@ class OfficerRow(Base):
     lon: Mapped[float | None] = mapped_column(Float)
     cell: Mapped[str | None] = mapped_column(String(16))
     located_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    accuracy_m: Mapped[float | None] = mapped_column(Float)  # the phone's own estimate of the fix
 
 
 class RosterShiftRow(Base):
@@ -275,6 +276,7 @@ class OfficerView:
     cell: str | None
     located_at_us: int | None
     shifts: tuple[tuple[int, int], ...] = field(default=())  # (start_us, end_us)
+    accuracy_m: float | None = None
 
     def on_roster(self, at_us: int) -> bool:
         return any(start <= at_us < end for start, end in self.shifts)
@@ -292,6 +294,7 @@ class OfficerView:
             "lon": self.lon,
             "cell": self.cell,
             "located_at_us": self.located_at_us,
+            "accuracy_m": self.accuracy_m,
             "shifts": [{"start_us": s, "end_us": e} for s, e in self.shifts],
         }
 
@@ -323,6 +326,7 @@ def _officer_view(row: OfficerRow, shifts: Iterable[tuple[int, int]] = ()) -> Of
         cell=row.cell,
         located_at_us=row.located_at_us,
         shifts=tuple(sorted(shifts)),
+        accuracy_m=row.accuracy_m,
     )
 
 
@@ -352,6 +356,7 @@ class OfficerService:
         # One writer at a time: SQLite has a single writer, and the reservation
         # must read-then-write without another task's write in between.
         self._write_lock = asyncio.Lock()
+        self._location_listeners: list[Callable[[OfficerView], None]] = []
 
     def now(self) -> float:
         return self._clock()
@@ -417,7 +422,8 @@ class OfficerService:
 
     # -- what an officer's app reports -----------------------------------------
 
-    async def update_location(self, badge: str, lat: float, lon: float, *, at: float | None = None) -> OfficerView:
+    async def update_location(self, badge: str, lat: float, lon: float, *, at: float | None = None,
+                              accuracy_m: float | None = None) -> OfficerView:
         lat, lon = check_lat_lon(lat, lon)
         at_us = _us(self._clock() if at is None else at)
         async with self._write_lock, self._sessions() as session, session.begin():
@@ -427,7 +433,17 @@ class OfficerService:
                 row.lat, row.lon = lat, lon
                 row.cell = self.grid.cell_of(lat, lon)
                 row.located_at_us = at_us
-            return await self._view(session, row)
+                row.accuracy_m = None if accuracy_m is None else float(accuracy_m)
+            view = await self._view(session, row)
+        for listener in list(self._location_listeners):
+            listener(view)
+        return view
+
+    def on_location(self, listener: Callable[[OfficerView], None]) -> Callable[[], None]:
+        """Call ``listener`` with the officer after each position stored (the reporters' live pages); returns
+        the function that removes it. Listeners must not block: they run in the writer's task."""
+        self._location_listeners.append(listener)
+        return lambda: self._location_listeners.remove(listener)
 
     async def set_status(self, badge: str, status: OfficerStatus | str) -> OfficerView:
         """Sign on (``available``) or off (``off_duty``), as the officer's app does.

@@ -98,7 +98,12 @@ CLEAR_BODY: dict[str, Any] = {
     # "by" is ignored: the step names the logged-in user who cleared.
     "properties": {"disposition": {**_TEXT, "maxLength": 500}, "by": {**_TEXT, "type": ["string", "null"], "maxLength": 255}},
 }
-OFFICER_LOCATION_BODY: dict[str, Any] = {"type": "object", "required": ["lat", "lon"], "properties": {"lat": _LAT, "lon": _LON}}
+OFFICER_LOCATION_BODY: dict[str, Any] = {
+    "type": "object", "required": ["lat", "lon"],
+    "properties": {"lat": _LAT, "lon": _LON,
+                   "accuracy_m": {"type": "number", "minimum": 0, "maximum": 100000,
+                                  "description": "the fix's accuracy (the phone's, in metres): kept with it"}},
+}
 OFFICER_STATUS_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["status"],
@@ -242,13 +247,25 @@ async def list_officers(request: web.Request) -> web.Response:
     return json_reply({"officers": [o.to_json() for o in officers]})
 
 
+@routes.get("/api/officers/{badge}", SUPERVISORS | {Role.OFFICER}, "One officer: status, ticket, position (an officer: "
+            "himself; his page catches up with it)", scope=own_badge)
+async def get_officer(request: web.Request) -> web.Response:
+    officer = await _officers(request).get(_badge(request))
+    return json_reply(officer.to_json())
+
+
 @routes.post("/api/officers/{badge}/location", SUPERVISORS | {Role.OFFICER}, "An officer's position",
              body=OFFICER_LOCATION_BODY, scope=own_badge)
 async def post_officer_location(request: web.Request) -> web.Response:
     body = await json_body(request)
     lat, lon = _point(body)
+    accuracy = body.get("accuracy_m")
+    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))
+                                 or not 0 <= accuracy <= 100000):
+        raise BadRequest('"accuracy_m" must be a number of metres, 0..100000', error_id="invalid-body",
+                         details={"field": "accuracy_m"})
     badge = _badge(request)
-    officer = await _officers(request).update_location(badge, lat, lon)
+    officer = await _officers(request).update_location(badge, lat, lon, accuracy_m=accuracy)
     return json_reply(officer.to_json())
 
 

@@ -18,13 +18,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from core.calls.tickets import TicketService
 from core.config import Settings
+from core.dispatch.planner import DispatchPlanner
 from core.quality.complaints import Complaints
 from core.quality.config import QualitySettings
 from core.quality.journal import Journaler, read_key
 from core.quality.journal_status import JournalWatch
 from core.quality.outbox import Outbox
+from core.quality.reporter_links import ReporterLinks
 from core.quality.retention import RetentionSchedule
 from core.quality.spot_checks import SpotChecks
+from core.quality.status_views import add_status_routes
 from core.quality.survey import Survey
 from core.quality.twilio_sms import TwilioMessenger
 
@@ -43,6 +46,7 @@ class Supervision:
     retention: RetentionSchedule | None = None
     journal_watch: JournalWatch | None = None
     recordings_dir: str | None = None  # recordings are played only from inside it
+    reporter_links: ReporterLinks | None = None
 
     async def cleanup_ctx(self, _app: Any) -> AsyncIterator[None]:
         await self.journaler.start()
@@ -53,6 +57,8 @@ class Supervision:
         if self.retention is not None:
             await self.retention.start()
         yield
+        if self.reporter_links is not None:
+            await self.reporter_links.stop()
         if self.retention is not None:
             await self.retention.stop()  # before the journaler: an expiry run appends to its chain
         for remove in self._removers:
@@ -99,6 +105,8 @@ class Supervision:
 
         web_quality.add_routes(app, spot_checks=self.spot_checks, survey=self.survey, complaints=self.complaints,
                                journal=self.journal_watch, recordings_dir=self.recordings_dir)
+        if self.reporter_links is not None:
+            add_status_routes(app, self.reporter_links)
 
 
 class _Collector:
@@ -111,7 +119,10 @@ class _Collector:
         return self._supervision.families()
 
 
-def build(service: TicketService, settings: Settings, quality: QualitySettings) -> Supervision:
+def build(service: TicketService, settings: Settings, quality: QualitySettings, *,
+          planner: DispatchPlanner | None = None) -> Supervision:
+    """The parts, wired; with ``planner`` (its officers and travel model) and a ``public_url``, the reporters'
+    status links too."""
     engine = service.engine
     anchor_key = read_key(quality.journal_key_file) if quality.journal_key_file else None
     anchor_file = quality.journal_anchor_file or None
@@ -139,6 +150,11 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings) 
     retention = RetentionSchedule(engine, journaler, days=quality.retention_days,
                                   recordings_dir=settings.recordings_dir or None)
     journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
+    reporter_links = None
+    if planner is not None and quality.public_url:
+        reporter_links = ReporterLinks(engine, service, outbox, public_url=quality.public_url,
+                                       travel=planner.settings)
+        reporter_links.attach(service, planner.officers)
     return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,
                        retention=retention, journal_watch=journal_watch,
-                       recordings_dir=settings.recordings_dir or None)
+                       recordings_dir=settings.recordings_dir or None, reporter_links=reporter_links)

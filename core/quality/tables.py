@@ -139,3 +139,16 @@ class FollowUp(Base):
     answer: Mapped[str | None] = mapped_column(Text)
     answered_by: Mapped[str | None] = mapped_column(String(TEXT_MAX))
     answered_at_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class StatusLinkRow(Base):
+    """A reporter's link to a dispatched ticket's status (``core.quality.reporter_links``): only the token's
+    sha256 is kept."""
+
+    __tablename__ = "status_links"
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(CHAR(64), unique=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    phone: Mapped[str] = mapped_column(String(32))
+    created_at_us: Mapped[int] = mapped_column(BigInteger)

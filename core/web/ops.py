@@ -40,6 +40,7 @@ PAGES = {
     "/supervisor": ("supervisor.html", "The supervisor's page: satisfaction, spot checks, follow-ups, journal"),
     "/phone": ("phone.html", "The browser seat's phone on its own (WebRTC; a call-taker logs in)"),
     "/admin": ("admin.html", "The admins' page: users, passwords, roles"),
+    "/officer": ("officer.html", "The officer's phone page: duty, position, the incident he is sent to"),
 }
 # Browser libraries the set-up installs (vendor/web/package.json): file served → what it is.
 VENDOR_FILES = {"jssip.min.js": "JsSIP, SIP over WebSocket for the browser seat"}

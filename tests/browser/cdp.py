@@ -98,6 +98,20 @@ class Browser:
             raise RuntimeError(f"{method}: {answer['error']}")
         return answer.get("result", {})
 
+    async def grant(self, origin: str, *permissions: str) -> None:
+        """Grant ``permissions`` (e.g. "geolocation") to ``origin``, as a person answering the prompt would."""
+        await self.send("Browser.grantPermissions", origin=origin, permissions=list(permissions))
+
+    async def phone(self, lat: float, lon: float, accuracy: float = 10.0) -> None:
+        """A phone's screen and touch, and its position (the geolocation the page reads)."""
+        await self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
+                        deviceScaleFactor=1, mobile=True)
+        await self.send("Emulation.setTouchEmulationEnabled", enabled=True)
+        await self.move(lat, lon, accuracy)
+
+    async def move(self, lat: float, lon: float, accuracy: float = 10.0) -> None:
+        await self.send("Emulation.setGeolocationOverride", latitude=lat, longitude=lon, accuracy=accuracy)
+
     async def goto(self, url: str) -> None:
         await self.send("Page.navigate", url=url)
         await self.wait_for("document.readyState === 'complete' && location.href !== 'about:blank'")
