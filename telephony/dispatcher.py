@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from core.calls.lifecycle import IllegalTransition
+from core.calls.lifecycle import IllegalTransition, State
 from core.calls.tickets import TicketService, UnknownTicket
 from core.dispatch.planner import DispatchPlanner, NotLocated, Rung
 from core.errors import DomainError
@@ -35,6 +35,9 @@ from telephony.ami.codec import dialplan_escape
 log = logging.getLogger("jiejing.dispatch")
 
 ROOM_CONTEXT = "dispatch-room"
+# A text report has no caller to conference: the officer's phone is rung into this context, his answer is his
+# acknowledgment, and the incident is pushed to his page (dialplan/extensions.conf).
+NOTICE_CONTEXT = "dispatch-notice"
 JOIN_TIMEOUT_S = 5.0
 # OriginateResponse Reason (Asterisk's AST_CONTROL_* code) → the ticket's outcome of a rung.
 ORIGINATE_OUTCOMES = {3: "no_answer", 5: "busy", 8: "unreachable", 1: "unreachable", 0: "failed"}
@@ -124,8 +127,9 @@ class Dispatcher:
         ticket = await self.service.get(number)
         if ticket is None:
             raise DispatchError(f"no ticket {number}")
-        legs = self.channels(ticket.uniqueid)
-        if not legs or not legs.get("caller") or not legs.get("seat"):
+        text_report = ticket.state is State.TAKEN
+        legs = None if text_report else self.channels(ticket.uniqueid)
+        if not text_report and (not legs or not legs.get("caller") or not legs.get("seat")):
             raise DispatchError(f"{number}: the call is not connected to a seat")
         try:
             plan = await self.planner.begin(number, by=by)
@@ -135,6 +139,8 @@ class Dispatcher:
             raise DispatchError(f"{number} cannot be dispatched now: {exc}") from None
         task = asyncio.create_task(self._run(number, ticket.uniqueid, legs, list(plan.rungs), settle_s),
                                    name=f"dispatch-{number}")
+        if text_report:
+            log.info("%s: a text report: the ladder rings phones alone", number)
         self._tasks[number] = task
         task.add_done_callback(lambda t: self._tasks.pop(number, None) if self._tasks.get(number) is t else None)
         return task
@@ -182,18 +188,27 @@ class Dispatcher:
             return True
         return False
 
-    async def _ring(self, uid: str, number: str, rung: Rung) -> tuple[bool, str]:
+    async def _ring(self, uid: str, number: str, rung: Rung, *, room: bool = True) -> tuple[bool, str]:
         await self._record(self.planner.ringing, number, rung)
+        if not room:
+            return await self.call_phone(number, rung.endpoint, rung.timeout_s)
         return await self.call_into_room(uid, number, rung.endpoint, rung.timeout_s)
 
     async def call_into_room(self, uid: str, number: str, endpoint: str, timeout_s: float) -> tuple[bool, str]:
         """Originate ``endpoint`` into the call's room; (answered, outcome). Never sent twice."""
+        return await self._originate(number, endpoint, timeout_s, Application="ConfBridge",
+                                     Data=f"{dialplan_escape(uid)},jiejing-room,jiejing-officer")
+
+    async def call_phone(self, number: str, endpoint: str, timeout_s: float) -> tuple[bool, str]:
+        """Ring ``endpoint`` alone (a text report's officer); (answered, outcome). Never sent twice."""
+        return await self._originate(number, endpoint, timeout_s, Context=NOTICE_CONTEXT, Exten="s", Priority="1")
+
+    async def _originate(self, number: str, endpoint: str, timeout_s: float, **target: str) -> tuple[bool, str]:
         action_id = None
         try:
             resp = await self.ami.originate(
                 Channel=endpoint,
-                Application="ConfBridge",
-                Data=f"{dialplan_escape(uid)},jiejing-room,jiejing-officer",
+                **target,
                 Timeout=int(timeout_s * 1000),
                 CallerID=f'"110 {number}" <110>',
                 Variable={"JIEJING_TICKET": number},
@@ -220,7 +235,7 @@ class Dispatcher:
         except ValueError:
             return False, "failed"
 
-    async def _run(self, number: str, uid: str, legs: dict, rungs: list[Rung], settle_s: float = 0.0) -> None:
+    async def _run(self, number: str, uid: str, legs: dict | None, rungs: list[Rung], settle_s: float = 0.0) -> None:
         try:
             if settle_s:
                 await asyncio.sleep(settle_s)
@@ -233,8 +248,17 @@ class Dispatcher:
             log.exception("%s: dispatch failed", number)
             await self._record(self.planner.exhausted, number, reason="internal_error")
 
-    async def _ladder(self, number: str, uid: str, legs: dict, rungs: list[Rung]) -> None:
+    async def _ladder(self, number: str, uid: str, legs: dict | None, rungs: list[Rung]) -> None:
         started = time.monotonic()
+        if legs is None:  # a text report: each rung's phone alone
+            for rung in rungs:
+                joined, outcome = await self._ring(uid, number, rung, room=False)
+                if joined:
+                    await self._record(self.planner.joined, number, rung)
+                    return
+                await self._record(self.planner.no_answer, number, rung, outcome=outcome)
+            await self._record(self.planner.exhausted, number, reason="no_answer" if rungs else "nobody_to_ring")
+            return
         if not await self.ensure_room(uid, legs):
             await self._record(self.planner.exhausted, number, reason="room_move_failed")
             return

@@ -188,6 +188,8 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((None,), Step.REPORTED, State.REPORTED),
     ((State.REPORTED,), Step.TAKEN, State.TAKEN),
     ((State.TAKEN,), Step.CLOSED, State.CLOSED),
+    # a taken report is dispatched like a call whose caller is gone: the ladder rings phones alone
+    ((State.TAKEN,), Step.DISPATCH_REQUESTED, State.DISPATCHING_ENDED),
     # -- call-backs: a separate call; the state stays where it is --
     *(((state,), Step.CALLBACK_REQUESTED, state) for state in _CALLBACK_FROM),
     *(((state,), step, state) for step in _CALLBACK_OUTCOMES for state in _CALLBACK_FROM),

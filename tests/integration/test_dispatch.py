@@ -205,3 +205,45 @@ async def test_position_sent_by_the_network_locates_the_incident_and_picks_the_n
     assert next(s for s in t.steps if s.step == "officer_joined").detail["badge"] == "officer003"
     stats = await call
     assert stats.get("SuccessfulCall(C)") == "1", stats
+
+
+async def test_a_text_report_is_dispatched_by_ringing_the_officer_s_phone_alone(dispatch_backend):
+    """No caller to conference: the nearest officer's phone is rung alone through the same ladder; his answer
+    puts him on the way (en route), and the reporter's ticket has every step."""
+    import aiohttp
+
+    from core.auth.users import AuthService, Role
+    from tests.web_login import PASSWORD, TEST_SCRYPT_N
+
+    running = dispatch_backend
+    auth = AuthService(running.service.engine, scrypt_n=TEST_SCRYPT_N)
+    await auth.add_user("app-gateway", PASSWORD, Role.GATEWAY)
+    await auth.add_user("taker-r", PASSWORD, Role.CALL_TAKER)
+    base = f"http://127.0.0.1:{running.settings.http_port}"
+    async with aiohttp.ClientSession() as http:
+        async def token(user: str) -> dict[str, str]:
+            async with http.post(f"{base}/api/login", json={"username": user, "password": PASSWORD}) as r:
+                return {"Authorization": f"Bearer {(await r.json())['token']}"}
+
+        gateway, taker = await token("app-gateway"), await token("taker-r")
+        report = {"ref": f"app-{random.randrange(10**9)}", "sender": _number(), "text": "小区门口有人打架，有人受伤",
+                  "lat": CENTER[0], "lon": CENTER[1], "address": "人民大道200号"}
+        async with http.post(f"{base}/api/reports", json=report, headers=gateway) as r:
+            assert r.status in (200, 201), await r.text()
+            number = (await r.json())["number"]
+        async with http.post(f"{base}/api/tickets/{number}/take", json={}, headers=taker) as r:
+            assert r.status == 200, await r.text()
+        async with http.put(f"{base}/api/tickets/{number}/location", json={"lat": CENTER[0], "lon": CENTER[1]},
+                            headers=taker) as r:
+            assert r.status == 200, await r.text()
+        async with http.post(f"{base}/api/tickets/{number}/dispatch", headers=taker) as r:
+            assert r.status == 202, await r.text()
+    ticket = await steps_until(running, number, "officer_joined", 20)
+    steps = [s.step for s in ticket.steps]
+    assert steps[0] == "reported" and steps.index("taken") < steps.index("dispatch_requested")
+    ringing = [s for s in ticket.steps if s.step == "officer_ringing"]
+    joined = [s for s in ticket.steps if s.step == "officer_joined"][0]
+    assert ringing[0].detail["badge"] == joined.detail["badge"] == "officer001"
+    assert str(ticket.state) == "en_route"
+    officer = await running.backend.officers.get("officer001")
+    assert str(officer.status) == "dispatched" and officer.ticket == number

@@ -88,6 +88,7 @@ REPORT_LEGAL = {
     (None, Step.REPORTED): State.REPORTED,
     (State.REPORTED, Step.TAKEN): State.TAKEN,
     (State.TAKEN, Step.CLOSED): State.CLOSED,
+    (State.TAKEN, Step.DISPATCH_REQUESTED): State.DISPATCHING_ENDED,
     (State.REPORTED, Step.LOCATED): State.REPORTED,
     (State.TAKEN, Step.LOCATED): State.TAKEN,
 }
@@ -117,8 +118,11 @@ def test_text_reports_are_never_live_calls() -> None:
     assert State.REPORTED not in CALL_LIVE_STATES and State.TAKEN not in CALL_LIVE_STATES
     with pytest.raises(IllegalTransition):
         advance(State.REPORTED, Step.CLOSED)  # taken by someone first: who closed it is on record
+    # a taken report is dispatched with no caller to conference: its ladder rings phones alone, never live
+    assert advance(State.TAKEN, Step.DISPATCH_REQUESTED) is State.DISPATCHING_ENDED
+    assert State.DISPATCHING_ENDED not in CALL_LIVE_STATES
     with pytest.raises(IllegalTransition):
-        advance(State.TAKEN, Step.DISPATCH_REQUESTED)  # dispatch conferences a caller; a report has none
+        advance(State.REPORTED, Step.DISPATCH_REQUESTED)  # taken first: who dispatched it is on record
 
 
 @pytest.mark.parametrize(("pair", "target"), LEGAL.items(), ids=lambda v: str(v))
