@@ -38,7 +38,7 @@ def _default_web_vendor() -> str:
     return str(Path("vendor", "web", "dist").absolute())
 
 
-RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml")  # the triage's rules (core/triage/desk.py)
+RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml", "guidance.toml")  # the triage's rules (core/triage/desk.py)
 DEFAULT_RULES_DIR = Path(__file__).resolve().parents[1] / "dialplan"  # the source tree's, when rules_dir is unset
 # The AMI secrets dialplan/manager.conf ships with: anyone who has read the repository knows them.
 LAB_AMI_SECRETS = frozenset({"jiejing-lab", "jiejing-lab-admin"})

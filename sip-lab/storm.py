@@ -222,6 +222,7 @@ class DispatchDriver:
         self.tasks: set[asyncio.Task] = set()
         # Text reports posted through the app gateway alongside the calls (--mix): one per 8 calls.
         self.reports = {"posted": 0, "tickets": set(), "duplicates": 0, "keyword_alerts": 0, "taken": 0,
+                        "dispatched": 0, "officer_joined": 0, "to_ringing_ms": [],
                         "closed": 0, "post_ms": []}
 
     # A plausible day's mix at a city center: most calls are police matters,
@@ -285,11 +286,38 @@ class DispatchDriver:
 
     async def _take_and_close(self, http, number: str) -> None:
         await asyncio.sleep(2.0)  # a call-taker reads it
-        if await self._post(http, "POST", f"/api/tickets/{number}/take", {"seat": "storm"}, None, number):
-            self.reports["taken"] += 1
-            if await self._post(http, "POST", f"/api/tickets/{number}/close",
-                                {"disposition": "storm: text report handled", "by": "storm"}, None, number):
-                self.reports["closed"] += 1
+        if not await self._post(http, "POST", f"/api/tickets/{number}/take", {"seat": "storm"}, None, number):
+            return
+        self.reports["taken"] += 1
+        if self.opts.dispatch and await self._dispatch_report(http, number):
+            # sent and on his way: the officer clears it, then the call-taker closes it
+            if not await self._post(http, "POST", f"/api/tickets/{number}/clear",
+                                    {"disposition": "storm: report handled on scene"}, None, number):
+                return
+        if await self._post(http, "POST", f"/api/tickets/{number}/close",
+                            {"disposition": "storm: text report handled", "by": "storm"}, None, number):
+            self.reports["closed"] += 1
+
+    async def _dispatch_report(self, http, number: str) -> bool:
+        """Dispatch a taken report (its position came with it); wait for the ladder; time report → ringing."""
+        if not await self._post(http, "POST", f"/api/tickets/{number}/dispatch", {}, None, number):
+            return False
+        self.reports["dispatched"] += 1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            async with http.get(f"{self.base}/api/tickets/{number}") as r:
+                ticket = await r.json()
+            steps = ticket.get("steps", [])
+            at = {st["step"]: st["at_us"] for st in reversed(steps)}  # the first of each
+            if ticket.get("state") in ("en_route", "ended"):
+                if "officer_ringing" in at and "reported" in at:
+                    self.reports["to_ringing_ms"].append((at["officer_ringing"] - at["reported"]) / 1000)
+                joined = ticket["state"] == "en_route"
+                self.reports["officer_joined"] += joined
+                return joined
+            await asyncio.sleep(0.5)
+        self.errors.append(f"{number}: the report's dispatch did not end within 60 s")
+        return False
 
     def _spot(self) -> tuple[float, float]:
         # somewhere within ~1.5 km of the lab city's centre, where its officers are
@@ -486,7 +514,12 @@ async def run_async(opts: StormOptions) -> dict:
                                 "posted": r["posted"], "tickets": len(r["tickets"]), "duplicates": r["duplicates"],
                                 "keyword_alerts": r["keyword_alerts"], "taken": r["taken"], "closed": r["closed"],
                                 "post_ms_p50": _round(percentile(r["post_ms"], 50)),
-                                "post_ms_max": _round(max(r["post_ms"]) if r["post_ms"] else None)}}
+                                "post_ms_max": _round(max(r["post_ms"]) if r["post_ms"] else None),
+                                "dispatched": r["dispatched"], "officer_joined": r["officer_joined"],
+                                "report_to_officer_ringing_ms": {
+                                    "p50": _round(percentile(r["to_ringing_ms"], 50)),
+                                    "p99": _round(percentile(r["to_ringing_ms"], 99)),
+                                    "max": _round(max(r["to_ringing_ms"]) if r["to_ringing_ms"] else None)}}}
     if opts.dispatch:
         report["dispatch"] = dispatch_figures(found["rows"], opts.officer_ring_ms)
         report["dispatch"]["errors"] = driver.errors[:20] if driver else []
@@ -533,6 +566,10 @@ def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed:
         rows += [("app reports posted / tickets / retries", f'{t["posted"]} / {t["tickets"]} / {t["duplicates"]}'),
                  ("reports keyword alerts / taken / closed", f'{t["keyword_alerts"]} / {t["taken"]} / {t["closed"]}'),
                  ("report post ms p50 / max (alert inside)", f'{t["post_ms_p50"]} / {t["post_ms_max"]}')]
+        if t["dispatched"]:
+            ring = t["report_to_officer_ringing_ms"]
+            rows += [("reports dispatched / officer joined", f'{t["dispatched"]} / {t["officer_joined"]}'),
+                     ("report → officer ringing ms p50 / p99 / max", f'{ring["p50"]} / {ring["p99"]} / {ring["max"]}')]
     if "dispatch" in report:
         d = report["dispatch"]
 

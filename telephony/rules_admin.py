@@ -1,11 +1,11 @@
 """`jiejing rules check|diff|apply|rollback|history`: the triage's rule files under the dialplan's safety net.
 
-The rule files (routing.toml, keywords.toml, surge.toml) are edited in the source folder (the checkout's
-``dialplan/``) and run from ``JIEJING_RULES_DIR``. ``apply`` checks all three with the backend's own
-parsers, keeps what runs now as a version, writes the changed files atomically, then reads back from the
-running backend's ``/healthz`` that it loaded exactly these files (it looks for changes every 2 s; a bad file
-keeps its running version and is reported there). If the backend reports an error for a file, the previous
-files are put back. ``rollback N`` applies version N the same way.
+The rule files (routing.toml, keywords.toml, surge.toml, guidance.toml) are edited in the source folder
+(the checkout's ``dialplan/``) and run from ``JIEJING_RULES_DIR``. ``apply`` checks them all with the
+backend's own parsers, keeps what runs now as a version, writes the changed files atomically, then reads
+back from the running backend's ``/healthz`` that it loaded exactly these files (it looks for changes every
+2 s; a bad file keeps its running version and is reported there). If the backend reports an error for a
+file, the previous files are put back. ``rollback N`` applies version N the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RULE_FILES
+from core.triage.guidance import parse_guidance
 from core.triage.keywords import parse_keywords
 from core.triage.routing import parse_rules
 from core.triage.surge import parse_surge_config
@@ -29,8 +30,10 @@ from telephony.dialplan_admin.apply import write_files
 from telephony.dialplan_admin.versions import VersionStore, digest_files
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "routing.toml": parse_rules, "keywords.toml": parse_keywords, "surge.toml": parse_surge_config}
-NAMES = {"routing.toml": "routing", "keywords.toml": "keywords", "surge.toml": "surge"}  # in /healthz
+    "routing.toml": parse_rules, "keywords.toml": parse_keywords, "surge.toml": parse_surge_config,
+    "guidance.toml": parse_guidance}
+NAMES = {"routing.toml": "routing", "keywords.toml": "keywords", "surge.toml": "surge",
+         "guidance.toml": "guidance"}  # in /healthz
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Outcome:
 
 
 def check(files: dict[str, bytes]) -> list[str]:
-    """Each file's errors as the backend would report them (file:line: reason); empty when all three load."""
+    """Each file's errors as the backend would report them (file:line: reason); empty when they all load."""
     errors = []
     for name in RULE_FILES:
         if name not in files:

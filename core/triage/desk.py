@@ -43,6 +43,7 @@ from core.triage.classify import (
     classification_history,
     current_classification,
 )
+from core.triage.guidance import Guidance, incident_card, load_guidance
 from core.triage.keywords import DangerWarnings, KeywordSet, KeywordWatch, load_keywords
 from core.triage.push import Poster, TicketPusher
 from core.triage.queries import QueryIndex, ensure_indexes
@@ -87,7 +88,8 @@ def _digest(path: Path) -> str | None:
 def default_files(folder: str | Path | None = None) -> dict[str, Path]:
     """The rule files in ``folder`` (JIEJING_RULES_DIR), by default the source tree's dialplan/."""
     root = Path(folder) if folder else DIALPLAN
-    return {"routing": root / "routing.toml", "keywords": root / "keywords.toml", "surge": root / "surge.toml"}
+    return {"routing": root / "routing.toml", "keywords": root / "keywords.toml", "surge": root / "surge.toml",
+            "guidance": root / "guidance.toml"}
 
 
 class TriageDesk:
@@ -100,6 +102,7 @@ class TriageDesk:
         rules: RuleBook | None = None,
         keywords: KeywordSet | None = None,
         surge: SurgeConfig | None = None,
+        guidance: Guidance | None = None,
         poster: Poster | None = None,
         files: dict[str, Path] | None = None,
         clock: Callable[[], float] = time.time,
@@ -126,6 +129,7 @@ class TriageDesk:
             tickets.engine, surge if surge is not None else load_surge_config(self.files["surge"]),
             clock=clock, publish=self._publish,
         )
+        self.guidance = guidance if guidance is not None else load_guidance(self.files["guidance"])
         self.index = QueryIndex(tickets.engine)
         self.port: HandoverPort | None = None
         self._removers: list[Callable[[], None]] = []
@@ -199,7 +203,7 @@ class TriageDesk:
                 log.exception("watching the rule files failed; trying again")
 
     def reload(self) -> dict[str, Any]:
-        """Re-read the three files; each one that is bad keeps its running version, and its error is reported."""
+        """Re-read the rule files; each one that is bad keeps its running version, and its error is reported."""
         self.loaded = {name: _digest(path) for name, path in self.files.items()}
         errors: dict[str, str] = {}
         try:
@@ -215,6 +219,11 @@ class TriageDesk:
         except ValueError as exc:
             errors["surge"] = str(exc)
             log.error("surge settings not reloaded, the running ones stay: %s", exc)
+        try:
+            self.guidance = load_guidance(self.files["guidance"])
+        except ValueError as exc:
+            errors["guidance"] = str(exc)
+            log.error("guidance not reloaded, the running one stays: %s", exc)
         self.reload_errors = errors
         return {"ok": not errors, "errors": errors}
 
@@ -387,7 +396,10 @@ class TriageDesk:
         return {"ticket": ticket.to_json(), "keywords": found, "major_incident": bool(found), "briefing": briefing}
 
     async def briefing(self, number: str) -> dict[str, Any]:
-        return await self.watch.brief(await self.triage.ticket(number))
+        """The incident card: the briefing with the guidance for the ticket's type and its background."""
+        ticket = await self.triage.ticket(number)
+        flags = (await self.repeat.flags([ticket]))[ticket.number]
+        return await incident_card(self.tickets.engine, ticket, await self.watch.brief(ticket), self.guidance, flags)
 
     def _on_step(self, ticket: TicketView, step: StepView) -> None:
         """``TicketService`` listener: an officer who joins is queued for his briefing (built off the call path)."""

@@ -1,4 +1,4 @@
-"""HTTP API of triage: classification, notes, hand-overs, briefings, danger warnings, prank numbers, queries, stats.
+"""HTTP API of triage: classification, notes, hand-overs, danger warnings, prank numbers, queries, stats.
 
 Thin views in the manner of ``core.web.app`` over ``core.triage_desk.TriageDesk``
 (found at ``app[TRIAGE_DESK]``). Filtered ticket lists (``GET /api/tickets`` with
@@ -20,11 +20,10 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from core.auth.users import Principal, Role
+from core.auth.users import Role
 from core.calls.lifecycle import State
-from core.calls.numbering import looks_like_number
 from core.calls.tables import Ticket
-from core.calls.tickets import TicketService, TicketView, UnknownTicket
+from core.calls.tickets import TicketService, TicketView
 from core.calls.views import (
     SERVICE,
     TICKET_EXTRAS,
@@ -47,7 +46,7 @@ from core.http.routes import ADMINS, DESK, SUPERVISORS, RouteTable
 from core.http.scopes import own_call
 from core.triage.classify import NOTE_MAX, IncidentType
 from core.triage.desk import TriageDesk
-from core.triage.keywords import WARNING_TEXT_MAX, WarningKind, dispatched_badges
+from core.triage.keywords import WARNING_TEXT_MAX, WarningKind
 from core.triage.queries import (
     HOUR_US,
     LIMIT_MAX,
@@ -160,18 +159,6 @@ def instant(raw: str | None, name: str) -> int | None:
     return None if value is None else round(value * 1_000_000)
 
 
-async def ticket_officer(request: web.Request, principal: Principal) -> web.Response | None:
-    """Scope: an officer reaches only the tickets he was sent to."""
-    if principal.role is not Role.OFFICER:
-        return None
-    number = request.match_info.get("number", "")
-    ticket = await request.app[SERVICE].get(number) if looks_like_number(number) else None
-    if ticket is None or principal.username not in dispatched_badges(ticket):
-        # Not 403: tickets an officer was not sent to are not there for him.
-        return error_reply(404, "no such ticket", error_id=UnknownTicket.error_id)
-    return None
-
-
 # -- ticket lists ------------------------------------------------------------------------------
 
 
@@ -259,12 +246,6 @@ async def post_handover(request: web.Request) -> web.Response:
     else:
         status = 200 if outcome["done"] else 502 if desk.port is not None else 503
     return json_reply({"decision": decision.to_json(), "handover": outcome, "ticket": ticket.to_json()}, status)
-
-
-@routes.route("GET", "/api/tickets/{number}/briefing", SUPERVISORS | {Role.OFFICER}, "The briefing for the officers sent (an officer: his own tickets)", tag="triage", scope=ticket_officer)
-async def get_briefing(request: web.Request) -> web.Response:
-    number = ticket_number(request)
-    return json_reply(await request.app[TRIAGE_DESK].briefing(number))
 
 
 @routes.route("GET", "/api/tickets/{number}/triage", DESK | {Role.STATION}, "Classification history, routing decision, links, flags and pushes", tag="triage", scope=station_ticket)

@@ -41,7 +41,7 @@ from core.seats import views as seat_views
 from core.seats.board import SeatBoard
 from core.seats.phones import PhoneBook
 from core.store import check as check_database
-from core.triage import report_views
+from core.triage import briefing_views, report_views
 from core.triage import views as triage_views
 from core.triage.desk import TriageDesk
 from core.web import accounts as auth_views
@@ -63,7 +63,7 @@ routes = RouteTable("operations")
 # Every route table of core; the telephony side declares the dispatch action in its own.
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     routes, auth_views.routes, call_views.routes, dispatch_views.routes, seat_views.routes, triage_views.routes,
-    report_views.routes, desk_views.routes, *quality_views.TABLES, ops.routes,
+    report_views.routes, briefing_views.routes, desk_views.routes, *quality_views.TABLES, ops.routes,
 )
 
 
@@ -175,5 +175,6 @@ def make_app(
     seat_views.add_seat_routes(app, seats=seats, timezone=timezone, phones=phones)
     ops.add_ops_routes(app, metrics=metrics, vendor=web_vendor)
     triage_views.add_triage_routes(app, desk=triage)
+    briefing_views.add_briefing_routes(app)
     desk_views.add_desk_routes(app)
     return app

@@ -119,7 +119,7 @@ async def test_a_keyword_note_alerts_supervisors_within_a_second_and_pushes_the_
         assert len(await _alerts(service)) == 1
 
 
-async def test_the_briefing_is_for_the_ticket_s_officers_and_supervisors(
+async def test_the_briefing_is_for_the_ticket_s_officers_and_the_desk(
     service: TicketService, clock: FakeClock
 ) -> None:
     planner = planner_for(service, clock)
@@ -139,9 +139,9 @@ async def test_the_briefing_is_for_the_ticket_s_officers_and_supervisors(
         body = await resp.json()
         assert resp.status == 200, body
         assert body["officers"] == ["007"] and body["location"] is None
-        assert (await client.get(url, headers=other)).status == 404
+        assert (await client.get(url, headers=other)).status == 403
         assert (await client.get(url, headers=supervisor)).status == 200
-        assert (await client.get(url, headers=taker)).status == 403
+        assert (await client.get(url, headers=taker)).status == 200
 
 
 async def test_danger_warning_api(service: TicketService, clock: FakeClock) -> None:

@@ -28,7 +28,7 @@ from core.migrate import head
 REPO = Path(__file__).resolve().parents[2]
 # What the build reads: pyproject.toml and the folders its packages come from.
 BUILD_INPUTS = ("pyproject.toml", "core", "telephony", "sip-lab", "dialplan")
-RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml")
+RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml", "guidance.toml")
 
 
 def _source_files(folder: str, pattern: str = "*") -> list[str]:
@@ -165,7 +165,7 @@ def test_the_version_and_the_configuration_reference(installed: Installed) -> No
 def test_rules_check_loads_the_installed_rule_files(installed: Installed) -> None:
     result = installed.jiejing("rules", "check")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "ok: routing.toml, keywords.toml, surge.toml load"
+    assert result.stdout.strip() == f"ok: {', '.join(RULE_FILES)} load"
     # The same command reports a broken installed file: the one it reads.
     routing = installed.site / "dialplan" / "routing.toml"
     good = routing.read_bytes()
