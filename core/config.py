@@ -167,9 +167,9 @@ class Settings:
     emergency_numbers: tuple[str, ...] = setting("Numbers dialled for the emergency line.", ("110",))
     city_file: str = setting("The city: stations, cells, officers and roster (JSON or TOML, as sip-lab/city.json). "
                              "Required in a center; the lab's synthetic city is refused outside the lab.", "")
-    rules_dir: str = setting("Folder of the triage rule files routing.toml, keywords.toml and surge.toml. Default: "
-                             "dialplan/ of the source tree; an installed center keeps its own (e.g. /etc/jiejing).",
-                             "")
+    rules_dir: str = setting("Folder of the rule files routing.toml, keywords.toml, surge.toml and guidance.toml. "
+                             "Default: dialplan/ of the source tree; an installed center keeps its own (e.g. "
+                             "/etc/jiejing/rules).", "")
     seat_queue: str = setting("The Asterisk queue seats join when their call-takers log in.", "emergency-110")
     wrap_up_s: float = setting("Seconds after each call before the seat rings again.", 10.0)
     token_ttl_s: float = setting("Seconds a web log-in lasts (one long shift).", 12 * 3600.0)

@@ -491,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print it as JSON")
     dp.set_defaults(func=cmd_dialplan)
 
-    rl = sub.add_parser("rules", help="check, diff, apply, roll back the rule files (routing, keywords, surge)")
+    rl = sub.add_parser("rules", help="check, diff, apply, roll back the rule files (routing, keywords, surge, guidance)")
     rl_sub = rl.add_subparsers(dest="rules_cmd", required=True)
     for name, text in (("check", "load the source's rule files as the backend would (exit 1 on errors)"),
                        ("diff", "what apply would change in JIEJING_RULES_DIR (exit 1 if anything)"),
