@@ -289,7 +289,8 @@ def make_web_app(backend: Backend) -> web.Application:
     backend.ami.add_connect_hook(lambda: sync_board(queue_port, seats))
     backend.ami.add_listener(pause_listener(seats, settings.seat_queue))
     seats.add_listener(empty_queue_alert(seats, backend.alerts))
-    supervision = build_supervision(backend.service, settings, QualitySettings.from_env())
+    quality = QualitySettings.from_env()
+    supervision = build_supervision(backend.service, settings, quality)
     # Routing rules, keywords and surge settings from the dialplan folder;
     # hand-overs (anti-fraud desk, 12345) go through Asterisk.
     triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster(),
@@ -309,6 +310,7 @@ def make_web_app(backend: Backend) -> web.Application:
         phones=PhoneBook(settings.phones_file),
         web_vendor=settings.web_vendor,
         trusted_proxies=settings.trusted_proxies,
+        wechat=quality.wechat_account(),
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)

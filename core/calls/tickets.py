@@ -164,6 +164,7 @@ class Source(StrEnum):
     CEL = "cel"  # Asterisk's channel event log, replayed after a gap
     SMS = "sms"  # inbound SMS webhook (text report)
     APP = "app"  # the 110 app's report API (text report)
+    WECHAT = "wechat"  # a WeChat official account's message callback (text report)
 
 
 class UnknownTicket(DomainError, LookupError):

@@ -1,7 +1,7 @@
 """Settings of supervision and quality, read from ``JIEJING_*`` variables like ``core.config``.
 
 Kept apart from the call path's settings: the journal's anchor key and the
-Twilio credentials are secrets that the intake side never needs.
+Twilio and WeChat credentials are secrets that the intake side never needs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from core.config import PREFIX, ConfigError, environment, register_secrets, require_readable_secrets, setting
+from core.config import (
+    PREFIX,
+    ConfigError,
+    environment,
+    register_secrets,
+    require_readable_secrets,
+    setting,
+)
+from core.triage.wechat import Account as WeChatAccount
 
 
 @register_secrets
@@ -30,6 +38,16 @@ class QualitySettings:
     twilio_base_url: str = setting("Empty: Twilio itself; a URL: a stand-in or a relay.", "")
     twilio_webhook_url: str = setting("The public URL Twilio posts replies and text reports to; the signature "
                                       "covers it.", "")
+    wechat_token: str = setting("WeChat official account: the Token of its server configuration (服务器配置), "
+                                "which signs the platform's requests to /api/wechat (3-32 letters or digits). "
+                                "Empty, with the two below: WeChat reports are off and /api/wechat answers 404.",
+                                "", secret=True)
+    wechat_app_id: str = setting("The official account's AppId, for safe mode (安全模式): an encrypted message "
+                                 "sealed for another account is refused.", "")
+    wechat_aes_key: str = setting("The EncodingAESKey of safe mode (43 letters and digits), with wechat_app_id; "
+                                  "with it only encrypted messages are taken. Without it (plain mode) the "
+                                  "signature does not cover a message's body: run a center in safe mode.",
+                                  "", secret=True)
     survey_enabled: bool = setting("Send callers the SMS survey after their call (needs the Twilio settings).",
                                    False)
     spot_check_size: int = setting("Calls drawn for supervisors' spot checks per shift.", 20)
@@ -67,7 +85,15 @@ class QualitySettings:
             raise ConfigError(f"{PREFIX}SURVEY_ENABLED needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM")
         if settings.survey_enabled and not settings.twilio_webhook_url:
             raise ConfigError(f"{PREFIX}SURVEY_ENABLED needs TWILIO_WEBHOOK_URL, the public URL Twilio signs")
+        settings.wechat_account()  # a WeChat setting the platform would not take stops the start
         return settings
+
+    def wechat_account(self) -> WeChatAccount | None:
+        """The WeChat official account whose messages are text reports; None when none is set."""
+        try:
+            return WeChatAccount.configure(self.wechat_token, self.wechat_app_id, self.wechat_aes_key)
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}WECHAT_TOKEN, _APP_ID, _AES_KEY: {exc}") from None
 
 
 def _int(name: str, raw: str, *, minimum: int) -> int:

@@ -1,4 +1,4 @@
-"""Text reports: an SMS or a 110 app report becomes a numbered ticket, scanned for major-incident keywords.
+"""Text reports: an SMS, a 110 app or a WeChat report becomes a numbered ticket, scanned for major-incident keywords.
 
 A report is not a call: its ticket opens with a ``reported`` step (channel,
 sender, text, attachments, the keywords found) and waits in state
@@ -15,7 +15,7 @@ the station. The alert does not wait for a call-taker: a report of a
 kidnapping by SMS may be the only thing the victim can send.
 
 One gateway message is one ticket: the ticket is keyed by the channel and
-the message's id at its gateway (Twilio's MessageSid, the app's report id),
+the message's id at its gateway (Twilio's MessageSid, the app's report id, WeChat's MsgId),
 so a webhook retried after a timeout finds the ticket it made and raises no
 second alert. Intake is serialised by one lock (a center receives about a
 thousand text reports a day); a duplicate is answered with the existing ticket.
@@ -38,23 +38,29 @@ from core.triage.repeat import PHONE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHANNELS", "REF", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "clean_text", "media_attachments",
-           "parse_report"]
+__all__ = ["CHANNELS", "REF", "ReportIntake", "TextReport", "REPORT_TEXT_MAX", "WECHAT_SENDER", "clean_text",
+           "media_attachments", "parse_report"]
 
-CHANNELS = ("app", "sms")
+CHANNELS = ("app", "sms", "wechat")
 REPORT_TEXT_MAX = 2000  # an app form; a long SMS is 10 parts of 70 Chinese characters
 ATTACHMENTS_MAX = 10
 URL_MAX = 1000
 ALERT_WRITE_S = 1.0  # how long a report's answer waits for its alert to be stored (the alert bound)
 ATTACHMENT_KINDS = ("photo", "video", "audio")
 REF = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # a report's id at its gateway
+# A WeChat user has no phone number the account can see: "wx:" and the openid the official account knows
+# them by. The prefix keeps it apart from every phone number (no call-back, survey or prank-list entry
+# takes it), and the desk still lists the user's earlier reports by it.
+WECHAT_SENDER = re.compile(r"wx:[A-Za-z0-9_-]{1,64}")
+_SENDERS = {"app": PHONE, "sms": PHONE, "wechat": WECHAT_SENDER}
+_SOURCES = {"app": Source.APP, "sms": Source.SMS, "wechat": Source.WECHAT}
 
 
 @dataclass(frozen=True, slots=True)
 class TextReport:
-    channel: str  # "app" or "sms"
+    channel: str  # "app", "sms" or "wechat"
     ref: str  # the message's id at its gateway
-    sender: str  # the reporter's phone number
+    sender: str  # the reporter's phone number; for WeChat wx:<openid>
     text: str
     lat: float | None = None
     lon: float | None = None
@@ -118,7 +124,9 @@ def parse_report(body: Mapping[str, Any], *, channel: str) -> TextReport:
     ref, sender, text = body.get("ref"), body.get("sender"), body.get("text")
     if not isinstance(ref, str) or not REF.fullmatch(ref):
         raise ValueError("ref must be the report's id at its gateway: 1-64 letters, digits or _ . : -")
-    if not isinstance(sender, str) or not PHONE.fullmatch(sender):
+    if not isinstance(sender, str) or not _SENDERS[channel].fullmatch(sender):
+        if channel == "wechat":
+            raise ValueError("sender must be wx: and an openid: 1-64 letters, digits, _ or -")
         raise ValueError("sender must be a phone number: 3-20 digits, optionally after +")
     if not isinstance(text, str) or not text.strip() or len(text) > REPORT_TEXT_MAX:
         raise ValueError(f"text must be a non-empty text of at most {REPORT_TEXT_MAX} characters")
@@ -189,7 +197,7 @@ class ReportIntake:
             return await self._receive(report)
 
     async def _receive(self, report: TextReport) -> dict[str, Any]:
-        source = Source.SMS if report.channel == "sms" else Source.APP
+        source = _SOURCES[report.channel]
         watch = None if self._desk is None else self._desk.watch
         ticket = await self._tickets.find_by_uniqueid(f"{report.channel}:{report.ref}")
         duplicate = ticket is not None

@@ -41,9 +41,10 @@ from core.seats import views as seat_views
 from core.seats.board import SeatBoard
 from core.seats.phones import PhoneBook
 from core.store import check as check_database
-from core.triage import briefing_views, report_views
+from core.triage import briefing_views, report_views, wechat_views
 from core.triage import views as triage_views
 from core.triage.desk import TriageDesk
+from core.triage.wechat import Account as WeChatAccount
 from core.web import accounts as auth_views
 from core.web import ops
 from core.web.access_log import RedactingAccessLogger
@@ -64,6 +65,7 @@ routes = RouteTable("operations")
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     routes, auth_views.routes, call_views.routes, dispatch_views.routes, seat_views.routes, triage_views.routes,
     report_views.routes, briefing_views.routes, desk_views.routes, *quality_views.TABLES, ops.routes,
+    wechat_views.routes,
 )
 
 
@@ -139,6 +141,7 @@ def make_app(
     phones: PhoneBook | None = None,
     web_vendor: str | None = None,
     trusted_proxies: Iterable[str] = (),
+    wechat: WeChatAccount | None = None,
 ) -> web.Application:
     """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
 
@@ -153,7 +156,8 @@ def make_app(
     seats' WebRTC accounts (by default none); ``web_vendor`` the folder of the
     browser libraries served under ``/vendor/`` (by default the set-up's
     ``vendor/web/dist``); ``trusted_proxies`` the TLS proxies whose
-    X-Forwarded-For names the client (``core.web.forwarded``).
+    X-Forwarded-For names the client (``core.web.forwarded``); ``wechat`` the official account whose
+    messages are text reports (``core.triage.wechat``; without one ``/api/wechat`` answers 404).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
@@ -175,6 +179,7 @@ def make_app(
     seat_views.add_seat_routes(app, seats=seats, timezone=timezone, phones=phones)
     ops.add_ops_routes(app, metrics=metrics, vendor=web_vendor)
     triage_views.add_triage_routes(app, desk=triage)
+    wechat_views.add_wechat_routes(app, wechat, clock=service.clock)
     briefing_views.add_briefing_routes(app)
     desk_views.add_desk_routes(app)
     return app

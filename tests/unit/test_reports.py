@@ -161,6 +161,8 @@ def test_parse_report_keeps_what_it_was_given() -> None:
     report = parse_report({"ref": "SMabc", "sender": "+8613800000000", "text": "有人抢劫"}, channel="sms")
     assert report == TextReport("sms", "SMabc", "+8613800000000", "有人抢劫")
     with pytest.raises(ValueError, match="channel"):
+        parse_report({"ref": "a", "sender": "138", "text": "x"}, channel="fax")
+    with pytest.raises(ValueError, match="sender must be wx:"):  # WeChat's senders are no phone numbers
         parse_report({"ref": "a", "sender": "138", "text": "x"}, channel="wechat")
 
 
