@@ -290,7 +290,7 @@ def make_web_app(backend: Backend) -> web.Application:
     backend.ami.add_listener(pause_listener(seats, settings.seat_queue))
     seats.add_listener(empty_queue_alert(seats, backend.alerts))
     quality = QualitySettings.from_env()
-    supervision = build_supervision(backend.service, settings, quality)
+    supervision = build_supervision(backend.service, settings, quality, planner=backend.planner)
     # Routing rules, keywords and surge settings from the dialplan folder;
     # hand-overs (anti-fraud desk, 12345) go through Asterisk.
     triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster(),

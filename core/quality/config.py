@@ -6,6 +6,7 @@ Twilio and WeChat credentials are secrets that the intake side never needs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -38,6 +39,8 @@ class QualitySettings:
     twilio_base_url: str = setting("Empty: Twilio itself; a URL: a stand-in or a relay.", "")
     twilio_webhook_url: str = setting("The public URL Twilio posts replies and text reports to; the signature "
                                       "covers it.", "")
+    public_url: str = setting("The web's public address (https://…), for the link to a dispatched ticket's live "
+                              "status sent to its reporter by SMS (/s/<token>). Empty: no links are sent.", "")
     wechat_token: str = setting("WeChat official account: the Token of its server configuration (服务器配置), "
                                 "which signs the platform's requests to /api/wechat (3-32 letters or digits). "
                                 "Empty, with the two below: WeChat reports are off and /api/wechat answers 404.",
@@ -79,6 +82,9 @@ class QualitySettings:
             else:
                 values[f.name] = raw
         settings = cls(**values)
+        if settings.public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", settings.public_url):
+            raise ConfigError(f"{PREFIX}PUBLIC_URL must be an http(s) address without query, got "
+                              f"{settings.public_url!r}")
         if settings.survey_enabled and not (
             settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from
         ):
