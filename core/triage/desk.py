@@ -399,7 +399,13 @@ class TriageDesk:
         """The incident card: the briefing with the guidance for the ticket's type and its background."""
         ticket = await self.triage.ticket(number)
         flags = (await self.repeat.flags([ticket]))[ticket.number]
-        return await incident_card(self.tickets.engine, ticket, await self.watch.brief(ticket), self.guidance, flags)
+        card = await incident_card(self.tickets.engine, ticket, await self.watch.brief(ticket), self.guidance, flags)
+        first = ticket.steps[0] if ticket.steps else None
+        if first is not None and first.step is Step.REPORTED:  # a text report: the reporter's own words
+            card["report_text"] = first.detail.get("text")
+            card["report_channel"] = first.detail.get("channel")
+            card.setdefault("attachments", [dict(a) for a in first.detail.get("attachments", ())])
+        return card
 
     def _on_step(self, ticket: TicketView, step: StepView) -> None:
         """``TicketService`` listener: an officer who joins is queued for his briefing (built off the call path)."""

@@ -1,6 +1,6 @@
 """The officer's phone page and the reporter's status page, in headless Chromium at a phone's size, positions
-set through the DevTools protocol: the officer signs on and his phone shares where he is; he is sent to a call;
-the incident card appears; the reporter's page (another browser) shows his distance and arrival time shrinking
+set through the DevTools protocol: the officer signs on and his phone shares where he is; he is sent to an app
+report with a photo; the incident card appears; the reporter's page (another browser) shows his distance and arrival time shrinking
 as he drives; he reports arrival; the reporter sees it; he clears with a disposition; the link ends."""
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from core.quality.reporter_links import ReporterLinks
 from core.quality.status_views import add_status_routes
 from core.web.app import make_app
 from tests.browser.cdp import Browser
-from tests.dispatch_city import CENTER, answered_call, load, officer, point_in
+from core.triage.reports import ReportIntake, parse_report
+from tests.dispatch_city import CENTER, load, officer, point_in
 from tests.triage_setup import make_desk, planner_for
 from tests.unit.conftest import FakeClock
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PHONE = (390, 844)
+PHOTO_URL = "https://app.invalid/media/77.jpg"
 
 
 class Center:
@@ -91,18 +93,23 @@ async def test_an_officer_is_sent_drives_arrives_and_clears_while_the_reporter_w
         assert str(shared.status) == "available" and shared.accuracy_m == 8
         assert abs(shared.lat - start[0]) < 1e-6 and abs(shared.lon - start[1]) < 1e-6
 
-        # A call at the centre is dispatched to him (the ladder's steps, as the dispatcher records them).
-        ticket = await answered_call(center.service, "1.1")
+        # A report through the 110 app at the centre, with a photo; a call-taker takes it and dispatches it:
+        # the ladder rings his phone alone (its steps as the dispatcher records them).
         lat, lon = point_in(CENTER)
-        await center.planner.locate(ticket.number, lat=lat, lon=lon, address="人民大道200号")
-        await center.desk.add_note(ticket.number, "有人持刀抢劫，嫌疑人往北跑了", by="seat-05")
+        intake = ReportIntake(center.service, desk=center.desk, locate=center.planner.locate, clock=center.clock)
+        answer = await intake.receive(parse_report({
+            "ref": "app-77", "sender": "13900001111", "text": "有人持刀抢劫，嫌疑人往北跑了", "lat": lat, "lon": lon,
+            "address": "人民大道200号", "attachments": [{"kind": "photo", "url": PHOTO_URL}]}, channel="app"))
+        ticket = await center.service.take(answer["number"], by="taker-1", seat="seat-05")
         plan = await center.planner.begin(ticket.number)
         assert plan.rungs[0].badge == "e1"
         await center.planner.ringing(ticket.number, plan.rungs[0])
         await center.planner.joined(ticket.number, plan.rungs[0])
-        await phone.wait_for(f"document.getElementById('i-number').textContent === '{ticket.number}'", 10)
+        await phone.wait_for(f"document.getElementById('i-number').textContent === '{ticket.number}' && "
+                             "document.getElementById('i-text').textContent !== ''", 10)
         card = await phone.evaluate("document.getElementById('incident').innerText")
-        assert "人民大道200号" in card and "抢劫" in card
+        assert "人民大道200号" in card and "抢劫" in card and "有人持刀抢劫" in card  # the report's own words
+        assert await phone.evaluate("document.querySelectorAll('#i-media img').length") == 1
         assert "uri.amap.com/navigation" in await phone.evaluate("document.getElementById('navigate').href")
         await phone.screenshot(screenshots / "officer-sent.png")
 
@@ -133,7 +140,9 @@ async def test_an_officer_is_sent_drives_arrives_and_clears_while_the_reporter_w
         await reporter.screenshot(screenshots / "reporter-on-the-way.png")
 
         # Arrival, with the phone's position; the reporter's page says so.
+        before = await phone.evaluate("officerStats.sent")
         await phone.move(lat, lon, accuracy=5)
+        await phone.wait_for(f"officerStats.sent > {before}")  # the phone has the new fix
         await phone.click("#arrived")
         await phone.wait_for("!document.getElementById('clear-box').hidden")
         await reporter.wait_for("document.body.dataset.phase === 'arrived'", 10)
@@ -147,6 +156,8 @@ async def test_an_officer_is_sent_drives_arrives_and_clears_while_the_reporter_w
         await phone.wait_for("document.getElementById('incident').hidden")
         await phone.wait_for("document.getElementById('duty-state').textContent.includes('在岗')")
         assert str((await center.service.get(ticket.number)).state) == "cleared"
+        steps = [str(st.step) for st in (await center.service.get(ticket.number)).steps]
+        assert steps[0] == "reported" and "taken" in steps and steps[-2:] == ["arrived", "cleared"]
         await reporter.wait_for("document.body.dataset.phase === 'ended'", 10)
         await reporter.screenshot(screenshots / "reporter-ended.png")
     for name in ("officer-sent.png", "reporter-on-the-way.png"):

@@ -151,7 +151,8 @@
     ws.onopen = () => { $("live").textContent = "在线"; $("live").className = "status live"; wait = 1000; refresh(); };
     ws.onmessage = (event) => {
       const message = JSON.parse(event.data);
-      if (message.type === "briefing") { showIncident(message); refresh(); }
+      // The pushed briefing first (at once), then the full card (guidance, background, the report itself).
+      if (message.type === "briefing") { showIncident(message); loadBriefing(message.number); refresh(); }
       else if (message.type === "step" || message.step) refresh();
     };
     ws.onclose = () => {
