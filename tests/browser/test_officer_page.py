@@ -112,6 +112,10 @@ async def test_an_officer_is_sent_drives_arrives_and_clears_while_the_reporter_w
         assert await phone.evaluate("document.querySelectorAll('#i-media img').length") == 1
         assert "uri.amap.com/navigation" in await phone.evaluate("document.getElementById('navigate').href")
         await phone.screenshot(screenshots / "officer-sent.png")
+        # The phone loses the page (a reload, a dead network): it comes back to the same incident by itself.
+        await phone.goto(origin + "/officer")
+        await phone.wait_for(f"document.body.dataset.ready === '1' && "
+                             f"document.getElementById('i-number').textContent === '{ticket.number}'", 10)
 
         # The reporter's SMS link opens his page: distance and arrival time of the officer, nothing personal.
         message = None
