@@ -6,6 +6,8 @@ web (log in or out, pause, unpause) and what the calls do (a seat rings,
 answers, the call ends), read from ticket steps. After a call ends the seat
 is in wrap-up for a configured time, paused in the queue so no call rings
 while the call-taker finishes the ticket, then available again by itself.
+In a surge (``core.seats.posture``) wrap-up is suspended: seats in wrap-up
+are released at once and a seat whose call ends is available straight away.
 
 Queue membership follows through a ``QueuePort``: the telephony side
 implements it with AMI QueueAdd/QueueRemove/QueuePause
@@ -168,6 +170,7 @@ class SeatBoard:
         self._wrap_ups: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[SeatView], object]] = []
+        self.wrap_up_suspended = False
 
     def _now_us(self) -> int:
         return round(self._clock() * 1_000_000)
@@ -266,7 +269,7 @@ class SeatBoard:
                 view = SeatView(seat, wanted, now, None if wanted is SeatState.LOGGED_OUT else current.operator,
                                 reason, current.ticket if keep_ticket else None)
                 if wanted is SeatState.WRAP_UP:
-                    self._start_wrap_up(view)
+                    self._start_wrap_up(view, paused=True)
                 else:
                     self._cancel_wrap_up(seat)
                     self._set(view)
@@ -379,20 +382,49 @@ class SeatBoard:
             if current is not None and current.state is SeatState.ON_CALL and current.ticket == ticket.number:
                 self._start_wrap_up(replace(current, state=SeatState.WRAP_UP, since_us=at_us))
 
-    def _start_wrap_up(self, view: SeatView) -> None:
-        self._set(view)
+    async def suspend_wrap_up(self, on: bool) -> int:
+        """Suspend wrap-up (``on``): every seat in wrap-up is released now, and the next calls end on an available
+        seat; or resume it for the calls that end from now. Returns the count of seats released."""
+        self.wrap_up_suspended = on
+        if not on:
+            return 0
+        released = 0
+        for seat in [v.seat for v in self._seats.values() if v.state is SeatState.WRAP_UP]:
+            async with self._lock(seat):
+                current = self._seats.get(seat)
+                if current is None or current.state is not SeatState.WRAP_UP:
+                    continue
+                self._cancel_wrap_up(seat)
+                try:
+                    await self._queue.unpause(self._interface_of(seat))
+                except Exception:
+                    log.exception("seat %s: could not unpause to end its wrap-up", seat)
+                    self._start_wrap_up(current, paused=True)  # its task tries the unpause again
+                    continue
+                self._set(replace(current, state=SeatState.AVAILABLE, since_us=self._now_us(), ticket=None))
+                released += 1
+        log.info("wrap-up suspended: %d seats released", released)
+        return released
+
+    def _start_wrap_up(self, view: SeatView, *, paused: bool = False) -> None:
+        """``paused``: the queue has the member paused for wrap-up already (found so after a restart)."""
         self._cancel_wrap_up(view.seat)
+        if self.wrap_up_suspended and not paused:
+            self._set(replace(view, state=SeatState.AVAILABLE, ticket=None))
+            return
+        self._set(view)
         self._wrap_ups[view.seat] = asyncio.get_running_loop().create_task(
             self._wrap_up(view), name=f"wrap-up {view.seat}"
         )
 
     async def _wrap_up(self, view: SeatView) -> None:
         interface = self._interface_of(view.seat)
-        try:
-            await self._queue.pause(interface, WRAP_UP_REASON)
-        except Exception:
-            log.exception("seat %s: could not pause for wrap-up; the next call may ring at once", view.seat)
-        await asyncio.sleep(self.wrap_up_s)
+        if not self.wrap_up_suspended:
+            try:
+                await self._queue.pause(interface, WRAP_UP_REASON)
+            except Exception:
+                log.exception("seat %s: could not pause for wrap-up; the next call may ring at once", view.seat)
+            await asyncio.sleep(self.wrap_up_s)
         async with self._lock(view.seat):
             current = self._seats.get(view.seat)
             if current is None or current.state is not SeatState.WRAP_UP:

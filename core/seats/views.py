@@ -1,5 +1,9 @@
 """HTTP API of seats and the wallboard: log-in, pause and wrap-up of seats, the wallboard figures and their WebSocket.
 
+The room's posture (``core.seats.posture``) is evaluated here from the
+wallboard's figures; a change suspends or resumes wrap-up on the seat board
+and opens or resolves the supervisors' alert.
+
 The wallboard socket sends a snapshot at each change and every second for the
 wait clocks; sockets are kept in a registry and closed when the application
 shuts down.
@@ -35,6 +39,7 @@ from core.seats.board import (
     check_seat,
 )
 from core.seats.phones import PhoneBook
+from core.seats.posture import Change, Posture, record_alert, run_posture
 from core.seats.wallboard import Wallboard
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ SEATS = web.AppKey("seats", SeatBoard)
 WALLBOARD = web.AppKey("wallboard", Wallboard)
 WALLBOARD_SOCKETS = web.AppKey("wallboard_sockets", set[web.WebSocketResponse])
 PHONES = web.AppKey("phones", PhoneBook)
+POSTURE = web.AppKey("posture", Posture)
 
 PUSH_EVERY_S = 1.0
 HEARTBEAT_S = 30.0
@@ -58,6 +64,12 @@ PAUSE_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["reason"],
     "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S"}},
+}
+POSTURE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["surge", "reason"],
+    "properties": {"surge": {"type": "boolean"},
+                   "reason": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}},
 }
 
 
@@ -174,6 +186,29 @@ async def phone_account(request: web.Request) -> web.Response:
     return web.json_response(account.to_json(), headers={"Cache-Control": "no-store"})
 
 
+# -- posture -------------------------------------------------------------------------------
+
+
+def _posture_json(request: web.Request) -> dict[str, Any]:
+    posture = request.app[POSTURE]
+    return {**posture.to_json(), "wrap_up_suspended": request.app[SEATS].wrap_up_suspended,
+            "rules": {k: getattr(posture.rules, k) for k in posture.rules.__dataclass_fields__},
+            "history": [c.to_json() for c in posture.history[-20:]]}
+
+
+@routes.get("/api/posture", DESK, "The room's posture: normal, or surge (wrap-up suspended)", tag="wallboard")
+async def posture_get(request: web.Request) -> web.Response:
+    return json_reply(_posture_json(request))
+
+
+@routes.post("/api/posture", SUPERVISORS, "Declare the surge posture, or end it (a declared surge ends only so)",
+             tag="wallboard", body=POSTURE_BODY)
+async def posture_post(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    request.app[POSTURE].declare(body["surge"], by=request[PRINCIPAL].username, reason=body["reason"].strip())
+    return json_reply(_posture_json(request))
+
+
 # -- wallboard -----------------------------------------------------------------------------
 
 
@@ -222,18 +257,36 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 
 
 def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, timezone: str = "Asia/Shanghai",
-                    phones: PhoneBook | None = None) -> None:
+                    phones: PhoneBook | None = None, posture: Posture | None = None) -> None:
     """Seats and the wallboard; without a seat board, one that drives no queue. The wallboard's day is ``timezone``'s.
 
-    ``phones`` holds the browser seats' WebRTC credentials (without it, ``/api/phone`` says none are configured).
+    ``phones`` holds the browser seats' WebRTC credentials (without it, ``/api/phone`` says none are configured);
+    ``posture`` the room's posture (by default one with the default thresholds; ``set_rules`` gives it others).
     """
     service = app[SERVICE]
     app[PHONES] = phones if phones is not None else PhoneBook()
     board = seats if seats is not None else SeatBoard(service.engine)
-    wallboard = Wallboard(service.engine, board, tz=timezone)
+    posture = posture if posture is not None else Posture(clock=service.clock)
+    wallboard = Wallboard(service.engine, board, tz=timezone, posture=posture)
     app[SEATS] = board
     app[WALLBOARD] = wallboard
     app[WALLBOARD_SOCKETS] = set()
+    app[POSTURE] = posture
+    changes: asyncio.Queue[Change] = asyncio.Queue()
+
+    async def apply_changes() -> None:
+        # One owner applies the changes in order: a surge left then entered again ends suspended.
+        while True:
+            change = await changes.get()
+            try:
+                await board.suspend_wrap_up(change.mode == "surge")
+            except Exception:
+                log.exception("wrap-up not %s", "suspended" if change.mode == "surge" else "resumed")
+            try:
+                await record_alert(service.engine, change)
+            except Exception:
+                log.exception("the posture's alert was not written")
+            changes.task_done()
 
     async def seats_ctx(app: web.Application) -> AsyncIterator[None]:
         removers = [service.add_listener(board.on_step), service.add_listener(wallboard.on_step)]
@@ -242,12 +295,19 @@ def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, tim
         except Exception:
             # A store not ready must not keep the API down; steps fill the board as they come.
             log.exception("could not read today's calls for the wallboard")
-        task = asyncio.create_task(wallboard.run(), name="wallboard-alerts")
+        removers.append(posture.add_listener(changes.put_nowait))
+        changed = wallboard.waiter()
+        tasks = [asyncio.create_task(wallboard.run(), name="wallboard-alerts"),
+                 asyncio.create_task(apply_changes(), name="posture-apply"),
+                 asyncio.create_task(run_posture(posture, wallboard.queued_figures, changed, clock=service.clock),
+                                     name="posture")]
         yield
         for remove in removers:
             remove()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        wallboard.forget(changed)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await board.stop()
 
     async def close_sockets(app: web.Application) -> None:

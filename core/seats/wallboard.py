@@ -9,6 +9,9 @@ store. Open alerts are re-read every few seconds by ``run``.
 in the window, those a seat answered within 3 s of the call being received,
 out of those that were answered, abandoned, or have waited longer than 3 s
 (a call still waiting less than that has not yet succeeded or failed).
+
+The room's posture (``core.seats.posture``: normal or surge) is part of
+each snapshot; ``queued_figures`` is what the posture watches.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from core.calls.lifecycle import State, Step
 from core.calls.tables import Ticket, TicketStep
 from core.calls.tickets import StepView, TicketView
 from core.seats.board import SeatBoard
+from core.seats.posture import Posture
 
 log = logging.getLogger(__name__)
 
 ANSWER_TARGET_S = 3.0
 ALERTS_EVERY_S = 5.0
 WAITING_STATES = frozenset({State.RECEIVED, State.QUEUED, State.RINGING})
+UNRUNG_STATES = frozenset({State.RECEIVED, State.QUEUED})  # waiting, and no seat rings for them
 CONFERENCE_STATES = frozenset({State.DISPATCHING, State.DISPATCHED, State.DISPATCHING_ENDED})
 WAITING_SHOWN = 20  # the longest waits listed by caller
 # Followed however old they are: waiting calls, conferences, text reports nobody has taken.
@@ -62,6 +67,7 @@ class Wallboard:
         tz: str = "Asia/Shanghai",
         clock: Callable[[], float] = time.time,
         answer_target_s: float = ANSWER_TARGET_S,
+        posture: Posture | None = None,
     ) -> None:
         self._engine = engine
         self._seats = seats
@@ -72,6 +78,9 @@ class Wallboard:
         self._alerts: list[dict[str, Any]] = []
         self._waiters: set[asyncio.Event] = set()
         seats.add_listener(lambda _view: self._changed())
+        self.posture = posture
+        if posture is not None:
+            posture.add_listener(lambda _change: self._changed())
 
     # -- feeding ---------------------------------------------------------------
 
@@ -220,6 +229,7 @@ class Wallboard:
             "reports_waiting": {"count": len(reports),
                                 "longest_s": round((now_us - min(reports)) / 1e6, 1) if reports else 0.0},
             "alerts": {"count": len(self._alerts), "open": self._alerts[:10]},
+            "posture": None if self.posture is None else self.posture.to_json(),
         }
 
     def waiting_figures(self) -> tuple[int, float]:
@@ -228,3 +238,13 @@ class Wallboard:
         received = [c.received_us for c in self._calls.values() if c.state in WAITING_STATES]
         return len(received), (now_us - min(received)) / 1e6 if received else 0.0
 
+
+    def queued_figures(self) -> tuple[int, float]:
+        """Calls waiting that no seat rings for, and the longest wait among them in seconds: what the posture watches.
+
+        A ringing call has its seat (the lab's seats take 1 s to pick up, so at 10 calls/s about ten calls
+        ring at any moment with seats to spare); one waiting with none ringing means no seat was free.
+        """
+        now_us = round(self._clock() * 1_000_000)
+        received = [c.received_us for c in self._calls.values() if c.state in UNRUNG_STATES]
+        return len(received), (now_us - min(received)) / 1e6 if received else 0.0

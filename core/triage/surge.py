@@ -19,6 +19,11 @@ count while it lasts, and resolved when the count falls below ``end_ratio``
 of what started it — a surge hovering at the threshold does not flap. A
 later surge at the same place reopens that row. Each change is also pushed
 on the event stream to the station concerned.
+
+The same file's ``[posture]`` table holds the thresholds of the room's surge
+posture (calls waiting for a seat: ``core.seats.posture``); it is checked
+here with the rest, and each configuration read is told to ``on_config``'s
+listeners (the assembly hands it to the posture).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from core.calls.lifecycle import Step
 from core.calls.tables import Ticket
 from core.calls.tickets import StepView, TicketView, iso_utc
 from core.dispatch.planner import IncidentRow
+from core.seats.posture import PostureError, PostureRules, parse_posture
 from core.tasks import WORK_MAX, Overflow, stop_task
 
 __all__ = ["SurgeConfig", "SurgeError", "SurgeSettings", "SurgeWatch", "load_surge_config", "parse_surge_config"]
@@ -90,6 +96,7 @@ class SurgeSettings:
 class SurgeConfig:
     default: SurgeSettings
     regions: Mapping[str, SurgeSettings]  # by station id
+    posture: PostureRules = PostureRules()  # the room's surge posture (calls waiting for a seat)
 
     def for_station(self, station: str | None) -> SurgeSettings:
         return self.regions.get(station or "", self.default)
@@ -112,15 +119,19 @@ def parse_surge_config(text: str, path: str = "surge.toml") -> SurgeConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SurgeError(f"{path}: not valid TOML: {exc}") from None
-    unknown = set(data) - {"default", "region"}
+    unknown = set(data) - {"default", "region", "posture"}
     if unknown:
-        raise SurgeError(f"{path}: unknown table {sorted(unknown)[0]!r} (allowed: default, region.<station>)")
+        raise SurgeError(f"{path}: unknown table {sorted(unknown)[0]!r} (allowed: default, region.<station>, posture)")
     default = _settings(data.get("default", {}), SurgeSettings(), f"{path} [default]")
     regions = {
         station: _settings(table, default, f"{path} [region.{station}]")
         for station, table in data.get("region", {}).items()
     }
-    return SurgeConfig(default, regions)
+    try:
+        posture = parse_posture(data.get("posture", {}), f"{path} [posture]")
+    except PostureError as exc:
+        raise SurgeError(str(exc)) from None
+    return SurgeConfig(default, regions, posture)
 
 
 def load_surge_config(path: str | Path) -> SurgeConfig:
@@ -151,6 +162,7 @@ class SurgeWatch:
     ) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._config_listeners: list[Callable[[SurgeConfig], object]] = []
         self.config = config or SurgeConfig(SurgeSettings(), {})
         self._clock = clock
         self._publish = publish
@@ -166,6 +178,24 @@ class SurgeWatch:
 
     def _now_us(self) -> int:
         return round(self._clock() * 1_000_000)
+
+    @property
+    def config(self) -> SurgeConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: SurgeConfig) -> None:
+        self._config = config
+        for listener in tuple(self._config_listeners):
+            try:
+                listener(config)
+            except Exception:
+                log.exception("surge configuration listener %r failed", listener)
+
+    def on_config(self, listener: Callable[[SurgeConfig], object]) -> None:
+        """Tell ``listener`` the configuration now, and each one read after (a reload)."""
+        self._config_listeners.append(listener)
+        listener(self._config)
 
     # -- the listener and its worker ---------------------------------------------
 

@@ -372,3 +372,60 @@ async def test_pauses_asterisk_reports_reach_the_board(board: SeatBoard, fake: F
         assert board.get("seat012").state is SeatState.AVAILABLE
     finally:
         await client.stop()
+
+
+async def _call(service: TicketService, uniqueid: str, seat: str, at: float) -> None:
+    await service.open_call(uniqueid=uniqueid, caller_id="1", at=at, source="ami")
+    await service.record_step(uniqueid, Step.QUEUED, at=at + 0.5, source="ami")
+    await service.record_step(uniqueid, Step.SEAT_RINGING, at=at + 1, source="ami", seat=seat)
+    await service.record_step(uniqueid, Step.ANSWERED, at=at + 2, source="ami", seat=seat)
+    await service.record_step(uniqueid, Step.HUNG_UP, at=at + 10, source="ami")
+
+
+async def test_suspending_wrap_up_releases_seats_in_wrap_up_at_once(
+    engine: AsyncEngine, queue: RecordingQueue, service: TicketService, clock: FakeClock
+) -> None:
+    board = SeatBoard(engine, queue, wrap_up_s=60, clock=clock)
+    service.add_listener(board.on_step)
+    for seat in ("seat-01", "seat-02"):
+        await board.login(seat, seat)
+    await _call(service, "1.1", "seat-01", T0)
+    await asyncio.sleep(0.01)  # the wrap-up task pauses the member
+    assert board.get("seat-01").state is SeatState.WRAP_UP
+    assert queue.calls[-1] == ("pause", "PJSIP/seat-01", "wrap-up")
+    assert await board.suspend_wrap_up(True) == 1
+    assert (board.get("seat-01").state, board.get("seat-01").ticket) == (SeatState.AVAILABLE, None)
+    assert queue.calls[-1] == ("unpause", "PJSIP/seat-01")
+    assert board.get("seat-02").state is SeatState.AVAILABLE  # not in wrap-up: untouched
+    await board.stop()
+
+
+async def test_while_suspended_a_call_ends_on_an_available_seat_with_no_pause(
+    engine: AsyncEngine, queue: RecordingQueue, service: TicketService, clock: FakeClock
+) -> None:
+    board = SeatBoard(engine, queue, wrap_up_s=60, clock=clock)
+    service.add_listener(board.on_step)
+    await board.login("seat-01", "王")
+    await board.suspend_wrap_up(True)
+    await _call(service, "1.1", "seat-01", T0)
+    await asyncio.sleep(0.01)
+    assert board.get("seat-01").state is SeatState.AVAILABLE
+    assert queue.calls == [("add", "PJSIP/seat-01", "seat-01")]
+    # Resumed: the next call has its wrap-up again.
+    assert await board.suspend_wrap_up(False) == 0
+    await _call(service, "1.2", "seat-01", T0 + 20)
+    await asyncio.sleep(0.01)
+    assert board.get("seat-01").state is SeatState.WRAP_UP
+    assert queue.calls[-1] == ("pause", "PJSIP/seat-01", "wrap-up")
+    await board.stop()
+
+
+async def test_a_seat_found_paused_for_wrap_up_while_suspended_is_unpaused(
+    engine: AsyncEngine, queue: RecordingQueue, clock: FakeClock
+) -> None:
+    board = SeatBoard(engine, queue, wrap_up_s=60, clock=clock)
+    await board.suspend_wrap_up(True)
+    await board.reconcile([MemberStatus("seat-03", paused=True, reason="wrap-up")])
+    await _available(board, "seat-03")
+    assert queue.calls == [("unpause", "PJSIP/seat-03")]
+    await board.stop()

@@ -18,7 +18,17 @@
     $(id + "-sub").textContent = figures.answered_fast + " / " + figures.counted;
   }
 
+  function drawPosture(posture) {
+    const banner = $("surge-banner");
+    banner.hidden = !posture || posture.mode !== "surge";
+    if (banner.hidden) return;
+    const since = new Date(posture.since * 1000).toLocaleTimeString("zh-CN", { hour12: false });
+    const how = posture.source === "declared" ? "督察宣布 declared by " + (posture.by || "-") : "自动 automatic";
+    banner.textContent = "应急状态 SURGE · 整理时间暂停 wrap-up suspended · " + how + " · " + since + " · " + posture.reason;
+  }
+
   function draw(board) {
+    drawPosture(board.posture);
     $("waiting-count").textContent = board.waiting.count;
     $("waiting-count").className = "value " + (board.waiting.count === 0 ? "good" : board.waiting.count < 5 ? "warn" : "bad");
     $("longest-wait").textContent = seconds(board.waiting.longest_s);
