@@ -29,6 +29,7 @@ from core.store import make_engine
 from . import asterisk, lab, sipp
 
 ANSWER_TARGET_MS = 3000
+STORE_CATCH_UP_S = 120.0  # how long the report waits for the backend to store every call
 REPORT_KEYS = ("calls", "answered", "failed", "abandoned", "tickets", "recordings", "within_3s_pct", "answer_ms")
 
 
@@ -470,13 +471,19 @@ async def run_async(opts: StormOptions) -> dict:
     sipp_failed = _int(stats, "FailedCall(C)")
     sipp_ok = _int(stats, "SuccessfulCall(C)")
 
-    # Let the backend finish binding recordings of the last calls.
-    deadline = time.monotonic() + 20
+    # Let the backend finish binding recordings of the last calls, and store the calls it is still reading from
+    # Asterisk's log: a call is failed when it never has its ticket, not when its ticket comes late.
+    waited_from = time.monotonic()
+    deadline = waited_from + 20
+    settled = waited_from + STORE_CATCH_UP_S
     while True:
         found = await collect(opts.settings, numbers)
-        if found["recordings"] >= found["ended"] or time.monotonic() > deadline:
+        complete = found["answered"] + found["abandoned"] >= opts.calls - sipp_failed
+        if found["recordings"] >= found["ended"] and complete or time.monotonic() > (deadline if complete
+                                                                                       else settled):
             break
         await asyncio.sleep(0.5)
+    opts.out.write(f"storm: store read {time.monotonic() - waited_from:.1f} s after the last call\n")
 
     answer_ms = found["answer_ms"]
     answered = found["answered"]
