@@ -16,7 +16,7 @@ from aiohttp import web
 
 from core.auth.users import Role
 from core.calls.numbering import looks_like_number
-from core.calls.tickets import TicketService, TicketView, UnknownTicket
+from core.calls.tickets import Source, TicketService, TicketView, UnknownTicket
 from core.http.replies import actor, error_reply, json_body, json_reply
 from core.http.routes import DESK, RouteTable
 from core.http.scopes import own_call
@@ -78,6 +78,20 @@ async def station_ticket(request: web.Request, principal: Principal) -> web.Resp
     return None
 
 
+async def closing(request: web.Request, principal: Principal) -> web.Response | None:
+    """Scope of closing: a call-taker's own calls and reports (``own_call``); a station user's the incidents its
+    station entered itself (``POST /api/incidents``), wherever they are."""
+    if principal.role is not Role.STATION:
+        return await own_call(request, principal)
+    number = request.match_info.get("number", "")
+    ticket = await request.app[SERVICE].get(number) if looks_like_number(number) else None
+    first = ticket.steps[0] if ticket is not None and ticket.steps else None
+    if (first is None or principal.station is None or first.source != Source.STATION
+            or first.detail.get("entered_by_station") != principal.station):
+        return error_reply(404, "no such ticket", error_id=UnknownTicket.error_id)
+    return None
+
+
 @routes.get("/api/tickets/{number}", DESK | {Role.STATION}, "One ticket with its steps", scope=station_ticket)
 async def get_ticket(request: web.Request) -> web.Response:
     number = ticket_number(request)
@@ -87,8 +101,8 @@ async def get_ticket(request: web.Request) -> web.Response:
     return json_reply((await ticket_json(request.app, [ticket]))[0])
 
 
-@routes.post("/api/tickets/{number}/close", DESK, "Close an ended ticket with a disposition", body=CLOSE_BODY,
-             scope=own_call)
+@routes.post("/api/tickets/{number}/close", DESK | {Role.STATION}, "Close an ended ticket with a disposition",
+             body=CLOSE_BODY, scope=closing)
 async def close_ticket(request: web.Request) -> web.Response:
     body = await json_body(request)
     number = ticket_number(request)

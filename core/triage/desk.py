@@ -5,9 +5,10 @@ the classification, decides the routing (``core.triage.routing``), queues the
 ticket push at once — the anti-fraud center can start a stop-payment while
 the caller is still talking — and, when the telephony side has registered a
 ``HandoverPort``, conferences the desk in or transfers the call, stamping a
-``handed_over`` step when that succeeded. ``add_note`` scans the note for
-major-incident keywords before writing it, alerts supervisors, and pushes
-the briefing. An officer joining a ticket later gets its briefing pushed to
+``handed_over`` step when that succeeded; an incident a station entered
+itself is classified without routing (``entered_by_station``). ``add_note``
+scans the note for major-incident keywords before writing it, alerts
+supervisors, and pushes the briefing. An officer joining a ticket later gets its briefing pushed to
 him when he joins (``brief_officer``), so one sent after the keyword matched
 is not lost on him.
 
@@ -63,7 +64,7 @@ from core.triage.routing import (
 )
 from core.triage.surge import SurgeConfig, SurgeWatch, load_surge_config
 
-__all__ = ["DIALPLAN", "TriageDesk", "default_files"]
+__all__ = ["DIALPLAN", "TriageDesk", "default_files", "entered_by_station"]
 
 log = logging.getLogger(__name__)
 # Officers' briefings waiting to be built and pushed.
@@ -258,7 +259,7 @@ class TriageDesk:
     ) -> dict[str, Any]:
         """Classify, decide, push, hand over. Raises ``UnknownTicket``, ``ValueError``, ``IllegalTransition``."""
         ticket, classification = await self.triage.classify(number, type, priority, by=by)
-        decision, jurisdiction = await self.decide(ticket, classification)
+        decision, jurisdiction = (None, None) if entered_by_station(ticket) else await self.decide(ticket, classification)
         result: dict[str, Any] = {
             "classification": classification.to_json(),
             "jurisdiction": None if jurisdiction is None else jurisdiction.to_json(),
@@ -378,7 +379,7 @@ class TriageDesk:
     async def current_decision(self, number: str) -> RoutingDecision | None:
         ticket = await self.triage.ticket(number)
         classification = current_classification(ticket)
-        if classification is None:
+        if classification is None or entered_by_station(ticket):
             return None
         return (await self.decide(ticket, classification))[0]
 
@@ -480,6 +481,15 @@ class TriageDesk:
                 **flags.get(ticket.number, {"repeat_of": None, "prank": False}),
             }
         return out
+
+
+def entered_by_station(ticket: TicketView) -> bool:
+    """An incident a station entered itself: the routing rules hand it to nobody.
+
+    There is no caller to conference or transfer, and the station that has it
+    is where a hand-over would send it (a hand-over by hand stays possible).
+    """
+    return bool(ticket.steps) and ticket.steps[0].source == Source.STATION
 
 
 def _handed_over_to(ticket: TicketView, decision: RoutingDecision) -> bool:

@@ -53,7 +53,8 @@ REF = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # a report's id at its gateway
 # takes it), and the desk still lists the user's earlier reports by it.
 WECHAT_SENDER = re.compile(r"wx:[A-Za-z0-9_-]{1,64}")
 _SENDERS = {"app": PHONE, "sms": PHONE, "wechat": WECHAT_SENDER}
-_SOURCES = {"app": Source.APP, "sms": Source.SMS, "wechat": Source.WECHAT}
+# "station": an incident a station entered (core.triage.station_incidents); never a channel of /api/reports.
+_SOURCES = {"app": Source.APP, "sms": Source.SMS, "wechat": Source.WECHAT, "station": Source.STATION}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class TextReport:
     lon: float | None = None
     address: str | None = None
     attachments: tuple[Mapping[str, str], ...] = field(default_factory=tuple)  # {"kind", "url"}
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more for the reported step (a station's entry: how, who)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -202,7 +204,7 @@ class ReportIntake:
         ticket = await self._tickets.find_by_uniqueid(f"{report.channel}:{report.ref}")
         duplicate = ticket is not None
         if ticket is None:
-            detail: dict[str, Any] = {"text": report.text}
+            detail: dict[str, Any] = {**report.extra, "text": report.text}
             # The place as the reporter gave it stays on the step, located or not.
             detail.update({k: v for k, v in (("lat", report.lat), ("lon", report.lon),
                                              ("address", report.address)) if v is not None})

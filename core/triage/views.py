@@ -501,6 +501,7 @@ def add_triage_routes(app: web.Application, *, desk: TriageDesk | None = None) -
     from core.alerts.board import AlertBoard
     from core.triage.report_views import add_report_routes
     from core.triage.reports import ReportIntake
+    from core.triage.station_incidents import StationIncidents
 
     service = app[SERVICE]
     if desk is None:
@@ -517,6 +518,7 @@ def add_triage_routes(app: web.Application, *, desk: TriageDesk | None = None) -
         await desk.stop()
 
     app.cleanup_ctx.append(desk_ctx)
-    # Text reports share the desk's keyword watch and the planner's locating.
-    add_report_routes(app, ReportIntake(service, desk=desk, locate=app[PLANNER].locate, clock=service.clock))
+    # Text reports share the desk's keyword watch and the planner's locating; stations' own incidents the intake.
+    intake = ReportIntake(service, desk=desk, locate=app[PLANNER].locate, clock=service.clock)
+    add_report_routes(app, intake, StationIncidents(intake, desk, app[PLANNER]))
     routes.add_to(app)

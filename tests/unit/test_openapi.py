@@ -40,7 +40,7 @@ async def test_spec_describes_every_route_with_its_roles(
     described = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     assert described == set(registered(app))
     close = spec["paths"]["/api/tickets/{number}/close"]["post"]
-    assert close["x-roles"] == ["admin", "call_taker", "supervisor"]
+    assert close["x-roles"] == ["admin", "call_taker", "station", "supervisor"]  # a station: its own entries
     # "by" is not required: it is ignored, the record names the logged-in user.
     assert close["requestBody"]["content"]["application/json"]["schema"]["required"] == ["disposition"]
     assert spec["paths"]["/healthz"]["get"]["security"] == []

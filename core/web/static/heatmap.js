@@ -92,6 +92,33 @@
     }
   }
 
+  // A station's own incident: one ref per filled-in form, so a second press (or a retry) is the same ticket.
+  const entry = document.getElementById("incident");
+  const newRef = () => "web-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
+  let ref = newRef();
+  entry.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { how: entry.how.value, type: entry.incident_type.value, priority: Number(entry.priority.value),
+                   address: entry.address.value, text: entry.text.value, ref };
+    if (entry.reporter.value) body.reporter = entry.reporter.value;
+    if (entry.occurred_at.value) body.occurred_at = iso(entry.occurred_at);
+    const status = document.getElementById("entered");
+    const answer = await jj.request("POST", "/api/incidents", body);
+    if (!answer.ok) {
+      const near = (answer.body.details || {}).candidates || [];
+      status.textContent = "错误 error: " + (answer.body.error || answer.status) + (near.length ? " · " + near.join(" / ") : "");
+      return;
+    }
+    status.textContent = answer.body.number + " · " + (answer.body.station || "辖区不明 no station") +
+      (answer.body.major_incident ? " · 重大警情已报 alert raised" : "");
+    entry.reset();
+    ref = newRef();
+    refresh();
+  });
+
   form.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
-  jj.whenLoggedIn(refresh);
+  jj.whenLoggedIn((me) => {
+    entry.hidden = !["station", "supervisor", "admin"].includes(me.role);
+    refresh();
+  });
 })();
