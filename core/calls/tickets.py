@@ -165,6 +165,8 @@ class Source(StrEnum):
     SMS = "sms"  # inbound SMS webhook (text report)
     APP = "app"  # the 110 app's report API (text report)
     WECHAT = "wechat"  # a WeChat official account's message callback (text report)
+    STATION = "station"  # a station's own entry: reported at its counter, found on patrol, a tip
+    AML = "aml"  # a handset's Advanced Mobile Location message (SMS or HTTPS): its own position
 
 
 class UnknownTicket(DomainError, LookupError):
