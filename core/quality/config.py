@@ -41,6 +41,10 @@ class QualitySettings:
                                       "covers it.", "")
     public_url: str = setting("The web's public address (https://…), for the link to a dispatched ticket's live "
                               "status sent to its reporter by SMS (/s/<token>). Empty: no links are sent.", "")
+    attachments_dir: str = setting("Where the photos and videos of text reports are kept: each fetched from its "
+                                   "gateway once after the report (a photo up to 10 MiB, a video up to 100 MiB), "
+                                   "stored as `<sha256>.<ext>` and served only to the ticket's desk, station and "
+                                   "officers. Empty: they stay links to the gateway and nothing is fetched.", "")
     wechat_token: str = setting("WeChat official account: the Token of its server configuration (服务器配置), "
                                 "which signs the platform's requests to /api/wechat (3-32 letters or digits). "
                                 "Empty, with the two below: WeChat reports are off and /api/wechat answers 404.",

@@ -37,6 +37,7 @@ from core.calls.tables import Ticket
 from core.calls.tickets import TicketView, iso_utc
 from core.dispatch.planner import IncidentRow
 from core.store import TEXT_MAX, Base, _Id
+from core.triage.attachments import briefing_attachments
 from core.triage.classify import TriageRow, current_classification
 
 if TYPE_CHECKING:
@@ -410,6 +411,7 @@ async def build_briefing(engine: AsyncEngine, ticket: TicketView, warnings: Dang
         "earlier_incidents_here": earlier_incidents,
         "danger_warnings": [w.to_json() for w in found],
         "officers": dispatched_badges(ticket),
+        "attachments": briefing_attachments(ticket),  # a text report's photos and videos, kept or linked
     }
 
 

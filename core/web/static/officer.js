@@ -61,6 +61,16 @@
     return box;
   }
 
+  // A photo or video the center kept is served with the bearer token, which <img src> cannot send.
+  const mediaUrls = [];
+  async function kept(url) {
+    const resp = await fetch(url, { headers: { "Authorization": "Bearer " + jj.token() } });
+    if (!resp.ok) throw new Error(resp.statusText);
+    const u = URL.createObjectURL(await resp.blob());
+    mediaUrls.push(u);
+    return u;
+  }
+
   function showIncident(b) {
     ticket = b.number;
     stats.cards += 1;
@@ -89,9 +99,21 @@
     $("i-warnings").className = warnings.length ? "bad" : "";
     $("i-text").textContent = b.report_text || "";
     const media = $("i-media"); media.replaceChildren();
+    for (const u of mediaUrls.splice(0)) URL.revokeObjectURL(u);
     for (const a of b.attachments || []) {
-      if (a.kind === "photo") { const img = document.createElement("img"); img.src = a.url; img.alt = "现场照片"; media.append(img); }
-      else { const link = document.createElement("a"); link.href = a.url; link.textContent = "视频 Video"; link.target = "_blank"; media.append(link); }
+      if (a.kind === "photo") {
+        const img = document.createElement("img"); img.alt = "现场照片"; media.append(img);
+        if (a.kept) kept(a.url).then((u) => { img.src = u; }, () => { img.alt = "照片未能加载 Photo not loaded"; });
+        else img.src = a.url;
+      } else {
+        const link = document.createElement("a"); link.href = a.url; link.textContent = "视频 Video"; link.target = "_blank"; media.append(link);
+        // A kept video is played in the card, fetched on the tap: a link cannot carry the token either.
+        if (a.kept) link.onclick = (event) => {
+          event.preventDefault();
+          kept(a.url).then((u) => { const v = document.createElement("video"); v.controls = true; v.style.maxWidth = "100%"; v.src = u; link.replaceWith(v); },
+                           () => { link.textContent = "视频未能加载 Video not loaded"; });
+        };
+      }
     }
     const g = b.guidance || {};
     $("i-guidance").replaceChildren(...[list("先控制 Secure", g.secure), list("要问 Ask", g.ask), list("法律要点 Legal", g.legal)].filter(Boolean));
