@@ -28,7 +28,7 @@ from core.calls.tables import Ticket
 from core.calls.tickets import TicketView
 from core.dispatch.planner import IncidentRow
 from core.triage.classify import IncidentType, current_classification
-from core.triage.keywords import HISTORY_MAX
+from core.triage.keywords import HISTORY_MAX, table_line
 
 __all__ = ["KEYS", "Guidance", "GuidanceError", "TypeGuidance", "incident_card", "load_guidance", "parse_guidance"]
 
@@ -83,17 +83,7 @@ def parse_guidance(text: str, path: str = "guidance.toml") -> Guidance:
     lines = text.splitlines()
 
     def line_of(table: str, key: str | None = None) -> int:
-        header = re.compile(rf"^\s*\[\s*\"?{re.escape(table)}\"?\s*\]")
-        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
-        if start is None:
-            return 1
-        if key is not None:
-            for i in range(start + 1, len(lines)):
-                if lines[i].lstrip().startswith("["):
-                    break
-                if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
-                    return i + 1
-        return start + 1
+        return table_line(lines, table, key)
 
     types: dict[IncidentType, TypeGuidance] = {}
     for name, table in data.items():

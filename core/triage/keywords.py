@@ -162,6 +162,21 @@ def _is_latin(word: str) -> bool:
     return all(ch.isascii() for ch in word)
 
 
+def table_line(lines: list[str], table: str, key: str | None = None) -> int:
+    """The 1-based line of ``[table]`` (or of ``key = …`` in it) in a rule file's lines; 1 when not found."""
+    header = re.compile(rf"^\s*\[\s*\"?{re.escape(table)}\"?\s*\]")
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        return 1
+    if key is not None:
+        for i in range(start + 1, len(lines)):
+            if lines[i].lstrip().startswith("["):
+                break
+            if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+    return start + 1
+
+
 def parse_keywords(text: str, path: str = "keywords.toml") -> KeywordSet:
     try:
         data = tomllib.loads(text)
@@ -170,17 +185,7 @@ def parse_keywords(text: str, path: str = "keywords.toml") -> KeywordSet:
     lines = text.splitlines()
 
     def line_of(name: str, key: str | None = None) -> int:
-        header = re.compile(rf"^\s*\[\s*\"?{re.escape(name)}\"?\s*\]")
-        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
-        if start is None:
-            return 1
-        if key is not None:
-            for i in range(start + 1, len(lines)):
-                if lines[i].lstrip().startswith("["):
-                    break
-                if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
-                    return i + 1
-        return start + 1
+        return table_line(lines, name, key)
 
     lists: dict[str, tuple[str, ...]] = {}
     for name, table in data.items():
