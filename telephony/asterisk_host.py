@@ -27,9 +27,14 @@ READY_MARK = ".jiejing-ready"
 MONITOR = "var/spool/asterisk/monitor"
 CEL_DIR = "var/log/asterisk/cel-custom"
 
-ASTERISK_CONF = """; Written by `jiejing asterisk install`: Asterisk runs as its own user, its files in their usual places.
+def asterisk_conf(etc: str = "/etc/asterisk", *, run_as: str | None = "asterisk",
+                  header: str = "Written by `jiejing asterisk install`") -> str:
+    """asterisk.conf for Asterisk in its Debian root: its files in their usual places, ``etc`` its configuration
+    folder; with ``run_as`` it drops root for that user and group."""
+    user = f"runuser = {run_as}\nrungroup = {run_as}\n" if run_as else "; runs as root: no user to switch to\n"
+    return f"""; {header}.
 [directories]
-astetcdir => /etc/asterisk
+astetcdir => {etc}
 astmoddir => /usr/lib/x86_64-linux-gnu/asterisk/modules
 astvarlibdir => /var/lib/asterisk
 astdbdir => /var/lib/asterisk
@@ -44,9 +49,10 @@ astcachedir => /var/cache/asterisk
 
 [options]
 documentation_language = en_US
-runuser = asterisk
-rungroup = asterisk
-"""
+{user}"""
+
+
+ASTERISK_CONF = asterisk_conf()
 
 
 class AsteriskHostError(RuntimeError):
