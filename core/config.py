@@ -173,6 +173,12 @@ class Settings:
     seat_queue: str = setting("The Asterisk queue seats join when their call-takers log in.", "emergency-110")
     wrap_up_s: float = setting("Seconds after each call before the seat rings again.", 10.0)
     token_ttl_s: float = setting("Seconds a web log-in lasts (one long shift).", 12 * 3600.0)
+    aml_ticket_window_s: float = setting("Handset location (AML): a caller's AML message binds to the live ticket "
+                                         "of that number, else to its latest ticket opened within this many "
+                                         "seconds.", 3600.0)
+    aml_max_age_s: float = setting("Handset location (AML): a fix positioned more than this many seconds before "
+                                   "it arrived, or before the call began, is refused as stale (kept for the "
+                                   "audit).", 1800.0)
     phones_file: str = setting("Browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py).", "")
     web_vendor: str = setting("The pages' browser libraries, served as /vendor/ (set-up bundles them from npm).",
                               factory=_default_web_vendor)
@@ -228,6 +234,9 @@ class Settings:
             raise ConfigError(f"{PREFIX}NICE must be 0..19, got {self.nice}")
         if not self.token_ttl_s > 0:
             raise ConfigError(f"{PREFIX}TOKEN_TTL_S must be more than 0 seconds")
+        for name in ("aml_ticket_window_s", "aml_max_age_s"):
+            if not 0 < getattr(self, name) <= 7 * 86400:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be more than 0 seconds and at most a week")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):

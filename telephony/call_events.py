@@ -60,6 +60,8 @@ RECORDING_SETTLE_S = 0.3
 RECORDING_WAIT_S = 10.0
 # The located step of a position the network sent with the call.
 NETWORK_ADDRESS = "network position (PIDF-LO)"
+# What the step says of where that position came from (an AML fix may replace it: core/triage/aml_service.py).
+NETWORK_FIX = {"source": "network", "method": "pidf-lo"}
 # /healthz says "not ok" for this long after a call took the dialplan's fallback (no intake answer).
 FALLBACK_WINDOW_S = 60.0
 # AMI events waiting to be applied; past it an event is left out (counted, logged), never the reader stalled.
@@ -379,7 +381,7 @@ class CallEvents:
             return  # recorded before a restart
         try:
             await self.locate(ticket.number, lat=position[0], lon=position[1], address=NETWORK_ADDRESS,
-                              at=position[2])
+                              at=position[2], fix=NETWORK_FIX)
         except Exception:
             log.exception("%s: network position %.5f,%.5f not recorded", ticket.number, *position[:2])
 

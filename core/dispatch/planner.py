@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -387,12 +387,14 @@ class DispatchPlanner:
 
     async def locate(
         self, number: str, *, lat: float | None = None, lon: float | None = None, address: str | None = None,
-        at: float | None = None,
+        at: float | None = None, fix: Mapping[str, Any] | None = None, source: Source | str = Source.API,
     ) -> tuple[TicketView, Incident]:
         """Set or correct the incident location: step ``located``, incident row written.
 
         Without ``lat``/``lon`` the position is the gazetteer's place named ``address``
-        (``AddressNotFound`` otherwise), and the step says ``via: "gazetteer"``.
+        (``AddressNotFound`` otherwise), and the step says ``via: "gazetteer"``. ``fix`` says where a
+        position measured by a machine came from (``{"source": "network"}``, ``{"source": "aml", "method":
+        "gnss", "radius_m": 8, …}``); a position without one was given by a person (or a reporter's app).
         """
         if address is not None and (not isinstance(address, str) or len(address) > ADDRESS_MAX):
             raise ValueError(f"address must be a string of at most {ADDRESS_MAX} characters")
@@ -418,8 +420,9 @@ class DispatchPlanner:
             await session.flush()
             incident = _incident(row)
         view = await self.tickets.record_step(
-            ticket.uniqueid, Step.LOCATED, at=at, source=Source.API,
+            ticket.uniqueid, Step.LOCATED, at=at, source=source,
             address=address, lat=lat, lon=lon, cell=cell, station=station, **({"via": via} if via else {}),
+            **({"fix": dict(fix)} if fix else {}),
         )
         return view, incident
 

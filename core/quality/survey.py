@@ -33,6 +33,7 @@ from core.quality.complaints import Complaints
 from core.quality.outbox import Outbox
 from core.quality.tables import OutboxMessage, SurveyResponse, WebhookReceipt
 from core.tasks import stop_task
+from core.triage.aml import looks_like_aml
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class WebhookVerdict(StrEnum):
     UNMATCHED = "unmatched"  # genuine, but no survey of ours awaits a reply from that number
     REPORTED = "reported"  # genuine, not a survey answer: handed over as a text report
     MALFORMED = "malformed"
+    AML = "aml"  # genuine, a handset's AML location message: handed to the AML service, nothing else
 
 
 class Survey:
@@ -209,6 +211,7 @@ class Survey:
         self, url: str, params: Mapping[str, str], signature: str | None,
         *, report: Callable[[Mapping[str, str]], Awaitable[object]] | None = None,
         urgent: Callable[[str], bool] | None = None,
+        aml: Callable[[Mapping[str, str]], Awaitable[object]] | None = None,
     ) -> WebhookVerdict:
         """Check and store one webhook request; every refusal is logged with its reason.
 
@@ -220,6 +223,10 @@ class Survey:
         crash in between ends in Twilio's retry, which the report's own key
         answers without a second ticket. Without ``report`` every reply from
         a surveyed number is taken as its answer.
+
+        An AML message (``A"ML=…``, a handset's position sent with its
+        emergency call) is recognised first, whoever sent it: it is handed to
+        ``aml(params)`` and is never a survey answer nor a text report.
         """
         if not signature or not self._validator.validate(url, dict(params), signature):
             log.warning("SMS webhook: refused a request with a bad signature (MessageSid %r, From %r)",
@@ -234,6 +241,19 @@ class Survey:
             if await session.get(WebhookReceipt, sid) is not None:
                 log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
                 return WebhookVerdict.REPLAYED
+        if looks_like_aml(body):
+            if aml is None:
+                log.warning("SMS webhook: AML message %s from %s, but no AML service here; kept as a receipt only",
+                            sid, sender)
+            else:
+                await aml(params)  # kept there, good or refused; a failure answers 500 before the receipt
+            try:
+                async with self._sessions() as session, session.begin():
+                    session.add(WebhookReceipt(message_sid=sid, received_at_us=now))
+            except IntegrityError:
+                log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
+                return WebhookVerdict.REPLAYED
+            return WebhookVerdict.AML
         number, seat = await self._match(sender, now)
         response = None
         answer = number is not None and (report is None or is_survey_answer(body))

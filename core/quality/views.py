@@ -31,6 +31,9 @@ from core.quality.journal_status import JournalWatch
 from core.quality.playback import PlaybackRefused, open_for_playback, record_access
 from core.quality.spot_checks import CRITERIA, SpotChecks
 from core.quality.survey import Survey, WebhookVerdict
+from core.triage.aml import AmlError
+from core.triage.aml_service import AmlRefused
+from core.triage.aml_views import AML
 from core.triage.report_views import REPORTS
 from core.triage.reports import clean_text, media_attachments, parse_report
 
@@ -201,6 +204,7 @@ _VERDICT_STATUS = {
     WebhookVerdict.FORGED: 403,
     WebhookVerdict.REPLAYED: 409,
     WebhookVerdict.MALFORMED: 400,
+    WebhookVerdict.AML: 200,  # refused or not, it is kept in the AML service's record
 }
 
 
@@ -229,9 +233,20 @@ async def twilio_sms(request: web.Request) -> web.Response:
             return
         await intake.receive(report)  # a failure answers 500 before the receipt: Twilio retries
 
+    aml = request.app.get(AML)
+
+    async def as_aml(message: Mapping[str, str]) -> None:
+        # A handset's position, not words to a person: bound to the caller's ticket, kept even when refused.
+        try:
+            await aml.receive_sms(message.get("Body", ""), sender=message["From"])
+        except (AmlError, AmlRefused) as exc:
+            log.warning("SMS webhook: AML message %s from %r not used: %s", message["MessageSid"], message["From"],
+                        exc)
+
     verdict = await survey.receive(url, params, request.headers.get("X-Twilio-Signature"),
                                    report=None if intake is None else as_report,
-                                   urgent=None if intake is None else intake.urgent)
+                                   urgent=None if intake is None else intake.urgent,
+                                   aml=None if aml is None else as_aml)
     status = _VERDICT_STATUS[verdict]
     if status != 200:
         return error_reply(status, f"request {verdict}")

@@ -519,7 +519,7 @@ async def test_the_dialplans_marks_locate_the_call_once_and_count_its_fallback(t
         assert [s.step for s in ticket.steps] == ["received", "queued", "abandoned"]
         # once, though the call was reconciled twice; at the time the dialplan wrote it
         assert located == [(ticket.number, {"lat": 31.2406, "lon": 121.4858, "address": "network position (PIDF-LO)",
-                                            "at": 1796600000.002})]
+                                            "at": 1796600000.002, "fix": {"source": "network", "method": "pidf-lo"}})]
         assert adapter.fallbacks == 1
         # counted from when the call came, also when it was read long after (a replay after a restart)
         adapter.clock = lambda: 1796600062.0
