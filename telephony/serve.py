@@ -12,6 +12,7 @@ core never imports from here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -37,10 +38,14 @@ from core.dispatch.officers import OfficerService, load_city_file
 from core.dispatch.planner import DispatchPlanner
 from core.migrate import State, ensure_ready
 from core.quality.config import QualitySettings
+from core.quality.playback import record_access
 from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard, SeatState
 from core.seats.phones import PhoneBook
 from core.store import make_engine
+from core.triage.aml_service import AmlService, AmlSettings
+from core.triage.attachments import AttachmentKeeper
+from core.triage.attachments_http import HttpFetcher
 from core.triage.desk import TriageDesk, default_files
 from core.triage.push_http import HttpPoster
 from core.web.app import make_app, serve_options
@@ -296,11 +301,15 @@ def make_web_app(backend: Backend) -> web.Application:
     triage = TriageDesk(backend.service, backend.officers, backend.alerts, poster=HttpPoster(),
                         files=default_files(settings.rules_dir))
     triage.set_handover_port(AsteriskHandover(backend.ami, backend.service, backend.dispatcher, backend.events.legs))
+    # The reports' photos and videos, fetched once into attachments_dir; each serve journaled like a playback.
+    attachments = AttachmentKeeper(backend.service, quality.attachments_dir or None, HttpFetcher(),
+                                   access=functools.partial(record_access, backend.service.engine))
+    attachments.attach()
     app = make_app(
         backend.service,
         health={"ami": ami_health, "intake": intake_health, "agi": agi_health, "cel": cel_health,
                 "alerts": backend.alerts.health, "triage": triage.health},
-        cleanup_ctx=[store_ctx, supervision.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
+        cleanup_ctx=[store_ctx, supervision.cleanup_ctx, attachments.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,
         metrics=[TelephonyMetrics(backend.ami, backend.agi, backend.intake_figures), supervision.metrics()],
@@ -311,6 +320,9 @@ def make_web_app(backend: Backend) -> web.Application:
         web_vendor=settings.web_vendor,
         trusted_proxies=settings.trusted_proxies,
         wechat=quality.wechat_account(),
+        attachments=attachments,
+        aml=AmlService(backend.service, backend.planner, settings=AmlSettings(
+            ticket_window_s=settings.aml_ticket_window_s, max_age_s=settings.aml_max_age_s)),
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)

@@ -43,6 +43,18 @@ stood. A call-back is asked for only once the ticket's own call is down and
 before it is closed. Closed stays final (the journal's verifier forgets a
 ticket once closed): the outcome of a call-back still ringing when the
 ticket is closed is not recorded, its recording is still bound.
+
+Attachments. The photos and videos of a text report are fetched from its
+gateway after the report (``core.triage.attachments``): each one ends in
+``attachment_kept`` (its sha256, size and type) or ``attachment_refused``
+(why). They are recorded in every state but closed, without changing it, like
+triage steps: the fetch runs beside whatever the desk does with the ticket,
+and closed stays final.
+
+Handset location. A caller's AML fix (``core.triage.aml_service``) that may
+not move the incident (a call-taker's position stands, the officer is on
+scene) is kept as ``handset_located`` in every state but closed, without
+changing it; one that may is a ``located`` step.
 """
 
 from __future__ import annotations
@@ -103,6 +115,9 @@ class Step(StrEnum):
     CALLBACK_ANSWERED = "callback_answered"  # the reporter answered the call-back
     CALLBACK_FAILED = "callback_failed"  # the call-back did not reach the reporter: its outcome
     CALLBACK_ENDED = "callback_ended"  # the answered call-back's call ended (the seat's channel hung up)
+    ATTACHMENT_KEPT = "attachment_kept"  # a report's photo or video fetched and stored: index, sha256, size, type
+    ATTACHMENT_REFUSED = "attachment_refused"  # a report's photo or video not kept: index, reason
+    HANDSET_LOCATED = "handset_located"  # the caller's AML fix kept beside the incident location, not moving it
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
@@ -151,6 +166,9 @@ _CALLBACK_FROM = (
 )
 _CALLBACK_OUTCOMES = (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED, Step.CALLBACK_ENDED)
 
+# A report's attachments are settled in every state but closed, as triage steps are.
+_ATTACHMENT_STEPS = (Step.ATTACHMENT_KEPT, Step.ATTACHMENT_REFUSED)
+
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((None,), Step.RECEIVED, State.RECEIVED),
@@ -195,6 +213,10 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     *(((state,), step, state) for step in _CALLBACK_OUTCOMES for state in _CALLBACK_FROM),
     # -- triage --
     *(((state,), step, state) for step in _TRIAGE_STEPS for state in _TRIAGEABLE),
+    # -- a report's attachments, fetched beside the rest --
+    *(((state,), step, state) for step in _ATTACHMENT_STEPS for state in _TRIAGEABLE),
+    # -- the caller's AML fix that did not move the incident --
+    *(((state,), Step.HANDSET_LOCATED, state) for state in _TRIAGEABLE),
 )
 
 

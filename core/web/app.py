@@ -41,8 +41,10 @@ from core.seats import views as seat_views
 from core.seats.board import SeatBoard
 from core.seats.phones import PhoneBook
 from core.store import check as check_database
-from core.triage import briefing_views, report_views, wechat_views
+from core.triage import aml_views, briefing_views, report_views, wechat_views
 from core.triage import views as triage_views
+from core.triage.aml_service import AmlService
+from core.triage.attachments import AttachmentKeeper
 from core.triage.desk import TriageDesk
 from core.triage.wechat import Account as WeChatAccount
 from core.web import accounts as auth_views
@@ -65,7 +67,7 @@ routes = RouteTable("operations")
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     routes, auth_views.routes, call_views.routes, dispatch_views.routes, seat_views.routes, triage_views.routes,
     report_views.routes, briefing_views.routes, desk_views.routes, *quality_views.TABLES, ops.routes,
-    wechat_views.routes,
+    wechat_views.routes, aml_views.routes,
 )
 
 
@@ -142,6 +144,8 @@ def make_app(
     web_vendor: str | None = None,
     trusted_proxies: Iterable[str] = (),
     wechat: WeChatAccount | None = None,
+    attachments: AttachmentKeeper | None = None,
+    aml: AmlService | None = None,
 ) -> web.Application:
     """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
 
@@ -157,7 +161,9 @@ def make_app(
     browser libraries served under ``/vendor/`` (by default the set-up's
     ``vendor/web/dist``); ``trusted_proxies`` the TLS proxies whose
     X-Forwarded-For names the client (``core.web.forwarded``); ``wechat`` the official account whose
-    messages are text reports (``core.triage.wechat``; without one ``/api/wechat`` answers 404).
+    messages are text reports (``core.triage.wechat``; without one ``/api/wechat`` answers 404); ``attachments``
+    the keeper of the reports' photos and videos (``core.triage.attachments``; without one none is served);
+    ``aml`` binds callers' AML positions to their tickets (by default one with the default windows).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
@@ -179,7 +185,10 @@ def make_app(
     seat_views.add_seat_routes(app, seats=seats, timezone=timezone, phones=phones)
     ops.add_ops_routes(app, metrics=metrics, vendor=web_vendor)
     triage_views.add_triage_routes(app, desk=triage)
+    # The room's surge posture takes its thresholds from the surge rules file, on each reload.
+    app[triage_views.TRIAGE_DESK].surge.on_config(lambda config: app[seat_views.POSTURE].set_rules(config.posture))
     wechat_views.add_wechat_routes(app, wechat, clock=service.clock)
-    briefing_views.add_briefing_routes(app)
+    aml_views.add_aml_routes(app, aml)
+    briefing_views.add_briefing_routes(app, attachments)
     desk_views.add_desk_routes(app)
     return app

@@ -6,23 +6,28 @@ as he drives; he reports arrival; the reporter sees it; he clears with a disposi
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth.users import AuthService, Role
 from core.calls.tickets import TicketService
 from core.quality.outbox import Outbox
+from core.quality.playback import record_access
 from core.quality.reporter_links import ReporterLinks
 from core.quality.status_views import add_status_routes
+from core.triage.attachments import AttachmentKeeper
+from core.triage.attachments_http import HttpFetcher
+from core.triage.reports import ReportIntake, parse_report
 from core.web.app import make_app
 from tests.browser.cdp import Browser
-from core.triage.reports import ReportIntake, parse_report
 from tests.dispatch_city import CENTER, load, officer, point_in
 from tests.triage_setup import make_desk, planner_for
 from tests.unit.conftest import FakeClock
@@ -30,11 +35,34 @@ from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PHONE = (390, 844)
-PHOTO_URL = "https://app.invalid/media/77.jpg"
+
+
+def scene_photo(width: int = 240, height: int = 135) -> bytes:
+    """A small PNG (a street at dusk, in bands of colour): the photo the reporter sent from the app."""
+    import struct
+    import zlib
+
+    rows = []
+    for y in range(height):
+        row = bytearray([0])
+        for x in range(width):
+            sky = y < height * 0.55
+            r, g, b = ((40 + y, 60 + y // 2, 120 + y // 3) if sky else (60, 60, 66 + (x // 30) % 2 * 20))
+            if not sky and abs(x - width // 2) < 4 + (y - height * 0.55):
+                r, g, b = 200, 180, 90  # the road
+            row += bytes((min(r, 255), min(g, 255), min(b, 255)))
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
 
 
 class Center:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, attachments_dir: Path) -> None:
         self.clock = FakeClock()
         self.service = TicketService(engine, clock=self.clock)
         self.planner = planner_for(self.service, self.clock)
@@ -43,19 +71,31 @@ class Center:
         self.links = ReporterLinks(engine, self.service, self.outbox, public_url="https://110.example.org",
                                    travel=self.planner.settings, clock=self.clock)
         self.links.attach(self.service, self.planner.officers)
+        # The reports' photos, fetched once from the app's media server and kept (core.triage.attachments).
+        self.attachments = AttachmentKeeper(self.service, attachments_dir, HttpFetcher(),
+                                            access=functools.partial(record_access, engine))
+        self.attachments.attach()
 
 
 @pytest.fixture
-async def center(engine: AsyncEngine) -> AsyncIterator[tuple[Center, TestServer]]:
-    center = Center(engine)
+async def center(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[tuple[Center, TestServer]]:
+    center = Center(engine, tmp_path / "attachments")
     # e1 starts off duty, 2 km north of where the call will be.
     from core.dispatch.officers import OfficerStatus
 
     await load(center.planner.officers, officer("e1", "east", point_in(CENTER, 2000), status=OfficerStatus.OFF_DUTY))
     await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("e1", PASSWORD, Role.OFFICER)
-    app = make_app(center.service, health={}, dispatch=center.planner, triage=center.desk)
+    app = make_app(center.service, health={}, dispatch=center.planner, triage=center.desk,
+                   attachments=center.attachments, cleanup_ctx=[center.attachments.cleanup_ctx])
     add_status_routes(app, center.links)
-    async with TestServer(app, host="127.0.0.1", port=0) as server:
+    media = web.Application()  # the 110 app's media server, where the report's photo is
+    async def photo(_request: web.Request) -> web.Response:
+        return web.Response(body=scene_photo(), content_type="image/png")
+
+    media.router.add_get("/media/77.png", photo)
+    async with TestServer(media, host="127.0.0.1", port=0) as media_server, \
+            TestServer(app, host="127.0.0.1", port=0) as server:
+        center.photo_url = str(media_server.make_url("/media/77.png"))
         yield center, server
     await center.links.stop()
 
@@ -99,7 +139,8 @@ async def test_an_officer_is_sent_drives_arrives_and_clears_while_the_reporter_w
         intake = ReportIntake(center.service, desk=center.desk, locate=center.planner.locate, clock=center.clock)
         answer = await intake.receive(parse_report({
             "ref": "app-77", "sender": "13900001111", "text": "有人持刀抢劫，嫌疑人往北跑了", "lat": lat, "lon": lon,
-            "address": "人民大道200号", "attachments": [{"kind": "photo", "url": PHOTO_URL}]}, channel="app"))
+            "address": "人民大道200号", "attachments": [{"kind": "photo", "url": center.photo_url}]},
+            channel="app"))
         ticket = await center.service.take(answer["number"], by="taker-1", seat="seat-05")
         plan = await center.planner.begin(ticket.number)
         assert plan.rungs[0].badge == "e1"
@@ -109,7 +150,12 @@ async def test_an_officer_is_sent_drives_arrives_and_clears_while_the_reporter_w
                              "document.getElementById('i-text').textContent !== ''", 10)
         card = await phone.evaluate("document.getElementById('incident').innerText")
         assert "人民大道200号" in card and "抢劫" in card and "有人持刀抢劫" in card  # the report's own words
-        assert await phone.evaluate("document.querySelectorAll('#i-media img').length") == 1
+        # The photo was fetched once and kept; the phone shows the kept copy (fetched with his token), loaded.
+        await phone.wait_for("document.querySelector('#i-media img') && "
+                             "document.querySelector('#i-media img').complete && "
+                             "document.querySelector('#i-media img').naturalWidth === 240", 10)
+        kept = [st for st in (await center.service.get(ticket.number)).steps if st.step == "attachment_kept"]
+        assert len(kept) == 1 and kept[0].detail["content_type"] == "image/png"
         assert "uri.amap.com/navigation" in await phone.evaluate("document.getElementById('navigate').href")
         await phone.screenshot(screenshots / "officer-sent.png")
         # The phone loses the page (a reload, a dead network): it comes back to the same incident by itself.

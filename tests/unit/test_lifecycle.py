@@ -83,6 +83,10 @@ TRIAGE_LEGAL = {
 }
 LEGAL.update(TRIAGE_LEGAL)
 
+# The caller's AML fix that may not move the incident (core/triage/aml_service.py): kept in every state but
+# closed; the state never changes.
+LEGAL.update({(state, Step.HANDSET_LOCATED): state for state in State if state is not State.CLOSED})
+
 # Text reports (docs/triage.md): no call, taken by a call-taker, located, closed.
 REPORT_LEGAL = {
     (None, Step.REPORTED): State.REPORTED,
@@ -104,6 +108,15 @@ CALLBACK_LEGAL = {
                                                                     Step.CALLBACK_ENDED)},
 }
 LEGAL.update(CALLBACK_LEGAL)
+
+# A report's attachments (docs/triage.md): kept or refused in every state but closed; the state never changes.
+ATTACHMENT_LEGAL = {
+    (state, step): state
+    for state in State
+    if state is not State.CLOSED
+    for step in (Step.ATTACHMENT_KEPT, Step.ATTACHMENT_REFUSED)
+}
+LEGAL.update(ATTACHMENT_LEGAL)
 
 
 def test_a_call_back_is_asked_for_only_once_the_tickets_own_call_is_down() -> None:
@@ -167,7 +180,8 @@ def test_illegal_pairs_name_state_and_step(state: State | None, step: Step) -> N
 
 
 def test_message_lists_allowed_steps() -> None:
-    allowed = r"abandoned, answered, classified, handed_over, located, note_added, repeat_linked, seat_ringing"
+    allowed = (r"abandoned, answered, attachment_kept, attachment_refused, classified, handed_over, handset_located, "
+               r"located, note_added, repeat_linked, seat_ringing")
     with pytest.raises(IllegalTransition, match=rf"allowed steps: {allowed}$"):
         advance(State.QUEUED, Step.HUNG_UP)
     with pytest.raises(IllegalTransition, match=r"allowed steps: none$"):

@@ -13,6 +13,7 @@
     callback_requested: "回拨 call back", callback_answered: "回拨接通 reporter answered", callback_failed: "回拨失败 call back failed", callback_ended: "回拨结束 call back ended",
     arrived: "到达 arrived", cleared: "处置完毕 cleared", classified: "分类 classified", note_added: "记录 note",
     handed_over: "移交 handed over", repeat_linked: "重复来电 repeat", reported: "文字报警 reported", taken: "接收 taken",
+    handset_located: "手机定位 handset (AML)",
   };
   const stats = window.deskStats = { pops: [], keys: 0, keysAtDispatch: null, dispatchedAt: null };
   let desk = null, seat = null, ticket = null, plan = null, suggestion = null, point = null, project = null, unproject = null;
@@ -161,6 +162,11 @@
     const place = data.incident || (located && located.detail);
     $("t-location").textContent = place ? (place.address || "") + " (" + Number(place.lat).toFixed(5) + ", " + Number(place.lon).toFixed(5) + ") · " + (place.station || "–") : "未定位 not located";
     $("t-location").className = place ? "" : "note";
+    // Where a measured position came from: "AML · GNSS ±8 m · 12 s ago"; a handset fix kept aside is shown too.
+    const aside = [...data.steps].reverse().find((s) => s.step === "handset_located");
+    const how = [located && fixText(located.detail.fix)];
+    if (aside && (!located || aside.seq > located.seq)) how.push("未采用 not applied: " + fixText(aside.detail.fix) + " (" + Number(aside.detail.lat).toFixed(5) + ", " + Number(aside.detail.lon).toFixed(5) + ") " + (aside.detail.kept_aside || ""));
+    if (how.some(Boolean)) $("t-location").textContent += " · " + how.filter(Boolean).join(" · ");
     $("t-steps").replaceChildren(...data.steps.map((s) => {
       const who = s.detail.badge ? " " + s.detail.badge : s.detail.seat ? " " + s.detail.seat : s.detail.to ? " → " + s.detail.to : "";
       const li = jj.el("li", { class: s.step }, new Date(s.at).toLocaleTimeString("zh-CN", { hour12: false }) + " " + (STEP_LABELS[s.step] || s.step) + who);
@@ -168,6 +174,15 @@
     }));
     drawPoint(place ? [place.lat, place.lon] : null);
     if (fresh) { plan = null; $("plan").tBodies[0].replaceChildren(); $("notes").value = ""; $("notes-marked").textContent = ""; suggestion = null; showSuggestion(); }
+  }
+
+  const FIX_METHODS = { gnss: "GNSS", wifi: "Wi-Fi", cell: "基站 cell" };
+  function fixText(fix) {
+    if (!fix || fix.source !== "aml") return fix && fix.source === "network" ? "网络定位 network" : "";
+    const age = Math.max(0, Math.round((Date.now() - Date.parse(fix.positioned_at)) / 1000));
+    const method = FIX_METHODS[fix.method] ? " · " + FIX_METHODS[fix.method] : "";
+    const floor = fix.floor ? " · " + fix.floor + "楼 floor" : "";
+    return "AML" + method + " ±" + Math.round(fix.radius_m) + " m" + floor + " · " + (age < 120 ? age + " s" : Math.round(age / 60) + " min") + " ago";
   }
 
   function clearTicket() {
@@ -403,6 +418,16 @@
     say("✓ 回拨中 calling back " + (answer.body.to || ""), true);
   }
 
+  // -- the room's posture: a badge while wrap-up is suspended for a surge --------------------
+  const POSTURE_EVERY_MS = 5000;
+  async function posture() {
+    const answer = await call("GET", "/api/posture");
+    if (!answer.ok) return;
+    const badge = $("surge-badge");
+    badge.hidden = answer.body.mode !== "surge";
+    badge.title = answer.body.reason || "";
+  }
+
   // -- the live connection ------------------------------------------------------------------
   function connect() {
     socket = new WebSocket(jj.socketUrl("/api/desk/ws"), jj.socketProtocols());
@@ -514,6 +539,8 @@
     await drawMap();
     await loadReports();
     connect();
+    posture();
+    setInterval(posture, POSTURE_EVERY_MS);
     document.body.dataset.ready = "1";
   }
 
