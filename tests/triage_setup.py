@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from core.alerts.board import AlertBoard
 from core.calls.events import StepBroadcaster
 from core.calls.tickets import TicketService
+from core.config import RULE_FILES
 from core.dispatch.officers import OfficerService
 from core.dispatch.planner import DispatchPlanner
 from core.tasks import Overflow
@@ -23,6 +26,8 @@ from core.triage.routing import HandoverFailed, RuleBook, parse_rules
 from core.triage.surge import SurgeConfig, SurgeSettings
 from core.web.app import make_app
 from tests.unit.conftest import FakeClock
+
+REPO = Path(__file__).resolve().parent.parent
 
 RULES = """
 boundary_m = 150
@@ -108,6 +113,18 @@ def make_desk(
         surge=surge or SurgeConfig(SurgeSettings(), {}), poster=poster, clock=clock, owns_alerts=True,
         files=default_files(),
     )
+
+
+def polling_desk(service: TicketService, clock: FakeClock, live: Path) -> tuple[TriageDesk, DispatchPlanner]:
+    """A backend's triage desk polling the shipped rule files, copied into ``live`` (the caller makes the desk
+    poll fast: ``monkeypatch.setattr(core.triage.desk, "RULES_POLL_S", 0.05)``)."""
+    live.mkdir()
+    for name in RULE_FILES:
+        shutil.copy2(REPO / "dialplan" / name, live / name)
+    planner = planner_for(service, clock)
+    desk = TriageDesk(service, planner.officers, AlertBoard(service.engine, clock), owns_alerts=True,
+                      files=default_files(live), clock=clock)
+    return desk, planner
 
 
 def planner_for(service: TicketService, clock: FakeClock) -> DispatchPlanner:

@@ -4,21 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from core.alerts.board import AlertBoard
 from core.auth.users import Role
 from core.calls.lifecycle import Step
 from core.calls.tickets import TicketService
 from core.config import RULE_FILES
 from core.triage import desk as desk_module
 from core.triage.classify import IncidentType
-from core.triage.desk import TriageDesk, default_files
+from core.triage.desk import TriageDesk
 from core.triage.guidance import (
     LINE_MAX,
     LINES_MAX,
@@ -30,7 +28,7 @@ from core.triage.keywords import HISTORY_MAX
 from core.web.app import make_app
 from telephony import rules_admin
 from tests.dispatch_city import CENTER, answered_call, load, officer, point_in
-from tests.triage_setup import desk_client, make_desk, planner_for
+from tests.triage_setup import desk_client, make_desk, planner_for, polling_desk
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
 
@@ -129,12 +127,7 @@ async def running(service: TicketService, clock: FakeClock, tmp_path: Path,
     """A backend's triage desk polling the rule files of ``live``."""
     monkeypatch.setattr(desk_module, "RULES_POLL_S", 0.05)
     live = tmp_path / "live"
-    live.mkdir()
-    for name in RULE_FILES:
-        shutil.copy2(REPO / "dialplan" / name, live / name)
-    planner = planner_for(service, clock)
-    desk = TriageDesk(service, planner.officers, AlertBoard(service.engine, clock), owns_alerts=True,
-                      files=default_files(live), clock=clock)
+    desk, planner = polling_desk(service, clock, live)
     async with TestServer(make_app(service, health={"triage": desk.health}, dispatch=planner, triage=desk)):
         yield desk, live
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,18 +11,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.alerts.board import Alert, AlertBoard
+from core.alerts.board import Alert
 from core.auth.users import Role
 from core.calls.tickets import TicketService
-from core.config import RULE_FILES
 from core.seats.board import SeatBoard
 from core.seats.posture import Posture, PostureError, PostureRules, parse_posture
 from core.seats.views import POSTURE, SEATS
 from core.triage import desk as desk_module
-from core.triage.desk import TriageDesk, default_files
+from core.triage.desk import TriageDesk
 from core.triage.surge import SurgeError, parse_surge_config
 from core.web.app import make_app
-from tests.triage_setup import planner_for
+from tests.triage_setup import polling_desk
 from tests.unit.conftest import T0, FakeClock
 from tests.web_login import login_headers
 
@@ -148,12 +146,7 @@ async def running(service: TicketService, clock: FakeClock, tmp_path: Path,
     """The backend's app with a triage desk polling the rule files of ``live``."""
     monkeypatch.setattr(desk_module, "RULES_POLL_S", 0.05)
     live = tmp_path / "live"
-    live.mkdir()
-    for name in RULE_FILES:
-        shutil.copy2(REPO / "dialplan" / name, live / name)
-    planner = planner_for(service, clock)
-    desk = TriageDesk(service, planner.officers, AlertBoard(service.engine, clock), owns_alerts=True,
-                      files=default_files(live), clock=clock)
+    desk, planner = polling_desk(service, clock, live)
     board = SeatBoard(service.engine, wrap_up_s=10, clock=clock)
     app = make_app(service, health={}, dispatch=planner, triage=desk, seats=board)
     async with TestClient(TestServer(app)) as client:
