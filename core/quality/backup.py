@@ -2,9 +2,11 @@
 
 A backup is a folder: the store (``store.db``, SQLite's online backup, consistent while the backend writes; or
 ``store.pgdump``, PostgreSQL's ``pg_dump --format=custom``, one consistent snapshot as well), ``recordings/``
-(every file of the recordings folder, the fallback ``<uniqueid>.wav`` files too), ``journal/key`` and
+(every file of the recordings folder, the fallback ``<uniqueid>.wav`` files too), ``attachments/`` (the
+reports' kept photos and videos, ``<sha256>.<ext>``, when ``JIEJING_ATTACHMENTS_DIR`` is set), ``journal/key`` and
 ``journal/anchors``, and ``manifest.json`` naming each file's place on the host and its sha256. Recordings are
-bound to tickets by their absolute path (the journal signs it), so a restore puts every file back where it was.
+bound to tickets by their absolute path (the journal signs it), so a restore puts every file back where it was;
+attachments go back into the attachments folder they came from (their steps name them by sha256).
 ``restore`` checks every file against the manifest before it writes anything, and refuses to overwrite a store
 that has data or a file that differs; ``jiejing journal verify`` afterwards proves the restored trail whole.
 
@@ -53,6 +55,7 @@ class BackupError(RuntimeError):
 class Summary:
     store: str
     recordings: int = 0
+    attachments: int = 0
     journal_files: int = 0
     bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -232,6 +235,13 @@ def backup(settings: Settings, quality: QualitySettings, folder: Path) -> Summar
             summary.recordings += 1
     else:
         summary.notes.append("no recordings folder is set: no recordings were copied")
+    if quality.attachments_dir and Path(quality.attachments_dir).is_dir():
+        root = Path(quality.attachments_dir)  # flat: <sha256>.<ext>; hidden ones are files still being written
+        for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+            _copy(path, folder / "attachments" / path.name)
+            files.append({"kind": "attachment", "file": f"attachments/{path.name}", "path": str(path.absolute()),
+                          "sha256": file_sha256(folder / "attachments" / path.name), "size": path.stat().st_size})
+            summary.attachments += 1
     for kind, name, variable, configured in (
         ("journal_key", "key", "JIEJING_JOURNAL_KEY_FILE", quality.journal_key_file),
         ("journal_anchors", "anchors", "JIEJING_JOURNAL_ANCHOR_FILE", quality.journal_anchor_file),
@@ -301,6 +311,13 @@ def restore(settings: Settings, quality: QualitySettings, folder: Path) -> Summa
             if settings.recordings_dir and Path(settings.recordings_dir).absolute() not in target.parents:
                 raise BackupError(f"recording {target} is not inside JIEJING_RECORDINGS_DIR "
                                   f"{settings.recordings_dir}: recordings are bound by their path")
+        elif kind == "attachment":
+            target = Path(entry["path"])
+            if quality.attachments_dir and Path(quality.attachments_dir).absolute() not in target.parents:
+                raise BackupError(f"attachment {target} is not inside JIEJING_ATTACHMENTS_DIR "
+                                  f"{quality.attachments_dir}: attachments are kept there")
+            if not target.name.startswith(f"{entry.get('sha256')}."):
+                raise BackupError(f"attachment {target} is not named by its sha256")
         elif kind in ("journal_key", "journal_anchors"):
             configured = quality.journal_key_file if kind == "journal_key" else quality.journal_anchor_file
             target = Path(configured or entry["path"])
@@ -324,6 +341,8 @@ def restore(settings: Settings, quality: QualitySettings, folder: Path) -> Summa
             summary.journal_files += 1
         elif entry["kind"] == "recording":
             summary.recordings += 1
+        elif entry["kind"] == "attachment":
+            summary.attachments += 1
         summary.bytes += source.stat().st_size
     return summary
 

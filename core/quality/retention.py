@@ -16,6 +16,13 @@ its incident location, query copy (and its place in the hourly counts, so
 and its pushes (a later ticket's link to it keeps the expired number).
 Outbox messages of expired tickets lose their recipient.
 
+A ticket's kept attachments (its ``attachment_kept`` steps: ``<attachments_dir>/<sha256>.<ext>``) go with it,
+unless a ticket that stays names the same sha256 (the same photo sent twice): the entry lists each file's
+sha256 and name (``attachments``), and the files are removed after the commit, only inside the attachments
+folder. AML messages (``aml_messages``) received before the cutoff are deleted by the same run, bound or not,
+in a transaction with their own signed ``expiry`` entry that counts them (``aml_messages``); a bound one is
+also a step of its ticket, which keeps it as long as the ticket.
+
 Recording files that no recording row names — the fallback ``<uniqueid>.wav`` a call left when its
 file was never bound to its ticket (the backend was down, the file came too late), or one whose
 row went by hand — expire by the same period: after the tickets, each run removes those
@@ -36,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +53,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from core.calls.lifecycle import Step
 from core.calls.recordings import file_sha256
 from core.calls.tables import Recording, Ticket, TicketStep
 from core.calls.tickets import iso_utc
@@ -58,6 +67,8 @@ from core.quality.journal import (
 )
 from core.quality.tables import JournalEntry, OutboxMessage
 from core.tasks import every, stop_task
+from core.triage.aml_service import AmlMessageRow
+from core.triage.attachments import EXTENSIONS
 from core.triage.classify import forget_query_copies
 from core.triage.push import PushRow
 from core.triage.repeat import TicketLinkRow
@@ -66,6 +77,7 @@ log = logging.getLogger(__name__)
 
 _DAY_US = 86_400_000_000
 DAY_S = 86_400.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a kept attachment's name; any other detail names no file
 # What MixMonitor may write (the dialplan writes .wav): the sweep of unbound files looks at nothing else, so a
 # store, key or note kept in the recordings folder by mistake is never removed.
 RECORDING_SUFFIXES = (".wav", ".wav49", ".gsm", ".ulaw", ".alaw", ".sln", ".g722")
@@ -78,6 +90,9 @@ class ExpiryResult:
     files_removed: int = 0
     files_left: int = 0  # paths outside the recordings folder (or no folder given): reported, never removed
     unbound_files: int = 0  # files no recording row names, older than the period, removed from the folder
+    attachments: int = 0  # kept attachment files of expired tickets no other ticket names, listed in the entries
+    attachment_files_removed: int = 0
+    aml_messages: int = 0
     entries: list[int] = field(default_factory=list)  # journal seqs of the expiry entries
 
 
@@ -89,13 +104,15 @@ async def expire(
     clock: Callable[[], float] = time.time,
     batch: int = 1000,
     recordings_dir: str | Path | None = None,
+    attachments_dir: str | Path | None = None,
 ) -> ExpiryResult:
     """Delete tickets whose last step is more than ``older_than_days`` old, with their steps and recordings.
 
     Recording files are removed only when their real path lies inside ``recordings_dir``: a path is
     data in the store, and one that points elsewhere (a forged row, ``..``, a symlink out of the
-    folder) is logged and left. Without ``recordings_dir`` no file is removed. Then the files of the
-    folder that no recording row names and that are older than the period go (``expire_unbound``).
+    folder) is logged and left. Without ``recordings_dir`` no file is removed. Kept attachment files
+    alike, inside ``attachments_dir``. Then the AML messages older than the period go, and the files of
+    the recordings folder that no recording row names and that are older than the period (``expire_unbound``).
     """
     if older_than_days < 1:
         raise ValueError("older_than_days must be at least 1")
@@ -140,12 +157,14 @@ async def expire(
                 await session.scalars(select(Recording).where(Recording.ticket_id.in_(ids)).order_by(Recording.id))
             ).all()
             files = [r.path for r in recordings]
+            attachments = await _kept_attachments(session, ids)
             payload = journaler.sign_expiry({
                 "kind": KIND_EXPIRY,
                 "before_us": cutoff,
                 "retention_days": older_than_days,
                 "tickets": numbers,
                 "recordings": [{"id": r.id, "path": r.path, "sha256": r.sha256} for r in recordings],
+                "attachments": [{"sha256": sha256, "file": name} for sha256, name in attachments],
             })
             (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
             # The rows that name these tickets go first (foreign keys), the query copies with their counts.
@@ -164,12 +183,64 @@ async def expire(
         removed, left = await asyncio.to_thread(_remove, files, recordings_dir)
         result.files_removed += removed
         result.files_left += left
-        log.info("retention: expired %d tickets and %d recordings (journal entry %d)",
-                 len(ids), len(files), entry.seq)
+        result.attachments += len(attachments)
+        if attachments_dir is not None:
+            paths = [os.path.join(attachments_dir, name) for _, name in attachments]
+            removed, _ = await asyncio.to_thread(_remove, paths, attachments_dir, "attachment")
+            result.attachment_files_removed += removed
+        log.info("retention: expired %d tickets, %d recordings and %d attachment files (journal entry %d)",
+                 len(ids), len(files), len(attachments), entry.seq)
+    await _expire_aml(sessions, journaler, before_us=cutoff, older_than_days=older_than_days, now_us=now_us,
+                      result=result)
     if recordings_dir is not None:
         await expire_unbound(engine, journaler, Path(recordings_dir), before_us=cutoff,
                              older_than_days=older_than_days, now_us=now_us, batch=batch, result=result)
     return result
+
+
+async def _kept_attachments(session: Any, ids: list[int]) -> list[tuple[str, str]]:
+    """(sha256, file name) of the files kept for tickets ``ids`` that no other ticket's step names."""
+    kept = select(TicketStep.detail).where(TicketStep.step == Step.ATTACHMENT_KEPT.value)
+    files: dict[str, str] = {}
+    for detail in (await session.scalars(kept.where(TicketStep.ticket_id.in_(ids)).order_by(TicketStep.id))).all():
+        sha256, ext = detail.get("sha256"), EXTENSIONS.get(detail.get("content_type"))
+        if isinstance(sha256, str) and _SHA256.fullmatch(sha256) and ext is not None:
+            files.setdefault(sha256, f"{sha256}.{ext}")
+    if files:
+        for detail in (await session.scalars(kept.where(TicketStep.ticket_id.not_in(ids)))).all():
+            files.pop(detail.get("sha256"), None)  # the same photo, sent to a ticket that stays
+    return list(files.items())
+
+
+async def _expire_aml(
+    sessions: async_sessionmaker[Any],
+    journaler: Journaler,
+    *,
+    before_us: int,
+    older_than_days: int,
+    now_us: int,
+    result: ExpiryResult,
+) -> None:
+    """Delete the AML messages received before ``before_us``, counted in a signed expiry entry of their own."""
+    old = AmlMessageRow.received_at_us < before_us
+    async with journaler.lock, sessions() as session, session.begin():
+        count = (await session.execute(select(func.count()).select_from(AmlMessageRow).where(old))).scalar_one()
+        if not count:
+            return
+        payload = journaler.sign_expiry({
+            "kind": KIND_EXPIRY,
+            "before_us": before_us,
+            "retention_days": older_than_days,
+            "tickets": [],
+            "recordings": [],
+            "aml_messages": count,
+        })
+        (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
+        await session.execute(delete(AmlMessageRow).where(old))
+    result.aml_messages += count
+    result.entries.append(entry.seq)
+    log.info("retention: deleted %d AML messages older than %d days (journal entry %d)", count, older_than_days,
+             entry.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,14 +363,14 @@ async def expire_unbound(
     return result
 
 
-def _remove(paths: list[str], folder: str | Path | None) -> tuple[int, int]:
+def _remove(paths: list[str], folder: str | Path | None, what: str = "recording") -> tuple[int, int]:
     """(removed, left): only files whose real path is inside ``folder``."""
     removed = left = 0
     root = os.path.realpath(folder) if folder else None
     for path in paths:
         real = os.path.realpath(path)
         if root is None or os.path.commonpath([root, real]) != root or real == root:
-            log.error("retention: recording %r is outside the recordings folder %r; left in place", path, folder)
+            log.error("retention: %s %r is outside the %ss folder %r; left in place", what, path, what, folder)
             left += 1
             continue
         try:
@@ -330,6 +401,7 @@ class RetentionSchedule:
         every_s: float = DAY_S,
         poll_s: float = 600.0,
         recordings_dir: str | Path | None = None,
+        attachments_dir: str | Path | None = None,
     ) -> None:
         if days < 0:
             raise ValueError("retention days must not be negative")
@@ -340,11 +412,13 @@ class RetentionSchedule:
         self._every_s = every_s
         self._poll_s = poll_s
         self._recordings_dir = recordings_dir
+        self._attachments_dir = attachments_dir
         self._last_run: float | None = None
         self._last_result: ExpiryResult | None = None
         self._last_error: str | None = None
         self._runs = 0
-        self.expired = {"tickets": 0, "recordings": 0, "unbound_files": 0}  # since the start: /metrics
+        # since the start: /metrics
+        self.expired = {"tickets": 0, "recordings": 0, "unbound_files": 0, "attachments": 0, "aml_messages": 0}
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -361,7 +435,7 @@ class RetentionSchedule:
         started = self._clock()
         try:
             result = await expire(self._engine, self._journaler, older_than_days=self.days, clock=self._clock,
-                                  recordings_dir=self._recordings_dir)
+                                  recordings_dir=self._recordings_dir, attachments_dir=self._attachments_dir)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -372,9 +446,12 @@ class RetentionSchedule:
         self.expired["tickets"] += result.tickets
         self.expired["recordings"] += result.recordings
         self.expired["unbound_files"] += result.unbound_files
-        log.info("retention: daily run expired %d tickets, %d recordings (%d files removed) and %d recording files "
-                 "no ticket names, older than %d days; journal entries %s", result.tickets, result.recordings,
-                 result.files_removed, result.unbound_files, self.days, result.entries or "none")
+        self.expired["attachments"] += result.attachments
+        self.expired["aml_messages"] += result.aml_messages
+        log.info("retention: daily run expired %d tickets, %d recordings (%d files removed), %d attachment files, "
+                 "%d AML messages and %d recording files no ticket names, older than %d days; journal entries %s",
+                 result.tickets, result.recordings, result.files_removed, result.attachments, result.aml_messages,
+                 result.unbound_files, self.days, result.entries or "none")
         return result
 
     async def start(self) -> None:
@@ -414,6 +491,8 @@ class RetentionSchedule:
             "last_result": None if result is None else {
                 "tickets": result.tickets, "recordings": result.recordings,
                 "files_removed": result.files_removed, "files_left": result.files_left,
-                "unbound_files": result.unbound_files, "journal_entries": list(result.entries),
+                "unbound_files": result.unbound_files, "attachments": result.attachments,
+                "attachment_files_removed": result.attachment_files_removed, "aml_messages": result.aml_messages,
+                "journal_entries": list(result.entries),
             },
         }

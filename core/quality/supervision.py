@@ -148,7 +148,8 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings, 
                         webhook_url=quality.twilio_webhook_url, tz=settings.timezone, sends=quality.survey_enabled)
         removers.append(survey.attach(service))
     retention = RetentionSchedule(engine, journaler, days=quality.retention_days,
-                                  recordings_dir=settings.recordings_dir or None)
+                                  recordings_dir=settings.recordings_dir or None,
+                                  attachments_dir=quality.attachments_dir or None)
     journal_watch = JournalWatch(engine, anchor_file=anchor_file, anchor_key=anchor_key, retention=retention)
     reporter_links = None
     if planner is not None and quality.public_url:

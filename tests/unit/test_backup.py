@@ -4,6 +4,7 @@ host, pass `jiejing journal verify`; a damaged backup or an occupied target chan
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -96,6 +97,43 @@ def test_a_damaged_backup_is_refused_before_anything_is_written(host: Path, tmp_
     assert cli.main(["restore", str(folder)]) == 1
     assert "recordings/1.2.wav does not match its sha256" in capsys.readouterr().err
     assert not host.exists()  # nothing was written
+
+
+def test_attachments_are_backed_up_and_restored_to_their_place(
+    host: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = host / "attachments"
+    photos.mkdir()
+    jpeg = b"\xff\xd8\xff\xe0 a report's photo"
+    sha256 = hashlib.sha256(jpeg).hexdigest()
+    (photos / f"{sha256}.jpg").write_bytes(jpeg)
+    (photos / ".0123.part").write_bytes(b"still being fetched")  # hidden: not a kept file yet
+    monkeypatch.setenv("JIEJING_ATTACHMENTS_DIR", str(photos))
+    folder = tmp_path / "backup-5"
+    assert cli.main(["backup", str(folder)]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (entry,) = [f for f in manifest["files"] if f["kind"] == "attachment"]
+    assert entry == {"kind": "attachment", "file": f"attachments/{sha256}.jpg", "path": str(photos / f"{sha256}.jpg"),
+                     "sha256": sha256, "size": len(jpeg)}
+
+    shutil.rmtree(host)
+    assert cli.main(["restore", str(folder)]) == 0
+    assert (photos / f"{sha256}.jpg").read_bytes() == jpeg and not (photos / ".0123.part").exists()
+
+    # The same checks as recordings: a damaged copy, a differing file in place, a place outside the folder.
+    (host / "jiejing.db").unlink()
+    (photos / f"{sha256}.jpg").write_bytes(b"another photo")
+    assert cli.main(["restore", str(folder)]) == 1
+    assert "exists and differs" in capsys.readouterr().err
+    (photos / f"{sha256}.jpg").unlink()
+    monkeypatch.setenv("JIEJING_ATTACHMENTS_DIR", str(tmp_path / "elsewhere"))
+    assert cli.main(["restore", str(folder)]) == 1
+    assert "not inside JIEJING_ATTACHMENTS_DIR" in capsys.readouterr().err
+    monkeypatch.setenv("JIEJING_ATTACHMENTS_DIR", str(photos))
+    (folder / "attachments" / f"{sha256}.jpg").write_bytes(b"damaged")
+    assert cli.main(["restore", str(folder)]) == 1
+    assert f"attachments/{sha256}.jpg does not match its sha256" in capsys.readouterr().err
+    assert not (photos / f"{sha256}.jpg").exists() and not (host / "jiejing.db").exists()
 
 
 def test_restore_never_overwrites_a_file_that_differs(host: Path, tmp_path: Path, capsys) -> None:

@@ -23,6 +23,7 @@ from core.quality.journal import KIND_EXPIRY, Journaler, verify
 from core.quality.journal_status import JournalWatch
 from core.quality.retention import RetentionSchedule, expire
 from core.quality.tables import JournalEntry
+from core.triage.aml_service import AmlMessageRow
 from core.triage.classify import (
     TriageRow,
     read_hourly_counts,
@@ -376,3 +377,113 @@ def test_a_file_changed_after_it_was_hashed_is_left(tmp_path: Path) -> None:
     wav.write_bytes(b"other")  # same size, new content and time: not the file the entry names
     assert retention._remove_unbound([listed]) == 0 and wav.exists()
     assert retention._old_files(tmp_path / "missing", 0) == []
+
+
+async def _call_with_photos(service: TicketService, clock: Any, uid: str, at: float, *photos: bytes) -> str:
+    clock.now = at
+    ticket = await service.open_call(uniqueid=uid, caller_id="13800000000", at=at, source="agi")
+    for index, data in enumerate(photos):
+        await service.record_step(uid, Step.ATTACHMENT_KEPT, at=at + 1, source="api", index=index, kind="photo",
+                                  url=f"https://gateway.invalid/{uid}/{index}.jpg",
+                                  sha256=hashlib.sha256(data).hexdigest(), size=len(data), content_type="image/jpeg")
+    await service.record_step(uid, Step.ABANDONED, at=at + 5, source="ami")
+    await service.close(ticket.number, disposition="无效", by="seat-01")
+    return ticket.number
+
+
+async def test_kept_attachments_expire_with_their_ticket_unless_another_ticket_names_them(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path
+) -> None:
+    photos = tmp_path / "attachments"
+    photos.mkdir()
+    only_old, shared = b"\xff\xd8\xff only the old report's", b"\xff\xd8\xff sent to both"
+    names = {data: f"{hashlib.sha256(data).hexdigest()}.jpg" for data in (only_old, shared)}
+    for data, name in names.items():
+        (photos / name).write_bytes(data)
+    (photos / "notes.txt").write_text("named by no step")
+    old = await _call_with_photos(service, clock, "1.1", T0, only_old, shared)
+    middle = await _call_with_photos(service, clock, "1.2", T0 + 100 * DAY, shared)  # the same photo again
+    await _call_with_photos(service, clock, "1.3", T0 + 250 * DAY)  # the newest ids
+    journaler = Journaler(engine, clock=clock, anchor_key=KEY, anchor_file=tmp_path / "anchors")
+    schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, attachments_dir=photos)
+
+    result = await schedule.run_due()
+
+    assert result is not None and (result.tickets, result.attachments, result.attachment_files_removed) == (1, 1, 1)
+    assert old not in await _numbers(engine)
+    assert sorted(p.name for p in photos.iterdir()) == sorted([names[shared], "notes.txt"])
+    async with async_sessionmaker(engine)() as session:
+        entry = await session.get(JournalEntry, result.entries[0])
+    assert entry is not None
+    payload = json.loads(entry.payload)
+    assert payload["tickets"] == [old] and payload["attachments"] == [
+        {"sha256": hashlib.sha256(only_old).hexdigest(), "file": names[only_old]}]
+    assert schedule.status()["last_result"]["attachments"] == 1 and schedule.expired["attachments"] == 1
+
+    # Once the other ticket naming the shared photo expires too, its file goes.
+    clock.now = T0 + 290 * DAY
+    later = await schedule.run_due()
+    assert later is not None and later.tickets == 1 and later.attachment_files_removed == 1
+    assert middle not in await _numbers(engine)
+    assert [p.name for p in photos.iterdir()] == ["notes.txt"]
+    report = await verify(engine, anchor_key=KEY, clock=clock)
+    assert report.ok, report.findings
+
+
+async def test_kept_attachment_files_are_removed_only_inside_the_attachments_folder(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path
+) -> None:
+    photos, elsewhere = tmp_path / "attachments", tmp_path / "elsewhere"
+    photos.mkdir()
+    elsewhere.mkdir()
+    data = b"\xff\xd8\xff a photo"
+    name = f"{hashlib.sha256(data).hexdigest()}.jpg"
+    (elsewhere / name).write_bytes(data)
+    (photos / name).symlink_to(elsewhere / name)  # a link out of the folder: left, the target too
+    await _call_with_photos(service, clock, "1.1", T0, data)
+    await _call_with_photos(service, clock, "1.2", T0 + 250 * DAY)
+    journaler = Journaler(engine, clock=clock)
+    result = await expire(engine, journaler, older_than_days=180, clock=clock, attachments_dir=photos)
+    assert (result.tickets, result.attachments, result.attachment_files_removed) == (1, 1, 0)
+    assert (elsewhere / name).read_bytes() == data and (photos / name).is_symlink()
+    # Without the folder no attachment file is removed, but the entry still names it.
+    other = b"\xff\xd8\xff another photo"
+    await _call_with_photos(service, clock, "1.3", T0 + 10 * DAY, other)
+    await _call_with_photos(service, clock, "1.4", T0 + 260 * DAY)
+    (photos / f"{hashlib.sha256(other).hexdigest()}.jpg").write_bytes(other)
+    result = await expire(engine, journaler, older_than_days=180, clock=clock)
+    assert (result.tickets, result.attachments, result.attachment_files_removed) == (1, 1, 0)
+    assert (photos / f"{hashlib.sha256(other).hexdigest()}.jpg").exists()
+
+
+async def test_aml_messages_older_than_the_period_are_deleted_and_counted(
+    service: TicketService, engine: AsyncEngine, clock: Any, tmp_path: Path
+) -> None:
+    number = await _old_call(service, clock, "1.1", T0, tmp_path / "1.1.wav")
+    await _old_call(service, clock, "1.2", T0 + 200 * DAY, tmp_path / "1.2.wav")  # the newest ids
+    received = {"old-bound": (T0, number), "old-unbound": (T0 + 10 * DAY, None),
+                "recent": (T0 + 150 * DAY, number)}
+    async with engine.begin() as conn:
+        for raw, (at, ticket) in received.items():
+            await conn.execute(insert(AmlMessageRow).values(
+                received_at_us=round(at * 1e6), channel="sms", msisdn="13800000000", raw=raw,
+                verdict="refused" if ticket is None else "located", ticket_number=ticket))
+    journaler = Journaler(engine, clock=clock, anchor_key=KEY, anchor_file=tmp_path / "anchors")
+    schedule = RetentionSchedule(engine, journaler, days=180, clock=clock, recordings_dir=tmp_path)
+
+    result = await schedule.run_due()
+
+    assert result is not None and (result.tickets, result.aml_messages, len(result.entries)) == (1, 2, 2)
+    async with async_sessionmaker(engine)() as session:
+        assert (await session.scalars(select(AmlMessageRow.raw))).all() == ["recent"]
+        entry = await session.get(JournalEntry, result.entries[1])
+    assert entry is not None and entry.kind == KIND_EXPIRY
+    payload = json.loads(entry.payload)
+    assert (payload["tickets"], payload["recordings"], payload["aml_messages"]) == ([], [], 2) and payload["mac"]
+    assert schedule.status()["last_result"]["aml_messages"] == 2 and schedule.expired["aml_messages"] == 2
+    report = await verify(engine, anchor_key=KEY, clock=clock)
+    assert report.ok, report.findings
+
+    clock.now += DAY  # nothing left that old: no entry for nothing
+    again = await schedule.run_due()
+    assert again is not None and (again.aml_messages, again.entries) == (0, [])
