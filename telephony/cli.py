@@ -130,14 +130,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     except backup.BackupError as exc:
         print(f"jiejing {args.cmd}: {exc}", file=sys.stderr)
         return 1
-    report = {"store": summary.store, "recordings": summary.recordings, "journal_files": summary.journal_files,
-              "bytes": summary.bytes, "notes": summary.notes}
+    report = {"store": summary.store, "recordings": summary.recordings, "attachments": summary.attachments,
+              "journal_files": summary.journal_files, "bytes": summary.bytes, "notes": summary.notes}
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
         return 0
     done = "backed up" if args.cmd == "backup" else "restored"
-    print(f"{done}: store {summary.store}; {summary.recordings} recordings; {summary.journal_files} journal files; "
-          f"{summary.bytes} bytes")
+    print(f"{done}: store {summary.store}; {summary.recordings} recordings; {summary.attachments} attachments; "
+          f"{summary.journal_files} journal files; {summary.bytes} bytes")
     for note in summary.notes:
         print(f"note: {note}")
     if args.cmd == "restore":

@@ -237,7 +237,7 @@ def test_a_postgresql_store_is_dumped_and_restored_by_the_client_tools(
     monkeypatch.setattr(backup, "_pg_tables_with_rows", empty)
     assert cli.main(["restore", str(folder)]) == 0
     assert ("restored: store PostgreSQL jiejing@db.invalid:5433/jiejing_new (from jiejing@db.invalid/jiejing); "
-            "2 recordings; 2 journal files") in capsys.readouterr().out
+            "2 recordings; 0 attachments; 2 journal files") in capsys.readouterr().out
     log = (tmp_path / "tools.log").read_text().splitlines()
     assert log[0] == "pg_restore" and log[-1] == "PGPASSWORD=s3cr@t" and "s3cr" not in "".join(log[1:-1])
     assert {"arg --no-owner", "arg --single-transaction", "arg --dbname=dbname='jiejing_new'",
