@@ -212,6 +212,12 @@ async def _kept_attachments(session: Any, ids: list[int]) -> list[tuple[str, str
     return list(files.items())
 
 
+def _no_tickets_expiry(journaler: Journaler, before_us: int, days: int, **what: Any) -> dict[str, Any]:
+    """The signed payload of an expiry entry that deletes no ticket (unbound files, AML messages)."""
+    return journaler.sign_expiry({"kind": KIND_EXPIRY, "before_us": before_us, "retention_days": days,
+                                  "tickets": [], "recordings": [], **what})
+
+
 async def _expire_aml(
     sessions: async_sessionmaker[Any],
     journaler: Journaler,
@@ -227,14 +233,7 @@ async def _expire_aml(
         count = (await session.execute(select(func.count()).select_from(AmlMessageRow).where(old))).scalar_one()
         if not count:
             return
-        payload = journaler.sign_expiry({
-            "kind": KIND_EXPIRY,
-            "before_us": before_us,
-            "retention_days": older_than_days,
-            "tickets": [],
-            "recordings": [],
-            "aml_messages": count,
-        })
+        payload = _no_tickets_expiry(journaler, before_us, older_than_days, aml_messages=count)
         (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
         await session.execute(delete(AmlMessageRow).where(old))
     result.aml_messages += count
@@ -345,14 +344,8 @@ async def expire_unbound(
         described = await asyncio.to_thread(_describe, unbound[start:start + batch])
         if not described:
             continue
-        payload = journaler.sign_expiry({
-            "kind": KIND_EXPIRY,
-            "before_us": before_us,
-            "retention_days": older_than_days,
-            "tickets": [],
-            "recordings": [],
-            "unbound_files": [about for _, about in described],
-        })
+        payload = _no_tickets_expiry(journaler, before_us, older_than_days,
+                                     unbound_files=[about for _, about in described])
         async with journaler.lock, sessions() as session, session.begin():
             (entry,) = await append_entries(session, [(KIND_EXPIRY, None, payload)], at_us=now_us)
         removed = await asyncio.to_thread(_remove_unbound, [f for f, _ in described])
