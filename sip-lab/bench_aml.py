@@ -37,19 +37,13 @@ from core.quality.survey import Survey
 from core.store import make_engine
 from core.tables import init_schema
 from core.web.app import make_app
+from siplab.storm import interpolated_percentile
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password-1"
 TWILIO_TOKEN = "bench-twilio-token"
 WEBHOOK_URL = "https://110.example.org/api/twilio/sms"
 LAT, LON = 31.2304, 121.4737  # the lab city's centre
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def aml_sms(lat: float, lon: float, at: float) -> str:
@@ -149,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     samples, answers = asyncio.run(run(args.messages, args.rate, args.channel))
     print("| channel | messages | per second | p50 ms | p95 ms | p99 ms | max ms | answer p99 ms |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.channel} | {len(samples)} | {args.rate:g} | {percentile(samples, 50):.1f} | "
-          f"{percentile(samples, 95):.1f} | {percentile(samples, 99):.1f} | {max(samples):.1f} | "
-          f"{percentile(answers, 99):.1f} |")
+    p = interpolated_percentile
+    print(f"| {args.channel} | {len(samples)} | {args.rate:g} | {p(samples, 50):.1f} | {p(samples, 95):.1f} | "
+          f"{p(samples, 99):.1f} | {max(samples):.1f} | {p(answers, 99):.1f} |")
     return 0
 
 

@@ -32,16 +32,10 @@ from core.quality.status_views import RateLimit, add_status_routes
 from core.store import make_engine
 from core.tables import init_schema
 from core.web.app import make_app
+from siplab.storm import interpolated_percentile
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password-1"
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 async def run(updates: int, interval: float) -> list[float]:
@@ -116,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     samples = asyncio.run(run(args.updates, args.interval))
     print("| position updates | p50 ms | p95 ms | p99 ms | max ms |\n|---:|---:|---:|---:|---:|")
-    print(f"| {len(samples)} | {percentile(samples, 50):.1f} | {percentile(samples, 95):.1f} | "
-          f"{percentile(samples, 99):.1f} | {max(samples):.1f} |")
+    p = interpolated_percentile
+    print(f"| {len(samples)} | {p(samples, 50):.1f} | {p(samples, 95):.1f} | {p(samples, 99):.1f} | "
+          f"{max(samples):.1f} |")
     return 0
 
 

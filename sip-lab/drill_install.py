@@ -52,6 +52,9 @@ WEB_NAME = "110.drill.test"
 CALLER = "13912345678"
 ADMIN_FIRST, ADMIN_OWN = "first-log-in-drill", "admin-own-secret-1"
 TAKER_FIRST, TAKER_OWN = "taker-temporary-1", "taker-own-secret-1"
+# A root shell's environment inside a root file system (nothing of the drill's own).
+ROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+            "LANG": "C.UTF-8", "TERM": "dumb"}
 VALUES = """\
 CARRIER_ADDR=127.0.0.1
 CARRIER_OUT=sip:127.0.0.1:5090
@@ -202,19 +205,15 @@ def teardown(root: Path) -> None:
 
 
 def in_root(root: Path, *argv: str, timeout: float = 600, check: bool = True, input: str | None = None):
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-           "LANG": "C.UTF-8", "TERM": "dumb"}
-    return sh(["chroot", str(root), *argv], timeout=timeout, check=check, env=env, input=input)
+    return sh(["chroot", str(root), *argv], timeout=timeout, check=check, env=ROOT_ENV, input=input)
 
 
 def run_guide(root: Path, script: str, log: Path) -> dict[int, float]:
     """Run the script in the root; the seconds each block took."""
     (root / "root/install.sh").write_text(script)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-           "LANG": "C.UTF-8", "TERM": "dumb"}
     with open(log, "w") as out:
-        proc = subprocess.run(["chroot", str(root), "/bin/bash", "-x", "/root/install.sh"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT, timeout=2400)
+        proc = subprocess.run(["chroot", str(root), "/bin/bash", "-x", "/root/install.sh"], env=ROOT_ENV,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=2400)
     text = log.read_text(errors="replace")
     marks = [(m.group(1), float(m.group(2))) for m in re.finditer(r"^### (block \d+|done) ([\d.]+)$", text, re.M)]
     if proc.returncode != 0:

@@ -63,6 +63,14 @@ class StormOptions:
             raise asterisk.LabError("--talk-s must leave time to dispatch and for the officer to answer")
 
 
+def interpolated_percentile(values: list[float], pct: float) -> float:
+    """Linear interpolation between the nearest ranks (the latency benchmarks', over many short samples)."""
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * pct / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
 def percentile(values: list[float], pct: float) -> float | None:
     """Nearest-rank percentile (no interpolation: every figure is a real call)."""
     if not values:
@@ -576,7 +584,8 @@ def print_report(report: dict, opts: StormOptions, *, sipp_ok: int, sipp_failed:
         if t["dispatched"]:
             ring = t["report_to_officer_ringing_ms"]
             rows += [("reports dispatched / officer joined", f'{t["dispatched"]} / {t["officer_joined"]}'),
-                     ("report → officer ringing ms p50 / p99 / max", f'{ring["p50"]} / {ring["p99"]} / {ring["max"]}')]
+                     ("report → officer ringing ms p50 / p99 / max",
+                      f'{ring["p50"]} / {ring["p99"]} / {ring["max"]}')]
     if "dispatch" in report:
         d = report["dispatch"]
 
