@@ -1,0 +1,1 @@
+"""Situation assessment: hot-spot forecasts per grid cell, their honest evaluation, and situation reports."""
