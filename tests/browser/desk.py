@@ -21,3 +21,5 @@ async def start_shift(browser: Browser, base: str, username: str, password: str,
     await browser.type_into("#seat-name", seat)
     await browser.press("Enter")
     await browser.wait_for("document.getElementById('seat-state').dataset.state === 'available'")
+    # The desk's keys work at once: the seat's field no longer has the focus.
+    assert await browser.evaluate("document.activeElement === null || document.activeElement.id !== 'seat-name'")

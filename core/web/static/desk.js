@@ -477,8 +477,10 @@
     const target = event.target;
     if (event.key === "Escape") { target.blur && target.blur(); return; }
     // Enter in a field does the field's action and hands the keys back to the desk.
+    // The seat's name too: the form is hidden once the seat is logged in, and the keys must be the desk's at once,
+    // not wait for the browser to move the focus off a hidden field.
     const submit = {
-      notes: saveNote, address: locate, disposition: closeTicket,
+      notes: saveNote, address: locate, disposition: closeTicket, "seat-name": () => seatAction("login"),
       "pause-reason": () => seatAction("pause", { reason: $("pause-reason").value.trim() }),
       type: () => classify($("type").value, Number($("priority").value)),
       priority: () => classify($("type").value, Number($("priority").value)),
