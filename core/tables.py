@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core import leases as _leases  # noqa: F401
 from core import store
 from core.alerts import board as _alerts  # noqa: F401
 from core.auth import users as _users  # noqa: F401
