@@ -21,9 +21,11 @@ from core.dispatch import places as _places  # noqa: F401
 from core.dispatch import planner as _planner  # noqa: F401
 from core.quality import tables as _quality  # noqa: F401
 from core.seats import board as _seats  # noqa: F401
+from core.seats import posture as _posture  # noqa: F401
 from core.triage import aml_service as _aml  # noqa: F401
 from core.triage import classify as _classify  # noqa: F401
 from core.triage import keywords as _keywords  # noqa: F401
+from core.triage import major as _major  # noqa: F401
 from core.triage import push as _push  # noqa: F401
 from core.triage import queries as _queries  # noqa: F401
 from core.triage import repeat as _repeat  # noqa: F401

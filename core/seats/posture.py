@@ -21,7 +21,9 @@ for a seat and the longest wait):
 The thresholds are the ``[posture]`` table of the surge rules file
 (``dialplan/surge.toml``), checked by ``parse_posture`` and handed over on
 each reload (``Posture.set_rules``). Every change is kept with who, why and
-when.
+when, in memory and in ``posture_changes`` (``save_change``); at start the
+last one is restored (``last_change``, ``Posture.restore``), so a surge a
+supervisor declared stays declared across a restart of the backend.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.alerts.board import Alert
+from core.store import TEXT_MAX, Base, _Id
 
-__all__ = ["Change", "Posture", "PostureError", "PostureRules", "parse_posture", "record_alert", "run_posture"]
+__all__ = ["Change", "Posture", "PostureChangeRow", "PostureError", "PostureRules", "last_change", "parse_posture",
+           "record_alert", "run_posture", "save_change"]
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +194,47 @@ class Posture:
             return self._change(Change(SURGE, DECLARED, reason, by, self._clock()))
         return self._change(Change(NORMAL, None, reason, by, self._clock()))
 
+    def restore(self, change: Change) -> None:
+        """At start: the posture kept before the restart (``last_change``); listeners hear it like a change."""
+        if change.mode == self._current.mode and change.source == self._current.source:
+            return
+        log.warning("posture restored: %s (%s) since %s by %s: %s", change.mode, change.source or "-", change.at,
+                    change.by or "-", change.reason)
+        self._change(change)
+
     def to_json(self) -> dict[str, Any]:
         current = self._current
         return {"mode": current.mode, "source": current.source, "since": current.at, "reason": current.reason,
                 "by": current.by}
+
+
+class PostureChangeRow(Base):
+    """Every change of posture, in order; the last one is the posture a restarted backend takes up again."""
+
+    __tablename__ = "posture_changes"
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(TEXT_MAX))
+    by: Mapped[str | None] = mapped_column(String(64))
+    at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+async def save_change(engine: AsyncEngine, change: Change) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(PostureChangeRow.__table__.insert().values(
+            mode=change.mode, source=change.source, reason=change.reason[:TEXT_MAX], by=change.by,
+            at_us=round(change.at * 1_000_000)))
+
+
+async def last_change(engine: AsyncEngine) -> Change | None:
+    """The last posture kept, or ``None`` (a new store: normal)."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(PostureChangeRow).order_by(PostureChangeRow.id.desc()).limit(1))).first()
+    if row is None:
+        return None
+    return Change(row.mode, row.source, row.reason, row.by, row.at_us / 1_000_000)
 
 
 async def record_alert(engine: AsyncEngine, change: Change) -> None:

@@ -39,7 +39,14 @@ from core.seats.board import (
     check_seat,
 )
 from core.seats.phones import PhoneBook
-from core.seats.posture import Change, Posture, record_alert, run_posture
+from core.seats.posture import (
+    Change,
+    Posture,
+    last_change,
+    record_alert,
+    run_posture,
+    save_change,
+)
 from core.seats.wallboard import Wallboard
 
 log = logging.getLogger(__name__)
@@ -286,6 +293,10 @@ def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, tim
                 await record_alert(service.engine, change)
             except Exception:
                 log.exception("the posture's alert was not written")
+            try:
+                await save_change(service.engine, change)  # what a restarted backend takes up again
+            except Exception:
+                log.exception("the posture change was not kept")
             changes.task_done()
 
     async def seats_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -295,6 +306,14 @@ def add_seat_routes(app: web.Application, *, seats: SeatBoard | None = None, tim
         except Exception:
             # A store not ready must not keep the API down; steps fill the board as they come.
             log.exception("could not read today's calls for the wallboard")
+        try:
+            # The posture before a restart (a declared surge stays declared); kept already, so not saved again.
+            kept = await last_change(service.engine)
+            if kept is not None:
+                posture.restore(kept)
+                await board.suspend_wrap_up(posture.surge)
+        except Exception:
+            log.exception("the posture kept before the restart was not restored")
         removers.append(posture.add_listener(changes.put_nowait))
         changed = wallboard.waiter()
         tasks = [asyncio.create_task(wallboard.run(), name="wallboard-alerts"),
