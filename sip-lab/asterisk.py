@@ -60,6 +60,11 @@ class LabPaths:
         return self.root / "var/spool/asterisk/monitor"
 
     @property
+    def major_messages(self) -> Path:
+        """Where a declared major incident's message is written, seen from the host (dialplan/musiconhold.conf)."""
+        return self.root / "var/lib/asterisk/sounds/jiejing"
+
+    @property
     def cel_file(self) -> Path:
         """Asterisk's channel event log (dialplan/cel_custom.conf), seen from the host."""
         return self.root / "var/log/asterisk/cel-custom/jiejing.csv"

@@ -43,6 +43,7 @@ from telephony.cel import (
     call_position,
     derive_steps,
     fallback_at,
+    major_pressed,
 )
 from telephony.channel_vars import recording_name
 from telephony.recording_files import OpenFiles
@@ -133,6 +134,8 @@ class CallEvents:
         self.rejected = 0
         # Where a position from the log goes (the dispatch planner's ``locate``), set by the assembly.
         self.locate: Callable[..., Awaitable[object]] | None = None
+        # Where a caller who pressed 1 for a declared major incident goes (``MajorIncidents.link_caller``).
+        self.major_pressed: Callable[..., Awaitable[object]] | None = None
         self._noted: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._fallbacks: deque[float] = deque(maxlen=NOTED_MAX)  # when calls took the fallback (the log's times)
         self.fallbacks = 0
@@ -374,6 +377,12 @@ class CallEvents:
         if fell_back is not None and self._note("fallback", uid):
             self.fallbacks += 1
             self._fallbacks.append(fell_back)
+        pressed = major_pressed(call)
+        if pressed is not None and self.major_pressed is not None and self._note("major", uid):
+            try:
+                await self.major_pressed(uid, pressed[0], at=pressed[1])
+            except Exception:
+                log.exception("%s: the press of 1 for major incident %s was not linked", ticket.number, pressed[0])
         position = call_position(call)
         if position is None or self.locate is None or not self._note("located", uid):
             return

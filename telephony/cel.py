@@ -69,6 +69,7 @@ POLL_S = 0.05
 # whose intake request got no answer.
 LOCATION_EVENT = "jiejing_location"
 FALLBACK_EVENT = "jiejing_fallback"
+MAJOR_EVENT = "jiejing_major"  # the caller pressed 1 for a declared major incident (its id)
 # location_info of a GML point as Asterisk renders it: shape="Point",crs="2d",pos="31.2304 121.4737"
 _POS = re.compile(r'pos="?\s*(-?\d{1,3}(?:\.\d+)?)\s+(-?\d{1,3}(?:\.\d+)?)')
 _SHAPE = re.compile(r'shape="?Point"?', re.IGNORECASE)
@@ -318,6 +319,16 @@ def call_position(call: CelCall) -> tuple[float, float, float] | None:
 def fallback_at(call: CelCall) -> float | None:
     """When the dialplan marked this call as queued without the intake's answer (epoch seconds), if it did."""
     return next((e.at for e in call.events if e.uniqueid == call.uniqueid and e.user_type == FALLBACK_EVENT), None)
+
+
+def major_pressed(call: CelCall) -> tuple[int, float] | None:
+    """(incident id, when) if the caller pressed 1 for a declared major incident ([queue-keys] of the dialplan)."""
+    for e in call.events:
+        if e.uniqueid == call.uniqueid and e.user_type == MAJOR_EVENT:
+            value = str(e.extra.get("extra", "")).strip()
+            if value.isdigit():
+                return int(value), e.at
+    return None
 
 
 class CallLog:

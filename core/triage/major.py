@@ -362,7 +362,7 @@ class MajorIncidents:
     async def set_message(self, info: MessageInfo, *, by: str) -> MajorIncident:
         """The declared incident's recorded message is now ``info`` (already kept by ``MessageFiles``)."""
         async with self._lock:
-            current = self._require()
+            current = self.require()
             async with self._engine.begin() as conn:
                 await conn.execute(update(MajorIncidentRow).where(MajorIncidentRow.id == current.id)
                                    .values(message_sha256=info.sha256))
@@ -373,7 +373,8 @@ class MajorIncidents:
         self._notify(incident)
         return incident
 
-    def _require(self) -> MajorIncident:
+    def require(self) -> MajorIncident:
+        """The declared incident; ``NoMajorIncident`` when there is none."""
         if self._current is None:
             raise NoMajorIncident("no major incident is declared")
         return self._current
@@ -382,7 +383,7 @@ class MajorIncidents:
         """End the declared incident: new callers are no longer offered it; its ticket goes on."""
         reason = _text(reason, "reason", REASON_MAX, required=False) or "ended"
         async with self._lock:
-            current = self._require()
+            current = self.require()
             now = self._clock()
             async with self._engine.begin() as conn:
                 await conn.execute(update(MajorIncidentRow).where(MajorIncidentRow.id == current.id)
