@@ -393,7 +393,10 @@ def parse_call_log(text: str) -> dict[str, CallRecord]:
     calls: dict[str, CallRecord] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 7 and parts[0] == "answered":
+        if len(parts) >= 4 and parts[0] == "invited":
+            rec = calls.setdefault(parts[1], CallRecord(parts[1]))
+            rec.invited_at = float(parts[2]) + float(parts[3]) / 1e6
+        elif len(parts) >= 7 and parts[0] == "answered":
             rec = calls.setdefault(parts[1], CallRecord(parts[1]))
             rec.invited_at = float(parts[2]) + float(parts[3]) / 1e6
             rec.answered_at = float(parts[4]) + float(parts[5]) / 1e6
