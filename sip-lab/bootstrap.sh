@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-PACKAGES=(debootstrap sip-tester baresip-core postgresql python3-venv ca-certificates chromium fonts-noto-cjk prometheus)
+PACKAGES=(debootstrap sip-tester baresip-core postgresql python3-venv ca-certificates chromium fonts-noto-cjk prometheus kamailio)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The package's own Kamailio service (its sample configuration, SIP on every address's port 5060) would take
+# the lab Asterisk's port at the next boot: the lab runs its front door itself (`jiejing lab cluster up`).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet kamailio 2>/dev/null; then
+    systemctl disable --now kamailio >/dev/null 2>&1 || true
 fi
 
 PY=${PYTHON:-python3}
