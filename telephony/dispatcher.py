@@ -96,6 +96,9 @@ class Dispatcher:
         self._waiters = _Waiters()
         self._tasks: dict[str, asyncio.Task] = {}
         self._rooms: set[str] = set()  # calls whose caller and seat are already in their room
+        # Support mobilised for a major incident (core.dispatch.mobilise): each officer's phone rung alone,
+        # as a text report's officer is.
+        planner.ring_alone = self.call_phone
 
     # -- AMI events (listener: cheap, never blocks the reader) -----------------
     def on_event(self, event) -> None:

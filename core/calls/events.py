@@ -16,9 +16,11 @@ with no station yet.
 Officers. A subscriber with a badge (an officer's own stream) sees only the
 messages of tickets that badge is currently held by: rung for, joined, on
 scene. The broadcaster learns this from the badge in the detail of
-``officer_ringing``, ``officer_joined`` and ``arrived`` steps, and forgets it
-on that badge's ``officer_no_answer``, on ``ladder_exhausted`` (the badges it
-released), on ``cleared`` and on ``closed`` -- after delivering that step, so
+``officer_ringing``, ``officer_joined`` and ``arrived`` steps (and a mobilised
+officer's ``support_ringing``, ``support_joined``), and forgets it on that
+badge's ``officer_no_answer`` or ``support_no_answer``, on ``ladder_exhausted``
+and ``support_stood_down`` (the badges they released), on ``cleared`` and on
+``closed`` -- after delivering that step, so
 the officer learns why his stream went quiet. Messages that are not steps
 reach him when they carry the ticket's ``number``.
 
@@ -42,7 +44,8 @@ QUEUE_DEFAULT = 256
 # Tickets whose station is remembered; older ones fall back to unfiltered views only.
 REMEMBER_MAX = 50_000
 # Steps whose ``badge`` puts that officer on the ticket.
-_HOLDING = frozenset({Step.OFFICER_RINGING, Step.OFFICER_JOINED, Step.ARRIVED})
+_HOLDING = frozenset({Step.OFFICER_RINGING, Step.OFFICER_JOINED, Step.ARRIVED, Step.SUPPORT_RINGING,
+                      Step.SUPPORT_JOINED})
 
 
 def step_message(ticket: TicketView, step: StepView, station: str | None) -> dict[str, Any]:
@@ -217,9 +220,9 @@ class StepBroadcaster:
         if step.step in (Step.CLEARED, Step.CLOSED):
             self._officers.pop(number, None)
             return
-        if step.step is Step.OFFICER_NO_ANSWER:
+        if step.step in (Step.OFFICER_NO_ANSWER, Step.SUPPORT_NO_ANSWER):
             gone = [step.detail.get("badge")]
-        elif step.step is Step.LADDER_EXHAUSTED:
+        elif step.step in (Step.LADDER_EXHAUSTED, Step.SUPPORT_STOOD_DOWN):
             released = step.detail.get("released")
             gone = list(released) if isinstance(released, list) else []
         else:

@@ -12,6 +12,13 @@ incident. A covered cell is cold when no available officer, on duty now, is
 within the given distance of its centre: there a call would wait for a car
 from far away. Each cell comes with its boundary so the page can draw it
 without a tile server.
+
+Support mobilised for a major incident leaves its own stations thinner: a
+cell is ``left_by_support`` when it is cold now but would not be if the
+officers mobilised (held by a ticket through its ``support_ringing`` or
+``support_joined`` steps) were still available where they last reported.
+That is the coverage they left behind, drawn apart on the map so a
+supervisor sees what the mobilisation costs the rest of the city.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from core.calls.lifecycle import Step
 from core.calls.tables import Ticket, TicketStep
 from core.dispatch.geo import haversine_m
 from core.dispatch.officers import (
+    BUSY_STATUSES,
     CellStationRow,
     OfficerService,
     OfficerStatus,
@@ -107,22 +115,49 @@ def nearest_m(lat: float, lon: float, officers: list[OfficerView]) -> float | No
     return best
 
 
+async def mobilised_badges(engine: AsyncEngine, officers: list[OfficerView]) -> set[str]:
+    """The officers held by a ticket that mobilised them as support (not those sent by its ordinary dispatch)."""
+    held = {o.badge: o.ticket for o in officers if o.ticket is not None and o.status in BUSY_STATUSES}
+    if not held:
+        return set()
+    found: set[str] = set()
+    numbers = sorted({n for n in held.values() if n is not None})
+    async with engine.connect() as conn:
+        for start in range(0, len(numbers), 500):
+            rows = await conn.execute(
+                select(Ticket.number, TicketStep.detail)
+                .join(TicketStep, TicketStep.ticket_id == Ticket.id)
+                .where(Ticket.number.in_(numbers[start : start + 500]),
+                       TicketStep.step.in_([Step.SUPPORT_RINGING.value, Step.SUPPORT_JOINED.value]))
+            )
+            for number, detail in rows:
+                badge = (detail or {}).get("badge")
+                if isinstance(badge, str) and held.get(badge) == number:
+                    found.add(badge)
+    return found
+
+
 async def heatmap(engine: AsyncEngine, officers: OfficerService, query: HeatmapQuery, now: float) -> dict[str, Any]:
     counts, types = await incident_counts(engine, query)
     area = await covered_cells(engine, query.station) | set(counts)
     duty = on_duty(await officers.list(station=query.station), round(now * 1_000_000))
     available = [o for o in duty if o.status is OfficerStatus.AVAILABLE]
+    mobilised = await mobilised_badges(engine, duty)
+    before = available + [o for o in duty if o.badge in mobilised]  # had the mobilised officers stayed
     cold_m = query.cold_km * 1000
     cells = []
     for cell in sorted(area)[:AREA_MAX]:
         lat, lon = h3.cell_to_latlng(cell)
         nearest = nearest_m(lat, lon, available)
+        cold = nearest is None or nearest > cold_m
+        had = nearest_m(lat, lon, before) if cold and mobilised else None
         cells.append({
             "cell": cell,
             "count": counts.get(cell, 0),
             "boundary": _boundary(cell),
             "nearest_available_km": None if nearest is None else round(nearest / 1000, 2),
-            "cold": nearest is None or nearest > cold_m,
+            "cold": cold,
+            "left_by_support": had is not None and had <= cold_m,
         })
     return {
         "from_us": query.from_us,
@@ -135,9 +170,11 @@ async def heatmap(engine: AsyncEngine, officers: OfficerService, query: HeatmapQ
         "incidents": sum(counts.values()),
         "cells": cells,
         "cold_cells": sum(1 for c in cells if c["cold"]),
+        "left_by_support": sum(1 for c in cells if c["left_by_support"]),
+        "mobilised": sorted(mobilised),
         "officers": [
             {"badge": o.badge, "name": o.name, "station": o.station, "status": str(o.status), "lat": o.lat,
-             "lon": o.lon}
+             "lon": o.lon, "mobilised": o.badge in mobilised}
             for o in duty
         ],
     }

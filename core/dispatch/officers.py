@@ -541,6 +541,13 @@ class OfficerService:
             badge, OfficerStatus.DISPATCHED, ticket, only_from=(OfficerStatus.RINGING,), held_for=ticket
         )
 
+    async def stand_down(self, badge: str, ticket: str) -> bool:
+        """An officer sent to ``ticket`` (on his way or on scene) is released by a supervisor: available again."""
+        return await self._move(
+            badge, OfficerStatus.AVAILABLE, None, only_from=(OfficerStatus.DISPATCHED, OfficerStatus.ON_SCENE),
+            held_for=ticket,
+        )
+
     async def mark_on_scene(self, badge: str, ticket: str) -> bool:
         """Arrival: from dispatched for this ticket, or from available (sent by radio by a duty desk)."""
         async with self._write_lock, self._sessions() as session, session.begin():

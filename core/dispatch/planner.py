@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -358,6 +358,8 @@ class DispatchPlan:
 # -- the planner ---------------------------------------------------------------------------
 
 ExhaustedHook = Callable[[TicketView, dict[str, Any]], object]
+# (ticket number, endpoint, timeout_s) → (answered, outcome): a phone rung alone, by the telephony side.
+RingAlone = Callable[[str, str, float], Awaitable[tuple[bool, str]]]
 
 
 class DispatchPlanner:
@@ -382,6 +384,8 @@ class DispatchPlanner:
         self._choose_lock = asyncio.Lock()
         self._on_exhausted = on_exhausted
         self.places = Gazetteer(tickets.engine, officers.grid)
+        # Set by the telephony side (its Dispatcher): how a mobilisation rings each officer's phone alone.
+        self.ring_alone: RingAlone | None = None
 
     # -- location --------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""HTTP API of dispatch: incident location, officers' reports, arrival, clearing, preview, and the step stream.
+"""HTTP API of dispatch: incident location, officers' reports, arrival, clearing, preview, support mobilised for
+a major incident, and the step stream.
 
 Thin views in the manner of ``core.web.app``: bodies are parsed and bounded here,
 domain errors become 400/404/409, and the app-wide middleware answers errors
@@ -29,6 +30,7 @@ from core.calls.events import StepBroadcaster, Subscription
 from core.calls.views import SERVICE, TICKET_STATION, station_ticket, ticket_number
 from core.dispatch.geo import check_lat_lon
 from core.dispatch.heatmap import DEFAULT_COLD_KM, HeatmapQuery, heatmap
+from core.dispatch.mobilise import MOBILISE_MAX, UNITS_MAX, Mobiliser, SupportRequest
 from core.dispatch.officers import (
     BADGE_MAX,
     STATION_ID_MAX,
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLANNER = web.AppKey("dispatch_planner", DispatchPlanner)
+MOBILISER = web.AppKey("mobiliser", Mobiliser)
 BROADCASTER = web.AppKey("step_broadcaster", StepBroadcaster)
 SOCKETS = web.AppKey("event_sockets", set[web.WebSocketResponse])
 
@@ -396,6 +399,57 @@ async def get_places(request: web.Request) -> web.Response:
     return json_reply({"places": [p.to_json() for p in found]})
 
 
+# -- support mobilised for a major incident (core.dispatch.mobilise) -------------------------
+
+MOBILISE_BODY: dict[str, Any] = {
+    "type": "object",
+    "description": f"officers from the tiers around the incident (its station, bordering stations, its county), "
+                   f"and/or officers of named units; 1..{MOBILISE_MAX} in all",
+    "properties": {
+        "officers": {"type": "integer", "minimum": 0, "maximum": MOBILISE_MAX},
+        "units": {
+            "type": "array", "maxItems": UNITS_MAX,
+            "items": {"type": "object", "required": ["station", "officers"],
+                      "properties": {"station": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,32}$"},
+                                     "officers": {"type": "integer", "minimum": 1, "maximum": MOBILISE_MAX}}},
+        },
+    },
+}
+
+
+def _request(body: dict[str, Any]) -> SupportRequest:
+    units: dict[str, int] = {}
+    for unit in body.get("units") or ():
+        station = unit["station"]
+        if station in units:
+            raise BadRequest(f"unit {station!r} named twice", error_id="invalid-body", details={"field": "units"})
+        units[station] = unit["officers"]
+    try:
+        return SupportRequest(officers=body.get("officers") or 0, units=units).checked()
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_id="invalid-body", details={"field": "officers"}) from None
+
+
+@routes.post("/api/tickets/{number}/mobilise", SUPERVISORS, "Mobilise support for a major incident: several officers "
+             "at once, each rung on his unit's ladder", body=MOBILISE_BODY)
+async def post_mobilise(request: web.Request) -> web.Response:
+    support = _request(await json_body(request))
+    plan = await request.app[MOBILISER].mobilise(ticket_number(request), support, by=actor(request))
+    return json_reply(plan.to_json(), 202)
+
+
+@routes.get("/api/tickets/{number}/mobilisation", DESK | {Role.STATION}, "Support mobilised for a ticket: every "
+            "pick, rung, joined, escalated or unanswered", scope=station_ticket)
+async def get_mobilisation(request: web.Request) -> web.Response:
+    return json_reply(await request.app[MOBILISER].status(ticket_number(request)))
+
+
+@routes.post("/api/tickets/{number}/stand-down", SUPERVISORS, "Release the officers mobilised for a ticket")
+async def post_stand_down(request: web.Request) -> web.Response:
+    ticket = await request.app[MOBILISER].stand_down(ticket_number(request), by=actor(request))
+    return json_reply({"number": ticket.number, "released": ticket.steps[-1].detail.get("released", [])})
+
+
 # -- registration --------------------------------------------------------------------------
 
 
@@ -460,4 +514,12 @@ def add_dispatch_routes(
     app.cleanup_ctx.append(stream_ctx)
     app.on_shutdown.append(close_sockets)
     app[TICKET_STATION] = planner_station(planner)
+    # Support for a major incident; its phones are rung by the telephony side through planner.ring_alone.
+    mobiliser = Mobiliser(planner)
+    app[MOBILISER] = mobiliser
+
+    async def stop_mobilising(app: web.Application) -> None:
+        await mobiliser.stop()
+
+    app.on_shutdown.append(stop_mobilising)
     routes.add_to(app)

@@ -338,10 +338,11 @@ class DangerWarnings:
 
 
 def dispatched_badges(ticket: TicketView) -> list[str]:
-    """Officers who joined the ticket's conference or were rung for it, in order, once each."""
+    """Officers who joined the ticket's conference or were rung for it (mobilised ones too), in order, once each."""
     badges: list[str] = []
     for step in ticket.steps:
-        if step.step in (Step.OFFICER_JOINED, Step.OFFICER_RINGING, Step.ARRIVED):
+        if step.step in (Step.OFFICER_JOINED, Step.OFFICER_RINGING, Step.ARRIVED, Step.SUPPORT_RINGING,
+                         Step.SUPPORT_JOINED):
             badge = step.detail.get("badge")
             if isinstance(badge, str) and badge not in badges:
                 badges.append(badge)
