@@ -22,6 +22,7 @@ from core.dispatch import planner as _planner  # noqa: F401
 from core.quality import tables as _quality  # noqa: F401
 from core.seats import board as _seats  # noqa: F401
 from core.seats import posture as _posture  # noqa: F401
+from core.situation import history as _situation  # noqa: F401
 from core.triage import aml_service as _aml  # noqa: F401
 from core.triage import classify as _classify  # noqa: F401
 from core.triage import keywords as _keywords  # noqa: F401
