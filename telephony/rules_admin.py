@@ -1,6 +1,6 @@
 """`jiejing rules check|diff|apply|rollback|history`: the triage's rule files under the dialplan's safety net.
 
-The rule files (routing.toml, keywords.toml, surge.toml, guidance.toml) are edited in the source folder
+The rule files (routing.toml, keywords.toml, surge.toml, guidance.toml, callback.toml) are edited in the source folder
 (the checkout's ``dialplan/``) and run from ``JIEJING_RULES_DIR``. ``apply`` checks them all with the
 backend's own parsers, keeps what runs now as a version, writes the changed files atomically, then reads
 back from the running backend's ``/healthz`` that it loaded exactly these files (it looks for changes every
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RULE_FILES
+from core.triage.callback_rules import parse_callback_rules
 from core.triage.guidance import parse_guidance
 from core.triage.keywords import parse_keywords
 from core.triage.routing import parse_rules
@@ -31,9 +32,9 @@ from telephony.dialplan_admin.versions import VersionStore, digest_files
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
     "routing.toml": parse_rules, "keywords.toml": parse_keywords, "surge.toml": parse_surge_config,
-    "guidance.toml": parse_guidance}
+    "guidance.toml": parse_guidance, "callback.toml": parse_callback_rules}
 NAMES = {"routing.toml": "routing", "keywords.toml": "keywords", "surge.toml": "surge",
-         "guidance.toml": "guidance"}  # in /healthz
+         "guidance.toml": "guidance", "callback.toml": "callback"}  # in /healthz
 
 
 @dataclass

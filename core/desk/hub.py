@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 Render = Callable[[TicketView], Awaitable[dict[str, Any]]]
 QUEUE_MAX = 200
-POP_STEPS = (Step.SEAT_RINGING, Step.ANSWERED)
+POP_STEPS = (Step.SEAT_RINGING, Step.ANSWERED, Step.AUTO_CALLBACK_CONNECTED)  # a called-back caller pops too
 REPORT_STEPS = (Step.REPORTED, Step.TAKEN, Step.CLOSED)
 
 

@@ -364,7 +364,7 @@ class SeatBoard:
         elif step.step is Step.SEAT_NO_ANSWER:
             if current is not None and current.state is SeatState.RINGING and current.ticket == ticket.number:
                 self._set(replace(current, state=SeatState.AVAILABLE, since_us=at_us, ticket=None))
-        elif step.step is Step.ANSWERED:
+        elif step.step in (Step.ANSWERED, Step.AUTO_CALLBACK_CONNECTED):  # a called-back caller is a call too
             self._cancel_wrap_up(seat)
             operator = current.operator if current is not None else None
             self._set(SeatView(seat, SeatState.ON_CALL, at_us, operator, None, ticket.number))
@@ -378,7 +378,7 @@ class SeatBoard:
                 self._cancel_wrap_up(seat)
                 self._set(replace(current, state=SeatState.ON_CALL, since_us=at_us, reason=None,
                                   ticket=ticket.number))
-        elif step.step in (Step.CALLBACK_FAILED, Step.CALLBACK_ENDED, Step.CLOSED):
+        elif step.step in (Step.CALLBACK_FAILED, Step.CALLBACK_ENDED, Step.AUTO_CALLBACK_ENDED, Step.CLOSED):
             if current is not None and current.state is SeatState.ON_CALL and current.ticket == ticket.number:
                 self._start_wrap_up(replace(current, state=SeatState.WRAP_UP, since_us=at_us))
 

@@ -100,6 +100,8 @@ def backend_settings(lab_paths, tmp_path) -> Settings:
         http_port=_free_port(),
         recordings_dir=str(lab_paths.recordings),
         cel_file=str(lab_paths.cel_file),
+        # Lab calls are short and many are abandoned on purpose: only the call-back tests call them back.
+        auto_callback=False,
     )
 
 

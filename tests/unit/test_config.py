@@ -115,7 +115,8 @@ def test_a_center_set_up_properly_has_no_problem(tmp_path: Path) -> None:
         ({"JIEJING_DB_URL": ""}, "JIEJING_DB_URL is not set"),
         ({"JIEJING_DB_URL": "sqlite+aiosqlite:///var/jiejing.db"}, "relative SQLite path 'var/jiejing.db'"),
         ({"JIEJING_RULES_DIR": "/nonexistent-rules"},
-         "JIEJING_RULES_DIR: routing.toml, keywords.toml, surge.toml, guidance.toml not found in /nonexistent-rules"),
+         "JIEJING_RULES_DIR: routing.toml, keywords.toml, surge.toml, guidance.toml, callback.toml not found in "
+         "/nonexistent-rules"),
     ],
 )
 def test_outside_the_lab_each_lab_default_is_refused(tmp_path: Path, change: dict[str, str], message: str) -> None:

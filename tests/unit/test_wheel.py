@@ -28,7 +28,7 @@ from core.migrate import head
 REPO = Path(__file__).resolve().parents[2]
 # What the build reads: pyproject.toml and the folders its packages come from.
 BUILD_INPUTS = ("pyproject.toml", "core", "telephony", "sip-lab", "dialplan")
-RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml", "guidance.toml")
+RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml", "guidance.toml", "callback.toml")
 
 
 def _source_files(folder: str, pattern: str = "*") -> list[str]:
