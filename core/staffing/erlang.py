@@ -96,6 +96,11 @@ def _check(rate: float, handle_s: float, seats: int | None = None, target_s: flo
         raise PlanningError(f"target must be a finite number ≥ 0 s, got {target_s!r}")
 
 
+def _log1p_exp(x: float) -> float:
+    """``log(1 + e^x)`` without overflow."""
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
 def _log_inv_erlang_b(n: int, a: float) -> float:
     """``log(1 / B(n, a))`` by the recursion ``1/B(k) = 1 + (k/a) / B(k−1)``, ``B(0) = 1``, in log space."""
     if a <= 0:
@@ -103,7 +108,7 @@ def _log_inv_erlang_b(n: int, a: float) -> float:
     value = 0.0
     log_a = math.log(a)
     for k in range(1, n + 1):
-        value = float(np.logaddexp(0.0, math.log(k) - log_a + value))
+        value = _log1p_exp(math.log(k) - log_a + value)
     return value
 
 
@@ -114,21 +119,22 @@ def erlang_b(seats: int, erlangs: float) -> float:
     return math.exp(-_log_inv_erlang_b(seats, erlangs))
 
 
-def erlang_c_wait_probability(seats: int, erlangs: float) -> float:
+def erlang_c_wait_probability(seats: int, erlangs: float, *, _log_inv_b: float | None = None) -> float:
     """Erlang C: the share of callers who must wait; 1 when the seats cannot keep up (``erlangs ≥ seats``)."""
     if erlangs >= seats:
         return 1.0
-    b = erlang_b(seats, erlangs)
+    b = math.exp(-(_log_inv_erlang_b(seats, erlangs) if _log_inv_b is None else _log_inv_b))
     return seats * b / (seats - erlangs * (1 - b))
 
 
-def erlang_c(rate: float, handle_s: float, seats: int, target_s: float) -> Performance:
+def erlang_c(rate: float, handle_s: float, seats: int, target_s: float, *,
+             _log_inv_b: float | None = None) -> Performance:
     """M/M/n: callers wait as long as it takes."""
     _check(rate, handle_s, seats, target_s)
     a = rate * handle_s
     if a >= seats:
         return Performance("erlang_c", seats, a, 1.0, 0.0, target_s, 1.0, 0.0, math.inf)
-    c = erlang_c_wait_probability(seats, a)
+    c = erlang_c_wait_probability(seats, a, _log_inv_b=_log_inv_b)
     sl = 1.0 - c * math.exp(-(seats - a) * target_s / handle_s)
     return Performance("erlang_c", seats, a, c, sl, target_s, a / seats, 0.0, c * handle_s / (seats - a))
 
@@ -147,20 +153,24 @@ def _log_s(a: float, x: float) -> float:
     return float(logsumexp(log_terms))
 
 
-def erlang_a(rate: float, handle_s: float, seats: int, target_s: float, patience_s: float) -> Performance:
-    """M/M/n+M: callers hang up after an exponentially distributed patience of mean ``patience_s``."""
+def erlang_a(rate: float, handle_s: float, seats: int, target_s: float, patience_s: float, *,
+             _log_inv_b_before: float | None = None) -> Performance:
+    """M/M/n+M: callers hang up after an exponentially distributed patience of mean ``patience_s``.
+
+    ``_log_inv_b_before`` is ``log 1/B(seats − 1, A)`` when the caller already has it (``seats_for``)."""
     _check(rate, handle_s, seats, target_s)
     if not (isinstance(patience_s, (int, float)) and patience_s > 0 and not math.isnan(patience_s)):
         raise PlanningError(f"patience must be > 0 s, got {patience_s!r}")
     if math.isinf(patience_s):
-        return erlang_c(rate, handle_s, seats, target_s)
+        return erlang_c(rate, handle_s, seats, target_s)  # no abandonment: Erlang C exactly
     lam, mu, theta, n = float(rate), 1.0 / handle_s, 1.0 / patience_s, seats
     a_erl = lam * handle_s
     if lam == 0:
         return Performance("erlang_a", n, 0.0, 0.0, 1.0, target_s, 0.0, 0.0, 0.0)
     a = n * mu / theta
     x0 = lam / theta
-    log_eps = _log_inv_erlang_b(n - 1, a_erl)  # ε = 1/B(n−1, A)
+    # ε = 1/B(n−1, A)
+    log_eps = _log_inv_erlang_b(n - 1, a_erl) if _log_inv_b_before is None else _log_inv_b_before
     log_s0 = _log_s(a, x0)  # nμ J(0) = S(x0)
     log_lam_j = math.log(lam / (n * mu)) + log_s0  # λ J(0)
     log_d = float(np.logaddexp(log_eps, log_lam_j))  # ε + λJ
@@ -196,10 +206,16 @@ def seats_for(rate: float, handle_s: float, *, target_s: float, service_level: f
     a = rate * handle_s
     # n seats answer at most n/A of the offered calls (throughput ≤ n/h): fewer than A·SL cannot do.
     n = max(1, math.floor(a * service_level))
+    # 1/B(k) for k = n−1 and n, carried up the search instead of recomputed for every k
+    log_before = _log_inv_erlang_b(n - 1, a) if a > 0 else 0.0
     while n <= SEATS_MAX:
-        perf = erlang_c(rate, handle_s, n, target_s) if patience_s is None else erlang_a(
-            rate, handle_s, n, target_s, patience_s)
+        log_at = _log1p_exp(math.log(n) - math.log(a) + log_before) if a > 0 else math.inf
+        if patience_s is None:
+            perf = erlang_c(rate, handle_s, n, target_s, _log_inv_b=log_at)
+        else:
+            perf = erlang_a(rate, handle_s, n, target_s, patience_s, _log_inv_b_before=log_before)
         if perf.service_level >= service_level and perf.occupancy <= max_occupancy:
             return perf
+        log_before = log_at
         n += 1
     raise PlanningError(f"no seat count up to {SEATS_MAX} reaches {service_level:.0%} within {target_s:g} s")
