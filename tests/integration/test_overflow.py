@@ -54,3 +54,31 @@ async def test_a_call_no_seat_takes_rings_the_supervisors_desk(backend, calls, l
     assert OVERFLOW_AFTER_S + 2.5 <= answered - queued <= OVERFLOW_AFTER_S + 4.5, answered - queued
     assert len(ticket.recordings) == 1
     assert Path(ticket.recordings[0].path).parent == asterisk.LabPaths().recordings
+
+
+async def test_a_call_while_every_staffed_seat_is_busy_rings_the_supervisors_desk(backend, calls) -> None:
+    """One seat staffed and talking to a first caller (ringinuse=no keeps it out): the second caller, who finds no
+    free seat, rings the overflow after the overflow time, never a busy tone."""
+    settings = backend.settings
+    await backend.wait_connected()
+    await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", str(OVERFLOW_AFTER_S))
+    await storm.set_seats(settings, 100, 1)  # one seat staffed, the others paused
+    first, second = (f"136{random.randrange(10**8):08d}" for _ in range(2))
+    try:
+        # the seat talks 12 s: the second caller, a second later, finds it busy for longer than the overflow time
+        stats = await calls.place([(first, "First"), (second, "Second")], rate=1, talk_s=12, patience_s=30)
+        assert stats.get("SuccessfulCall(C)") == "2", stats
+        await backend.settle()
+    finally:
+        await storm.set_seats(settings, 100, None)
+        await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", "30")
+    tickets = {t.caller_id: t for t in await backend.service.list_recent(20)}
+    taken, overflowed = tickets[first], tickets[second]
+    assert taken.seat == asterisk.seat_name(1), taken.to_json()["steps"]
+    assert [str(s.step) for s in overflowed.steps] == ["received", "queued", "answered", "hung_up"], \
+        overflowed.to_json()["steps"]
+    assert overflowed.steps[2].detail["overflow_to"] == "PJSIP/supervisor-desk" and overflowed.seat is None
+    queued, answered = (s.at_us / 1e6 for s in overflowed.steps[1:3])
+    seat_answered = next(s.at_us / 1e6 for s in taken.steps if str(s.step) == "answered")
+    assert answered < seat_answered + 12, "the overflow answered while the seat was still busy"
+    assert OVERFLOW_AFTER_S + 2.5 <= answered - queued <= OVERFLOW_AFTER_S + 4.5, answered - queued
