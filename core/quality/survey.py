@@ -112,6 +112,7 @@ class WebhookVerdict(StrEnum):
     REPORTED = "reported"  # genuine, not a survey answer: handed over as a text report
     MALFORMED = "malformed"
     AML = "aml"  # genuine, a handset's AML location message: handed to the AML service, nothing else
+    CONVERSATION = "conversation"  # genuine, a silent caller's reply to the desk: on his ticket
 
 
 class Survey:
@@ -212,6 +213,7 @@ class Survey:
         *, report: Callable[[Mapping[str, str]], Awaitable[object]] | None = None,
         urgent: Callable[[str], bool] | None = None,
         aml: Callable[[Mapping[str, str]], Awaitable[object]] | None = None,
+        conversation: Callable[[Mapping[str, str]], Awaitable[bool]] | None = None,
     ) -> WebhookVerdict:
         """Check and store one webhook request; every refusal is logged with its reason.
 
@@ -227,6 +229,10 @@ class Survey:
         An AML message (``A"ML=…``, a handset's position sent with its
         emergency call) is recognised first, whoever sent it: it is handed to
         ``aml(params)`` and is never a survey answer nor a text report.
+
+        Then ``conversation(params)`` (``core.quality.conversation``) takes a
+        reply from a number the desk texted about a live ticket; what it takes
+        is neither a survey answer nor a text report.
         """
         if not signature or not self._validator.validate(url, dict(params), signature):
             log.warning("SMS webhook: refused a request with a bad signature (MessageSid %r, From %r)",
@@ -254,6 +260,14 @@ class Survey:
                 log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
                 return WebhookVerdict.REPLAYED
             return WebhookVerdict.AML
+        if conversation is not None and await conversation(params):
+            try:
+                async with self._sessions() as session, session.begin():
+                    session.add(WebhookReceipt(message_sid=sid, received_at_us=now))
+            except IntegrityError:
+                log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
+                return WebhookVerdict.REPLAYED
+            return WebhookVerdict.CONVERSATION
         number, seat = await self._match(sender, now)
         response = None
         answer = number is not None and (report is None or is_survey_answer(body))

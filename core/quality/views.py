@@ -26,6 +26,7 @@ from core.errors import BadRequest
 from core.http.replies import actor, error_reply, json_body, json_reply, text_field
 from core.http.routes import DESK, PUBLIC, SUPERVISORS, RouteTable
 from core.quality.complaints import Complaints
+from core.quality.conversation_views import CONVERSATIONS
 from core.quality.dossier import build as build_dossier
 from core.quality.journal_status import JournalWatch
 from core.quality.playback import PlaybackRefused, open_for_playback, record_access
@@ -205,6 +206,7 @@ _VERDICT_STATUS = {
     WebhookVerdict.REPLAYED: 409,
     WebhookVerdict.MALFORMED: 400,
     WebhookVerdict.AML: 200,  # refused or not, it is kept in the AML service's record
+    WebhookVerdict.CONVERSATION: 200,  # a silent caller's reply, on his ticket
 }
 
 
@@ -243,10 +245,12 @@ async def twilio_sms(request: web.Request) -> web.Response:
             log.warning("SMS webhook: AML message %s from %r not used: %s", message["MessageSid"], message["From"],
                         exc)
 
+    conversations = request.app.get(CONVERSATIONS)  # a silent caller's replies to the desk
     verdict = await survey.receive(url, params, request.headers.get("X-Twilio-Signature"),
                                    report=None if intake is None else as_report,
                                    urgent=None if intake is None else intake.urgent,
-                                   aml=None if aml is None else as_aml)
+                                   aml=None if aml is None else as_aml,
+                                   conversation=None if conversations is None else conversations.receive)
     status = _VERDICT_STATUS[verdict]
     if status != 200:
         return error_reply(status, f"request {verdict}")

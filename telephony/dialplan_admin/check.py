@@ -43,7 +43,8 @@ __all__ = ["Finding", "Report", "check", "format_report"]
 ROUTES_FOLDER = Path(__file__).resolve().parent.parent / "agi" / "routes"
 
 # What the backend's own AMI user needs: call/agent/queue events in, Originate and call actions out.
-BACKEND_AMI_READ = frozenset({"call", "agent", "reporting", "user"})  # user: the dialplan's UserEvent
+BACKEND_AMI_READ = frozenset({"call", "agent", "reporting", "user", "dtmf"})  # user: the dialplan's UserEvent;
+# dtmf: a silent caller's keys (telephony/silent_calls.py)
 BACKEND_AMI_WRITE = frozenset({"originate", "call", "agent", "reporting"})
 # Shell commands and restarts: no AMI user of the center may have them.
 FORBIDDEN_AMI_CLASSES = frozenset({"system", "command", "all"})
