@@ -130,7 +130,9 @@ class RollingSepp:
         if self.fitted_at is not None and at_s < self.fitted_at:
             raise ValueError("a rolling forecaster only walks forward: it was fitted on a later day's past")
         if self.fitted_at is None or at_s - self.fitted_at >= self.refit_days * DAY_S:
-            self.model = sepp.fit(self.grid, self.incidents, start_s=at_s - self.history_days * DAY_S, end_s=at_s,
+            # The window begins no earlier than the history does (an empty stretch is no quiet background).
+            start = max(at_s - self.history_days * DAY_S, float(self.incidents.t[0]) if len(self.incidents) else -1.0)
+            self.model = sepp.fit(self.grid, self.incidents, start_s=min(start, at_s - DAY_S), end_s=at_s,
                                   tz=self.tz, settings=self.settings, start=self.model)
             self.fitted_at = at_s
             self.fits += 1

@@ -36,6 +36,8 @@ PAGES = {
     "/": ("index.html", "The operations start page (log-in)"),
     "/wallboard": ("wallboard.html", "The wallboard page"),
     "/heatmap": ("heatmap.html", "The heat map page"),
+    "/situation": ("situation.html", "The situation page: today against the hot-spot forecast, hot cells over "
+                   "officer coverage, anomalies and surges, the printable daily report"),
     "/desk": ("desk.html", "The call-taker's desk"),
     "/supervisor": ("supervisor.html", "The supervisor's page: satisfaction, spot checks, follow-ups, journal"),
     "/phone": ("phone.html", "The browser seat's phone on its own (WebRTC; a call-taker logs in)"),
