@@ -391,7 +391,7 @@
   }
 
   async function loadAll() {
-    await Promise.all([loadRates(), refreshSpotChecks(), loadFollowUps(), loadAlerts(), loadJournal()]);
+    await Promise.all([loadRates(), refreshSpotChecks(), loadFollowUps(), loadAlerts(), loadJournal(), staffing.load()]);
     $("loaded").textContent = "更新于 updated " + new Date().toLocaleTimeString("zh-CN", { hour12: false });
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
   }
@@ -404,6 +404,7 @@
     range.from.value = isoDate(weekAgo);
     range.to.value = isoDate(today);
     wireForms();
+    majorPanel.start();
     range.addEventListener("submit", (event) => { event.preventDefault(); loadAll(); });
     loadAll();
   });
