@@ -121,17 +121,17 @@ def print_table(calls: int, seed: int, out=sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--lab" in argv:  # the lab check has its own options (--calls there is the storm's)
+        from siplab import staffing_lab
+
+        return staffing_lab.main([a for a in argv if a != "--lab"])
     parser = argparse.ArgumentParser(prog="python -m siplab.check_staffing", description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=200_000, help="simulated calls per row (default 200000)")
     parser.add_argument("--seed", type=int, default=110)
-    parser.add_argument("--lab", action="store_true", help="run the storm check in the lab instead")
-    args, rest = parser.parse_known_args(argv)
-    if args.lab:
-        from siplab import staffing_lab
-
-        return staffing_lab.main(rest)
-    if rest:
-        parser.error(f"unknown arguments: {' '.join(rest)}")
+    parser.add_argument("--lab", action="store_true", help="run the storm check in the lab instead (its options: "
+                        "--calls, --rate, --talk-s, --seed)")
+    args = parser.parse_args(argv)
     print_table(args.calls, args.seed)
     return 0
 
