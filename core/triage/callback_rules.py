@@ -59,7 +59,7 @@ class CallbackRulesError(ValueError):
 class CallbackRules:
     enabled: bool = True
     abandoned: bool = True
-    short_call_s: float = 10.0
+    short_call_s: float = 5.0
     cut_causes: tuple[int, ...] = (27, 34, 38, 41, 42, 102)
     first_after_s: float = 5.0
     retry_after_s: tuple[float, ...] = (60.0, 120.0)
