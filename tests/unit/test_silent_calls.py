@@ -11,7 +11,13 @@ import pytest
 
 from core.calls.callback import NoCallbackNumber
 from core.calls.lifecycle import IllegalTransition, State, Step, advance
-from core.calls.silent import CANNOT_SPEAK, KeyReader, NotSilentCallable, SilenceWatch, question_in_force
+from core.calls.silent import (
+    CANNOT_SPEAK,
+    KeyReader,
+    NotSilentCallable,
+    SilenceWatch,
+    question_in_force,
+)
 from core.calls.tickets import TicketService
 from core.errors import BadRequest
 from core.quality.conversation import KIND, Conversations, same_phone
