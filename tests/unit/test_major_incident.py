@@ -183,3 +183,79 @@ def test_message_files_write_the_message_and_the_ringback(tmp_path: Path) -> Non
     assert ring == wav(ringback()) and len(ringback()) == 5 * 8000 * 2
     with pytest.raises(BadMessage):
         MessageFiles(None).keep(samples)
+
+
+# -- the API ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(service: TicketService, clock: FakeClock, tmp_path: Path):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from core.web.app import make_app
+
+    app = make_app(service, health={}, major_messages=MessageFiles(tmp_path / "sounds"))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def test_api_declare_message_end(api, engine, tmp_path: Path) -> None:
+    from core.auth.users import Role
+    from tests.web_login import login_headers
+
+    taker = await login_headers(engine, Role.CALL_TAKER)
+    chief = await login_headers(engine, Role.SUPERVISOR, username="chief")
+    assert (await api.get("/api/major-incident", headers=taker)).status == 200
+    body = {"kind": "fire", "address": "中山路 88 号", "lat": 31.23, "lon": 121.47, "reason": "warehouse"}
+    assert (await api.post("/api/major-incident", json=body, headers=taker)).status == 403
+    bad = await api.post("/api/major-incident", json={"kind": "meteor", "address": "x"}, headers=chief)
+    assert bad.status == 400 and (await bad.json())["error_id"] == "invalid-body"
+    no_place = await api.post("/api/major-incident", json={"kind": "fire"}, headers=chief)
+    assert no_place.status == 400 and (await no_place.json())["error_id"] == "invalid-major-incident"
+    resp = await api.post("/api/major-incident", json=body, headers=chief)
+    assert resp.status == 201, await resp.text()
+    current = (await resp.json())["current"]
+    assert (current["kind"], current["declared_by"], current["message"]["class"]) == ("fire", "chief", GENERIC_CLASS)
+    again = await api.post("/api/major-incident", json=body, headers=chief)
+    assert again.status == 409 and (await again.json())["error_id"] == "major-incident-declared"
+    # the message: a bad file changes nothing, a good one is kept where Asterisk plays it
+    bad = await api.put("/api/major-incident/message", data=b"RIFF....WAVEnot really", headers=chief)
+    assert bad.status == 400 and (await bad.json())["error_id"] == "invalid-major-message"
+    assert not (tmp_path / "sounds" / "major-incident.wav").exists()
+    recording = wav(_tone(4.0))
+    resp = await api.put("/api/major-incident/message", data=recording,
+                         headers={**chief, "Content-Type": "audio/wav"})
+    assert resp.status == 200, await resp.text()
+    message = (await resp.json())["current"]["message"]
+    assert message["recorded"] and message["class"] == MESSAGE_CLASS
+    assert (tmp_path / "sounds" / "major-incident.wav").read_bytes()[44:44 + 64000] == recording[44:]
+    assert (tmp_path / "sounds" / "ringback.wav").exists()
+    too_long = await api.put("/api/major-incident/message", data=wav(_tone(31.0)), headers=chief)
+    assert too_long.status == 400 and (await too_long.json())["details"]["reason"] == "too-long"
+    ended = await api.post("/api/major-incident/end", json={"reason": "fire out"}, headers=chief)
+    assert ended.status == 200 and (await ended.json())["current"] is None
+    assert (await api.post("/api/major-incident/end", json={}, headers=chief)).status == 409
+    assert (await api.put("/api/major-incident/message", data=recording, headers=chief)).status == 409
+    state = await (await api.get("/api/major-incident", headers=taker)).json()
+    assert state["recent"][0]["end_reason"] == "fire out" and state["recent"][0]["message"]["recorded"]
+
+
+# -- the posture kept across a restart --------------------------------------------------------------------------
+
+
+async def test_the_posture_is_kept_and_restored(engine, clock: FakeClock) -> None:
+    from core.seats.posture import Posture, last_change, save_change
+
+    assert await last_change(engine) is None
+    posture = Posture(clock=clock)
+    change = posture.declare(True, by="chief", reason="explosion downtown")
+    await save_change(engine, change)
+    kept = await last_change(engine)
+    assert kept == change
+    restarted = Posture(clock=clock)
+    heard = []
+    restarted.add_listener(heard.append)
+    restarted.restore(kept)
+    assert restarted.surge and restarted.current.source == "declared" and heard == [kept]
+    # a declared surge restored stays declared: the rules do not end it
+    assert restarted.evaluate(T0 + 10_000, 0, 0.0) is None and restarted.surge
