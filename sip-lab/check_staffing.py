@@ -8,9 +8,10 @@ formulas drift once handling is not exponential. Prints a table:
 
     .venv/bin/python -m siplab.check_staffing [--calls 200000] [--seed 110]
 
-With ``--lab``: a storm through the lab Asterisk at the planner's load with the
-planner's seat count (``siplab.staffing_lab``), measured against the predicted
-service level.
+With ``--lab``: storms through the lab Asterisk at the planner's load with the
+planner's seat count and fewer (``siplab.staffing_lab``), measured against
+Erlang C and against this simulation of the lab's own queue (fixed handling,
+the storm's own arrivals).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200_000, help="simulated calls per row (default 200000)")
     parser.add_argument("--seed", type=int, default=110)
     parser.add_argument("--lab", action="store_true", help="run the storm check in the lab instead (its options: "
-                        "--calls, --rate, --talk-s, --seed)")
+                        "--calls, --rate, --talk-s, --ring-s, --fewer, --seed)")
     args = parser.parse_args(argv)
     print_table(args.calls, args.seed)
     return 0
