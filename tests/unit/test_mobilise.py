@@ -32,6 +32,7 @@ from tests.dispatch_city import (
     point_in,
     ring_cell,
 )
+from tests.triage_setup import make_desk, planner_for
 from tests.unit.conftest import FakeClock
 
 
@@ -352,3 +353,25 @@ async def test_the_api_mobilises_for_supervisors_and_shows_the_outcome(
         assert status["counts"] == {"on_the_way": 2}
         stood = await client.post(f"/api/tickets/{ticket.number}/stand-down")
         assert (await stood.json())["released"] == ["e1", "w1"]
+
+
+async def test_every_mobilised_officer_who_answers_is_pushed_the_briefing(
+        service: TicketService, clock: FakeClock) -> None:
+    planner = planner_for(service, clock)
+    desk = make_desk(service, planner, clock)
+    published: list[tuple[dict, str | None, str | None]] = []
+    desk.set_publisher(lambda m, s, badge=None: published.append((m, s, badge)))
+    await planner.officers.load_city(city(officer("e1", "east", point_in(CENTER, 50)),
+                                          officer("e2", "east", point_in(CENTER, 90))))
+    planner.ring_alone = Phones({"PJSIP/e1", "PJSIP/desk-east"})
+    ticket = await located(planner)  # no keyword, no warning, no alert: a plain dispatch would brief nobody
+    await desk.start()
+    try:
+        mobiliser = Mobiliser(planner)
+        await mobiliser.mobilise(ticket.number, SupportRequest(officers=2), by="sup")
+        await mobiliser.wait(ticket.number)
+        await desk.flush_joins()
+    finally:
+        await desk.stop()
+    briefings = [(m["number"], m["pushed_to"], badge) for m, _, badge in published if m.get("type") == "briefing"]
+    assert briefings == [(ticket.number, "e1", "e1")]  # e2 did not answer: his desk took his place, not him

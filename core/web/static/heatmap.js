@@ -53,11 +53,15 @@
       poly.append(title);
       cells.append(poly);
       if (cell.cold) ice.append(node("polygon", { points: d, fill: "url(#ice-hatch)", stroke: "#7fd3ff", "stroke-width": 1.5, class: "ice" }));
+      // Cold only because officers were mobilised away as support: what the mobilisation costs the city.
+      if (cell.left_by_support) ice.append(node("polygon", { points: d, fill: "none", stroke: "#ff4d6d", "stroke-width": 2.5,
+                                                         "stroke-dasharray": "6 3", class: "left-by-support", "data-cell": cell.cell }));
     }
     for (const officer of data.officers) {
       const [x, y] = project([officer.lat, officer.lon]);
       const dot = node("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 6, class: "officer", "data-badge": officer.badge,
-                                   fill: officer.status === "available" ? "#3ecf8e" : "#f5b841", stroke: "#0b1219", "stroke-width": 1.5 });
+                                   fill: officer.mobilised ? "#c77dff" : officer.status === "available" ? "#3ecf8e" : "#f5b841",
+                                   stroke: "#0b1219", "stroke-width": 1.5 });
       const title = node("title", {});
       title.textContent = officer.badge + " " + officer.name + " (" + officer.station + ", " + officer.status + ")";
       dot.append(title);
@@ -85,7 +89,8 @@
       form.type.replaceChildren(jj.el("option", { value: "" }, "全部 All"), ...data.types.map((t) => jj.el("option", { value: t }, t)));
       form.type.value = chosen;
       draw(data);
-      summary.textContent = data.incidents + " 起警情 incidents · " + data.officers.length + " 名在岗警员 officers on duty · " + data.cold_cells + " 个冰区 cold cells";
+      summary.textContent = data.incidents + " 起警情 incidents · " + data.officers.length + " 名在岗警员 officers on duty · " + data.cold_cells + " 个冰区 cold cells" +
+        (data.mobilised.length ? " · " + data.mobilised.length + " 名增援调出 mobilised, " + data.left_by_support + " 个因此变冷 left cold" : "");
       map.setAttribute("data-ready", "1");
     } catch (err) {
       summary.textContent = "错误 error: " + err.message;
@@ -116,9 +121,70 @@
     refresh();
   });
 
+  // Support for a major incident: the picks, then each one's ladder as it is rung, until every one has ended.
+  const mobilise = document.getElementById("mobilise");
+  const support = document.getElementById("support");
+  const STATES = { picked: "已选 picked", ringing: "呼叫中 ringing", on_the_way: "已出发 on the way",
+                   escalated: "转值班台 escalated", unanswered: "无人应答 unanswered", stood_down: "已解除 stood down" };
+  const TIERS = { named: "指定 named", station: "本所 station", neighbour: "邻所 neighbour", county: "分局 county" };
+  let watching = null;
+
+  function units(text) {
+    return text.split(/[,，\s]+/).filter(Boolean).map((part) => {
+      const [station, n] = part.split(/[:：]/);
+      return { station, officers: Number(n || 1) };
+    });
+  }
+
+  async function watch(number) {
+    const answer = await jj.request("GET", "/api/tickets/" + encodeURIComponent(number) + "/mobilisation");
+    if (!answer.ok) return;
+    const rows = answer.body.picks.map((p) => jj.el("tr", { "data-badge": p.badge, "data-state": p.state,
+      title: p.name + " · " + (p.distance_m / 1000).toFixed(2) + " km · ETA " + Math.round(p.eta_s / 60) + " min" }));
+    answer.body.picks.forEach((p, i) => rows[i].append(
+      jj.el("td", {}, p.badge), jj.el("td", {}, p.station + " · " + (TIERS[p.tier] || p.tier)),
+      jj.el("td", { class: "state" }, STATES[p.state] || p.state)));
+    support.tBodies[0].replaceChildren(...rows);
+    support.hidden = false;
+    const c = answer.body.counts;
+    const last = answer.body.requests[answer.body.requests.length - 1] || {};
+    const short = (last.short || 0) + Object.values(last.units_short || {}).reduce((a, b) => a + b, 0);
+    const status = document.getElementById("mobilised");
+    status.textContent = number + " · " + (c.on_the_way || 0) + " 出发 on the way · " + (c.escalated || 0) +
+      " 转值班台 escalated · " + (c.unanswered || 0) + " 无应答 unanswered · " + (c.ringing || 0) + " 呼叫中 ringing" +
+      (short ? " · 缺 " + short + " 名 short" : "") + (answer.body.running ? "" : " · 完成 done");
+    status.dataset.done = answer.body.running ? "" : "1";
+    clearTimeout(watching);
+    if (answer.body.running) watching = setTimeout(() => watch(number), 1000);
+    else refresh();  // the coverage the mobilised officers left behind
+  }
+
+  mobilise.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { officers: Number(mobilise.officers.value || 0) };
+    if (mobilise.units.value.trim()) body.units = units(mobilise.units.value);
+    const number = mobilise.number.value.trim();
+    const status = document.getElementById("mobilised");
+    status.dataset.done = "";
+    const answer = await jj.request("POST", "/api/tickets/" + encodeURIComponent(number) + "/mobilise", body);
+    if (!answer.ok) { status.textContent = "错误 error: " + (answer.body.error || answer.status); return; }
+    const short = answer.body.short + Object.values(answer.body.units_short).reduce((a, b) => a + b, 0);
+    status.textContent = answer.body.picks.length + " 名已调集 picked" + (short ? " · 缺 " + short + " 名 short" : "");
+    watch(number);
+  });
+
+  // A declared major incident's ticket is the one to mobilise for, unless the supervisor types another.
+  async function majorTicket() {
+    const answer = await jj.request("GET", "/api/major-incident");
+    const current = answer.ok && answer.body.current;
+    if (current && current.ticket && !mobilise.number.value) mobilise.number.value = current.ticket;
+  }
+
   form.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
   jj.whenLoggedIn((me) => {
     entry.hidden = !["station", "supervisor", "admin"].includes(me.role);
+    mobilise.hidden = !["supervisor", "admin"].includes(me.role);
+    if (!mobilise.hidden) majorTicket();
     refresh();
   });
 })();
