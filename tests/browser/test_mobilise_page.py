@@ -15,7 +15,15 @@ from core.dispatch.officers import OfficerService, OfficerStatus
 from core.dispatch.planner import DispatchPlanner
 from core.web.app import make_app
 from tests.browser.cdp import Browser
-from tests.dispatch_city import CENTER, T0, answered_call, load, officer, point_in, ring_cell
+from tests.dispatch_city import (
+    CENTER,
+    T0,
+    answered_call,
+    load,
+    officer,
+    point_in,
+    ring_cell,
+)
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
