@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
@@ -38,7 +39,7 @@ def _default_web_vendor() -> str:
     return str(Path("vendor", "web", "dist").absolute())
 
 
-RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml", "guidance.toml")  # the triage's rules (core/triage/desk.py)
+RULE_FILES = ("routing.toml", "keywords.toml", "surge.toml", "guidance.toml", "callback.toml")  # the triage's rules (core/triage/desk.py)
 DEFAULT_RULES_DIR = Path(__file__).resolve().parents[1] / "dialplan"  # the source tree's, when rules_dir is unset
 # The AMI secrets dialplan/manager.conf ships with: anyone who has read the repository knows them.
 LAB_AMI_SECRETS = frozenset({"jiejing-lab", "jiejing-lab-admin"})
@@ -156,6 +157,10 @@ class Settings:
     recordings_dir: str = setting("Where Asterisk writes the recordings (MixMonitor): they are hashed and bound to "
                                   "tickets from here, and retention removes files only inside it. Required in a "
                                   "center.", "")
+    major_message_dir: str = setting("Where a declared major incident's recorded message is written for Asterisk "
+                                     "to play (the folder dialplan/musiconhold.conf names, /var/lib/asterisk/sounds/"
+                                     "jiejing as Asterisk sees it). Unset: callers hear the generic message only.",
+                                     "")
     cel_file: str = setting("Asterisk's channel event log (dialplan/cel_custom.conf: "
                             "<astlogdir>/cel-custom/jiejing.csv), replayed after any gap. Required in a center: "
                             "without it calls made while the backend was down have no ticket.", "")
@@ -167,7 +172,8 @@ class Settings:
     emergency_numbers: tuple[str, ...] = setting("Numbers dialled for the emergency line.", ("110",))
     city_file: str = setting("The city: stations, cells, officers and roster (JSON or TOML, as sip-lab/city.json). "
                              "Required in a center; the lab's synthetic city is refused outside the lab.", "")
-    rules_dir: str = setting("Folder of the rule files routing.toml, keywords.toml, surge.toml and guidance.toml. "
+    rules_dir: str = setting("Folder of the rule files routing.toml, keywords.toml, surge.toml, guidance.toml and "
+                             "callback.toml. "
                              "Default: dialplan/ of the source tree; an installed center keeps its own (e.g. "
                              "/etc/jiejing/rules).", "")
     seat_queue: str = setting("The Asterisk queue seats join when their call-takers log in.", "emergency-110")
@@ -179,6 +185,19 @@ class Settings:
     aml_max_age_s: float = setting("Handset location (AML): a fix positioned more than this many seconds before "
                                    "it arrived, or before the call began, is refused as stale (kept for the "
                                    "audit).", 1800.0)
+    silent_after_s: float = setting("Silent calls: a caller who has not spoken this many seconds after a seat "
+                                    "answered is flagged silent on the desk and the ticket (Asterisk's talk "
+                                    "detection); the call is never hung up. 0: no watch.", 8.0)
+    silent_sms_window_s: float = setting("Silent calls: an SMS from a number the desk texted within this many "
+                                         "seconds goes to that ticket (while it is not closed) instead of "
+                                         "opening a text report.", 86400.0)
+    auto_callback: bool = setting("Automatic call-backs: the center calls back lost 110 callers (abandoned, cut off "
+                                  "or ended within seconds of the answer) as callback.toml in the rules folder "
+                                  "says. no: none at all (the lab's tests, a center that calls back by hand).", True)
+    auto_callback_trunk: str = setting("Automatic call-backs: the PJSIP endpoint of the carrier trunk they ring "
+                                       "through (the one JIEJING_CARRIER_OUT names in extensions.conf).",
+                                       "carrier-out")
+    auto_callback_cli: str = setting("Automatic call-backs: the number the called-back caller's phone shows.", "110")
     phones_file: str = setting("Browser seats' WebSocket URL and SIP credentials (JSON; core/seats/phones.py).", "")
     web_vendor: str = setting("The pages' browser libraries, served as /vendor/ (set-up bundles them from npm).",
                               factory=_default_web_vendor)
@@ -209,7 +228,7 @@ class Settings:
                 values[f.name] = _list(name, raw)
             elif f.name.endswith("_s"):
                 values[f.name] = _seconds(name, raw)
-            elif f.name in ("lab", "intake_process"):
+            elif f.name in ("lab", "intake_process", "auto_callback"):
                 values[f.name] = _flag(name, raw)
             elif f.name == "nice":
                 try:
@@ -234,9 +253,15 @@ class Settings:
             raise ConfigError(f"{PREFIX}NICE must be 0..19, got {self.nice}")
         if not self.token_ttl_s > 0:
             raise ConfigError(f"{PREFIX}TOKEN_TTL_S must be more than 0 seconds")
-        for name in ("aml_ticket_window_s", "aml_max_age_s"):
+        for name in ("aml_ticket_window_s", "aml_max_age_s", "silent_sms_window_s"):
             if not 0 < getattr(self, name) <= 7 * 86400:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be more than 0 seconds and at most a week")
+        if not 0 <= self.silent_after_s <= 300:
+            raise ConfigError(f"{PREFIX}SILENT_AFTER_S must be 0 (no watch) to 300 seconds")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.auto_callback_trunk):
+            raise ConfigError(f"{PREFIX}AUTO_CALLBACK_TRUNK must be a PJSIP endpoint name, got {self.auto_callback_trunk!r}")
+        if not re.fullmatch(r"\+?[0-9]{2,20}", self.auto_callback_cli):
+            raise ConfigError(f"{PREFIX}AUTO_CALLBACK_CLI must be a phone number, got {self.auto_callback_cli!r}")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):

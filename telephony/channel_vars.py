@@ -23,6 +23,14 @@ HANDOVER_TO = "JIEJING_HANDOVER_TO"  # PJSIP/name the call is transferred to
 # it also sets TICKET and RECORDING there.
 CALLBACK_TO = "JIEJING_CALLBACK_TO"  # the number a seat calls back: digits, optional leading +, checked
 
+# Set over AMI (Originate) by telephony/silent_calls.py, read by the [silent-prompt] context: the uniqueid of
+# the caller the prompt is played to (ChanSpy's target).
+SPY_ON = "JIEJING_SPY_ON"
+
+# Globals set over AMI (Setvar without a channel) by telephony/major_incident.py, read by [from-carrier]:
+# the declared major incident's id (empty: none) and the music-on-hold class its callers hear.
+MAJOR = "JIEJING_MAJOR"
+MAJOR_MOH = "JIEJING_MAJOR_MOH"
 
 
 def recording_name(ticket_number: str, uniqueid: str) -> str:
@@ -34,4 +42,4 @@ def recording_name(ticket_number: str, uniqueid: str) -> str:
 
 
 READ_BY_BACKEND: frozenset[str] = frozenset()
-SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING, HANDOVER_TO, CALLBACK_TO})
+SET_BY_BACKEND = frozenset({TICKET, QUEUE, PRIORITY, RECORDING, HANDOVER_TO, CALLBACK_TO, SPY_ON, MAJOR, MAJOR_MOH})

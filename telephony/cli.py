@@ -40,6 +40,7 @@ def _serve_settings(*, lab: bool = False) -> tuple[Settings, dict[str, str]]:
         if lab.root.exists():
             source.setdefault("JIEJING_RECORDINGS_DIR", str(lab.recordings))
             source.setdefault("JIEJING_CEL_FILE", str(lab.cel_file))
+            source.setdefault("JIEJING_MAJOR_MESSAGE_DIR", str(lab.major_messages))
         source.setdefault("JIEJING_CITY_FILE", str(REPO / "sip-lab" / "city.json"))
     return Settings.from_env(source), source
 
@@ -96,6 +97,21 @@ def cmd_lab(args: argparse.Namespace) -> int:
             lab.down()
         elif args.lab_cmd == "status":
             print(json.dumps(lab.status(), indent=2))
+        elif args.lab_cmd == "cluster":
+            from siplab import cluster
+
+            if args.cluster_cmd == "up":
+                cluster.up(cluster.ClusterSettings(nodes=args.nodes, seats=args.seats, seat_ring_ms=args.ring_ms,
+                                                   seat_talk_ms=args.talk_ms))
+            elif args.cluster_cmd == "down":
+                cluster.down()
+            elif args.cluster_cmd == "status":
+                print(json.dumps(cluster.status(), indent=2))
+            elif args.cluster_cmd == "kill":
+                pid = cluster.kill_node(cluster.ClusterPaths(cluster.LabPaths()), args.node)
+                print(f"cluster: {args.node} killed (kill -9 {pid})")
+            elif args.cluster_cmd == "restart":
+                cluster.restart_node(cluster.ClusterPaths(cluster.LabPaths()), args.node)
         elif args.lab_cmd == "storm":
             from siplab import storm
 
@@ -518,6 +534,19 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--officer-ring-ms", type=int, default=3000, help="how long an officer's phone rings")
     lab_sub.add_parser("down", help="stop everything the lab started; unmount what it mounted")
     lab_sub.add_parser("status", help="what is running")
+    cl = lab_sub.add_parser("cluster", help="Asterisk nodes behind the Kamailio front door, next to the lab")
+    cl_sub = cl.add_subparsers(dest="cluster_cmd", required=True)
+    cl_up = cl_sub.add_parser("up", help="start the nodes, the front door (127.0.0.1:5160) and the cluster's phones")
+    cl_up.add_argument("--nodes", type=int, default=2, help="Asterisk nodes (default 2)")
+    cl_up.add_argument("--seats", type=int, default=20, help="call-taker seats reached from every node")
+    cl_up.add_argument("--ring-ms", type=int, default=200, help="how long a seat rings before answering")
+    cl_up.add_argument("--talk-ms", type=int, default=2000, help="how long a seat talks before ending the call")
+    cl_sub.add_parser("down", help="stop the cluster (the lab's own Asterisk is left alone)")
+    cl_sub.add_parser("status", help="nodes, front door and the front door's view of each node")
+    cl_kill = cl_sub.add_parser("kill", help="kill -9 a node, as a crash would")
+    cl_kill.add_argument("node", help="node1, node2, …")
+    cl_restart = cl_sub.add_parser("restart", help="start a killed node again and wait until the front door takes it")
+    cl_restart.add_argument("node", help="node1, node2, …")
     st = lab_sub.add_parser("storm", help="drive N calls at R calls/s through the lab and report")
     st.add_argument("--calls", type=int, required=True)
     st.add_argument("--rate", type=float, required=True, help="calls per second")

@@ -42,17 +42,21 @@ from core.quality.playback import record_access
 from core.quality.supervision import build as build_supervision
 from core.seats.board import SeatBoard, SeatState
 from core.seats.phones import PhoneBook
+from core.situation.service import SituationService
 from core.store import make_engine
 from core.triage.aml_service import AmlService, AmlSettings
 from core.triage.attachments import AttachmentKeeper
 from core.triage.attachments_http import HttpFetcher
+from core.triage.auto_callback import AutoCallbacks
 from core.triage.desk import TriageDesk, default_files
+from core.triage.major import MajorIncidents, MessageFiles
 from core.triage.push_http import HttpPoster
 from core.web.app import make_app, serve_options
-from telephony import callback_api, dispatch_api
+from telephony import callback_api, dispatch_api, silent_api
 from telephony.agi.routes import dispatch as dispatch_route
 from telephony.agi.server import FastAGIServer, RouteStats
 from telephony.ami.client import AMIClient
+from telephony.auto_callback import AutoDialer
 from telephony.call_events import CallEvents
 from telephony.callback import Callbacks
 from telephony.cel import CallLog, CelFollower
@@ -61,7 +65,9 @@ from telephony.handover import AsteriskHandover
 from telephony.intake import Intake
 from telephony.intake_http import make_intake_app
 from telephony.intake_process import IntakeProcess
+from telephony.major_incident import MajorIncidentLine
 from telephony.seat_control import AMIQueuePort, pause_listener, sync_board
+from telephony.silent_calls import SilentCalls
 
 log = logging.getLogger("jiejing.serve")
 
@@ -82,6 +88,10 @@ class Backend:
     intake_stats: RouteStats  # the intake's figures when it answers in this process
     cel: CelFollower | None = None
     intake_process: IntakeProcess | None = None
+    silent: SilentCalls | None = None  # silent callers: talk detection, keys, the prompt
+    auto_callbacks: AutoCallbacks | None = None  # built with the web app (it needs the triage desk and the outbox)
+    major: MajorIncidents | None = None  # the declared major incident; Asterisk's offer kept by major_line
+    major_line: MajorIncidentLine | None = None
 
     def intake_figures(self) -> dict:
         if self.intake_process is not None:
@@ -144,8 +154,15 @@ def build(settings: Settings) -> Backend:
     )
     intake = Intake()
     own = IntakeProcess(settings.intake_host, settings.intake_port, intake) if settings.intake_process else None
+    silent = SilentCalls(ami, service, after_s=settings.silent_after_s)
+    ami.add_listener(silent.on_event)
+    # A declared major incident: Asterisk's offer to new callers, and callers who pressed 1 (from its log).
+    major = MajorIncidents(service, locate=planner.locate)
+    events.major_pressed = major.link_caller
+    major_line = MajorIncidentLine(ami, major)
+    major_line.attach()
     return Backend(settings, service, ami, events, agi, officers, planner, dispatcher, alerts, intake,
-                   callbacks, RouteStats(), follower, own)
+                   callbacks, RouteStats(), follower, own, silent, major=major, major_line=major_line)
 
 
 class TelephonyMetrics:
@@ -223,6 +240,7 @@ def make_web_app(backend: Backend) -> web.Application:
         yield
         await backend.dispatcher.stop()
         await backend.callbacks.stop()
+        await backend.silent.stop()
         await backend.alerts.stop()
         await backend.service.engine.dispose()
 
@@ -231,7 +249,9 @@ def make_web_app(backend: Backend) -> web.Application:
         if backend.cel is not None:
             await backend.cel.start()
         await backend.ami.start()
+        backend.major_line.start()
         yield
+        await backend.major_line.stop()
         await backend.ami.stop()
         if backend.cel is not None:
             await backend.cel.stop()
@@ -305,10 +325,19 @@ def make_web_app(backend: Backend) -> web.Application:
     attachments = AttachmentKeeper(backend.service, quality.attachments_dir or None, HttpFetcher(),
                                    access=functools.partial(record_access, backend.service.engine))
     attachments.attach()
+    # Lost 110 callers called back (core.triage.auto_callback); rules from the triage desk's callback.toml.
+    auto_callbacks = AutoCallbacks(backend.service, rules=lambda: triage.callback_rules, alerts=backend.alerts,
+                                   is_prank=triage.repeat.is_prank, send_sms=supervision.outbox.enqueue,
+                                   planner=backend.planner, tz=settings.timezone)
+    dialer = AutoDialer(backend.ami, backend.service, trunk=settings.auto_callback_trunk,
+                        cli=settings.auto_callback_cli, bind_recording=backend.events.bind_recording_of)
+    backend.ami.add_listener(dialer.on_event)
+    auto_callbacks.set_dialer(dialer)
+    backend.auto_callbacks = auto_callbacks
     app = make_app(
         backend.service,
         health={"ami": ami_health, "intake": intake_health, "agi": agi_health, "cel": cel_health,
-                "alerts": backend.alerts.health, "triage": triage.health},
+                "alerts": backend.alerts.health, "triage": triage.health, "auto_callback": auto_callbacks.health},
         cleanup_ctx=[store_ctx, supervision.cleanup_ctx, attachments.cleanup_ctx, ami_ctx, intake_ctx, agi_ctx],
         auth=AuthService(backend.service.engine, token_ttl_s=settings.token_ttl_s),
         seats=seats,
@@ -323,10 +352,23 @@ def make_web_app(backend: Backend) -> web.Application:
         attachments=attachments,
         aml=AmlService(backend.service, backend.planner, settings=AmlSettings(
             ticket_window_s=settings.aml_ticket_window_s, max_age_s=settings.aml_max_age_s)),
+        major=backend.major, major_messages=MessageFiles(settings.major_message_dir or None),
+        # The day's hot-spot forecast: fitted in a task of its own, in a worker thread, never on a call's path.
+        situation=SituationService(backend.service.engine, tz=settings.timezone),
     )
     supervision.add_routes(app)
     dispatch_api.add_routes(app, backend.dispatcher)
     callback_api.add_routes(app, backend.callbacks)
+    silent_api.add_routes(app, backend.silent)
+    if settings.auto_callback:
+        async def auto_callback_ctx(app: web.Application) -> AsyncIterator[None]:
+            # Last to start (the store, AMI and the triage desk are up), first to stop.
+            await auto_callbacks.start()
+            yield
+            await auto_callbacks.stop()
+            await dialer.stop()
+
+        app.cleanup_ctx.append(auto_callback_ctx)
     return app
 
 

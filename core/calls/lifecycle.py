@@ -51,10 +51,48 @@ gateway after the report (``core.triage.attachments``): each one ends in
 triage steps: the fetch runs beside whatever the desk does with the ticket,
 and closed stays final.
 
+Automatic call-backs. A 110 call abandoned before a seat answered, ended within
+seconds of the answer, or cut by a failure is called back by the center itself
+(``core.triage.auto_callback``): the decision (``auto_callback_due``, or
+``auto_callback_skipped`` with why not), each attempt (``started``, ``ringing``,
+``answered`` or ``failed`` with its outcome, ``connected`` to a seat,
+``ended``), its end (``cancelled``: the caller rang again or a call-taker called;
+``gave_up``: SMS and supervisors after the last attempt), the caller's new call
+(``auto_callback_redialled``, on the new ticket, naming the old one) and a
+``dispatch_proposed`` for a located urgent ticket. Like triage steps they are
+recorded in every state but closed without changing it: the call-back is a call
+of its own, never the ticket's channel.
+
 Handset location. A caller's AML fix (``core.triage.aml_service``) that may
 not move the incident (a call-taker's position stands, the officer is on
 scene) is kept as ``handset_located`` in every state but closed, without
 changing it; one that may is a ``located`` step.
+
+Major incidents. A supervisor declares one (``core.triage.major``) on a
+ticket of its own: ``major_incident_declared`` (place, type),
+``major_incident_message`` (the recorded message callers hear),
+``major_incident_ended``; a caller who pressed 1 gets
+``major_incident_linked`` (naming the incident's ticket) and the incident's
+ticket ``major_incident_caller`` (naming his). In every state but closed,
+without changing it, like triage steps.
+
+Silent calls. A caller who has not spoken some seconds after a seat answered
+is flagged ``caller_silent`` (``caller_spoke`` if he speaks after all); the
+call-taker plays him the prompt (``prompt_played``), asks yes/no questions
+(``question_asked``: only while the call is connected) answered by his keys
+(``caller_key``), and texts him (``sms_sent``, ``sms_received``: his replies,
+bound to the ticket). From the answer until the ticket is closed, without
+changing the state: the call's end reaches the ticket from Asterisk's log,
+a key or a reply may come just after it (``core.calls.silent``).
+
+Mobilisation. For a major incident a supervisor mobilises support: several
+officers at once, each rung alone on his own ladder (``core.dispatch.mobilise``).
+``support_requested`` (the picks), ``support_ringing``, ``support_no_answer``,
+``support_joined`` (an officer on his way, or a desk that took the pick over),
+``support_unanswered`` (a pick's ladder ran out) and ``support_stood_down``
+are recorded in every state but closed without changing it: the ticket's own
+call and dispatch go on beside them, and support may be sent to an incident
+whose caller hung up long ago.
 """
 
 from __future__ import annotations
@@ -118,6 +156,36 @@ class Step(StrEnum):
     ATTACHMENT_KEPT = "attachment_kept"  # a report's photo or video fetched and stored: index, sha256, size, type
     ATTACHMENT_REFUSED = "attachment_refused"  # a report's photo or video not kept: index, reason
     HANDSET_LOCATED = "handset_located"  # the caller's AML fix kept beside the incident location, not moving it
+    MAJOR_INCIDENT_DECLARED = "major_incident_declared"  # a supervisor declared a major incident on this ticket
+    MAJOR_INCIDENT_MESSAGE = "major_incident_message"  # its recorded message for callers: sha256, size, by whom
+    MAJOR_INCIDENT_ENDED = "major_incident_ended"  # the supervisor ended it
+    MAJOR_INCIDENT_CALLER = "major_incident_caller"  # on the incident's ticket: a caller pressed 1 (his ticket)
+    MAJOR_INCIDENT_LINKED = "major_incident_linked"  # on the caller's ticket: he pressed 1 (the incident's ticket)
+    CALLER_SILENT = "caller_silent"  # the caller said nothing for N s after the answer: flagged on the desk
+    CALLER_SPOKE = "caller_spoke"  # a caller flagged silent spoke after all
+    PROMPT_PLAYED = "prompt_played"  # the silent-call prompt played to the caller on the line (or why not)
+    QUESTION_ASKED = "question_asked"  # a yes/no question the call-taker asks aloud: its text, by whom
+    CALLER_KEY = "caller_key"  # a key the caller pressed: the question in force, what it means (yes, no, 55)
+    SMS_SENT = "sms_sent"  # a text to the caller through the outbox, opening a conversation on this ticket
+    SMS_RECEIVED = "sms_received"  # the caller's SMS reply, bound to this ticket
+    AUTO_CALLBACK_DUE = "auto_callback_due"  # the center will call back: why, the number, when
+    AUTO_CALLBACK_SKIPPED = "auto_callback_skipped"  # no call-back: why (withheld number, prank rule)
+    AUTO_CALLBACK_STARTED = "auto_callback_started"  # an attempt: its number, the number rung, its channel
+    AUTO_CALLBACK_RINGING = "auto_callback_ringing"  # the caller's phone rings
+    AUTO_CALLBACK_ANSWERED = "auto_callback_answered"  # the caller answered; he waits for a seat at top priority
+    AUTO_CALLBACK_FAILED = "auto_callback_failed"  # the attempt did not reach him: no_answer, busy, unreachable …
+    AUTO_CALLBACK_CONNECTED = "auto_callback_connected"  # a seat took the called-back caller
+    AUTO_CALLBACK_ENDED = "auto_callback_ended"  # the answered call-back's call ended
+    AUTO_CALLBACK_CANCELLED = "auto_callback_cancelled"  # no more attempts: the caller rang again, a seat called
+    AUTO_CALLBACK_REDIALLED = "auto_callback_redialled"  # on a new call: its caller's earlier ticket awaited a call-back
+    AUTO_CALLBACK_GAVE_UP = "auto_callback_gave_up"  # the last attempt failed: SMS sent, supervisors alerted
+    DISPATCH_PROPOSED = "dispatch_proposed"  # a located urgent ticket whose caller is gone: who would be sent
+    SUPPORT_REQUESTED = "support_requested"  # a supervisor mobilised support: what was asked, the picks, the shortfall
+    SUPPORT_RINGING = "support_ringing"  # one rung of a pick's ladder is ringing (the phone alone)
+    SUPPORT_NO_ANSWER = "support_no_answer"  # that rung did not answer, was busy or unreachable
+    SUPPORT_JOINED = "support_joined"  # that rung answered: the officer is on his way, or his desk took the pick over
+    SUPPORT_UNANSWERED = "support_unanswered"  # nobody on a pick's ladder answered
+    SUPPORT_STOOD_DOWN = "support_stood_down"  # the supervisor released the officers mobilised for the ticket
 
 
 # States in which the caller's channel is still up: reconciliation after an AMI
@@ -169,6 +237,36 @@ _CALLBACK_OUTCOMES = (Step.CALLBACK_ANSWERED, Step.CALLBACK_FAILED, Step.CALLBAC
 # A report's attachments are settled in every state but closed, as triage steps are.
 _ATTACHMENT_STEPS = (Step.ATTACHMENT_KEPT, Step.ATTACHMENT_REFUSED)
 
+# Mobilisation runs beside the ticket's own call and dispatch, in every state but closed.
+_SUPPORT_STEPS = (Step.SUPPORT_REQUESTED, Step.SUPPORT_RINGING, Step.SUPPORT_NO_ANSWER, Step.SUPPORT_JOINED,
+                  Step.SUPPORT_UNANSWERED, Step.SUPPORT_STOOD_DOWN)
+
+# The center's own call-backs of dropped calls, and what they lead to: recorded beside the rest, like triage steps.
+_AUTO_CALLBACK_STEPS = (
+    Step.AUTO_CALLBACK_DUE, Step.AUTO_CALLBACK_SKIPPED, Step.AUTO_CALLBACK_STARTED, Step.AUTO_CALLBACK_RINGING,
+    Step.AUTO_CALLBACK_ANSWERED, Step.AUTO_CALLBACK_FAILED, Step.AUTO_CALLBACK_CONNECTED, Step.AUTO_CALLBACK_ENDED,
+    Step.AUTO_CALLBACK_CANCELLED, Step.AUTO_CALLBACK_REDIALLED, Step.AUTO_CALLBACK_GAVE_UP, Step.DISPATCH_PROPOSED,
+)
+
+# Silent calls: from the answer until closed (a key, a reply or the silence's step may land just after the
+# hang-up the log wrote first); a question is asked only while the caller is on the line.
+_SILENT_CALL_FROM = (
+    State.ANSWERED,
+    State.DISPATCHING,
+    State.DISPATCHED,
+    State.ENDED,
+    State.DISPATCHING_ENDED,
+    State.EN_ROUTE,
+    State.ON_SCENE,
+    State.CLEARED,
+)
+_SILENT_CALL_STEPS = (Step.CALLER_SILENT, Step.CALLER_SPOKE, Step.PROMPT_PLAYED, Step.CALLER_KEY, Step.SMS_SENT,
+                      Step.SMS_RECEIVED)
+
+# A declared major incident's steps, on its ticket and on its callers', in every state but closed.
+_MAJOR_INCIDENT_STEPS = (Step.MAJOR_INCIDENT_DECLARED, Step.MAJOR_INCIDENT_MESSAGE, Step.MAJOR_INCIDENT_ENDED,
+                         Step.MAJOR_INCIDENT_CALLER, Step.MAJOR_INCIDENT_LINKED)
+
 # (states the step may follow, step, resulting state). None is "no ticket yet".
 _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     ((None,), Step.RECEIVED, State.RECEIVED),
@@ -217,6 +315,15 @@ _RULES: tuple[tuple[tuple[State | None, ...], Step, State], ...] = (
     *(((state,), step, state) for step in _ATTACHMENT_STEPS for state in _TRIAGEABLE),
     # -- the caller's AML fix that did not move the incident --
     *(((state,), Step.HANDSET_LOCATED, state) for state in _TRIAGEABLE),
+    # -- a declared major incident and the callers who pressed 1 for it, beside the rest --
+    *(((state,), step, state) for step in _MAJOR_INCIDENT_STEPS for state in _TRIAGEABLE),
+    # -- silent calls: flagged, prompted, questioned, texted; the state stays where it is --
+    *(((state,), step, state) for step in _SILENT_CALL_STEPS for state in _SILENT_CALL_FROM),
+    *(((state,), Step.QUESTION_ASKED, state) for state in CALL_CONNECTED_STATES),
+    # -- support mobilised for a major incident, beside the rest --
+    *(((state,), step, state) for step in _SUPPORT_STEPS for state in _TRIAGEABLE),
+    # -- automatic call-backs of dropped calls, beside the rest --
+    *(((state,), step, state) for step in _AUTO_CALLBACK_STEPS for state in _TRIAGEABLE),
 )
 
 

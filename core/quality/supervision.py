@@ -21,6 +21,7 @@ from core.config import Settings
 from core.dispatch.planner import DispatchPlanner
 from core.quality.complaints import Complaints
 from core.quality.config import QualitySettings
+from core.quality.conversation import Conversations
 from core.quality.journal import Journaler, read_key
 from core.quality.journal_status import JournalWatch
 from core.quality.outbox import Outbox
@@ -47,6 +48,7 @@ class Supervision:
     journal_watch: JournalWatch | None = None
     recordings_dir: str | None = None  # recordings are played only from inside it
     reporter_links: ReporterLinks | None = None
+    conversations: Conversations | None = None  # the desk's questions and texts to a silent caller
 
     async def cleanup_ctx(self, _app: Any) -> AsyncIterator[None]:
         await self.journaler.start()
@@ -107,6 +109,10 @@ class Supervision:
                                journal=self.journal_watch, recordings_dir=self.recordings_dir)
         if self.reporter_links is not None:
             add_status_routes(app, self.reporter_links)
+        if self.conversations is not None:
+            from core.quality import conversation_views
+
+            conversation_views.add_routes(app, self.conversations)
 
 
 class _Collector:
@@ -156,6 +162,8 @@ def build(service: TicketService, settings: Settings, quality: QualitySettings, 
         reporter_links = ReporterLinks(engine, service, outbox, public_url=quality.public_url,
                                        travel=planner.settings)
         reporter_links.attach(service, planner.officers)
+    conversations = Conversations(service, outbox, window_s=settings.silent_sms_window_s)
     return Supervision(journaler, outbox, messenger, complaints, spot_checks, survey, removers,
                        retention=retention, journal_watch=journal_watch,
-                       recordings_dir=settings.recordings_dir or None, reporter_links=reporter_links)
+                       recordings_dir=settings.recordings_dir or None, reporter_links=reporter_links,
+                       conversations=conversations)

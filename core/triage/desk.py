@@ -36,6 +36,7 @@ from core.config import DEFAULT_RULES_DIR
 from core.dispatch.officers import OfficerService
 from core.dispatch.planner import Incident, IncidentRow
 from core.tasks import stop_task
+from core.triage.callback_rules import load_callback_rules
 from core.triage.classify import (
     Classification,
     IncidentType,
@@ -90,7 +91,7 @@ def default_files(folder: str | Path | None = None) -> dict[str, Path]:
     """The rule files in ``folder`` (JIEJING_RULES_DIR), by default the source tree's dialplan/."""
     root = Path(folder) if folder else DIALPLAN
     return {"routing": root / "routing.toml", "keywords": root / "keywords.toml", "surge": root / "surge.toml",
-            "guidance": root / "guidance.toml"}
+            "guidance": root / "guidance.toml", "callback": root / "callback.toml"}
 
 
 class TriageDesk:
@@ -131,10 +132,12 @@ class TriageDesk:
             clock=clock, publish=self._publish,
         )
         self.guidance = guidance if guidance is not None else load_guidance(self.files["guidance"])
+        # The automatic call-backs' rules (core.triage.auto_callback reads them from here, as reloaded).
+        self.callback_rules = load_callback_rules(self.files["callback"])
         self.index = QueryIndex(tickets.engine)
         self.port: HandoverPort | None = None
         self._removers: list[Callable[[], None]] = []
-        self._joins: asyncio.Queue[tuple[str, str]] = asyncio.Queue(JOINS_MAX)
+        self._joins: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue(JOINS_MAX)
         self._join_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         # The rule files as last read: sha256 of each, and the errors of the last reload (a bad file keeps the
@@ -225,6 +228,11 @@ class TriageDesk:
         except ValueError as exc:
             errors["guidance"] = str(exc)
             log.error("guidance not reloaded, the running one stays: %s", exc)
+        try:
+            self.callback_rules = load_callback_rules(self.files["callback"])
+        except ValueError as exc:
+            errors["callback"] = str(exc)
+            log.error("call-back rules not reloaded, the running ones stay: %s", exc)
         self.reload_errors = errors
         return {"ok": not errors, "errors": errors}
 
@@ -409,11 +417,15 @@ class TriageDesk:
         return card
 
     def _on_step(self, ticket: TicketView, step: StepView) -> None:
-        """``TicketService`` listener: an officer who joins is queued for his briefing (built off the call path)."""
+        """``TicketService`` listener: an officer who joins is queued for his briefing (built off the call path).
+
+        An officer mobilised for a major incident always gets it (``support_joined``): he was sent to help at an
+        incident he knows nothing of."""
         badge = step.detail.get("badge")
-        if step.step is Step.OFFICER_JOINED and isinstance(badge, str):
+        mobilised = step.step is Step.SUPPORT_JOINED
+        if (step.step is Step.OFFICER_JOINED or mobilised) and isinstance(badge, str):
             try:
-                self._joins.put_nowait((ticket.number, badge))
+                self._joins.put_nowait((ticket.number, badge, mobilised))
             except asyncio.QueueFull:
                 # A briefing is a courtesy on top of the ticket the officer already has on his page.
                 log.warning("%s: %d briefings waiting; officer %s gets none", ticket.number, JOINS_MAX, badge)
@@ -432,9 +444,9 @@ class TriageDesk:
 
     async def _brief_joined(self) -> None:
         while True:
-            number, badge = await self._joins.get()
+            number, badge, mobilised = await self._joins.get()
             try:
-                await self.brief_officer(number, badge)
+                await self.brief_officer(number, badge, always=mobilised)
             except Exception:
                 log.exception("%s: the briefing for officer %s could not be pushed", number, badge)
             finally:
@@ -443,19 +455,20 @@ class TriageDesk:
     async def flush_joins(self) -> None:
         await self._joins.join()
 
-    async def brief_officer(self, number: str, badge: str) -> dict[str, Any] | None:
+    async def brief_officer(self, number: str, badge: str, *, always: bool = False) -> dict[str, Any] | None:
         """Push the ticket's briefing to the officer who just joined it, if there is one worth his attention.
 
         There is when a major-incident keyword matched (the station had the
         briefing then, before he was on the ticket), when a major-incident
         alert is on record, or when danger warnings touch the place or the
-        caller: he is the one walking in. Returns the briefing pushed, or None.
+        caller: he is the one walking in; and ``always`` for an officer mobilised as support. Returns the
+        briefing pushed, or None.
         """
         ticket = await self.tickets.get(number)
         if ticket is None:
             return None
         briefing = await self.watch.brief(ticket)
-        if not (briefing["keywords"] or briefing["danger_warnings"]
+        if not (always or briefing["keywords"] or briefing["danger_warnings"]
                 or await self.alerts.raised("major_incident", number)):
             return None
         briefing["pushed_to"] = badge

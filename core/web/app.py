@@ -40,13 +40,22 @@ from core.quality import views as quality_views
 from core.seats import views as seat_views
 from core.seats.board import SeatBoard
 from core.seats.phones import PhoneBook
+from core.situation import views as situation_views
+from core.situation.service import SituationService
 from core.staffing import views as staffing_views
 from core.store import check as check_database
-from core.triage import aml_views, briefing_views, report_views, wechat_views
+from core.triage import (
+    aml_views,
+    briefing_views,
+    major_views,
+    report_views,
+    wechat_views,
+)
 from core.triage import views as triage_views
 from core.triage.aml_service import AmlService
 from core.triage.attachments import AttachmentKeeper
 from core.triage.desk import TriageDesk
+from core.triage.major import MajorIncidents, MessageFiles
 from core.triage.wechat import Account as WeChatAccount
 from core.web import accounts as auth_views
 from core.web import ops
@@ -68,7 +77,7 @@ routes = RouteTable("operations")
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     routes, auth_views.routes, call_views.routes, dispatch_views.routes, seat_views.routes, triage_views.routes,
     report_views.routes, briefing_views.routes, desk_views.routes, *quality_views.TABLES, ops.routes,
-    wechat_views.routes, aml_views.routes, staffing_views.routes,
+    wechat_views.routes, aml_views.routes, situation_views.routes, staffing_views.routes, major_views.routes,
 )
 
 
@@ -147,6 +156,9 @@ def make_app(
     wechat: WeChatAccount | None = None,
     attachments: AttachmentKeeper | None = None,
     aml: AmlService | None = None,
+    major: MajorIncidents | None = None,
+    major_messages: MessageFiles | None = None,
+    situation: SituationService | None = None,
 ) -> web.Application:
     """The web application; ``cleanup_ctx`` entries start in order and stop in reverse.
 
@@ -164,7 +176,11 @@ def make_app(
     X-Forwarded-For names the client (``core.web.forwarded``); ``wechat`` the official account whose
     messages are text reports (``core.triage.wechat``; without one ``/api/wechat`` answers 404); ``attachments``
     the keeper of the reports' photos and videos (``core.triage.attachments``; without one none is served);
-    ``aml`` binds callers' AML positions to their tickets (by default one with the default windows).
+    ``aml`` binds callers' AML positions to their tickets (by default one with the default windows); ``major`` the
+    declared major incident (``core.triage.major``; by default one on the same store) and ``major_messages`` the
+    folder its recorded message goes to for Asterisk (by default none: callers hear the generic message);
+    ``situation`` makes the day's hot-spot forecast in its own task (``core.situation``; without one the situation
+    routes are not mounted).
     """
     if "database" in health:
         raise ValueError('the "database" health check is built in; do not pass one')
@@ -189,8 +205,11 @@ def make_app(
     # The room's surge posture takes its thresholds from the surge rules file, on each reload.
     app[triage_views.TRIAGE_DESK].surge.on_config(lambda config: app[seat_views.POSTURE].set_rules(config.posture))
     wechat_views.add_wechat_routes(app, wechat, clock=service.clock)
+    major_views.add_major_routes(app, major, major_messages)
     aml_views.add_aml_routes(app, aml)
     briefing_views.add_briefing_routes(app, attachments)
     desk_views.add_desk_routes(app)
     staffing_views.add_staffing_routes(app, timezone=timezone)
+    if situation is not None:
+        situation_views.add_situation_routes(app, situation)
     return app

@@ -149,7 +149,7 @@ def test_model_applies_pjsip_templates_and_reads_members_through_tryinclude(fold
 def test_model_of_manager_users():
     config = parse(DIALPLAN)
     backend = config.manager.users["jiejing"]
-    assert backend.read == {"call", "agent", "reporting", "user"}
+    assert backend.read == {"call", "agent", "reporting", "user", "dtmf"}
     assert backend.write == {"originate", "call", "agent", "reporting"}
     assert (config.manager.bindaddr, config.manager.port) == ("127.0.0.1", 5038)
 
@@ -188,7 +188,11 @@ def test_priority_numbering_of_n_labels_and_explicit_numbers(tmp_path):
 def test_missing_110_is_an_error(folder):
     ext_conf = folder / "extensions.conf"
     edit(ext_conf, "exten => 110,1,", "exten => 119,1,NoOp(110 call from ${CALLERID(num)})")
-    f = only_error(check(parse(folder)), "no-110")
+    report = check(parse(folder))
+    # the queue's exit key ([queue-keys]) sends callers back to 110's queue: its Gotos lose their target too
+    assert {e.code for e in report.errors} == {"no-110", "unknown-label"}
+    assert all("queue-keys" in e.message for e in report.errors if e.code == "unknown-label")
+    (f,) = [e for e in report.errors if e.code == "no-110"]
     assert (f.file, f.line) == (ext_conf, line_of(ext_conf, "[from-carrier]"))
     assert "110" in f.message and "_X." in f.message  # says where such calls would go instead
 
@@ -262,8 +266,8 @@ def test_agi_route_folder_is_a_parameter(folder, tmp_path):
 
 def test_backend_variable_not_read_by_dialplan(folder):
     ext_conf = folder / "extensions.conf"
-    # the 110 call's recording and the call-back's are the two places that read it
-    for _ in range(2):
+    # the 110 call's recording, the call-back's and the automatic call-back's are the places that read it
+    for _ in range(3):
         edit(ext_conf, "MixMonitor(${JIEJING_RECORDINGS}/${JIEJING_RECORDING}",
              " same => n,MixMonitor(${JIEJING_RECORDINGS}/${UNIQUEID}.wav)", first=True)
     f = only_error(check(parse(folder)), "backend-var-unread")
@@ -504,7 +508,7 @@ def test_options_separated_from_the_header_are_ignored_like_asterisk_does(tmp_pa
 
 def test_a_named_tone_without_a_tone_zone_is_an_error(folder):
     ext_conf = folder / "extensions.conf"
-    line = edit(ext_conf, "n,Playtones(", " same => n,Playtones(ring)")
+    line = edit(ext_conf, "n,Playtones(", " same => n,Playtones(ring)", first=True)
     f = only_error(check(parse(folder)), "tone-unknown")
     assert (f.file, f.line) == (ext_conf, line) and "450/1000" in f.message
 

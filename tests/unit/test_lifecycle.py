@@ -87,6 +87,35 @@ LEGAL.update(TRIAGE_LEGAL)
 # closed; the state never changes.
 LEGAL.update({(state, Step.HANDSET_LOCATED): state for state in State if state is not State.CLOSED})
 
+# Silent calls (docs/triage.md): from the answer until closed, a question only while the caller is connected to a
+# seat; the state never changes.
+SILENT_FROM = (State.ANSWERED, State.DISPATCHING, State.DISPATCHED, State.ENDED, State.DISPATCHING_ENDED,
+               State.EN_ROUTE, State.ON_SCENE, State.CLEARED)
+SILENT_STEPS = (Step.CALLER_SILENT, Step.CALLER_SPOKE, Step.PROMPT_PLAYED, Step.CALLER_KEY, Step.SMS_SENT,
+                Step.SMS_RECEIVED)
+LEGAL.update({(state, step): state for state in SILENT_FROM for step in SILENT_STEPS})
+LEGAL.update({(state, Step.QUESTION_ASKED): state for state in (State.ANSWERED, State.DISPATCHING, State.DISPATCHED)})
+
+# Support mobilised for a major incident (docs/dispatch.md): beside the ticket's own call and dispatch, in every
+# state but closed; the state never changes.
+SUPPORT_STEPS = (Step.SUPPORT_REQUESTED, Step.SUPPORT_RINGING, Step.SUPPORT_NO_ANSWER, Step.SUPPORT_JOINED,
+                 Step.SUPPORT_UNANSWERED, Step.SUPPORT_STOOD_DOWN)
+LEGAL.update({(state, step): state for state in State if state is not State.CLOSED for step in SUPPORT_STEPS})
+
+# The center's automatic call-backs of lost callers (docs/triage.md): a call of their own, in every state but
+# closed; the state never changes.
+AUTO_CALLBACK_STEPS = (
+    Step.AUTO_CALLBACK_DUE, Step.AUTO_CALLBACK_SKIPPED, Step.AUTO_CALLBACK_STARTED, Step.AUTO_CALLBACK_RINGING,
+    Step.AUTO_CALLBACK_ANSWERED, Step.AUTO_CALLBACK_FAILED, Step.AUTO_CALLBACK_CONNECTED, Step.AUTO_CALLBACK_ENDED,
+    Step.AUTO_CALLBACK_CANCELLED, Step.AUTO_CALLBACK_REDIALLED, Step.AUTO_CALLBACK_GAVE_UP, Step.DISPATCH_PROPOSED)
+LEGAL.update({(state, step): state for state in State if state is not State.CLOSED for step in AUTO_CALLBACK_STEPS})
+
+# A declared major incident (docs/design.md): on its ticket and on its callers', in every state but closed; the
+# state never changes.
+MAJOR_STEPS = (Step.MAJOR_INCIDENT_DECLARED, Step.MAJOR_INCIDENT_MESSAGE, Step.MAJOR_INCIDENT_ENDED,
+               Step.MAJOR_INCIDENT_CALLER, Step.MAJOR_INCIDENT_LINKED)
+LEGAL.update({(state, step): state for state in State if state is not State.CLOSED for step in MAJOR_STEPS})
+
 # Text reports (docs/triage.md): no call, taken by a call-taker, located, closed.
 REPORT_LEGAL = {
     (None, Step.REPORTED): State.REPORTED,
@@ -180,8 +209,14 @@ def test_illegal_pairs_name_state_and_step(state: State | None, step: Step) -> N
 
 
 def test_message_lists_allowed_steps() -> None:
-    allowed = (r"abandoned, answered, attachment_kept, attachment_refused, classified, handed_over, handset_located, "
-               r"located, note_added, repeat_linked, seat_ringing")
+    allowed = (r"abandoned, answered, attachment_kept, attachment_refused, auto_callback_answered, "
+               r"auto_callback_cancelled, auto_callback_connected, auto_callback_due, auto_callback_ended, "
+               r"auto_callback_failed, auto_callback_gave_up, auto_callback_redialled, auto_callback_ringing, "
+               r"auto_callback_skipped, auto_callback_started, classified, dispatch_proposed, handed_over, "
+               r"handset_located, "
+               r"located, major_incident_caller, major_incident_declared, major_incident_ended, "
+               r"major_incident_linked, major_incident_message, note_added, repeat_linked, seat_ringing, support_joined, support_no_answer, support_requested, "
+               r"support_ringing, support_stood_down, support_unanswered")
     with pytest.raises(IllegalTransition, match=rf"allowed steps: {allowed}$"):
         advance(State.QUEUED, Step.HUNG_UP)
     with pytest.raises(IllegalTransition, match=r"allowed steps: none$"):

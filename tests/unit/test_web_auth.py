@@ -23,6 +23,7 @@ from core.quality.outbox import Outbox
 from core.quality.retention import RetentionSchedule
 from core.quality.spot_checks import SpotChecks
 from core.quality.survey import Survey
+from core.situation.service import SituationService
 from core.web.app import declared_routes as routes
 from core.web.app import make_app
 from tests.unit.conftest import T0, FakeClock
@@ -36,7 +37,7 @@ NOT_MOUNTED_HERE = {("POST", "/api/tickets/{number}/dispatch")}
 
 def full_app(service: TicketService, engine: AsyncEngine, clock: FakeClock) -> web.Application:
     """The app as ``jiejing serve`` builds it: every part mounted."""
-    app = make_app(service, health={})
+    app = make_app(service, health={}, situation=SituationService(engine, tz="Asia/Shanghai", clock=clock))
     outbox = Outbox(engine, None, clock=clock)
     complaints = Complaints(engine, clock=clock)
     survey = Survey(engine, outbox, complaints, auth_token="t", webhook_url="https://x/sms", clock=clock)

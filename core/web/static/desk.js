@@ -14,6 +14,14 @@
     arrived: "到达 arrived", cleared: "处置完毕 cleared", classified: "分类 classified", note_added: "记录 note",
     handed_over: "移交 handed over", repeat_linked: "重复来电 repeat", reported: "文字报警 reported", taken: "接收 taken",
     handset_located: "手机定位 handset (AML)",
+    caller_silent: "静默来电 silent caller", caller_spoke: "开口说话 caller spoke", prompt_played: "提示音 prompt",
+    question_asked: "提问 question", caller_key: "按键 key", sms_sent: "短信发出 SMS sent", sms_received: "短信回复 SMS reply",
+    auto_callback_due: "自动回拨 call-back due", auto_callback_skipped: "不回拨 no call-back",
+    auto_callback_started: "回拨呼出 calling back", auto_callback_ringing: "回拨振铃 ringing",
+    auto_callback_answered: "回拨接通 answered", auto_callback_failed: "回拨未通 not reached",
+    auto_callback_connected: "回拨转坐席 connected", auto_callback_ended: "回拨结束 ended",
+    auto_callback_cancelled: "回拨取消 cancelled", auto_callback_redialled: "再次来电 called again",
+    auto_callback_gave_up: "回拨放弃 gave up", dispatch_proposed: "建议派警 dispatch proposed",
   };
   const stats = window.deskStats = { pops: [], keys: 0, keysAtDispatch: null, dispatchedAt: null };
   let desk = null, seat = null, ticket = null, plan = null, suggestion = null, point = null, project = null, unproject = null;
@@ -168,11 +176,12 @@
     if (aside && (!located || aside.seq > located.seq)) how.push("未采用 not applied: " + fixText(aside.detail.fix) + " (" + Number(aside.detail.lat).toFixed(5) + ", " + Number(aside.detail.lon).toFixed(5) + ") " + (aside.detail.kept_aside || ""));
     if (how.some(Boolean)) $("t-location").textContent += " · " + how.filter(Boolean).join(" · ");
     $("t-steps").replaceChildren(...data.steps.map((s) => {
-      const who = s.detail.badge ? " " + s.detail.badge : s.detail.seat ? " " + s.detail.seat : s.detail.to ? " → " + s.detail.to : "";
+      const who = s.detail.badge ? " " + s.detail.badge : s.detail.seat ? " " + s.detail.seat : s.detail.to ? " → " + s.detail.to : s.detail.key ? " " + s.detail.key : "";
       const li = jj.el("li", { class: s.step }, new Date(s.at).toLocaleTimeString("zh-CN", { hour12: false }) + " " + (STEP_LABELS[s.step] || s.step) + who);
       return li;
     }));
     drawPoint(place ? [place.lat, place.lon] : null);
+    showSilent(data, fresh);
     if (fresh) { plan = null; $("plan").tBodies[0].replaceChildren(); $("notes").value = ""; $("notes-marked").textContent = ""; suggestion = null; showSuggestion(); }
   }
 
@@ -418,6 +427,69 @@
     say("✓ 回拨中 calling back " + (answer.body.to || ""), true);
   }
 
+  // -- a silent caller: the flag, the prompt, yes/no questions answered by keys, SMS -----------
+  // The steps say it all (caller_silent, caller_key …): the panel is drawn from the ticket, live.
+  const SILENT_STEPS = ["caller_silent", "caller_spoke", "prompt_played", "question_asked", "caller_key", "sms_sent", "sms_received"];
+  const ANSWERS = { yes: "是 yes", no: "否 no", cannot_speak: "无法说话 cannot speak" };
+  let silentOpen = false;
+  const clock = (s) => new Date(s.at).toLocaleTimeString("zh-CN", { hour12: false });
+
+  function showSilent(data, fresh) {
+    if (fresh) silentOpen = false;
+    const steps = data.steps.filter((s) => SILENT_STEPS.includes(s.step));
+    const last = [...steps].reverse().find((s) => s.step === "caller_silent" || s.step === "caller_spoke");
+    const flagged = !!last && last.step === "caller_silent";
+    const keys = steps.filter((s) => s.step === "caller_key");
+    $("silent").hidden = !(silentOpen || steps.length);
+    $("silent-flag").hidden = !flagged;
+    $("silent-cannot").hidden = !keys.some((k) => k.detail.answer === "cannot_speak");
+    const prompt = [...steps].reverse().find((s) => s.step === "prompt_played");
+    $("silent-note").textContent = flagged ? "接听后 " + last.detail.after_s + " s 无声 no speech since the answer" +
+      (prompt ? " · 提示音 prompt " + clock(prompt) + " " + (prompt.detail.outcome === "played" ? "✓" : "✗ " + prompt.detail.outcome) : "") : "";
+    $("silent-keys").replaceChildren(...keys.map((k) => jj.el("li", { class: "key", "data-key": k.detail.key },
+      clock(k) + " 按键 key " + k.detail.key + (k.detail.answer ? " = " + ANSWERS[k.detail.answer] : "") +
+      (k.detail.question ? " · 问 " + k.detail.question : ""))));
+    $("sms-thread").replaceChildren(...steps.filter((s) => s.step === "sms_sent" || s.step === "sms_received").map((s) =>
+      jj.el("li", { class: s.step }, clock(s) + (s.step === "sms_sent" ? " → " : " ← ") + s.detail.text)));
+  }
+
+  function openSilent(focus) {
+    if (!need("静默来电 silent caller")) return;
+    silentOpen = true;
+    $("silent").hidden = false;
+    if (focus) $(focus).focus();
+  }
+
+  async function playPrompt() {
+    if (!need("提示音 prompt")) return;
+    openSilent();
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/prompt");
+    if (!answer.ok) { refused("提示音 prompt", answer); return; }
+    say("✓ 正在播放提示音 playing the prompt (按两次5 press 5 twice)", true);
+  }
+
+  async function ask() {
+    if (!need("提问 question")) return;
+    const text = $("question").value.trim();
+    if (!text) { say("✗ 问题为空 the question is empty [empty-text]", false); return; }
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/questions", { text });
+    if (!answer.ok) { refused("提问 question", answer); return; }
+    $("question").value = "";
+    say("✓ 已记录问题，请口头提问 ask it aloud: 是按1 yes 1 · 否按2 no 2", true);
+    show(Object.assign({}, ticket, answer.body));
+  }
+
+  async function sendSms() {
+    if (!need("短信 SMS")) return;
+    const text = $("sms-text").value.trim();
+    if (!text) { say("✗ 短信为空 the message is empty [empty-text]", false); return; }
+    const answer = await call("POST", "/api/tickets/" + ticket.number + "/sms", { text });
+    if (!answer.ok) { refused("短信 SMS", answer); return; }
+    $("sms-text").value = "";
+    say("✓ 短信已排队发送 SMS queued to " + answer.body.to, true);
+    await reloadTicket();
+  }
+
   // -- the room's posture: a badge while wrap-up is suspended for a surge --------------------
   const POSTURE_EVERY_MS = 5000;
   async function posture() {
@@ -481,6 +553,7 @@
     // not wait for the browser to move the focus off a hidden field.
     const submit = {
       notes: saveNote, address: locate, disposition: closeTicket, "seat-name": () => seatAction("login"),
+      question: ask, "sms-text": sendSms,
       "pause-reason": () => seatAction("pause", { reason: $("pause-reason").value.trim() }),
       type: () => classify($("type").value, Number($("priority").value)),
       priority: () => classify($("type").value, Number($("priority").value)),
@@ -494,7 +567,7 @@
       n: () => $("notes").focus(), a: () => suggestion ? classify(suggestion.type, suggestion.priority) : say("✗ 没有建议 no suggestion [no-suggestion]", false),
       c: () => $("type").focus(), l: () => $("address").focus(), d: preview, f: () => handOver("anti_fraud"),
       h: () => handOver("hotline_12345"), s: () => handOver("local_station"), x: () => $("disposition").focus(),
-      t: takeOldest, b: callBack,
+      t: takeOldest, b: callBack, k: playPrompt, q: () => openSilent("question"), m: () => openSilent("sms-text"),
       p: () => seat && (seat.state === "paused" || seat.state === "wrap_up") ? seatAction("unpause") : $("pause-reason").focus(),
     };
     const act = actions[event.key.toLowerCase()];
@@ -522,6 +595,8 @@
     $("hangup").onclick = () => window.JiejingPhone && window.JiejingPhone.hangup();
     $("take").onclick = takeOldest;
     $("callback").onclick = callBack;
+    $("prompt").onclick = playPrompt;
+    $("sms-send").onclick = sendSms;
     $("notes").addEventListener("input", () => { clearTimeout(scanTimer); scanTimer = setTimeout(scan, 150); });
     let placesTimer = null;
     $("address").addEventListener("input", () => { clearTimeout(placesTimer); placesTimer = setTimeout(suggestPlaces, 150); });

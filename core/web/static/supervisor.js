@@ -391,7 +391,7 @@
   }
 
   async function loadAll() {
-    await Promise.all([loadRates(), refreshSpotChecks(), loadFollowUps(), loadAlerts(), loadJournal()]);
+    await Promise.all([loadRates(), refreshSpotChecks(), loadFollowUps(), loadAlerts(), loadJournal(), staffing.load()]);
     $("loaded").textContent = "更新于 updated " + new Date().toLocaleTimeString("zh-CN", { hour12: false });
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
   }
