@@ -16,7 +16,10 @@ Seats. Each forecast half hour is planned for two targets — the center's (95 %
 of calls answered within 3 s) and NENA's (90 % within 15 s) — by Erlang C and, once
 the history gives callers' patience, by Erlang A (``core.staffing.erlang``). The
 answer time includes the answering seat's ring, so the queue is asked for
-``target − answer delay``. The suggested seats are Erlang C's for the center's
+``target − answer delay``, in whole seconds (``queue_wait_s``): Asterisk's queue
+offers a waiting caller a freed seat only at its next check, once a second, so
+waits come in whole seconds and 1.98 s of room is 1 s (measured in the lab:
+docs/staffing.md). The suggested seats are Erlang C's for the center's
 target: for an emergency line an abandoned caller is a call-back at best, so the
 plan does not lean on callers giving up (Erlang A's smaller figure is shown
 beside it). They are compared with the seats that answered calls in the same
@@ -26,6 +29,7 @@ half hour of the week in history (the project keeps no duty roster of seats; see
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +39,7 @@ import numpy as np
 from core.staffing.erlang import Performance, PlanningError, seats_for
 from core.staffing.history import HALF_HOUR_US, SLOTS_PER_DAY, SLOTS_PER_WEEK, History
 
-__all__ = ["Forecast", "Plan", "Target", "TARGETS", "forecast_calls", "plan_seats"]
+__all__ = ["Forecast", "Plan", "Target", "TARGETS", "forecast_calls", "plan_seats", "queue_wait_s"]
 
 PLAN_DAYS_MAX = 14
 
@@ -162,7 +166,7 @@ def plan_seats(history: History, days: int, *, handle_s: float | None = None) ->
         row: dict[str, Any] = {"start_us": forecast.start_us + i * HALF_HOUR_US,
                                "calls": round(float(expected), 2), "erlangs": round(rate * handle, 3)}
         for target in TARGETS:
-            wait_s = max(0.0, target.within_s - delay)
+            wait_s = queue_wait_s(target.within_s, delay)
             row[f"{target.name}_erlang_c"] = _cell(_plan(rate, handle, target, wait_s, None))
             if patience is not None:
                 row[f"{target.name}_erlang_a"] = _cell(_plan(rate, handle, target, wait_s, patience))
@@ -171,6 +175,16 @@ def plan_seats(history: History, days: int, *, handle_s: float | None = None) ->
         row["seats_seen"] = seen.get(slot)
         rows.append(row)
     return Plan(forecast, history, handle, patience, delay, rows)
+
+
+def queue_wait_s(within_s: float, answer_delay_s: float) -> float:
+    """The queue wait a caller can be promised when he must be answered within ``within_s``.
+
+    The seat's ring (``answer_delay_s``) comes off the target, and what is left is rounded down to
+    whole seconds: app_queue looks for a free seat for each waiting caller once a second, so a caller
+    who is not offered a seat at once waits 1 s, 2 s, … (plus a few milliseconds), never in between.
+    """
+    return float(max(0, math.floor(within_s - answer_delay_s + 1e-9)))
 
 
 def _plan(rate: float, handle: float, target: Target, wait_s: float, patience: float | None) -> Performance:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.auth.users import Role
 from core.calls.tickets import TicketService
 from core.staffing.erlang import PlanningError, seats_for
-from core.staffing.forecast import forecast_calls, plan_seats
+from core.staffing.forecast import forecast_calls, plan_seats, queue_wait_s
 from core.staffing.history import (
     HALF_HOUR_S,
     SLOTS_PER_WEEK,
@@ -59,7 +59,7 @@ async def test_four_weeks_recover_the_known_load_and_plan_for_it(engine: AsyncEn
     assert len(rows) == SLOTS_PER_WEEK and rows[0]["start_us"] == truth.start_us + 4 * WEEK_US
     close = 0
     for row, rate in zip(rows, true, strict=True):
-        needed = seats_for(rate / HALF_HOUR_S, plan.handle_s, target_s=3 - plan.answer_delay_s,
+        needed = seats_for(rate / HALF_HOUR_S, plan.handle_s, target_s=queue_wait_s(3, plan.answer_delay_s),
                            service_level=0.95).seats
         close += abs(row["suggested_seats"] - needed) <= 1
         for key in ("center_erlang_c", "center_erlang_a", "nena_erlang_c", "nena_erlang_a"):
@@ -109,3 +109,11 @@ async def test_the_plan_api_is_for_supervisors(engine: AsyncEngine) -> None:
         assert (await client.get("/api/staffing/plan", headers=taker)).status == 403
         bad = await client.get("/api/staffing/plan?days=40", headers=boss)
         assert bad.status == 400
+
+
+def test_the_queue_is_asked_for_whole_seconds_because_it_offers_seats_once_a_second() -> None:
+    """The lab measured it: every queue wait was a whole number of seconds plus 10-40 ms (docs/staffing.md)."""
+    assert queue_wait_s(3, 1.02) == 1.0  # 1.98 s of room holds one check of the queue, not two
+    assert queue_wait_s(3, 1.0) == 2.0
+    assert queue_wait_s(15, 1.02) == 13.0
+    assert queue_wait_s(3, 3.5) == 0.0  # a ring longer than the target: answered at the first offer or late
