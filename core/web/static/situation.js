@@ -110,11 +110,16 @@
     return p;
   }
 
+  // Only the latest request draws: an earlier one answered late (the first load, then a new query at once)
+  // must not put its map over the newer one.
+  let asked = 0;
   async function refresh() {
     const summary = document.getElementById("summary");
+    const turn = ++asked;
     map.removeAttribute("data-ready");
     try {
       const data = await jj.api("/api/situation?" + params());
+      if (turn !== asked) return;
       // The first forecast after a start takes a little while: ask again until it is there.
       if (!data.ready) { summary.textContent = data.message; setTimeout(refresh, 5000); return; }
       if (!mine) {
