@@ -52,6 +52,9 @@ class BackendProcess:
             "JIEJING_CEL_FILE": str(paths.cel_file),
             "JIEJING_WRAP_UP_S": "0",
             "JIEJING_LAB": "yes",  # the lab's Asterisk, with the AMI secrets the repository ships
+            # The drills' 2 s calls would each count as dropped (ended within seconds of the answer) and be called
+            # back, a second recorded call on every ticket; call-backs have their own lab tests and benchmark.
+            "JIEJING_AUTO_CALLBACK": "no",
         }
         self.proc: subprocess.Popen | None = None
         self.starts = 0

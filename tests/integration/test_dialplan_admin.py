@@ -78,10 +78,11 @@ async def test_good_change_applied_while_a_call_is_up(admin, sources, calls):
 async def test_broken_change_is_refused_by_check_and_nothing_changes(admin, sources, lab_paths):
     before = {p.name: p.read_bytes() for p in lab_paths.etc.glob("*.conf")}
     ext = sources[0] / "extensions.conf"
-    text = ext.read_text()
-    queue = " same => n(queue),Queue(${JIEJING_QUEUE},r,,,${JIEJING_OVERFLOW_AFTER_S})\n"
-    assert queue in text
-    ext.write_text(text.replace(queue, " same => n(queue),NoOp(no queue)\n"))
+    lines = ext.read_text().splitlines(keepends=True)
+    queue = [i for i, line in enumerate(lines) if line.startswith(" same => n(queue),Queue(${JIEJING_QUEUE},")]
+    assert len(queue) == 1, queue  # the 110 call's one Queue()
+    lines[queue[0]] = " same => n(queue),NoOp(no queue)\n"
+    ext.write_text("".join(lines))
     outcome = await admin.apply()
     assert not outcome.ok and "refused" in outcome.message
     assert "error" in outcome.report
