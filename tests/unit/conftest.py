@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.calls.tickets import TicketService
 from core.store import make_engine
 from core.tables import init_schema
+from telephony.ami.client import AMIClient
+from tests.ami_fake import FakeAsterisk
 
 # 2026-11-29 11:30:00 UTC, 19:30 in Shanghai.
 T0 = 1_795_951_800.0
@@ -47,3 +49,22 @@ def clock() -> FakeClock:
 @pytest.fixture
 def service(engine: AsyncEngine, clock: FakeClock) -> TicketService:
     return TicketService(engine, clock=clock)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAsterisk]:
+    """An AMI server speaking as Asterisk does, scripted by each test's handlers."""
+    server = FakeAsterisk()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def ami(fake: FakeAsterisk) -> AsyncIterator[AMIClient]:
+    """Our AMI client, logged in to ``fake``."""
+    client = AMIClient("127.0.0.1", fake.port, fake.username, fake.secret, connect_timeout=0.5)
+    await client.start()
+    await client.wait_connected(2.0)
+    yield client
+    await client.stop()

@@ -19,7 +19,7 @@ from telephony.ami.client import (
     OriginateOutcomeUnknown,
 )
 from telephony.ami.codec import Event, LocalProtocolError
-from tests.ami_fake import FakeAction, FakeAsterisk, list_reply
+from tests.ami_fake import FakeAction, list_reply
 
 PING_INTERVAL = 0.2
 PING_TIMEOUT = 0.15
@@ -32,14 +32,6 @@ async def wait_until(predicate, timeout: float = 2.0, what: str = "condition") -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def fake():
-    server = FakeAsterisk()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

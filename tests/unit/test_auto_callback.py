@@ -395,22 +395,6 @@ async def test_a_located_urgent_ticket_gets_a_dispatch_proposal(live_service, ru
 
 # -- the dialer against the fake AMI -----------------------------------------------------------------------------
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAsterisk]:
-    server = FakeAsterisk()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def ami(fake: FakeAsterisk) -> AsyncIterator[AMIClient]:
-    client = AMIClient("127.0.0.1", fake.port, fake.username, fake.secret, connect_timeout=0.5)
-    await client.start()
-    await client.wait_connected(2.0)
-    yield client
-    await client.stop()
-
 
 def asterisk(*script: str, reason: str = "3"):
     def handle(action: FakeAction) -> list[Pairs]:

@@ -31,23 +31,6 @@ from tests.web_login import login_headers, on_seat
 REPORTER = "+8613800138000"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAsterisk]:
-    server = FakeAsterisk()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def ami(fake: FakeAsterisk) -> AsyncIterator[AMIClient]:
-    client = AMIClient("127.0.0.1", fake.port, fake.username, fake.secret, connect_timeout=0.5)
-    await client.start()
-    await client.wait_connected(2.0)
-    yield client
-    await client.stop()
-
-
 class Bound:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []

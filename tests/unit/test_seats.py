@@ -212,14 +212,6 @@ async def test_seat_api(service: TicketService, engine: AsyncEngine, clock: Fake
 # -- the AMI port ------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def fake() -> FakeAsterisk:
-    server = FakeAsterisk()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def test_ami_port_sends_queue_actions(fake: FakeAsterisk) -> None:
     for name in ("QueueAdd", "QueueRemove", "QueuePause"):
         fake.handlers[name] = lambda a: [[("Response", "Success"), ("Message", "done")]]
