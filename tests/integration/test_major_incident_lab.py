@@ -26,8 +26,8 @@ from core.auth.users import Role
 from core.calls.lifecycle import Step
 from core.triage.major import MESSAGE_CLASS, wav
 from siplab import asterisk, storm
-from telephony.ami.client import AMIClient
 from tests.integration.conftest import start_backend
+from tests.lab_globals import set_global
 from tests.web_login import login_headers
 
 pytestmark = pytest.mark.lab
@@ -133,17 +133,6 @@ async def test_press_1_links_the_caller_and_queues_him_behind(backend, calls) ->
     assert "Unable to open" not in logged
 
 
-async def _setvar(settings, name: str, value: str) -> None:
-    ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
-    await ami.start()
-    try:
-        await ami.wait_connected(10)
-        response = await ami.action("Setvar", [("Variable", name), ("Value", value)])  # no Channel: a global
-        assert response.ok, response.message
-    finally:
-        await ami.stop()
-
-
 async def test_a_restarted_backend_restores_the_incident_and_the_surge(backend_settings) -> None:
     first = await start_backend(backend_settings)
     try:
@@ -162,7 +151,7 @@ async def test_a_restarted_backend_restores_the_incident_and_the_surge(backend_s
     finally:
         await first.runner.cleanup()
     # as after an Asterisk restart (globals forgotten): the new backend must set them again
-    await _setvar(backend_settings, "JIEJING_MAJOR", "")
+    await set_global(backend_settings, "JIEJING_MAJOR", "")
     assert await _global("JIEJING_MAJOR") == ""
     again = await start_backend(backend_settings)
     try:

@@ -13,28 +13,17 @@ from pathlib import Path
 import pytest
 
 from siplab import asterisk, storm
-from telephony.ami.client import AMIClient
+from tests.lab_globals import set_global
 
 pytestmark = pytest.mark.lab
 
 OVERFLOW_AFTER_S = 3
 
 
-async def _setvar(settings, name: str, value: str) -> None:
-    ami = AMIClient(settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret)
-    await ami.start()
-    try:
-        await ami.wait_connected(10)
-        response = await ami.action("Setvar", [("Variable", name), ("Value", value)])  # no Channel: a global
-        assert response.ok, response.message
-    finally:
-        await ami.stop()
-
-
 async def test_a_call_no_seat_takes_rings_the_supervisors_desk(backend, calls, lab_paths) -> None:
     settings = backend.settings
     await backend.wait_connected()
-    await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", str(OVERFLOW_AFTER_S))
+    await set_global(settings, "JIEJING_OVERFLOW_AFTER_S", str(OVERFLOW_AFTER_S))
     await storm.set_seats(settings, 100, 0)  # every seat paused
     try:
         number = f"137{random.randrange(10**8):08d}"
@@ -43,7 +32,7 @@ async def test_a_call_no_seat_takes_rings_the_supervisors_desk(backend, calls, l
         await backend.settle()
     finally:
         await storm.set_seats(settings, 100, None)
-        await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", "30")
+        await set_global(settings, "JIEJING_OVERFLOW_AFTER_S", "30")
     (ticket,) = [t for t in await backend.service.list_recent(20) if t.caller_id == number]
     names = [str(s.step) for s in ticket.steps]
     assert names == ["received", "queued", "answered", "hung_up"], ticket.to_json()["steps"]
@@ -61,7 +50,7 @@ async def test_a_call_while_every_staffed_seat_is_busy_rings_the_supervisors_des
     free seat, rings the overflow after the overflow time, never a busy tone."""
     settings = backend.settings
     await backend.wait_connected()
-    await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", str(OVERFLOW_AFTER_S))
+    await set_global(settings, "JIEJING_OVERFLOW_AFTER_S", str(OVERFLOW_AFTER_S))
     await storm.set_seats(settings, 100, 1)  # one seat staffed, the others paused
     first, second = (f"136{random.randrange(10**8):08d}" for _ in range(2))
     try:
@@ -71,7 +60,7 @@ async def test_a_call_while_every_staffed_seat_is_busy_rings_the_supervisors_des
         await backend.settle()
     finally:
         await storm.set_seats(settings, 100, None)
-        await _setvar(settings, "JIEJING_OVERFLOW_AFTER_S", "30")
+        await set_global(settings, "JIEJING_OVERFLOW_AFTER_S", "30")
     tickets = {t.caller_id: t for t in await backend.service.list_recent(20)}
     taken, overflowed = tickets[first], tickets[second]
     assert taken.seat == asterisk.seat_name(1), taken.to_json()["steps"]
