@@ -99,5 +99,37 @@ const jj = (() => {
     return node;
   }
 
-  return { api, request, whenLoggedIn, socketUrl, socketProtocols, el, token };
+  // -- maps drawn in SVG (heat map, situation) -------------------------------------------------
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs = {}, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // A cell's fill for ``value`` of ``max``: dark when nothing, then pale yellow → orange → red, on a log scale.
+  function heat(value, max) {
+    if (!(value > 0)) return "#16212d";
+    const t = Math.min(1, Math.log1p(value) / Math.log1p(Math.max(max, 1e-6)));
+    const stops = [[255, 243, 176], [255, 140, 26], [193, 18, 31]];
+    const [a, b, u] = t < 0.5 ? [stops[0], stops[1], t * 2] : [stops[1], stops[2], (t - 0.5) * 2];
+    return "rgb(" + a.map((v, i) => Math.round(v + (b[i] - v) * u)).join(",") + ")";
+  }
+
+  // [lat, lon] → [x, y] in a w × h drawing with pad around it, fitted to ``points`` (equirectangular, true at
+  // the points' middle latitude: a city is small enough).
+  function projector(points, w, h, pad) {
+    const lats = points.map((p) => p[0]), lons = points.map((p) => p[1]);
+    const lat0 = (Math.min(...lats) + Math.max(...lats)) / 2;
+    const k = Math.cos(lat0 * Math.PI / 180);
+    const minX = Math.min(...lons) * k, maxX = Math.max(...lons) * k;
+    const minY = Math.min(...lats), maxY = Math.max(...lats);
+    const scale = Math.min((w - 2 * pad) / Math.max(maxX - minX, 1e-6), (h - 2 * pad) / Math.max(maxY - minY, 1e-6));
+    const offX = (w - (maxX - minX) * scale) / 2, offY = (h - (maxY - minY) * scale) / 2;
+    return ([lat, lon]) => [offX + (lon * k - minX) * scale, offY + (maxY - lat) * scale];
+  }
+
+  return { api, request, whenLoggedIn, socketUrl, socketProtocols, el, token, svg, heat, projector };
 })();

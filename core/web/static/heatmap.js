@@ -3,35 +3,12 @@
 // exact enough over a city.
 "use strict";
 (() => {
-  const SVG = "http://www.w3.org/2000/svg";
   const W = 1000, H = 700, PAD = 20;
   const form = document.getElementById("query");
   const map = document.getElementById("map");
 
-  function colour(count, max) {
-    if (!count) return "#16212d";
-    const t = Math.min(1, Math.log1p(count) / Math.log1p(Math.max(max, 1)));
-    const stops = [[255, 243, 176], [255, 140, 26], [193, 18, 31]];
-    const [a, b, u] = t < 0.5 ? [stops[0], stops[1], t * 2] : [stops[1], stops[2], (t - 0.5) * 2];
-    return "rgb(" + a.map((v, i) => Math.round(v + (b[i] - v) * u)).join(",") + ")";
-  }
-
-  function projector(points) {
-    const lats = points.map((p) => p[0]), lons = points.map((p) => p[1]);
-    const lat0 = (Math.min(...lats) + Math.max(...lats)) / 2;
-    const k = Math.cos(lat0 * Math.PI / 180);
-    const minX = Math.min(...lons) * k, maxX = Math.max(...lons) * k;
-    const minY = Math.min(...lats), maxY = Math.max(...lats);
-    const scale = Math.min((W - 2 * PAD) / Math.max(maxX - minX, 1e-6), (H - 2 * PAD) / Math.max(maxY - minY, 1e-6));
-    const offX = (W - (maxX - minX) * scale) / 2, offY = (H - (maxY - minY) * scale) / 2;
-    return ([lat, lon]) => [offX + (lon * k - minX) * scale, offY + (maxY - lat) * scale];
-  }
-
-  function node(tag, attrs) {
-    const n = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-    return n;
-  }
+  const colour = jj.heat, node = jj.svg;
+  const projector = (points) => jj.projector(points, W, H, PAD);
 
   function draw(data) {
     const points = data.cells.flatMap((c) => c.boundary).concat(data.officers.map((o) => [o.lat, o.lon]));

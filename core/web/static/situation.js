@@ -3,38 +3,14 @@
 // kept forecasts and the tables of the report (GET /api/situation).
 "use strict";
 (() => {
-  const SVG = "http://www.w3.org/2000/svg";
   const W = 1000, H = 620, PAD = 20, TH = 200;
   const form = document.getElementById("query");
   const map = document.getElementById("map");
   const trend = document.getElementById("trend");
   let mine = null;  // a station user's station
 
-  function node(tag, attrs, text) {
-    const n = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-    if (text !== undefined) n.textContent = text;
-    return n;
-  }
-
-  function colour(value, max) {
-    if (!(value > 0)) return "#16212d";
-    const t = Math.min(1, Math.log1p(value) / Math.log1p(Math.max(max, 1e-6)));
-    const stops = [[255, 243, 176], [255, 140, 26], [193, 18, 31]];
-    const [a, b, u] = t < 0.5 ? [stops[0], stops[1], t * 2] : [stops[1], stops[2], (t - 0.5) * 2];
-    return "rgb(" + a.map((v, i) => Math.round(v + (b[i] - v) * u)).join(",") + ")";
-  }
-
-  function projector(points) {
-    const lats = points.map((p) => p[0]), lons = points.map((p) => p[1]);
-    const lat0 = (Math.min(...lats) + Math.max(...lats)) / 2;
-    const k = Math.cos(lat0 * Math.PI / 180);
-    const minX = Math.min(...lons) * k, maxX = Math.max(...lons) * k;
-    const minY = Math.min(...lats), maxY = Math.max(...lats);
-    const scale = Math.min((W - 2 * PAD) / Math.max(maxX - minX, 1e-6), (H - 2 * PAD) / Math.max(maxY - minY, 1e-6));
-    const offX = (W - (maxX - minX) * scale) / 2, offY = (H - (maxY - minY) * scale) / 2;
-    return ([lat, lon]) => [offX + (lon * k - minX) * scale, offY + (maxY - lat) * scale];
-  }
+  const colour = jj.heat, node = jj.svg;
+  const projector = (points) => jj.projector(points, W, H, PAD);
 
   function drawMap(data) {
     map.replaceChildren();
