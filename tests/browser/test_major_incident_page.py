@@ -19,6 +19,7 @@ from core.triage.major import MESSAGE_CLASS, MessageFiles, wav
 from core.triage.major_views import MAJOR
 from core.web.app import make_app
 from tests.browser.cdp import Browser
+from tests.browser.desk import log_in
 from tests.web_login import PASSWORD, TEST_SCRYPT_N
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -27,7 +28,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 @pytest.fixture
 async def center(engine: AsyncEngine, tmp_path: Path):
     app = make_app(TicketService(engine), health={}, major_messages=MessageFiles(tmp_path / "sounds"))
-    await AuthService(engine, scrypt_n=TEST_SCRYPT_N).add_user("chief", PASSWORD, Role.SUPERVISOR)
+    auth = AuthService(engine, scrypt_n=TEST_SCRYPT_N)
+    await auth.add_user("chief", PASSWORD, Role.SUPERVISOR)
+    await auth.add_user("li", PASSWORD, Role.CALL_TAKER)
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         yield server, app, tmp_path / "sounds"
 
@@ -66,6 +69,22 @@ async def test_declare_upload_and_end_a_major_incident(center, screenshots: Path
         assert incident is not None and incident.declared_by == "chief" and incident.address == "中山路 88 号仓库"
         banner = await _text(browser, "#major-current")
         assert "火灾 fire — 中山路 88 号仓库" in banner and incident.ticket in banner and "generic" in banner
+
+        # the room is told: the call-takers' desks and the wallboard show it, with the ticket press-1 callers join
+        async with Browser() as desk:
+            await log_in(desk, str(server.make_url("")).rstrip("/"), "li", PASSWORD)
+            await desk.wait_for("!document.getElementById('major-badge').hidden")
+            shown = await _text(desk, "#major-badge")
+            assert "中山路 88 号仓库" in shown and incident.ticket in shown
+        async with Browser() as wall:
+            await wall.goto(str(server.make_url("/wallboard")))
+            await wall.wait_for("!document.getElementById('login').hidden")
+            await wall.type_into("#login input[name=username]", "chief")
+            await wall.type_into("#login input[name=password]", PASSWORD)
+            await wall.click("#login button[type=submit]")
+            await wall.wait_for("!document.getElementById('major-banner').hidden")
+            assert incident.ticket in await _text(wall, "#major-banner")
+            await wall.screenshot(screenshots / "wallboard-major-incident.png")
 
         # the message for callers, as a supervisor's file
         data = base64.b64encode(message).decode()

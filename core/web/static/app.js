@@ -131,5 +131,23 @@ const jj = (() => {
     return ([lat, lon]) => [offX + (lon * k - minX) * scale, offY + (maxY - lat) * scale];
   }
 
-  return { api, request, whenLoggedIn, socketUrl, socketProtocols, el, token, svg, heat, projector };
+  // -- a declared major incident, as the room is told of it (desk badge, wallboard banner) ------
+  const MAJOR_EVERY_MS = 5000;
+
+  function majorText(incident) {
+    return "重大事件 MAJOR INCIDENT · " + incident.title + " · 来电按 1 关联 press 1 → " + incident.ticket;
+  }
+
+  // ``show(incident or null)`` now and every few seconds while the page is open (a poll: declarations are rare).
+  function watchMajor(show) {
+    const look = async () => {
+      const answer = await request("GET", "/api/major-incident");
+      if (answer.ok) show(answer.body.current);
+    };
+    look();
+    setInterval(look, MAJOR_EVERY_MS);
+  }
+
+  return { api, request, whenLoggedIn, socketUrl, socketProtocols, el, token, svg, heat, projector, majorText,
+           watchMajor };
 })();

@@ -618,6 +618,10 @@
     connect();
     posture();
     setInterval(posture, POSTURE_EVERY_MS);
+    jj.watchMajor((incident) => {
+      $("major-badge").hidden = !incident;
+      $("major-badge").textContent = incident ? jj.majorText(incident) : "";
+    });
     document.body.dataset.ready = "1";
   }
 

@@ -75,5 +75,11 @@
     };
   }
 
-  jj.whenLoggedIn(connect);
+  jj.whenLoggedIn(() => {
+    connect();
+    jj.watchMajor((incident) => {
+      $("major-banner").hidden = !incident;
+      $("major-banner").textContent = incident ? jj.majorText(incident) : "";
+    });
+  });
 })();
