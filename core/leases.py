@@ -39,7 +39,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.errors import DomainError
 from core.store import Base
 
-__all__ = ["Lease", "LeaseLost", "LeaseRow", "Leases", "run_leased"]
+__all__ = ["Lease", "LeaseLost", "LeaseRow", "Leases", "hold", "run_leased"]
 
 log = logging.getLogger("jiejing.leases")
 
@@ -198,5 +198,64 @@ async def run_leased(leases: Leases, name: str, work: Callable[[Lease], Awaitabl
         if lease is not None:
             try:
                 await asyncio.shield(leases.release(lease))
+            except Exception:  # the store is gone: the lease expires by itself
+                log.warning("lease %s not released; it expires in at most %.0f s", name, ttl_s)
+
+
+async def hold(leases: Leases, name: str, *, ttl_s: float, start: Callable[[], Awaitable[None]],
+               stop: Callable[[], Awaitable[None]], sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+               ) -> None:
+    """For an owned task's whole life: a service runs (``start()``) only while this backend holds ``name``.
+
+    For a duty that is a service of its own rather than a round of work (the automatic call-backs: an owner
+    with timers and calls in flight). The lease is taken or renewed every ``ttl_s / 3``; on gaining it
+    the service starts (and reads what it owes from the store, as after a restart); it is stopped as soon
+    as the lease is held by another, has a new token (another held it in between), or could not be
+    renewed before its expiry (the store unreachable: another backend may take it then). Cancelling the
+    task stops the service and releases the lease.
+    """
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    held: Lease | None = None
+    running = False
+
+    async def stop_running(why: str) -> None:
+        nonlocal running
+        if running:
+            running = False
+            log.warning("%s: stopped on %s (%s)", name, leases.holder, why)
+            await stop()
+
+    try:
+        while True:
+            try:
+                lease = await leases.acquire(name, ttl_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: the lease could not be renewed", name)
+                if held is not None and leases._clock() * 1_000_000 >= held.expires_at_us:
+                    await stop_running("lease expired unrenewed")
+                    held = None
+            else:
+                if lease is None or (held is not None and lease.token != held.token):
+                    await stop_running("lease taken over" if lease is None else "lease lapsed")
+                held = lease
+                if held is not None and not running:
+                    try:
+                        await start()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("%s: could not start; next try in %.1f s", name, ttl_s / 3)
+                    else:
+                        running = True
+                        log.info("%s: running on %s (token %d)", name, leases.holder, held.token)
+            await sleep(ttl_s / 3)
+    finally:
+        await stop_running("stopping")
+        if held is not None:
+            try:
+                await asyncio.shield(leases.release(held))
             except Exception:  # the store is gone: the lease expires by itself
                 log.warning("lease %s not released; it expires in at most %.0f s", name, ttl_s)

@@ -12,9 +12,11 @@ core never imports from here.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from core.calls.tickets import TicketService
 from core.config import Settings, refuse_lab_defaults
 from core.dispatch.officers import OfficerService, load_city_file
 from core.dispatch.planner import DispatchPlanner
+from core.leases import Leases, hold
 from core.migrate import State, ensure_ready
 from core.quality.config import QualitySettings
 from core.quality.playback import record_access
@@ -44,6 +47,7 @@ from core.seats.board import SeatBoard, SeatState
 from core.seats.phones import PhoneBook
 from core.situation.service import SituationService
 from core.store import make_engine
+from core.tasks import stop_task
 from core.triage.aml_service import AmlService, AmlSettings
 from core.triage.attachments import AttachmentKeeper
 from core.triage.attachments_http import HttpFetcher
@@ -70,6 +74,10 @@ from telephony.seat_control import AMIQueuePort, pause_listener, sync_board
 from telephony.silent_calls import SilentCalls
 
 log = logging.getLogger("jiejing.serve")
+
+# The automatic call-backs' lease: renewed every 5 s; another backend takes the duty over at most about 20 s after
+# this one died or froze (a call-back waits 5 s after the hang-up, and the goal is 60 s).
+AUTO_CALLBACK_LEASE_S = 15.0
 
 
 @dataclass
@@ -362,10 +370,15 @@ def make_web_app(backend: Backend) -> web.Application:
     silent_api.add_routes(app, backend.silent)
     if settings.auto_callback:
         async def auto_callback_ctx(app: web.Application) -> AsyncIterator[None]:
-            # Last to start (the store, AMI and the triage desk are up), first to stop.
-            await auto_callbacks.start()
+            # Last to start (the store, AMI and the triage desk are up), first to stop. A duty for one backend
+            # of the center at a time: it runs where its lease is held (two backends would call a caller back
+            # twice), and on a take-over the new holder reads what is owed from the store.
+            leases = Leases(backend.service.engine, f"{socket.gethostname()}:{os.getpid()}")
+            task = asyncio.create_task(hold(leases, "auto-callback", ttl_s=AUTO_CALLBACK_LEASE_S,
+                                            start=auto_callbacks.start, stop=auto_callbacks.stop),
+                                       name="auto-callback-lease")
             yield
-            await auto_callbacks.stop()
+            await stop_task(task)
             await dialer.stop()
 
         app.cleanup_ctx.append(auto_callback_ctx)

@@ -164,6 +164,13 @@ class AutoCallbacks:
         for t in attempts:
             t.cancel()
         await asyncio.gather(*attempts, return_exceptions=True)
+        # What is owed is in the store: a later start (this backend holding the duty again) reads it back.
+        self._owed.clear()
+        self._by_phone.clear()
+        self._timers.clear()
+        while not self._work.empty():
+            self._work.get_nowait()
+            self._work.task_done()
 
     async def cleanup_ctx(self, _app: Any):
         await self.start()

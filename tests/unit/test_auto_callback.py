@@ -15,6 +15,7 @@ import pytest
 
 from core.calls.lifecycle import Step
 from core.calls.tickets import Source, TicketService, TicketView
+from core.leases import Leases, hold
 from core.triage.auto_callback import Attempt, AutoCallbacks
 from core.triage.callback_rules import (
     CallbackRules,
@@ -358,6 +359,41 @@ async def test_an_attempt_left_open_by_a_restart_is_never_rung_again_blindly(liv
     assert steps[-2].detail["outcome"] == "unknown" and steps[-1].detail["why"] == "outcome_unknown"
     assert phone.attempts == [] and outbox.sent == []  # no SMS saying he was not reached: nobody knows
     assert "unknown outcome" in alerts.raised[0][2]
+
+
+async def test_two_backends_call_a_lost_caller_back_once_and_the_duty_moves_when_its_holder_stops(
+        live_service, engine) -> None:
+    """Two backends on one store each build the owner, but it runs only where the lease is held: one call-back
+    per lost caller. The holder stops (a clean stop, or a crash once its lease has lapsed): the other reads what is
+    owed from the store and carries on."""
+    (auto_a, _, _), (auto_b, _, _) = owner(live_service), owner(live_service)
+    phone_a, phone_b = Phone(live_service, ["answered"]), Phone(live_service, ["answered"])
+    auto_a.set_dialer(phone_a)
+    auto_b.set_dialer(phone_b)
+    lease_a, lease_b = Leases(engine, "node-a:1"), Leases(engine, "node-b:1")
+    task_a = asyncio.create_task(hold(lease_a, "auto-callback", ttl_s=0.6, start=auto_a.start, stop=auto_a.stop))
+    await until(lambda: _holder(lease_a, "node-a:1"), what="node-a holding the duty")
+    task_b = asyncio.create_task(hold(lease_b, "auto-callback", ttl_s=0.6, start=auto_b.start, stop=auto_b.stop))
+    try:
+        first = await _call(live_service, "u.two.1", *ABANDONED, t0=time.time() - 4.0)
+        await until(lambda: ended_with("auto_callback_answered")(live_service, first.number), what="the call-back")
+        assert [a.to for a in phone_a.attempts] == [CALLER] and phone_b.attempts == []
+
+        task_a.cancel()  # node-a stops: the lease is released, node-b takes the duty at its next look
+        await asyncio.gather(task_a, return_exceptions=True)
+        second = await _call(live_service, "u.two.2", *ABANDONED, t0=time.time() - 4.0, caller="+8613912345679")
+        await until(lambda: ended_with("auto_callback_answered")(live_service, second.number), what="node-b's")
+        assert [a.to for a in phone_b.attempts] == ["+8613912345679"] and len(phone_a.attempts) == 1
+        assert (await names(live_service, first.number)).count("auto_callback_started") == 1
+    finally:
+        for task in (task_a, task_b):
+            task.cancel()
+        await asyncio.gather(task_a, task_b, return_exceptions=True)
+
+
+async def _holder(leases: Leases, holder: str) -> bool:
+    held = await leases.holding("auto-callback")
+    return held is not None and held.holder == holder
 
 
 class Planner:

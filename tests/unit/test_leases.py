@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.leases import Lease, LeaseLost, Leases, run_leased
+from core.leases import Lease, LeaseLost, Leases, hold, run_leased
 from tests.unit.conftest import FakeClock
 
 TTL_S = 10.0
@@ -119,3 +119,53 @@ async def test_a_duty_runs_where_its_lease_is_held_and_moves_when_that_backend_f
         for task in (task_a, task_b):
             task.cancel()
         await asyncio.gather(task_a, task_b, return_exceptions=True)
+
+
+async def test_a_service_runs_only_where_its_lease_is_held_and_moves_on_a_freeze(engine: AsyncEngine) -> None:
+    """``hold``: the service starts on the holder only; the holder freezes (its loop stops renewing), the other
+    backend starts it; the frozen one, woken, stops its own at its first look; a clean stop hands over at once."""
+    events: list[str] = []
+    frozen, thaw = asyncio.Event(), asyncio.Event()
+
+    def service(who: str):
+        async def start() -> None:
+            events.append(f"{who} start")
+
+        async def stop() -> None:
+            events.append(f"{who} stop")
+        return start, stop
+
+    async def sleep_a(seconds: float) -> None:
+        if frozen.is_set():
+            await thaw.wait()
+        await asyncio.sleep(seconds)
+
+    a, b = Leases(engine, "node-a:1"), Leases(engine, "node-b:1")
+    start_a, stop_a = service("a")
+    start_b, stop_b = service("b")
+    task_a = asyncio.create_task(hold(a, "auto-callback", ttl_s=0.6, start=start_a, stop=stop_a, sleep=sleep_a))
+    await asyncio.sleep(0.1)
+    task_b = asyncio.create_task(hold(b, "auto-callback", ttl_s=0.6, start=start_b, stop=stop_b))
+    try:
+        await asyncio.sleep(0.5)
+        assert events == ["a start"]  # b waits while a renews
+        frozen.set()
+        await until_events(events, "b start")
+        thaw.set()
+        await until_events(events, "a stop")
+        assert events == ["a start", "b start", "a stop"]
+        task_b.cancel()  # a clean stop: released, a takes it at its next look, not after the lease time
+        await asyncio.gather(task_b, return_exceptions=True)
+        await until_events(events, "a start", count=2, timeout=0.5)
+        assert events[-2:] == ["b stop", "a start"]
+    finally:
+        for task in (task_a, task_b):
+            task.cancel()
+        await asyncio.gather(task_a, task_b, return_exceptions=True)
+
+
+async def until_events(events: list[str], event: str, *, count: int = 1, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while events.count(event) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"no {event!r} within {timeout} s: {events}"
+        await asyncio.sleep(0.02)
