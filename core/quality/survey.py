@@ -253,21 +253,9 @@ class Survey:
                             sid, sender)
             else:
                 await aml(params)  # kept there, good or refused; a failure answers 500 before the receipt
-            try:
-                async with self._sessions() as session, session.begin():
-                    session.add(WebhookReceipt(message_sid=sid, received_at_us=now))
-            except IntegrityError:
-                log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
-                return WebhookVerdict.REPLAYED
-            return WebhookVerdict.AML
+            return WebhookVerdict.AML if await self._receipt(sid, sender, now) else WebhookVerdict.REPLAYED
         if conversation is not None and await conversation(params):
-            try:
-                async with self._sessions() as session, session.begin():
-                    session.add(WebhookReceipt(message_sid=sid, received_at_us=now))
-            except IntegrityError:
-                log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
-                return WebhookVerdict.REPLAYED
-            return WebhookVerdict.CONVERSATION
+            return WebhookVerdict.CONVERSATION if await self._receipt(sid, sender, now) else WebhookVerdict.REPLAYED
         number, seat = await self._match(sender, now)
         response = None
         answer = number is not None and (report is None or is_survey_answer(body))
@@ -301,6 +289,16 @@ class Survey:
         if response.complaint or low:
             await self._complaints.open(number, origin="survey", reason=f"短信回复：{body[:500]}", station=None)
         return WebhookVerdict.ACCEPTED
+
+    async def _receipt(self, sid: str, sender: str, now: int) -> bool:
+        """Keep the message's receipt; False when it was kept before (a replay: nothing more is done with it)."""
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(WebhookReceipt(message_sid=sid, received_at_us=now))
+        except IntegrityError:
+            log.warning("SMS webhook: refused a replay of MessageSid %s from %s", sid, sender)
+            return False
+        return True
 
     async def _match(self, sender: str, now: int) -> tuple[str | None, str | None]:
         """The newest survey sent to ``sender`` that has no answer yet, and the seat that took the call."""
