@@ -10,6 +10,7 @@ sequence numbers and timestamps.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 SOURCE_PCAP = Path("/usr/share/sip-tester/g711a.pcap")
@@ -50,27 +51,33 @@ def _frame(payload: bytes) -> bytes:
     return b"\x00" * 12 + b"\x08\x00" + ip + udp
 
 
-def write_pcap(dest: Path, seconds: float, audio: bytes | None = None) -> Path:
-    """Write ``seconds`` of looped PCMA audio as 20 ms RTP packets."""
-    audio = audio if audio is not None else read_alaw()
-    packets = int(seconds * 1000 / 20)
+def write_rtp_pcap(dest: Path, packets: Iterable[tuple[int, bytes]]) -> Path:
+    """A pcap of RTP packets, each ``(microseconds from the start, packet)``, over loopback UDP; written atomically."""
     out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    pos = 0
-    for i in range(packets):
-        chunk = bytearray()
-        while len(chunk) < SAMPLES_PER_PACKET:
-            take = audio[pos : pos + SAMPLES_PER_PACKET - len(chunk)]
-            chunk += take
-            pos = (pos + len(take)) % len(audio)
-        rtp = struct.pack("!BBHII", 0x80, PCMA, i & 0xFFFF, (i * SAMPLES_PER_PACKET) & 0xFFFFFFFF, 0x4A4A0110)
-        frame = _frame(rtp + bytes(chunk))
-        usec = i * 20_000
+    for usec, rtp in packets:
+        frame = _frame(rtp)
         out += struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)) + frame
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     tmp.write_bytes(out)
     tmp.replace(dest)
     return dest
+
+
+def write_pcap(dest: Path, seconds: float, audio: bytes | None = None) -> Path:
+    """Write ``seconds`` of looped PCMA audio as 20 ms RTP packets."""
+    audio = audio if audio is not None else read_alaw()
+    packets = []
+    pos = 0
+    for i in range(int(seconds * 1000 / 20)):
+        chunk = bytearray()
+        while len(chunk) < SAMPLES_PER_PACKET:
+            take = audio[pos : pos + SAMPLES_PER_PACKET - len(chunk)]
+            chunk += take
+            pos = (pos + len(take)) % len(audio)
+        rtp = struct.pack("!BBHII", 0x80, PCMA, i & 0xFFFF, (i * SAMPLES_PER_PACKET) & 0xFFFFFFFF, 0x4A4A0110)
+        packets.append((i * 20_000, rtp + bytes(chunk)))
+    return write_rtp_pcap(dest, packets)
 
 
 # -- a browser seat's voice and how to find it in a recording --------------------------------------

@@ -14,6 +14,8 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from siplab.audio import write_rtp_pcap
+
 PCMA = 8
 TELEPHONE_EVENT = 101
 SAMPLES = 160  # 20 ms at 8 kHz
@@ -23,13 +25,6 @@ END_PACKETS = 3  # the end of an event is sent three times (RFC 4733 2.5.1.4)
 VOLUME = 10  # -10 dBm0
 EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
 SSRC = 0x51E17110
-
-
-def _frame(payload: bytes) -> bytes:
-    lo = bytes([127, 0, 0, 1])
-    udp = struct.pack("!HHHH", 6000, 6002, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, lo, lo)
-    return b"\x00" * 12 + b"\x08\x00" + ip + udp
 
 
 def packets(seconds: float, keys: Iterable[tuple[float, str]]) -> list[tuple[int, bytes]]:
@@ -64,12 +59,4 @@ def packets(seconds: float, keys: Iterable[tuple[float, str]]) -> list[tuple[int
 
 def write_pcap(dest: Path, seconds: float, keys: Iterable[tuple[float, str]] = ()) -> Path:
     """The pcap SIPp plays for a caller who says nothing and presses ``keys``."""
-    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    for usec, rtp in packets(seconds, keys):
-        frame = _frame(rtp)
-        out += struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)) + frame
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_bytes(out)
-    tmp.replace(dest)
-    return dest
+    return write_rtp_pcap(dest, packets(seconds, keys))
